@@ -1,0 +1,180 @@
+"""The planning objective: how far a world model's imagined end state lies from the goal, one cost per candidate plan.
+
+DINO-WM's objective (mode "last"): MSE(pred_visual[:, -1], goal_visual) + alpha * MSE(pred_proprio[:, -1],
+goal_proprio), each averaged over all non-batch dimensions, alpha = 1. Mode "all" weights every predicted frame
+t = 1..H with base**t, normalised to sum 1. (DINO-WM's "all" also weights the start frame, which every candidate
+shares, and divides once more by H + 1; both only shift and scale the cost, so CEM ranks candidates identically.)
+
+Start and goal are encoded ONCE per episode; every candidate of that episode reuses those latents (the
+original re-encodes the start image for each of the 300 CEM samples). The E * S candidate rollouts are cut into
+chunks of at most ``chunk`` sequences so memory stays bounded whatever E and S are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wmqlib.plan.base import check_choice, check_float, check_int
+
+Latents = dict[str, Tensor]
+"""``{"visual": (B, T, P, Dv), "proprio": (B, T, Ep)}`` as returned by ``encode_obs`` and ``rollout``."""
+
+
+@runtime_checkable
+class PlanningModel(Protocol):
+    """The part of ``wmqlib.models.WorldModel`` that planning and evaluation use (a subset of CONTRACTS.md).
+
+    Anything implementing it can be planned with: the real world model, a fake-quantized copy, or a test oracle.
+    """
+
+    @property
+    def action_dim(self) -> int:
+        """Model-step action size Da = frameskip * env action dim."""
+        ...
+
+    def prepare_obs(self, frames: Tensor, proprio: Tensor) -> tuple[Tensor, Tensor]:
+        """uint8 frames (B, T, H, W, 3) and raw proprio (B, T, p) -> visual (B, T, 3, img, img), proprio z-scored."""
+        ...
+
+    def encode_obs(self, visual: Tensor, proprio: Tensor) -> Latents:
+        """-> {"visual": (B, T, P, Dv), "proprio": (B, T, Ep)}."""
+        ...
+
+    def rollout(self, z0: Latents, actions: Tensor) -> Latents:
+        """z0 with B0 in {1, B} and one frame, actions (B, H, Da) z-scored -> latents of H + 1 frames (0 = start)."""
+        ...
+
+    def actions_to_env(self, actions: Tensor) -> Tensor:
+        """z-scored (..., H, Da) -> raw env actions (..., H * frameskip, env_action_dim)."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[Tensor]: ...
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]: ...
+
+
+def model_device_dtype(model: PlanningModel) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first floating parameter (else buffer); CPU float32 if it has none."""
+    for source in (model.parameters(), model.buffers()):
+        for t in source:
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, PlanningModel):
+        missing = [name for name in ("action_dim", "prepare_obs", "encode_obs", "rollout", "actions_to_env",
+                                     "parameters", "buffers") if not hasattr(model, name)]
+        raise TypeError(f"model must implement the PlanningModel protocol; {type(model).__name__} lacks {missing}")
+
+
+@torch.no_grad()
+def encode_observations(model: PlanningModel, obs: Mapping[str, object], chunk: int = 256) -> Latents:
+    """Encode single observations of E episodes: {"visual": uint8 (E, H, W, 3), "proprio": raw (E, p)}
+    (numpy or torch) -> {"visual": (E, 1, P, Dv), "proprio": (E, 1, Ep)} on the model's device and dtype.
+
+    Runs ``prepare_obs`` + ``encode_obs`` in chunks of at most ``chunk`` images (the encoder dominates memory).
+    """
+    _check_model(model)
+    check_int("encode_observations", "chunk", chunk, 1)
+    if "visual" not in obs or "proprio" not in obs:
+        raise ValueError(f"obs must have keys 'visual' and 'proprio', got {sorted(obs)}")
+    device, dtype = model_device_dtype(model)
+    frames = torch.as_tensor(np.asarray(obs["visual"]), device=device)
+    proprio = torch.as_tensor(np.asarray(obs["proprio"], dtype=np.float32), device=device)
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"obs['visual'] must be uint8 (E, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    if proprio.ndim != 2 or proprio.shape[0] != frames.shape[0]:
+        raise ValueError(f"obs['proprio'] must be (E, p) with E = {frames.shape[0]}, got {tuple(proprio.shape)}")
+    parts = []
+    for lo in range(0, frames.shape[0], chunk):
+        visual, prop = model.prepare_obs(frames[lo:lo + chunk, None], proprio[lo:lo + chunk, None])
+        parts.append(model.encode_obs(visual.to(dtype), prop.to(dtype)))
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """How a predicted latent trajectory is scored against the goal.
+
+    mode: "last" (only the final predicted frame, DINO-WM's default) or "all" (every predicted frame, weights
+        base**t normalised to sum 1, so later frames count more for base > 1).
+    alpha: weight of the proprio MSE relative to the visual MSE (1 in DINO-WM for PushT and Wall).
+    base: geometric weight base for mode "all" (DINO-WM: 2); ignored by mode "last".
+    """
+
+    mode: str = "last"
+    alpha: float = 1.0
+    base: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_choice("ObjectiveConfig", "mode", self.mode, ("last", "all"))
+        check_float("ObjectiveConfig", "alpha", self.alpha, 0.0)
+        check_float("ObjectiveConfig", "base", self.base, 0.0, strict=True)
+
+
+def latent_mse(pred: Latents, goal: Latents, cfg: ObjectiveConfig = ObjectiveConfig()) -> Tensor:
+    """Objective value per sequence, float32 (B,).
+
+    pred: {"visual": (B, T, P, Dv), "proprio": (B, T, Ep)} with T = H + 1 (frame 0 = start);
+    goal: {"visual": (B, 1, P, Dv), "proprio": (B, 1, Ep)}.
+    """
+    vis = (pred["visual"].float() - goal["visual"].float()).pow(2).mean(dim=(2, 3))  # (B, T)
+    pro = (pred["proprio"].float() - goal["proprio"].float()).pow(2).mean(dim=2)  # (B, T)
+    per_frame = vis + cfg.alpha * pro
+    if cfg.mode == "last":
+        return per_frame[:, -1]
+    steps = per_frame.shape[1] - 1
+    weights = cfg.base ** torch.arange(1, steps + 1, device=per_frame.device, dtype=torch.float64)
+    weights = (weights / weights.sum()).to(per_frame.dtype)
+    return per_frame[:, 1:] @ weights
+
+
+class Objective:
+    """``cost_fn(actions (E, S, H, Da)) -> costs (E, S)`` for E episodes whose start and goal are encoded once.
+
+    start, goal: latents with batch E and one frame, e.g. from ``encode_observations``.
+    chunk: at most this many candidate sequences go through ``model.rollout`` at a time.
+    Costs are float32 on the device of ``actions``; gradients flow to ``actions`` (for gradient planners).
+    """
+
+    def __init__(self, model: PlanningModel, start: Latents, goal: Latents,
+                 cfg: ObjectiveConfig = ObjectiveConfig(), chunk: int = 4096) -> None:
+        _check_model(model)
+        check_int("Objective", "chunk", chunk, 1)
+        if not isinstance(cfg, ObjectiveConfig):
+            raise TypeError(f"cfg must be an ObjectiveConfig, got {type(cfg).__name__}")
+        n_start, n_goal = start["visual"].shape[0], goal["visual"].shape[0]
+        if n_start != n_goal:
+            raise ValueError(f"start and goal must hold the same number of episodes, got {n_start} and {n_goal}")
+        self.model, self.start, self.goal, self.cfg, self.chunk = model, start, goal, cfg, chunk
+        self.device, self.dtype = model_device_dtype(model)
+        self.n_episodes = n_start
+
+    def __call__(self, actions: Tensor) -> Tensor:
+        if actions.ndim != 4 or actions.shape[0] != self.n_episodes or actions.shape[-1] != self.model.action_dim:
+            raise ValueError(
+                f"actions must be (E={self.n_episodes}, S, H, Da={self.model.action_dim}), got {tuple(actions.shape)}"
+            )
+        n_ep, n_samples = actions.shape[:2]
+        flat = actions.reshape(n_ep * n_samples, *actions.shape[2:]).to(self.device, self.dtype)
+        costs = []
+        for lo in range(0, flat.shape[0], self.chunk):
+            hi = min(lo + self.chunk, flat.shape[0])
+            first, last = lo // n_samples, (hi - 1) // n_samples
+            if first == last:  # one episode: B0 = 1 lets the model broadcast the start instead of copying it
+                ep = slice(first, first + 1)
+            else:
+                ep = torch.arange(lo, hi, device=self.device) // n_samples
+            z0 = {key: value[ep] for key, value in self.start.items()}
+            goal = {key: value[ep] for key, value in self.goal.items()}
+            pred = self.model.rollout(z0, flat[lo:hi])
+            costs.append(latent_mse(pred, goal, self.cfg))
+        return torch.cat(costs).reshape(n_ep, n_samples).to(actions.device)
