@@ -1,0 +1,193 @@
+"""Tests for wmqlib/reproduce.py: discovery, selection, parameter checks, parameter passing, failure reporting.
+
+Only two tests start kernels (parameter passing on the fixture notebook, and the failing notebook).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from wmqlib import reproduce
+from wmqlib.reproduce import ReproduceError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "00_fixture.ipynb"
+
+
+def write_notebook(path: Path, parameters: str | None, *cells: str) -> Path:
+    """Write a python3 notebook: an optional cell tagged ``parameters``, then plain code cells."""
+    nb_cells = [] if parameters is None else [new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    nb_cells += [new_code_cell(source) for source in cells]
+    nb = new_notebook(cells=nb_cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+PARAMS = 'profile = "full"\ndevice = "auto"'
+
+
+def test_discover_sorts_by_name_and_skips_names_off_pattern(tmp_path):
+    for name in ["02_b.ipynb", "00_a.ipynb", "10_c.ipynb", "README.ipynb", "1_bad.ipynb", "03_notes.md"]:
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "04_folder.ipynb").mkdir()
+    assert [p.name for p in reproduce.discover(tmp_path)] == ["00_a.ipynb", "02_b.ipynb", "10_c.ipynb"]
+
+
+def test_discover_rejects_a_missing_folder(tmp_path):
+    with pytest.raises(ReproduceError, match="--notebooks: .*missing is not a directory"):
+        reproduce.discover(tmp_path / "missing")
+
+
+def test_select_by_prefix_or_stem_keeps_discovery_order(tmp_path):
+    paths = [tmp_path / n for n in ["00_a.ipynb", "01_b.ipynb", "01_c.ipynb", "03_d.ipynb"]]
+    assert reproduce.select(paths, None) == paths
+    assert [p.stem for p in reproduce.select(paths, ["03", "00"])] == ["00_a", "03_d"]
+    assert [p.stem for p in reproduce.select(paths, ["01"])] == ["01_b", "01_c"]
+    assert [p.stem for p in reproduce.select(paths, ["01_c"])] == ["01_c"]
+    with pytest.raises(ReproduceError, match="--only: no notebook matches 02, 0; available: 00_a, 01_b, 01_c, 03_d"):
+        reproduce.select(paths, ["02", "0"])
+
+
+def test_declared_parameters_reads_literal_defaults(tmp_path):
+    path = write_notebook(tmp_path / "00_a.ipynb", 'profile = "full"\nseed: int = 3\nsizes = [1, 2]\nx = y = f(2)', "1")
+    assert reproduce.declared_parameters(path) == {"profile": "full", "seed": 3, "sizes": [1, 2], "x": None, "y": None}
+
+
+def test_declared_parameters_needs_exactly_one_valid_parameters_cell(tmp_path):
+    with pytest.raises(ReproduceError, match=r"00_a.ipynb: needs exactly one cell tagged 'parameters' \(found no"):
+        reproduce.declared_parameters(write_notebook(tmp_path / "00_a.ipynb", None, PARAMS))
+    two = write_notebook(tmp_path / "01_b.ipynb", PARAMS, "1")
+    nb = nbformat.read(two, as_version=4)
+    nb.cells[1].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, two)
+    with pytest.raises(ReproduceError, match="found 2 cells"):
+        reproduce.declared_parameters(two)
+    with pytest.raises(ReproduceError, match="02_c.ipynb: the parameters cell is not valid Python"):
+        reproduce.declared_parameters(write_notebook(tmp_path / "02_c.ipynb", "profile = ", "1"))
+
+
+def test_notebook_parameters_passes_checkpoint_only_when_given(tmp_path):
+    path = write_notebook(tmp_path / "00_a.ipynb", PARAMS + '\ncheckpoint = "mini-wall"')
+    assert reproduce.notebook_parameters(path, "smoke", "cpu", None) == {"profile": "smoke", "device": "cpu"}
+    assert reproduce.notebook_parameters(path, "full", "cuda", ["/w/wall"]) == {
+        "profile": "full", "device": "cuda", "checkpoint": "/w/wall"
+    }
+    with pytest.raises(ReproduceError, match="00_a.ipynb: declares a single checkpoint but --checkpoint got 2"):
+        reproduce.notebook_parameters(path, "full", "cpu", ["a", "b"])
+
+
+def test_notebook_parameters_passes_a_list_to_a_list_checkpoint(tmp_path):
+    path = write_notebook(tmp_path / "00_a.ipynb", PARAMS + '\ncheckpoint = ["mini-wall", "mini-pusht"]')
+    assert reproduce.notebook_parameters(path, "full", "cpu", ["a"])["checkpoint"] == ["a"]
+    assert reproduce.notebook_parameters(path, "full", "cpu", ["a", "b"])["checkpoint"] == ["a", "b"]
+
+
+def test_notebook_parameters_names_undeclared_parameters(tmp_path):
+    path = write_notebook(tmp_path / "00_a.ipynb", 'profile = "full"\nseed = 0')
+    expected = r"00_a.ipynb: .* does not declare device, checkpoint \(declared: profile, seed\)"
+    with pytest.raises(ReproduceError, match=expected):
+        reproduce.notebook_parameters(path, "full", "cpu", ["wall"])
+
+
+def test_resolve_checkpoints_makes_existing_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    assert reproduce.resolve_checkpoints(None) is None
+    assert reproduce.resolve_checkpoints(["ckpt", "mini-wall"]) == [str(tmp_path / "ckpt"), "mini-wall"]
+
+
+def test_kernel_interpreter_of_python3_is_this_interpreter_and_unknown_kernels_fail():
+    import sys
+
+    assert Path(reproduce.kernel_interpreter("python3")).resolve() == Path(sys.executable).resolve()
+    with pytest.raises(ReproduceError, match="--kernel: no Jupyter kernel named 'no-such-kernel'; installed: .*py"):
+        reproduce.kernel_interpreter("no-such-kernel")
+
+
+@pytest.mark.cuda
+def test_cuda_passes_the_device_check_where_torch_sees_a_device():
+    reproduce.check_device("cuda")
+
+
+def test_cuda_without_a_device_fails_before_running(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_notebook(tmp_path / "00_a.ipynb", PARAMS)
+    assert reproduce.main(["--notebooks", str(tmp_path), "--device", "cuda", "--output", str(tmp_path / "out")]) == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_notebooks_is_not_an_error(tmp_path, capsys):
+    assert reproduce.main(["--notebooks", str(tmp_path)]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+
+
+def test_problems_in_any_notebook_stop_the_run_before_executing(tmp_path, capsys):
+    write_notebook(tmp_path / "nb" / "00_a.ipynb", PARAMS, "print(1)")
+    write_notebook(tmp_path / "nb" / "01_b.ipynb", None, "print(2)")
+    write_notebook(tmp_path / "nb" / "02_c.ipynb", 'profile = "full"', "print(3)")
+    code = reproduce.main(["--notebooks", str(tmp_path / "nb"), "--profile", "smoke", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "01_b.ipynb: needs exactly one cell tagged 'parameters'" in err
+    assert "02_c.ipynb: its parameters cell does not declare device" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_runs_the_fixture_with_the_given_parameters(tmp_path, monkeypatch, capsys):
+    """The executed copy holds papermill's injected values, and the notebook's own output used them."""
+    monkeypatch.chdir(tmp_path)
+    write_notebook(tmp_path / "notebooks" / "01_other.ipynb", PARAMS)
+    shutil.copy(FIXTURE, tmp_path / "notebooks")
+    (tmp_path / "wall_single").mkdir()
+    code = reproduce.main(
+        ["--profile", "smoke", "--only", "00", "--checkpoint", "wall_single", "--output", "golden"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    executed = nbformat.read(tmp_path / "golden" / "00_fixture.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    checkpoint = str(tmp_path / "wall_single")
+    assert len(injected) == 1
+    assert f'profile = "smoke"\ndevice = "cpu"\ncheckpoint = "{checkpoint}"' in injected[0].source
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert f"profile=smoke device=cpu checkpoint={checkpoint} n=1000" in printed
+    assert not (tmp_path / "golden" / "01_other.ipynb").exists()
+    # The fixture writes ../figures relative to its working directory, the output folder.
+    figure = tmp_path / "figures" / "00_fixture__histogram.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", figure.read_bytes()[16:24])
+    assert (width, height) == (4 * 72, 3 * 72)
+    assert "1 notebook(s), profile smoke, device cpu, kernel python3" in out
+    assert "figure figures/00_fixture__histogram.png" in out
+    assert "-> golden/00_fixture.ipynb" in out
+
+
+def test_a_failing_notebook_stops_the_run_and_names_cell_error_and_partial_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    notebooks, output = tmp_path / "nb", tmp_path / "out"
+    write_notebook(notebooks / "00_ok.ipynb", PARAMS, "print('fine')")
+    raising = "x = 3\nraise ValueError(f'boom at x={x}')"
+    write_notebook(notebooks / "01_raises.ipynb", PARAMS, "print('before')", raising, "print('never')")
+    write_notebook(notebooks / "02_after.ipynb", PARAMS, "print('after')")
+    code = reproduce.main(["--notebooks", str(notebooks), "--profile", "smoke", "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 1
+    # Source cells: parameters, print, raise, print. The kernel also ran papermill's injected cell: In [4].
+    assert "FAILED 01_raises.ipynb at cell 3 of 4 (In [4]):" in err
+    assert "    x = 3\n    raise ValueError(f'boom at x={x}')\n" in err
+    assert "ValueError: boom at x=3" in err
+    assert "partial output: out/01_raises.ipynb" in err
+    partial = nbformat.read(output / "01_raises.ipynb", as_version=4)
+    outputs = [o for c in partial.cells for o in c.get("outputs", [])]
+    assert any(o.get("text") == "before\n" for o in outputs)
+    assert any(o.get("ename") == "ValueError" for o in outputs)
+    assert (output / "00_ok.ipynb").exists() and not (output / "02_after.ipynb").exists()

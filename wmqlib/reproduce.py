@@ -1,0 +1,356 @@
+"""Run the study notebooks in order with papermill: ``python -m wmqlib.reproduce``.
+
+The runner finds ``notebooks/[0-9][0-9]_*.ipynb`` by pattern (sorted by name, never a hand-kept list), checks every
+selected notebook before executing any of them, then executes them one by one and stops at the first failure.
+
+Parameters. Every notebook has one cell tagged ``parameters`` holding plain literals. The runner always passes
+``profile`` and ``device``, and ``checkpoint`` only when ``--checkpoint`` is given; each passed name must be declared
+in the notebook's parameters cell (papermill would otherwise inject a variable nothing reads, so a checkpoint could
+be silently ignored). A checkpoint that exists as a path is passed as an absolute path, anything else (a short name
+such as ``mini-wall``) as given. A notebook whose declared ``checkpoint`` default is a list receives a list; any
+other notebook takes exactly one checkpoint.
+
+Profiles. ``full`` writes each executed notebook back in place; ``smoke`` writes it to ``tests/notebooks`` (the
+golden notebooks that ``pytest --nbval-lax`` checks) and runs on ``cpu`` unless ``--device`` says otherwise, so the
+goldens hold the same numbers on every machine.
+
+Working directory. A notebook runs in the folder its executed copy is written to, as JupyterLab and nbval run it.
+Figures are written by the notebooks to ``../figures`` relative to that folder: ``figures/`` for the full profile,
+``tests/figures/`` for the goldens, so a smoke run never overwrites the published figures. The runner reports the
+files in that folder that a notebook created or changed.
+
+Exit status: 0 when every notebook ran (or there were none), 1 when a notebook failed, 2 for a bad invocation or a
+notebook that fails the checks (nothing is executed then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+PROFILES = ("full", "smoke")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_NOTEBOOKS = Path("notebooks")
+DEFAULT_GOLDENS = Path("tests/notebooks")
+DEFAULT_KERNEL = "python3"
+# Lines of the failing cell's source shown in the failure report.
+EXCERPT_LINES = 6
+
+
+class ReproduceError(Exception):
+    """A problem found before executing anything (bad folder, selection, parameters cell, kernel or device).
+
+    The message is written for the user and names the notebook or option at fault.
+    """
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    """One executed notebook: its output path, wall time in seconds and the figure files it created or changed."""
+
+    output: Path
+    seconds: float
+    figures: tuple[Path, ...]
+
+
+def discover(folder: str | Path) -> list[Path]:
+    """Return the notebooks ``folder/[0-9][0-9]_*.ipynb`` sorted by file name (so ``00_`` runs before ``01_``).
+
+    Raises ReproduceError when ``folder`` is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReproduceError(f"--notebooks: {folder} is not a directory")
+    return sorted((p for p in folder.glob(NOTEBOOK_GLOB) if p.is_file()), key=lambda p: p.name)
+
+
+def select(notebooks: Sequence[Path], only: Sequence[str] | None) -> list[Path]:
+    """Keep the notebooks named by ``only`` (two-digit prefixes such as ``01``, or full stems), in discovery order.
+
+    ``only=None`` keeps all. Raises ReproduceError naming every selector that matches no notebook.
+    """
+    if only is None:
+        return list(notebooks)
+
+    def matches(path: Path, token: str) -> bool:
+        return path.stem == token or path.stem.startswith(f"{token}_")
+
+    unknown = [token for token in only if not any(matches(p, token) for p in notebooks)]
+    if unknown:
+        available = ", ".join(p.stem for p in notebooks)
+        raise ReproduceError(f"--only: no notebook matches {', '.join(unknown)}; available: {available}")
+    return [p for p in notebooks if any(matches(p, token) for token in only)]
+
+
+def declared_parameters(path: str | Path) -> dict[str, object]:
+    """Return the names assigned in the notebook's cell tagged ``parameters``, mapped to their literal defaults.
+
+    A default that is not a Python literal maps to None. Raises ReproduceError when the notebook has no such cell,
+    has several, or the cell is not valid Python.
+    """
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        found = "no cell" if not cells else f"{len(cells)} cells"
+        raise ReproduceError(
+            f"{path.name}: needs exactly one cell tagged 'parameters' (found {found}); "
+            "tag the cell of plain literals that papermill overrides"
+        )
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as err:
+        raise ReproduceError(f"{path.name}: the parameters cell is not valid Python ({err.msg}, line {err.lineno})")
+    declared: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        try:
+            default = ast.literal_eval(value)
+        except ValueError:
+            default = None
+        for target in targets:
+            if isinstance(target, ast.Name):
+                declared[target.id] = default
+    return declared
+
+
+def notebook_parameters(
+    path: Path, profile: str, device: str, checkpoints: Sequence[str] | None
+) -> dict[str, object]:
+    """Build the papermill parameters for one notebook, checked against its parameters cell.
+
+    Raises ReproduceError naming the notebook and every parameter it does not declare, or when several
+    checkpoints are given to a notebook whose ``checkpoint`` is a single value.
+    """
+    declared = declared_parameters(path)
+    parameters: dict[str, object] = {"profile": profile, "device": device}
+    if checkpoints:
+        if isinstance(declared.get("checkpoint"), (list, tuple)):
+            parameters["checkpoint"] = list(checkpoints)
+        elif len(checkpoints) > 1 and "checkpoint" in declared:
+            raise ReproduceError(
+                f"{path.name}: declares a single checkpoint but --checkpoint got {len(checkpoints)}; "
+                "pass one, or select notebooks with --only"
+            )
+        else:
+            parameters["checkpoint"] = checkpoints[0]
+    missing = [name for name in parameters if name not in declared]
+    if missing:
+        raise ReproduceError(
+            f"{path.name}: its parameters cell does not declare {', '.join(missing)} "
+            f"(declared: {', '.join(declared) or 'nothing'}); add them, or leave this notebook out with --only"
+        )
+    return parameters
+
+
+def resolve_checkpoints(checkpoints: Sequence[str] | None) -> list[str] | None:
+    """Make checkpoints that exist as paths absolute (notebooks run in another folder); keep names as given."""
+    if not checkpoints:
+        return None
+    return [str(Path(c).resolve()) if Path(c).exists() else c for c in checkpoints]
+
+
+def kernel_interpreter(kernel_name: str) -> str:
+    """Return the interpreter the Jupyter kernel ``kernel_name`` starts (``python`` in a kernelspec means this one).
+
+    Raises ReproduceError listing the installed kernels when ``kernel_name`` is not one of them.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        spec = manager.get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        available = ", ".join(sorted(manager.find_kernel_specs()))
+        raise ReproduceError(f"--kernel: no Jupyter kernel named {kernel_name!r}; installed: {available}")
+    program = spec.argv[0]
+    # jupyter_client launches a kernelspec whose program is python/python3/python3.X with sys.executable.
+    if program in {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}:
+        return sys.executable
+    return program
+
+
+def check_device(device: str) -> None:
+    """Fail early when ``device`` is cuda and torch sees no CUDA device (notebooks would fail deep inside)."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ReproduceError("--device cuda: torch sees no CUDA device; use --device cpu or --device auto")
+
+
+def _snapshot(folder: Path) -> dict[Path, int]:
+    """Map every file under ``folder`` to its modification time in nanoseconds (empty when it does not exist)."""
+    if not folder.is_dir():
+        return {}
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def run_notebook(
+    source: Path, output: Path, parameters: dict[str, object], kernel_name: str, figures_dir: Path
+) -> NotebookRun:
+    """Execute ``source`` with papermill into ``output``, in ``output``'s folder; papermill saves after every cell.
+
+    Returns the wall time and the files under ``figures_dir`` created or changed meanwhile. Papermill's and
+    nbclient's errors propagate; ``output`` then holds the partial execution.
+    """
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    before = _snapshot(figures_dir)
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        source,
+        output,
+        parameters=parameters,
+        kernel_name=kernel_name,
+        # Parameters cells are Python (declared_parameters parses them); papermill needs the language to write
+        # its injected cell and would otherwise demand it in the notebook's metadata.
+        language="python",
+        cwd=output.parent,
+        progress_bar=sys.stderr.isatty(),
+    )
+    seconds = time.perf_counter() - start
+    after = _snapshot(figures_dir)
+    figures = tuple(sorted(p for p, mtime in after.items() if before.get(p) != mtime))
+    return NotebookRun(output=output, seconds=seconds, figures=figures)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute (for messages)."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def describe_failure(source: Path, output: Path, error: BaseException) -> str:
+    """The failure report: notebook, failing cell (position, execution count, source excerpt), error, partial output."""
+    import nbformat
+    from papermill.exceptions import PapermillExecutionError
+
+    lines = [f"FAILED {source.name}"]
+    if isinstance(error, PapermillExecutionError):
+        # papermill's cell_index counts the cells it inserted (injected parameters, error banners): locate the
+        # failing cell in the source notebook instead, by its text.
+        cells = nbformat.read(source, as_version=4).cells
+        number = next((i + 1 for i, c in enumerate(cells) if c.source == error.source), None)
+        where = f"cell {number} of {len(cells)}" if number else "a cell"
+        lines[0] += f" at {where} (In [{error.exec_count}]):"
+        source_lines = error.source.splitlines()
+        lines += [f"    {line}" for line in source_lines[:EXCERPT_LINES]]
+        if len(source_lines) > EXCERPT_LINES:
+            lines.append(f"    ... ({len(source_lines) - EXCERPT_LINES} more lines)")
+        lines.append(f"{error.ename}: {error.evalue}")
+    else:
+        # A dead kernel or a timeout happens outside any one cell's code.
+        lines[0] += ":"
+        lines.append(f"{type(error).__name__}: {error}")
+    lines.append(f"partial output: {_shown(output)}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wmqlib.reproduce",
+        description="Execute notebooks/[0-9][0-9]_*.ipynb in order with papermill.",
+    )
+    parser.add_argument(
+        "--profile", choices=PROFILES, default="full",
+        help="full: write executed notebooks back in place; smoke: tiny sizes, written to --output (default full)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NN", help="run only these notebooks (two-digit prefixes or stems)"
+    )
+    parser.add_argument(
+        "--device", choices=DEVICES, default=None,
+        help="device parameter passed to every notebook (default: auto for full, cpu for smoke)",
+    )
+    parser.add_argument(
+        "--checkpoint", nargs="+", metavar="PATH",
+        help="checkpoint parameter (a path, or a shipped model name); a notebook must declare it",
+    )
+    parser.add_argument(
+        "--notebooks", type=Path, default=DEFAULT_NOTEBOOKS, help="folder of NN_name.ipynb (default notebooks)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None,
+        help=f"folder for executed notebooks (default: the notebooks folder for full, {DEFAULT_GOLDENS} for smoke)",
+    )
+    parser.add_argument(
+        "--kernel", default=DEFAULT_KERNEL,
+        help=f"Jupyter kernel name (default {DEFAULT_KERNEL}, which runs this interpreter)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ran, 1 a notebook failed, 2 bad invocation)."""
+    args = _parser().parse_args(argv)
+    device = args.device or ("auto" if args.profile == "full" else "cpu")
+    output_dir = args.output or (args.notebooks if args.profile == "full" else DEFAULT_GOLDENS)
+    figures_dir = output_dir.resolve().parent / "figures"
+    try:
+        notebooks = discover(args.notebooks)
+        if not notebooks:
+            print(f"no notebooks match {args.notebooks / NOTEBOOK_GLOB}: nothing to run")
+            return 0
+        notebooks = select(notebooks, args.only)
+        checkpoints = resolve_checkpoints(args.checkpoint)
+        problems, plan = [], []
+        for path in notebooks:
+            try:
+                plan.append((path, notebook_parameters(path, args.profile, device, checkpoints)))
+            except ReproduceError as err:
+                problems.append(str(err))
+        if problems:
+            raise ReproduceError("\n".join(problems))
+        check_device(device)
+        interpreter = kernel_interpreter(args.kernel)
+    except ReproduceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    print(
+        f"{len(plan)} notebook(s), profile {args.profile}, device {device}, "
+        f"kernel {args.kernel} ({interpreter}), output {_shown(output_dir)}"
+    )
+    if Path(interpreter).resolve() != Path(sys.executable).resolve():
+        print(f"warning: kernel {args.kernel} runs {interpreter}, not {sys.executable}", file=sys.stderr)
+
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    total = time.perf_counter()
+    for i, (path, parameters) in enumerate(plan, start=1):
+        output = output_dir / path.name
+        print(f"[{i}/{len(plan)}] {path.name} ...", flush=True)
+        try:
+            run = run_notebook(path, output, parameters, args.kernel, figures_dir)
+        except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as err:
+            print(describe_failure(path, output, err), file=sys.stderr)
+            return 1
+        print(f"      {run.seconds:.1f} s -> {_shown(run.output)}")
+        for figure in run.figures:
+            print(f"      figure {_shown(figure)}")
+    print(f"done: {len(plan)} notebook(s) in {time.perf_counter() - total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
