@@ -1,26 +1,54 @@
-# wmq: `make figures` runs the study, `make test` tests it.
+# wmq: `make figures` runs the study, `make test` tests it. Every target creates .venv and installs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.wmq-installed
+GOLDENS := tests/notebooks
+BENCHMARKS := $(sort $(wildcard benchmarks/*.py))
+# Idle OpenMP threads spin by default and starve a second process on a small machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install figures test goldens bench
+.DEFAULT_GOAL := help
+.PHONY: help install figures test goldens bench
+
+help:
+	@echo "make figures   run every notebook (full profile), writing notebooks/ and figures/"
+	@echo "make test      unit tests, then the golden notebooks under $(GOLDENS) with nbval"
+	@echo "make goldens   re-execute the golden notebooks (smoke profile) on purpose"
+	@echo "make bench     run every benchmarks/*.py"
+	@echo "make install   create $(VENV) and install wmq with its dev extras (the targets above do it)"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV)
 
-# Torch is installed pinned (a local CPU wheel) only when none is importable: an unpinned install pulls a CUDA build.
+# Torch is installed pinned (a CPU wheel) only when none is importable: an unpinned install pulls a CUDA build, and
+# a torch the user put into $(VENV) themselves (e.g. a CUDA one) is kept.
 $(STAMP): pyproject.toml | $(BIN)/python
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
-	@$(BIN)/pip install -q -e ".[dev]"
-	@touch $(STAMP)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	@$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
 
 install: $(STAMP)
 
 figures: install
 	@$(BIN)/python -m wmqlib.reproduce --profile full
 
+# The goldens are looked up when the recipe runs, so `make goldens test` checks the fresh ones.
 test: install
 	@$(BIN)/python -m pytest -q
+	@if ls $(GOLDENS)/*.ipynb >/dev/null 2>&1; then \
+		$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with $(GOLDENS)/sanitize.cfg $(GOLDENS); \
+	else \
+		echo "no golden notebooks in $(GOLDENS) yet: nbval check skipped (make goldens writes them)"; \
+	fi
+
+goldens: install
+	@$(BIN)/python -m wmqlib.reproduce --profile smoke --output $(GOLDENS)
+
+bench: install
+ifeq ($(BENCHMARKS),)
+	@echo "no benchmarks/*.py yet: nothing to run"
+else
+	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(BIN)/python $$script; done
+endif
