@@ -1,0 +1,170 @@
+"""The world-model architecture as one frozen, validated dataclass.
+
+Every size of the DINO-WM architecture lives here: the DINOv2-style encoder, the ViT predictor, the action /
+proprio embeddings and the decoder, plus the data facts the model depends on (env, frameskip, num_hist).
+``dinowm_config(env)`` gives the paper-size model (ViT-S/14 encoder, 196 tokens, a 6-layer predictor); the
+small models wmq ships are sized by the training code, which builds a ``WorldModelConfig`` directly.
+
+Token geometry: the encoder sees ``grid_size * patch_size`` pixels per side and yields ``grid_size ** 2`` patch
+tokens; the model's images (``prepare_obs`` output, ``decode`` output) are ``img_size`` pixels per side, so the
+decoder upsamples the token grid by ``img_size // grid_size``. DINO-WM: img 224, patch 14, grid 14 -> the
+encoder sees 196 px, the decoder upsamples 16x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ENV_NAMES = ("wall", "pusht")
+
+# Decoder upsampling factor -> strides of its two upsampling stacks (each stack supports 2x or 4x, as in DINO-WM's
+# VQ-VAE decoder; the released models use (4, 4) for 14 -> 224).
+DECODER_STRIDES = {4: (2, 2), 8: (4, 2), 16: (4, 4)}
+
+_INT_FIELDS = (
+    "proprio_dim", "num_hist", "frameskip", "env_action_dim", "img_size", "patch_size", "grid_size",
+    "encoder_dim", "encoder_depth", "encoder_heads", "encoder_mlp_dim", "encoder_pos_grid",
+    "predictor_depth", "predictor_heads", "predictor_dim_head", "predictor_mlp_dim",
+    "proprio_emb_dim", "action_emb_dim",
+    "decoder_channel", "decoder_res_blocks", "decoder_res_channel", "decoder_n_embed",
+)
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Sizes of a DINO-WM world model; validated on construction. Defaults are the paper's sizes.
+
+    Data:
+        env: environment name, one of ``ENV_NAMES``.
+        proprio_dim: raw proprioception size (Wall 2, PushT 4).
+        num_hist: frames of history the predictor sees (its window; PushT 3, Wall 1).
+        frameskip: env steps per model step; a model-step action stacks ``frameskip`` env actions.
+        env_action_dim: raw env action size (2 for Wall and PushT).
+    Images and tokens:
+        img_size: side of the model's images in pixels (prepare_obs / decode), a multiple of grid_size.
+        patch_size: encoder patch side in pixels.
+        grid_size: patch tokens per image side; P = grid_size ** 2 tokens per frame.
+    Encoder (DINOv2 ViT; ViT-S/14: 384, 12, 6, 1536, pos grid 37):
+        encoder_dim, encoder_depth, encoder_heads, encoder_mlp_dim: width, blocks, heads, MLP hidden size.
+        encoder_pos_grid: side of the stored position-embedding grid (37 in the DINOv2 weights); it is
+            interpolated (bicubic) to grid_size at run time.
+    Predictor (ViT with frame-causal attention; paper: 6, 16, 64, 2048, dropout 0.1):
+        predictor_depth, predictor_heads, predictor_dim_head, predictor_mlp_dim: layers, heads, head width, MLP.
+        predictor_dropout: dropout inside attention and MLP while training, in [0, 1).
+        predictor_emb_dropout: dropout after adding the position embedding while training, in [0, 1).
+    Embeddings: proprio_emb_dim, action_emb_dim: widths appended to every visual token (paper: 10 and 10).
+    Decoder (VQ-VAE-shaped, quantisation off; paper: 384, 4, 128, 2048):
+        decoder_channel, decoder_res_blocks, decoder_res_channel: conv width, residual blocks, their width.
+        decoder_n_embed: codebook size kept for checkpoint compatibility (the codebook is never used).
+    """
+
+    env: str
+    proprio_dim: int
+    num_hist: int = 1
+    frameskip: int = 5
+    env_action_dim: int = 2
+    img_size: int = 224
+    patch_size: int = 14
+    grid_size: int = 14
+    encoder_dim: int = 384
+    encoder_depth: int = 12
+    encoder_heads: int = 6
+    encoder_mlp_dim: int = 1536
+    encoder_pos_grid: int = 37
+    predictor_depth: int = 6
+    predictor_heads: int = 16
+    predictor_dim_head: int = 64
+    predictor_mlp_dim: int = 2048
+    predictor_dropout: float = 0.1
+    predictor_emb_dropout: float = 0.0
+    proprio_emb_dim: int = 10
+    action_emb_dim: int = 10
+    decoder_channel: int = 384
+    decoder_res_blocks: int = 4
+    decoder_res_channel: int = 128
+    decoder_n_embed: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.env not in ENV_NAMES:
+            raise ValueError(f"WorldModelConfig.env must be one of {ENV_NAMES}, got {self.env!r}")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"WorldModelConfig.{name} must be a positive int, got {value!r}")
+        for name in ("predictor_dropout", "predictor_emb_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"WorldModelConfig.{name} must be a float in [0, 1), got {value!r}")
+        if self.encoder_dim % self.encoder_heads:
+            raise ValueError(
+                f"WorldModelConfig.encoder_dim ({self.encoder_dim}) must be divisible by encoder_heads "
+                f"({self.encoder_heads})"
+            )
+        if self.img_size % self.grid_size or self.img_size // self.grid_size not in DECODER_STRIDES:
+            raise ValueError(
+                f"WorldModelConfig.img_size must be grid_size times one of {sorted(DECODER_STRIDES)} (the decoder's "
+                f"upsampling factors), got img_size={self.img_size}, grid_size={self.grid_size}"
+            )
+        if max(self.decoder_strides) == 4 and self.decoder_channel < 2:
+            raise ValueError(
+                f"WorldModelConfig.decoder_channel must be >= 2 for a 4x decoder stage, got {self.decoder_channel}"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per frame, P = grid_size ** 2."""
+        return self.grid_size**2
+
+    @property
+    def encoder_img_size(self) -> int:
+        """Side in pixels of the images the encoder sees (grid_size * patch_size; 196 for DINO-WM)."""
+        return self.grid_size * self.patch_size
+
+    @property
+    def action_dim(self) -> int:
+        """Model-step action size Da = frameskip * env_action_dim (10 for DINO-WM)."""
+        return self.frameskip * self.env_action_dim
+
+    @property
+    def latent_dim(self) -> int:
+        """Per-token latent width D = encoder_dim + proprio_emb_dim + action_emb_dim (404 for DINO-WM)."""
+        return self.encoder_dim + self.proprio_emb_dim + self.action_emb_dim
+
+    @property
+    def decoder_strides(self) -> tuple[int, int]:
+        """Upsampling of the decoder's two stages; their product is img_size // grid_size."""
+        return DECODER_STRIDES[self.img_size // self.grid_size]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
+        """Inverse of ``to_dict``; unknown keys raise ValueError naming them and the allowed ones."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(f"WorldModelConfig got unknown fields {unknown}; allowed: {allowed}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> WorldModelConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def dinowm_config(env: str) -> WorldModelConfig:
+    """The paper-size DINO-WM config of a released model: ViT-S/14 encoder, 196 tokens, 404-wide predictor.
+
+    PushT: proprio 4, num_hist 3, emb_dropout 0; Wall: proprio 2, num_hist 1, emb_dropout 0.1; frameskip 5 for both.
+    """
+    presets = {
+        "pusht": dict(proprio_dim=4, num_hist=3, predictor_emb_dropout=0.0),
+        "wall": dict(proprio_dim=2, num_hist=1, predictor_emb_dropout=0.1),
+    }
+    if env not in presets:
+        raise ValueError(f"dinowm_config: env must be one of {sorted(presets)}, got {env!r}")
+    return WorldModelConfig(env=env, frameskip=5, **presets[env])
+

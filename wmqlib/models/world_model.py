@@ -1,0 +1,305 @@
+"""``WorldModel``: DINO-WM's encoder, predictor, action/proprio encoders and decoder behind one planning API.
+
+Latent layout (DINO-WM, ``concat_dim: 1``): every patch token of a frame carries the frame's visual token, its
+proprio embedding and its action embedding, concatenated along features,
+
+    z[b, t, p] = [ visual (Dv) | proprio (Ep) | action (Ea) ],   z: (B, T, P, D),  D = Dv + Ep + Ea.
+
+The predictor maps a window of at most ``num_hist`` frames to the same shape, output frame t predicting frame t+1.
+``rollout`` encodes nothing: it starts from encoded observations (encode them once, even for thousands of
+candidate action sequences) and feeds its own predictions back, replacing the action slice of each predicted
+frame with the next planned action. The proprio latent of a frame is read from its first token, as DINO-WM does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from wmqlib.models.config import WorldModelConfig
+from wmqlib.models.decoder import ConvDecoder
+from wmqlib.models.embeddings import StepEmbedding
+from wmqlib.models.encoder import ViTEncoder
+from wmqlib.models.errors import CheckpointError
+from wmqlib.models.predictor import ViTPredictor
+from wmqlib.models.preprocess import (
+    frames_to_visual, resize_images, stack_frameskip, unstack_frameskip, unzscore, zscore,
+)
+
+STAT_NAMES = ("action_mean", "action_std", "proprio_mean", "proprio_std")
+
+
+class WorldModel(nn.Module):
+    """A DINO-WM world model sized by ``config``; parameters are drawn from ``seed`` (global RNG untouched).
+
+    Submodules: ``encoder`` (ViTEncoder), ``predictor`` (ViTPredictor), ``action_encoder`` and
+    ``proprio_encoder`` (StepEmbedding), ``decoder`` (ConvDecoder). Buffers ``action_mean``/``action_std``
+    (env_action_dim,) and ``proprio_mean``/``proprio_std`` (proprio_dim,) hold the z-score statistics in env units;
+    they stay float32 when the model is cast to another dtype, so a bf16 model normalises exactly like fp32.
+    ``provenance`` is a JSON-able dict saved with the model (where its weights came from).
+    """
+
+    def __init__(self, config: WorldModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(config, WorldModelConfig):
+            raise TypeError(f"WorldModel needs a WorldModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.provenance: dict[str, Any] = {}
+        c = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.encoder = ViTEncoder(c.encoder_dim, c.encoder_depth, c.encoder_heads, c.encoder_mlp_dim,
+                                      c.patch_size, c.encoder_pos_grid)
+            self.predictor = ViTPredictor(c.num_patches, c.num_hist, c.latent_dim, c.predictor_depth,
+                                          c.predictor_heads, c.predictor_dim_head, c.predictor_mlp_dim,
+                                          c.predictor_dropout, c.predictor_emb_dropout)
+            self.action_encoder = StepEmbedding(c.action_dim, c.action_emb_dim)
+            self.proprio_encoder = StepEmbedding(c.proprio_dim, c.proprio_emb_dim)
+            self.decoder = ConvDecoder(c.encoder_dim, c.decoder_channel, c.decoder_res_blocks,
+                                       c.decoder_res_channel, c.decoder_n_embed, c.decoder_strides)
+        self.register_buffer("action_mean", torch.zeros(c.env_action_dim))
+        self.register_buffer("action_std", torch.ones(c.env_action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
+
+    @classmethod
+    def from_state_dict(cls, config: WorldModelConfig, state_dict: dict[str, torch.Tensor], *,
+                        fresh_prefixes: tuple[str, ...] = (), seed: int = 0) -> WorldModel:
+        """A model holding exactly ``state_dict``'s tensors (their device and dtype), with strict key matching.
+
+        Built on the meta device and filled by assignment, so no random init is spent on loaded weights. Keys
+        under ``fresh_prefixes`` (e.g. ``("decoder.",)``) may be absent and keep the seeded initialisation.
+        Missing, unexpected or mis-shaped keys raise CheckpointError listing them.
+        """
+        with torch.device("meta"):
+            model = cls(config, seed)
+        expected = model.state_dict()
+        fresh = {k for k in expected if k not in state_dict and fresh_prefixes and k.startswith(fresh_prefixes)}
+        problems = _mismatches({k: v for k, v in expected.items() if k not in fresh}, state_dict)
+        if problems:
+            raise CheckpointError(f"weights do not fit {config}:\n  " + "\n  ".join(problems))
+        if fresh:
+            model = cls(config, seed)
+            state_dict = {**{k: v for k, v in model.state_dict().items() if k in fresh}, **state_dict}
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model
+
+    # ----- properties and normalisation statistics -----
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's weights."""
+        return self.predictor.pos_embedding.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's weights (inputs are cast to it)."""
+        return self.predictor.pos_embedding.dtype
+
+    @property
+    def action_dim(self) -> int:
+        """Model-step action width Da = frameskip * env_action_dim."""
+        return self.config.action_dim
+
+    def set_normalization(self, action_mean: Any = None, action_std: Any = None, proprio_mean: Any = None,
+                          proprio_std: Any = None) -> WorldModel:
+        """Set z-score statistics in env units (arrays of shape (env_action_dim,) / (proprio_dim,)); returns self.
+
+        Statistics left as None keep their value. Standard deviations must be finite and > 0.
+        """
+        given = dict(action_mean=action_mean, action_std=action_std, proprio_mean=proprio_mean,
+                     proprio_std=proprio_std)
+        for name, value in given.items():
+            if value is None:
+                continue
+            buffer = getattr(self, name)
+            stat = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
+            if stat.shape != buffer.shape:
+                raise ValueError(f"WorldModel.{name} must have shape {tuple(buffer.shape)}, got {tuple(stat.shape)}")
+            if not torch.isfinite(stat).all() or (name.endswith("_std") and not (stat > 0).all()):
+                raise ValueError(f"WorldModel.{name} must be finite{' and > 0' if name.endswith('_std') else ''}, "
+                                 f"got {stat.tolist()}")
+            with torch.no_grad():
+                buffer.copy_(stat)
+        return self
+
+    def normalization(self) -> dict[str, list[float]]:
+        """The z-score statistics as plain lists (env units), keyed by STAT_NAMES."""
+        return {name: getattr(self, name).detach().cpu().tolist() for name in STAT_NAMES}
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> WorldModel:
+        # Keep the statistics float32 under .to(dtype) / .half() / .bfloat16(): rounding a proprio mean of 236.6
+        # to bf16 would shift every z-score of a bf16 model relative to its fp32 reference.
+        before = {name: self._buffers[name] for name in STAT_NAMES}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:
+                source = new if old.device.type == "meta" else old
+                self._buffers[name] = source.to(device=new.device, dtype=torch.float32)
+        return self
+
+    # ----- env units <-> model units -----
+
+    def prepare_obs(self, frames: torch.Tensor | np.ndarray, proprio: torch.Tensor | np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw observations -> model inputs on the model's device and dtype.
+
+        frames: uint8 (B, T, H, H, 3); proprio: raw (B, T, proprio_dim).
+        Returns visual (B, T, 3, img_size, img_size) in [-1, 1] and z-scored proprio (B, T, proprio_dim).
+        """
+        visual = frames_to_visual(frames, self.config.img_size, self.dtype, self.device)
+        return visual, self.normalize_proprio(proprio)
+
+    def normalize_proprio(self, proprio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Raw proprio (..., proprio_dim) -> z-scored, model device and dtype."""
+        proprio = torch.as_tensor(proprio, device=self.device)
+        _check_trailing("proprio", proprio, self.config.proprio_dim)
+        return zscore(proprio, self.proprio_mean, self.proprio_std).to(self.dtype)
+
+    def actions_to_env(self, actions: torch.Tensor) -> torch.Tensor:
+        """z-scored model actions (..., H, Da) -> raw env actions (..., H*frameskip, env_action_dim), float32."""
+        _check_trailing("actions", actions, self.action_dim)
+        raw = unstack_frameskip(actions, self.config.frameskip)
+        return unzscore(raw, self.action_mean.to(raw.device), self.action_std.to(raw.device))
+
+    def env_to_actions(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Raw env actions (..., H*frameskip, env_action_dim) -> z-scored model actions (..., H, Da).
+
+        The result is on the model's device and in its dtype, ready for ``encode`` / ``rollout``.
+        """
+        raw = torch.as_tensor(raw, device=self.device)
+        _check_trailing("raw actions", raw, self.config.env_action_dim)
+        z = zscore(raw, self.action_mean, self.action_std)
+        return stack_frameskip(z, self.config.frameskip).to(self.dtype)
+
+    # ----- encoding -----
+
+    def encode_obs(self, visual: torch.Tensor, proprio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """visual (B, T, 3, img, img) in [-1, 1], z-scored proprio (B, T, p) ->
+        {"visual": (B, T, P, Dv), "proprio": (B, T, Ep)}."""
+        c = self.config
+        visual = self._input("visual", visual, (None, None, 3, c.img_size, c.img_size))
+        proprio = self._input("proprio", proprio, (visual.shape[0], visual.shape[1], c.proprio_dim))
+        b, t = visual.shape[:2]
+        images = resize_images(visual.reshape(b * t, 3, c.img_size, c.img_size), c.encoder_img_size)
+        tokens = self.encoder(images).reshape(b, t, c.num_patches, c.encoder_dim)
+        return {"visual": tokens, "proprio": self.proprio_encoder(proprio)}
+
+    def encode(self, visual: torch.Tensor, proprio: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Observations and z-scored actions (B, T, Da) -> latents z (B, T, P, D) = [visual | proprio | action]."""
+        obs = self.encode_obs(visual, proprio)
+        b, t, p, _ = obs["visual"].shape
+        action = self._input("action", action, (b, t, self.action_dim))
+        act = self.action_encoder(action)
+        c = self.config
+        return torch.cat([
+            obs["visual"],
+            obs["proprio"][:, :, None, :].expand(b, t, p, c.proprio_emb_dim),
+            act[:, :, None, :].expand(b, t, p, c.action_emb_dim),
+        ], dim=-1)
+
+    def split_latent(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """z (B, T, P, D) -> {"visual": (B, T, P, Dv), "proprio": (B, T, Ep), "action": (B, T, Ea)} (views).
+
+        Proprio and action are read from the first token, as DINO-WM does.
+        """
+        c = self.config
+        dv, ep = c.encoder_dim, c.proprio_emb_dim
+        return {"visual": z[..., :dv], "proprio": z[..., 0, dv:dv + ep], "action": z[..., 0, dv + ep:]}
+
+    # ----- prediction -----
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, T, P, D), T <= num_hist -> (B, T, P, D); frame-causal, output frame t predicts frame t+1."""
+        c = self.config
+        z = self._input("z", z, (None, None, c.num_patches, c.latent_dim))
+        b, t = z.shape[:2]
+        if t > c.num_hist:
+            raise ValueError(f"WorldModel.predict: z has {t} frames, the predictor window is num_hist={c.num_hist}")
+        return self.predictor(z.reshape(b, t * c.num_patches, c.latent_dim)).reshape(z.shape)
+
+    def forward(self, visual: torch.Tensor, proprio: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """One teacher-forced step for training: ``predict(encode(visual, proprio, action))``, (B, T, P, D)."""
+        return self.predict(self.encode(visual, proprio, action))
+
+    def rollout(self, z0: dict[str, torch.Tensor], actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Imagine H steps from encoded start observations.
+
+        z0: {"visual": (B0, 1, P, Dv), "proprio": (B0, 1, Ep)} from ``encode_obs``; actions: z-scored (B, H, Da).
+        B0 == 1 (one start shared by all B sequences) or B0 divides B: sequence b starts from z0[b // (B // B0)],
+        i.e. episode-major order (B = episodes * samples). Starts are broadcast, never re-encoded or copied per
+        sample. Returns {"visual": (B, H+1, P, Dv), "proprio": (B, H+1, Ep)}, index 0 the start, index k the
+        prediction after k actions. Differentiable with respect to ``actions``.
+        """
+        c = self.config
+        p, dv, ep, d = c.num_patches, c.encoder_dim, c.proprio_emb_dim, c.latent_dim
+        actions = self._input("actions", actions, (None, None, self.action_dim))
+        b, horizon = actions.shape[:2]
+        visual0 = self._input("z0['visual']", z0["visual"], (None, 1, p, dv))
+        b0 = visual0.shape[0]
+        proprio0 = self._input("z0['proprio']", z0["proprio"], (b0, 1, ep))
+        if b % b0:
+            raise ValueError(f"WorldModel.rollout: {b0} start latents do not divide {b} action sequences")
+        act = self.action_encoder(actions)  # (B, H, Ea)
+
+        # One buffer for the whole imagined trajectory: frames are written in place, windows are views of it.
+        z = actions.new_empty(b, horizon + 1, p, d)
+        grouped = z.view(b0, b // b0, horizon + 1, p, d)
+        grouped[:, :, 0, :, :dv] = visual0[:, None, 0]
+        grouped[:, :, 0, :, dv:dv + ep] = proprio0[:, None, :, None, :]
+        z[:, :horizon, :, dv + ep:] = act[:, :, None, :]
+        for step in range(horizon):
+            start = max(0, step + 1 - c.num_hist)
+            window = z[:, start:step + 1].reshape(b, (step + 1 - start) * p, d)
+            pred = self.predictor(window)[:, -p:]  # (B, P, D): the prediction of frame step+1
+            if step + 1 < horizon:
+                z[:, step + 1, :, :dv + ep] = pred[..., :dv + ep]  # its action slice is the next planned action
+            else:
+                z[:, step + 1] = pred
+        return {"visual": z[..., :dv], "proprio": z[:, :, 0, dv:dv + ep]}
+
+    # ----- decoding -----
+
+    def decode(self, visual: torch.Tensor) -> torch.Tensor:
+        """Visual latents (B, T, P, Dv) -> images (B, T, 3, img_size, img_size), about [-1, 1] (visualisation)."""
+        c = self.config
+        visual = self._input("visual latents", visual, (None, None, c.num_patches, c.encoder_dim))
+        b, t = visual.shape[:2]
+        images = self.decoder(visual.reshape(b * t, c.num_patches, c.encoder_dim))
+        return images.reshape(b, t, *images.shape[1:])
+
+    # ----- input checks -----
+
+    def _input(self, name: str, x: torch.Tensor, shape: tuple[int | None, ...]) -> torch.Tensor:
+        """Check x's shape (None = any size) and device, and cast it to the model's dtype."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"WorldModel: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape)):
+            want = ", ".join("*" if s is None else str(s) for s in shape)
+            raise ValueError(f"WorldModel: {name} must have shape ({want}), got {tuple(x.shape)}")
+        if x.device != self.device:
+            raise ValueError(f"WorldModel: {name} is on {x.device} but the model is on {self.device}")
+        return x.to(self.dtype)
+
+
+def _mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], limit: int = 12) -> list[str]:
+    """Human-readable differences between two state_dicts' keys and shapes (at most ``limit`` per kind)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f"{k}: weights {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in given and given[k].shape != expected[k].shape]
+    problems = []
+    for kind, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            problems.append(f"{kind}: {', '.join(items[:limit])}{more}")
+    return problems
+
+
+def _check_trailing(name: str, x: torch.Tensor, width: int) -> None:
+    if x.ndim < 2 or x.shape[-1] != width:
+        raise ValueError(f"{name} must have shape (..., T, {width}), got {tuple(x.shape)}")
