@@ -1,0 +1,33 @@
+"""wmqlib.quant: post-training fake quantization of ViT-style models (DINO-WM encoder and predictor).
+
+One primitive (``fake_quantize(x, QuantSpec(bits, granularity, symmetric))``), one recipe dataclass per method
+(``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant``), one entry point::
+
+    with capture_calibration(model) as calib:
+        model(calibration_inputs)                      # FP forwards
+    qmodel, report = quantize(model, AWQ(4, PerGroup(128)), calib, scope="predictor")
+    report.table                                       # one row per quantized linear
+
+The default quantization points (block linears and their inputs) are defined in ``points``.  A search returns a
+plain dict of tensors (``search_params``) that ``save_params`` stores and ``apply_params`` re-applies.
+"""
+
+from .api import apply_params, assign_recipes, load_params, quantize, save_params, search_params
+from .awq import AWQ
+from .calibration import Calibration, capture_calibration
+from .omniquant import OmniQuant
+from .omse import OMSE
+from .points import QuantPoints, ScalePair, Unit, find_points
+from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
+from .recipe import Recipe, register
+from .report import QuantReport, sqnr_db
+from .rtn import RTN
+from .smoothquant import SmoothQuant
+from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec, fake_quantize, qparams, scale_shape
+
+__all__ = [
+    "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
+    "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "Recipe", "ScalePair", "ScaledActivation",
+    "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration", "fake_quantize", "find_points",
+    "load_params", "qparams", "quantize", "register", "save_params", "scale_shape", "search_params", "sqnr_db",
+]

@@ -1,0 +1,124 @@
+"""The recipe base class and the registry from recipe type to its search function.
+
+A method is one frozen dataclass (subclass of ``Recipe``, validated in ``__post_init__``) plus one search
+function registered with ``@register(ThatRecipe)``.  A search function has the signature::
+
+    search(model, recipe, names, points, calibration) -> dict[str, Tensor]
+
+It reads (never modifies) ``model`` and returns a plain dict keyed ``"<linear name>.<quantity>"``; ``apply``
+(``api.apply_params``) is one generic, pure function of that dict.  The quantities (all optional per linear):
+
+- ``input_scale (C_in,)``: the linear's input channels are divided by it: weight columns multiplied, the scale
+  pair's predecessor divided (LayerNorm weight/bias, a scaled GELU, or the v rows of the fused qkv).
+- ``input_shift (C_in,)``: subtracted from the input (LayerNorm bias only); the linear's bias absorbs ``W @ shift``.
+- ``weight_lo``, ``weight_hi`` (scale shape): the clipping range of the weight AFTER the folds above.
+- ``act_lo``, ``act_hi`` ``(1,)``: static per-tensor activation range, in the folded input's coordinates
+  (added by ``api.search_params`` from calibration for every recipe with ``a_granularity=PerTensor()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Optional, Union
+
+from torch import Tensor, nn
+
+from .calibration import Calibration
+from .points import QuantPoints
+from .spec import PASS_THROUGH_BITS, Granularity, PerChannel, PerTensor, PerToken, QuantSpec, check_bits, check_granularity
+
+SearchFn = Callable[[nn.Module, "Recipe", list[str], QuantPoints, Optional[Calibration]], dict[str, Tensor]]
+QUANTITIES = ("input_scale", "input_shift", "weight_lo", "weight_hi", "act_lo", "act_hi")
+SEARCHES: dict[type, SearchFn] = {}
+
+
+def register(recipe_type: type) -> Callable[[SearchFn], SearchFn]:
+    """Decorator: make ``fn`` the search function of ``recipe_type``."""
+
+    def wrap(fn: SearchFn) -> SearchFn:
+        SEARCHES[recipe_type] = fn
+        return fn
+
+    return wrap
+
+
+def check_float(value: object, field: str, low: float, high: float, low_open: bool = False) -> None:
+    """Raise ``ValueError`` naming ``field`` unless ``value`` is a real number in ``[low, high]`` (``(low, high]``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{field} must be a number in {bracket}{low}, {high}], got {value!r}")
+
+
+def check_int(value: object, field: str, minimum: int) -> None:
+    """Raise ``ValueError`` naming ``field`` unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{field} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Fields shared by every method.
+
+    Attributes:
+        w_bits: weight bits, 2..8, or 16 to keep weights in floating point.
+        w_granularity: ``PerTensor()``, ``PerChannel()`` (one scale per output row) or ``PerGroup(g)``.
+        w_symmetric: symmetric weight grid (no zero point); False = asymmetric with a zero point.
+        w_full_range: symmetric weights on the reference code's full signed grid (``/7.5`` at 4 bits).
+        a_bits: None for weight-only, else input-activation bits of every quantized linear (2..8, 16 = FP).
+        a_granularity: with ``a_bits``: ``PerTensor()`` (static, asymmetric, range from calibration) or
+            ``PerToken()`` (dynamic, asymmetric, per row at run time); must be None without ``a_bits``.
+    """
+
+    w_bits: int
+    w_granularity: Granularity = PerChannel()
+    w_symmetric: bool = True
+    w_full_range: bool = False
+    a_bits: Optional[int] = None
+    a_granularity: Optional[Union[PerTensor, PerToken]] = None
+
+    needs_calibration: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_bits(self.w_bits, f"{name}.w_bits")
+        check_granularity(self.w_granularity, "weight", f"{name}.w_granularity")
+        for flag in ("w_symmetric", "w_full_range"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{name}.{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.w_full_range and not self.w_symmetric:
+            raise ValueError(f"{name}.w_full_range applies to symmetric weights only (w_symmetric=True)")
+        if self.a_bits is None:
+            if self.a_granularity is not None:
+                raise ValueError(
+                    f"{name}.a_granularity={self.a_granularity!r} is set but a_bits is None (a weight-only recipe); "
+                    "set a_bits (2..8, or 16) or leave a_granularity=None"
+                )
+            return
+        check_bits(self.a_bits, f"{name}.a_bits")
+        if self.a_granularity is None:
+            raise ValueError(f"{name}.a_granularity must be PerTensor() (static) or PerToken() (dynamic) with a_bits")
+        check_granularity(self.a_granularity, "activation", f"{name}.a_granularity")
+
+    @property
+    def weight_spec(self) -> QuantSpec:
+        """The weight number format."""
+        return QuantSpec(self.w_bits, self.w_granularity, self.w_symmetric, self.w_full_range, role="weight")
+
+    @property
+    def act_spec(self) -> Optional[QuantSpec]:
+        """The input-activation number format (always asymmetric), or None when activations stay FP."""
+        if self.a_bits is None or self.a_bits == PASS_THROUGH_BITS:
+            return None
+        return QuantSpec(self.a_bits, self.a_granularity, symmetric=False, role="activation")
+
+    @property
+    def static_activations(self) -> bool:
+        """True when activations use a static per-tensor range that must come from calibration."""
+        return self.act_spec is not None and isinstance(self.a_granularity, PerTensor)
+
+    @property
+    def label(self) -> str:
+        """Short name like ``W4A8`` or ``W4A16`` (weight-only)."""
+        return f"W{self.w_bits}A{self.a_bits or PASS_THROUGH_BITS}"
