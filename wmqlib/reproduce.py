@@ -223,6 +223,9 @@ def run_notebook(
         language="python",
         cwd=output.parent,
         progress_bar=sys.stderr.isatty(),
+        # The kernel shares our stderr; its warnings (e.g. "running over TCP without encryption") are noise here,
+        # while errors in cells come back through the notebook and papermill.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     seconds = time.perf_counter() - start
     after = _snapshot(figures_dir)
