@@ -63,8 +63,9 @@ class TinyWorldModel(nn.Module):
     def rollout(self, z0, actions):
         b = actions.shape[0]
         self.rollout_batches.append((z0["visual"].shape[0], b))
-        vis = z0["visual"][:, 0].expand(b, -1, -1)
-        pro = z0["proprio"][:, 0].expand(b, -1)
+        repeat = b // z0["visual"].shape[0]  # B0 divides B, episode-major, as WorldModel.rollout
+        vis = z0["visual"][:, 0].repeat_interleave(repeat, dim=0)
+        pro = z0["proprio"][:, 0].repeat_interleave(repeat, dim=0)
         vis_seq, pro_seq = [vis], [pro]
         for t in range(actions.shape[1]):
             act = self.action_encoder(actions[:, t])

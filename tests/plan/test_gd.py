@@ -65,6 +65,12 @@ def test_warm_start_and_zero_init(quadratic):
     torch.testing.assert_close(res.plan[:, 2:], torch.zeros(1, 3, 4))
 
 
+def test_non_differentiable_cost_is_reported(quadratic):
+    cost = quadratic([1])
+    with pytest.raises(TypeError, match="differentiable"):
+        gd(lambda a: cost(a.detach()), GDConfig(opt_steps=2), make_generators([1]), 4)
+
+
 @pytest.mark.parametrize("field, value, exc", [
     ("optimizer", "lbfgs", ValueError), ("init", "uniform", ValueError), ("lr", 0.0, ValueError),
     ("action_noise", -1.0, ValueError), ("samples", 0, ValueError), ("opt_steps", True, TypeError),

@@ -38,25 +38,26 @@ def test_objective_matches_per_sequence_rollouts(tiny_model, tiny_obs):
             torch.testing.assert_close(costs[e, s], ref[0])
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 7, 1000])
-def test_chunking_bounds_batch_and_keeps_costs(tiny_model, tiny_obs, chunk):
+@pytest.mark.parametrize("chunk, calls", [(1, [(1, 1)] * 18), (4, [(1, 4), (1, 2)] * 3), (7, [(1, 6)] * 3),
+                                          (12, [(2, 12), (1, 6)]), (1000, [(3, 18)])])
+def test_chunking_bounds_batch_and_keeps_costs(tiny_model, tiny_obs, chunk, calls):
+    """E = 3 episodes x S = 6 samples: blocks hold whole episodes (B0 starts broadcast over their samples) and at
+    most ``chunk`` sequences; an episode is split only when its samples alone exceed ``chunk``."""
     start, goal = (encode_observations(tiny_model, o) for o in tiny_obs)
     actions = torch.randn(3, 6, 2, 4, generator=torch.Generator().manual_seed(1))
-    reference = Objective(tiny_model, start, goal, chunk=10_000)(actions)
+    reference = torch.stack([latent_mse(tiny_model.rollout({k: v[e:e + 1] for k, v in start.items()}, actions[e]),
+                                        {k: v[e:e + 1] for k, v in goal.items()}) for e in range(3)])
     tiny_model.rollout_batches.clear()
     costs = Objective(tiny_model, start, goal, chunk=chunk)(actions)
     torch.testing.assert_close(costs, reference)
-    assert len(tiny_model.rollout_batches) == -(-18 // chunk)
-    for b0, b in tiny_model.rollout_batches:
-        assert b <= chunk and b0 in (1, b)
+    assert tiny_model.rollout_batches == calls
 
 
-def test_single_episode_chunk_broadcasts_the_start(tiny_model, tiny_obs):
-    """A chunk inside one episode hands the model its start latent once (B0 = 1): no per-sample copies."""
+def test_gradients_reach_every_chunk(tiny_model, tiny_obs):
     start, goal = (encode_observations(tiny_model, o) for o in tiny_obs)
-    tiny_model.rollout_batches.clear()
-    Objective(tiny_model, start, goal, chunk=5)(torch.zeros(3, 5, 2, 4))
-    assert tiny_model.rollout_batches == [(1, 5)] * 3
+    actions = torch.randn(3, 6, 2, 4, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    Objective(tiny_model, start, goal, chunk=4)(actions).sum().backward()
+    assert (actions.grad.flatten(2).abs().sum(dim=2) > 0).all()
 
 
 def test_dtype_and_device_follow_the_model(tiny_model, tiny_obs):

@@ -95,17 +95,25 @@ def gd(cost_fn: CostFn, cfg: GDConfig, generators: Sequence[torch.Generator], ac
             raise ValueError(f"init must be (E={n_ep}, h<={cfg.horizon}, Da={action_dim}), got {tuple(init.shape)}")
         start[:, :, : init.shape[1]] = init.to(dev, torch.float32)[:, None]
     actions = start.requires_grad_(True)  # (E, S, H, Da)
-    opt_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
-    optimizer = opt_cls([actions], lr=cfg.lr)
+    # Plain SGD is the released update written out (a - lr * grad); torch.optim only for Adam (its first import
+    # costs seconds).
+    optimizer = torch.optim.Adam([actions], lr=cfg.lr) if cfg.optimizer == "adam" else None
     plans = torch.empty(cfg.opt_steps, n_ep, cfg.horizon, action_dim, device=dev)
     losses = torch.empty(cfg.opt_steps, n_ep, device=dev)
     for it in range(cfg.opt_steps):
         cost = cost_fn(actions).float()  # (E, S)
+        if not cost.requires_grad:
+            raise TypeError("gd needs a cost_fn differentiable in the actions (autograd through the model); this "
+                            "one returned costs without a graph - use CEM for non-differentiable models")
         if it > 0:
             plans[it - 1], losses[it - 1] = _best(actions.detach(), cost.detach())
         (grad,) = torch.autograd.grad(cost.sum(), actions)
-        actions.grad = grad
-        optimizer.step()
+        if optimizer is None:
+            with torch.no_grad():
+                actions -= cfg.lr * grad
+        else:
+            actions.grad = grad
+            optimizer.step()
         with torch.no_grad():
             actions += cfg.action_noise * randn_per_episode(generators, shape, dev)
     with torch.no_grad():

@@ -47,7 +47,8 @@ class PlanningModel(Protocol):
         ...
 
     def rollout(self, z0: Latents, actions: Tensor) -> Latents:
-        """z0 with B0 in {1, B} and one frame, actions (B, H, Da) z-scored -> latents of H + 1 frames (0 = start)."""
+        """z0 (B0, 1, ...) with B0 dividing B (episode-major: sequence b starts from z0[b // (B // B0)]), actions
+        (B, H, Da) z-scored -> latents of H + 1 frames (index 0 = the start), differentiable in ``actions``."""
         ...
 
     def actions_to_env(self, actions: Tensor) -> Tensor:
@@ -124,10 +125,18 @@ def latent_mse(pred: Latents, goal: Latents, cfg: ObjectiveConfig = ObjectiveCon
     """Objective value per sequence, float32 (B,).
 
     pred: {"visual": (B, T, P, Dv), "proprio": (B, T, Ep)} with T = H + 1 (frame 0 = start);
-    goal: {"visual": (B, 1, P, Dv), "proprio": (B, 1, Ep)}.
+    goal: {"visual": (G, 1, P, Dv), "proprio": (G, 1, Ep)} with G dividing B, episode-major: sequence b is scored
+    against goal b // (B // G) (G = B: one goal per sequence; G = 1: one goal for all).
     """
-    vis = (pred["visual"].float() - goal["visual"].float()).pow(2).mean(dim=(2, 3))  # (B, T)
-    pro = (pred["proprio"].float() - goal["proprio"].float()).pow(2).mean(dim=2)  # (B, T)
+    n_goals, n_seq = goal["visual"].shape[0], pred["visual"].shape[0]
+    if n_seq % n_goals:
+        raise ValueError(f"latent_mse: {n_goals} goals do not divide {n_seq} predicted sequences")
+
+    def grouped(x: Tensor) -> Tensor:  # (N, ...) -> (G, N // G, ...) float32
+        return x.float().reshape(n_goals, x.shape[0] // n_goals, *x.shape[1:])
+
+    vis = (grouped(pred["visual"]) - grouped(goal["visual"])).pow(2).mean(dim=(3, 4)).reshape(n_seq, -1)  # (B, T)
+    pro = (grouped(pred["proprio"]) - grouped(goal["proprio"])).pow(2).mean(dim=3).reshape(n_seq, -1)  # (B, T)
     per_frame = vis + cfg.alpha * pro
     if cfg.mode == "last":
         return per_frame[:, -1]
@@ -158,23 +167,35 @@ class Objective:
         self.device, self.dtype = model_device_dtype(model)
         self.n_episodes = n_start
 
+    def _pieces(self, n_ep: int, n_samples: int) -> list[tuple[slice, slice]]:
+        """(episodes, samples) blocks of at most ``chunk`` sequences that never split an episode's samples across
+        blocks unless one episode alone exceeds ``chunk`` - so every block's starts are whole episodes."""
+        if n_samples <= self.chunk:
+            per = self.chunk // n_samples
+            return [(slice(e, min(e + per, n_ep)), slice(0, n_samples)) for e in range(0, n_ep, per)]
+        return [(slice(e, e + 1), slice(s, min(s + self.chunk, n_samples)))
+                for e in range(n_ep) for s in range(0, n_samples, self.chunk)]
+
     def __call__(self, actions: Tensor) -> Tensor:
         if actions.ndim != 4 or actions.shape[0] != self.n_episodes or actions.shape[-1] != self.model.action_dim:
             raise ValueError(
                 f"actions must be (E={self.n_episodes}, S, H, Da={self.model.action_dim}), got {tuple(actions.shape)}"
             )
         n_ep, n_samples = actions.shape[:2]
-        flat = actions.reshape(n_ep * n_samples, *actions.shape[2:]).to(self.device, self.dtype)
-        costs = []
-        for lo in range(0, flat.shape[0], self.chunk):
-            hi = min(lo + self.chunk, flat.shape[0])
-            first, last = lo // n_samples, (hi - 1) // n_samples
-            if first == last:  # one episode: B0 = 1 lets the model broadcast the start instead of copying it
-                ep = slice(first, first + 1)
-            else:
-                ep = torch.arange(lo, hi, device=self.device) // n_samples
-            z0 = {key: value[ep] for key, value in self.start.items()}
-            goal = {key: value[ep] for key, value in self.goal.items()}
-            pred = self.model.rollout(z0, flat[lo:hi])
-            costs.append(latent_mse(pred, goal, self.cfg))
-        return torch.cat(costs).reshape(n_ep, n_samples).to(actions.device)
+        cast = actions.to(self.device, self.dtype)
+        parts = []
+        for eps, samples in self._pieces(n_ep, n_samples):
+            block = cast[eps, samples]  # (e, s, H, Da)
+            # Start latents of whole episodes: the model broadcasts each over its samples (no per-sample copy).
+            z0 = {key: value[eps] for key, value in self.start.items()}
+            goal = {key: value[eps] for key, value in self.goal.items()}
+            pred = self.model.rollout(z0, block.reshape(-1, *block.shape[2:]))
+            parts.append(latent_mse(pred, goal, self.cfg).reshape(block.shape[:2]))
+        return self._assemble(parts, n_ep, n_samples).to(actions.device)
+
+    def _assemble(self, parts: list[Tensor], n_ep: int, n_samples: int) -> Tensor:
+        """(E, S) from the blocks of ``_pieces``, by concatenation so gradients flow to every block."""
+        if n_samples <= self.chunk:
+            return torch.cat(parts, dim=0)
+        per_ep = -(-n_samples // self.chunk)
+        return torch.cat([torch.cat(parts[e * per_ep:(e + 1) * per_ep], dim=1) for e in range(n_ep)], dim=0)

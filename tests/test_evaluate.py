@@ -1,0 +1,177 @@
+"""evaluate / baselines / collect_calibration on the real Wall env with an ORACLE world model (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from wmqlib.envs import make_env, sample_episodes
+from wmqlib.envs.wall import wall_step
+from wmqlib.evaluate import BASELINES, EPISODE_COLUMNS, baselines, collect_calibration, evaluate
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, PlanningModel
+
+SCALE = 64.0  # pixels -> latent units
+
+
+class OracleWall(nn.Module):
+    """A perfect "world model" of the Wall implementing the PlanningModel protocol.
+
+    Latents are true positions: proprio latent (x, y) / 64; visual latent (B, T, 1, 3) = (x, y, s * d) / 64 with d
+    the distance to the door centre and s = -1 left / +1 right of the wall, so the latent MSE to a goal across the
+    wall grows with the path length through the door. Rollout runs the env's own vectorised dynamics
+    (``wall_step``) on all B sequences at once. Actions: frameskip 5, z-score mean 0, std 1 (raw = z).
+    """
+
+    frameskip = 5
+
+    def __init__(self, env) -> None:
+        super().__init__()
+        self.layout = env.layout
+        self.register_buffer("action_mean", torch.zeros(2))
+        self.register_buffer("action_std", torch.ones(2))
+        self.rollout_calls = 0
+
+    @property
+    def action_dim(self) -> int:
+        return 2 * self.frameskip
+
+    def prepare_obs(self, frames, proprio):
+        return frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1, proprio.float()  # proprio = position (raw)
+
+    def _latents(self, pos: torch.Tensor) -> dict:  # pos (B, T, 2) px
+        door = torch.tensor([float(self.layout.wall_x), float(self.layout.door_y)], dtype=pos.dtype)
+        side = torch.where(pos[..., :1] >= self.layout.wall_x, 1.0, -1.0)
+        signed = side * (pos - door).norm(dim=-1, keepdim=True)
+        return {"visual": torch.cat([pos, signed], dim=-1)[:, :, None] / SCALE, "proprio": pos / SCALE}
+
+    def encode_obs(self, visual, proprio):
+        return self._latents(proprio)
+
+    def rollout(self, z0, actions):
+        self.rollout_calls += 1
+        b, horizon = actions.shape[:2]
+        pos = (z0["proprio"][:, 0] * SCALE).repeat_interleave(b // z0["proprio"].shape[0], 0).double().numpy()
+        raw = self.actions_to_env(actions).detach().double().numpy()  # (B, H * 5, 2); not differentiable
+        visited = [pos]
+        for t in range(raw.shape[1]):
+            pos = wall_step(pos, raw[:, t], self.layout)
+            if (t + 1) % self.frameskip == 0:
+                visited.append(pos)
+        return self._latents(torch.as_tensor(np.stack(visited, 1), dtype=torch.float32))
+
+    def actions_to_env(self, actions):
+        raw = actions.reshape(*actions.shape[:-1], self.frameskip, 2) * self.action_std + self.action_mean
+        return raw.flatten(-3, -2)
+
+
+class NaNWall(OracleWall):
+    """Produces NaN latents for rollouts that start right of the wall (a model that blows up on some inputs)."""
+
+    def rollout(self, z0, actions):
+        out = super().rollout(z0, actions)
+        right = (z0["proprio"][:, 0, 0] * SCALE >= self.layout.wall_x).repeat_interleave(
+            actions.shape[0] // z0["proprio"].shape[0])
+        out["visual"][right] = float("nan")
+        return out
+
+
+@pytest.fixture(scope="module")
+def env():
+    return make_env("wall", render_size=8)
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    return sample_episodes("wall", 8, seed=99)
+
+
+FAST_CEM = CEMConfig(opt_steps=5, samples=100, topk=10)
+
+
+def test_oracle_implements_the_protocol(env):
+    assert isinstance(OracleWall(env), PlanningModel)
+
+
+def test_oracle_with_mpc_reaches_high_success(env, episodes):
+    oracle = OracleWall(env)
+    table = evaluate(oracle, env, FAST_CEM, episodes, mpc=MPCConfig(max_rounds=4))
+    assert list(table.columns) == list(EPISODE_COLUMNS) and len(table) == 8
+    assert table["success"].mean() >= 0.85
+    assert not table["nan"].any()
+    assert (table.loc[table.success, "state_dist"] < 4.5).all()
+    assert (table["rounds"] >= 1).all() and (table["rounds"] <= 4).all()
+    # visual_dist is the latent MSE of the final real frame: tiny for successes, larger for failures
+    assert (table.loc[table.success, "visual_dist"] < (4.5 / SCALE) ** 2 * 2).all()
+    np.testing.assert_array_equal(table["seed"], [ep.seed for ep in episodes])
+    # every success rate is shown next to baselines: the oracle planner must beat all of them
+    base = baselines(env, episodes, steps=FAST_CEM.horizon * 5 * 4)
+    assert set(base["baseline"]) == set(BASELINES) and len(base) == 3 * 8
+    assert (base.groupby("baseline")["success"].mean() < table["success"].mean()).all()
+
+
+def test_trace_iteration_k_equals_a_run_with_k_plus_1_steps(env, episodes):
+    oracle = OracleWall(env)
+    trace = evaluate(oracle, env, FAST_CEM, episodes[:4], trace=True)
+    assert len(trace) == 4 * FAST_CEM.opt_steps
+    assert set(trace["iteration"]) == set(range(FAST_CEM.opt_steps))
+    short = evaluate(oracle, env, CEMConfig(opt_steps=3, samples=100, topk=10), episodes[:4])
+    at2 = trace[trace.iteration == 2].reset_index(drop=True)
+    np.testing.assert_array_equal(at2["success"], short["success"])
+    np.testing.assert_allclose(at2["state_dist"], short["state_dist"])
+    np.testing.assert_allclose(at2["plan_loss"], short["plan_loss"], rtol=1e-5)
+    last = trace[trace.iteration == FAST_CEM.opt_steps - 1].reset_index(drop=True)
+    np.testing.assert_array_equal(last["episode_success"], last["success"])  # open loop: last iteration = outcome
+
+
+def test_batched_evaluation_equals_one_episode_at_a_time(env, episodes):
+    oracle = OracleWall(env)
+    together = evaluate(oracle, env, FAST_CEM, episodes[:3], mpc=MPCConfig(max_rounds=2, execute_steps=2))
+    alone = pd.concat([evaluate(oracle, env, FAST_CEM, [ep], mpc=MPCConfig(max_rounds=2, execute_steps=2))
+                       for ep in episodes[:3]], ignore_index=True)
+    for col in ("success", "rounds"):
+        np.testing.assert_array_equal(together[col], alone[col])
+    np.testing.assert_allclose(together["state_dist"], alone["state_dist"])
+
+
+def test_nan_model_fails_its_episodes_and_evaluation_continues(env, episodes):
+    model = NaNWall(env)
+    right = np.array([ep.start_state[0] >= env.layout.wall_x for ep in episodes])
+    assert right.any() and (~right).any()
+    table = evaluate(model, env, FAST_CEM, episodes)  # open loop: NaN exactly for the right-side starts
+    np.testing.assert_array_equal(table["nan"], right)
+    assert not table.loc[right, "success"].any()
+    clean = evaluate(OracleWall(env), env, FAST_CEM, episodes)  # NaN episodes do not disturb the others
+    pd.testing.assert_frame_equal(table[~right], clean[~right])
+    # with MPC a left start that lands right of the wall without success meets the NaN in its next round
+    closed = evaluate(model, env, FAST_CEM, episodes, mpc=MPCConfig(max_rounds=2))
+    assert closed.loc[right, "nan"].all() and not closed.loc[closed.nan, "success"].any()
+    traced = evaluate(model, env, FAST_CEM, episodes, trace=True)
+    assert traced.loc[traced.episode.isin(np.flatnonzero(right)), "nan"].all()
+    assert not traced.loc[traced.nan, "success"].any()
+
+
+def test_gd_needs_a_differentiable_model(env, episodes):
+    """The oracle's rollout runs numpy dynamics: GD must say so instead of failing deep inside autograd."""
+    with pytest.raises(TypeError, match="differentiable"):
+        evaluate(OracleWall(env), env, GDConfig(opt_steps=2), episodes[:2])
+
+
+def test_bad_input(env, episodes):
+    oracle = OracleWall(env)
+    with pytest.raises(ValueError, match="env"):
+        evaluate(oracle, env, FAST_CEM, sample_episodes("pusht", 1, seed=99))
+    with pytest.raises(TypeError, match="planner"):
+        evaluate(oracle, env, {"opt_steps": 3}, episodes)
+    with pytest.raises(TypeError, match="mpc"):
+        evaluate(oracle, env, FAST_CEM, episodes, mpc=3)
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate(oracle, env, FAST_CEM, [])
+    with pytest.raises(ValueError, match="steps"):
+        baselines(env, episodes, steps=0)
+    with pytest.raises(ValueError, match="kinds"):
+        baselines(env, episodes, steps=5, kinds=["teleport"])
+    with pytest.raises(ValueError, match="calib"):
+        collect_calibration(oracle, env, episodes, FAST_CEM)

@@ -1,0 +1,258 @@
+"""Plans in the real environment: per-episode scores, per-iteration traces, trivial baselines, calibration runs.
+
+``evaluate`` plans ALL episodes at once (one batched planner call per MPC round), executes the plans with the
+environment's batched ``rollout_actions`` and scores the final states with ``eval_state``:
+
+    success        reached the goal (latched over MPC rounds; False whenever the model produced NaN/inf)
+    state_dist     the environment's distance to the goal state (Wall: pixels; PushT: see wmqlib.envs)
+    visual_dist    latent MSE between the encoded final real frame and the encoded goal frame
+    proprio_dist   Euclidean distance between final and goal raw proprio (env units, as DINO-WM reports)
+    plan_loss      planning loss of the episode's last plan (the objective's cost of that plan)
+    nan            the model produced NaN/inf (plan, loss or latents); such episodes count as failed and their
+                   non-finite plans are replaced by "no action" so evaluation always continues
+
+With ``trace=True`` the plan after EVERY planner iteration k of the first planning round is executed open-loop
+(all H steps, from the start state) in one batched ``rollout_actions`` call, so a success-vs-iterations curve up to
+opt_steps costs one planning run. Because the planners draw their noise iteration by iteration, the plan of
+iteration k equals the final plan of a run with opt_steps = k + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from wmqlib.plan import (
+    CEMConfig, GDConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel,
+    encode_observations, make_generators, model_device_dtype, plan,
+)
+from wmqlib.plan import mpc as run_mpc
+from wmqlib.quant import Calibration, capture_calibration
+
+EPISODE_COLUMNS = ("episode", "seed", "success", "state_dist", "visual_dist", "proprio_dist", "plan_loss",
+                   "rounds", "nan")
+SEED_STRIDE = 1_000_003  # keeps generator seeds of different `seed` values apart for any realistic episode seed
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off while planning (DINO-WM plans in eval mode); the caller's train/eval state is restored."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _episode_states(env: Any, episodes: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(E, S) start and goal states (float64) and the seeds; ValueError for an empty list or another env's."""
+    if len(episodes) == 0:
+        raise ValueError("episodes must hold at least one Episode, got none")
+    names = {ep.env for ep in episodes}
+    if names != {env.name}:
+        raise ValueError(f"episodes are for env {sorted(names)} but env is {env.name!r}")
+    starts = np.stack([np.asarray(ep.start_state, dtype=np.float64) for ep in episodes])
+    goals = np.stack([np.asarray(ep.goal_state, dtype=np.float64) for ep in episodes])
+    return starts, goals, [int(ep.seed) for ep in episodes]
+
+
+def _to_env_actions(model: PlanningModel, actions: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """z-scored plans (N, k, Da) -> raw env actions float64 (N, k * frameskip, A) and a finite mask (N,).
+
+    A plan with a non-finite entry becomes all-zero raw actions ("no action"), so the env never sees NaN.
+    """
+    finite = torch.isfinite(actions).flatten(1).all(dim=1)
+    with torch.no_grad():
+        raw = model.actions_to_env(torch.nan_to_num(actions.detach(), nan=0.0, posinf=0.0, neginf=0.0))
+    raw = raw.float().cpu().numpy().astype(np.float64)
+    finite_np = finite.cpu().numpy()
+    raw[~finite_np] = 0.0
+    raw[~np.isfinite(raw)] = 0.0
+    return raw, finite_np
+
+
+def _select(latents: Latents, index: np.ndarray) -> Latents:
+    idx = torch.as_tensor(index, dtype=torch.long, device=latents["visual"].device)
+    return {key: value[idx] for key, value in latents.items()}
+
+
+def _score(model: PlanningModel, env: Any, states: np.ndarray, goals: np.ndarray, goal_obs: dict,
+           z_goal: Latents, size: int) -> dict[str, np.ndarray]:
+    """Success, state / visual / proprio distance of N final states against their goals (all arrays (N,))."""
+    success, state_dist = env.eval_state(goals, states)
+    obs = env.observe(states, size)
+    z = encode_observations(model, obs)
+    visual = (z["visual"].float() - z_goal["visual"].float()).pow(2).mean(dim=(1, 2, 3)).cpu().numpy()
+    proprio = np.linalg.norm(np.asarray(obs["proprio"], np.float64) - np.asarray(goal_obs["proprio"], np.float64),
+                             axis=1)
+    return {"success": np.asarray(success, dtype=bool), "state_dist": np.asarray(state_dist, dtype=np.float64),
+            "visual_dist": visual.astype(np.float64), "proprio_dist": proprio}
+
+
+def evaluate(model: PlanningModel, env: Any, planner: PlannerConfig, episodes: Sequence[Any],
+             mpc: MPCConfig | None = None, trace: bool = False, objective: ObjectiveConfig = ObjectiveConfig(),
+             chunk: int = 4096, render_size: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Plan every episode with ``model`` and score the result in ``env``.
+
+    model: a PlanningModel (WorldModel, a quantized copy, ...); planning runs on its device and dtype.
+    env: a wmqlib.envs WmqEnv matching the episodes' env name.
+    planner: CEMConfig or GDConfig. episodes: wmqlib.envs Episode list (start_state, goal_state, seed, env).
+    mpc: receding-horizon settings; None = open loop (plan once, execute the whole plan).
+    trace: return one row per (episode, iteration) of the first planning round instead of one per episode.
+    objective: planning objective settings. chunk: max sequences per model rollout call.
+    render_size: observation size fed to the model (default env.render_size).
+    seed: planner seed; episode e's generator is seeded with ``episodes[e].seed + 1_000_003 * seed``.
+    Returns a DataFrame with EPISODE_COLUMNS (one row per episode) or, traced, columns episode, seed, iteration,
+    plan_loss, success, state_dist, visual_dist, proprio_dist, nan, episode_success (the episode's final outcome).
+    """
+    if not isinstance(planner, (CEMConfig, GDConfig)):
+        raise TypeError(f"planner must be a CEMConfig or GDConfig, got {type(planner).__name__}")
+    if mpc is not None and not isinstance(mpc, MPCConfig):
+        raise TypeError(f"mpc must be an MPCConfig or None, got {type(mpc).__name__}")
+    starts, goals, seeds = _episode_states(env, episodes)
+    size = env.render_size if render_size is None else render_size
+    device, _ = model_device_dtype(model)
+    n_ep = len(episodes)
+    with _eval_mode(model):
+        goal_obs = env.observe(goals, size)
+        z_goal = encode_observations(model, goal_obs)
+        generators = make_generators([s + SEED_STRIDE * seed for s in seeds], device)
+        states = starts.copy()
+        nan = np.zeros(n_ep, dtype=bool)
+
+        def plan_fn(index: Tensor, init: Tensor | None):
+            i = index.numpy()
+            start = encode_observations(model, env.observe(states[i], size))
+            cost_fn = Objective(model, start, _select(z_goal, i), objective, chunk)
+            return plan(cost_fn, planner, [generators[j] for j in i], model.action_dim, init=init, device=device)
+
+        def execute_fn(index: Tensor, actions: Tensor) -> np.ndarray:
+            i = index.numpy()
+            raw, finite = _to_env_actions(model, actions)
+            nan[i] |= ~finite
+            states[i] = env.rollout_actions(states[i], raw)
+            reached, _ = env.eval_state(goals[i], states[i])
+            return np.asarray(reached, dtype=bool) & ~nan[i]
+
+        outcome = run_mpc(plan_fn, execute_fn, n_ep, mpc or MPCConfig(max_rounds=1))
+        for index, result in outcome.history:
+            nan[index.numpy()] |= ~torch.isfinite(result.losses).all(dim=0).cpu().numpy()
+        final = _score(model, env, states, goals, goal_obs, z_goal, size)
+        nan |= ~np.isfinite(final["visual_dist"])
+        success = outcome.success.numpy() & ~nan
+        if trace:
+            return _trace(model, env, outcome.history[0][1], starts, goals, goal_obs, z_goal, size, seeds, success)
+    return pd.DataFrame({
+        "episode": np.arange(n_ep), "seed": seeds, "success": success, "state_dist": final["state_dist"],
+        "visual_dist": final["visual_dist"], "proprio_dist": final["proprio_dist"],
+        "plan_loss": outcome.final_loss.numpy().astype(np.float64), "rounds": outcome.rounds.numpy(), "nan": nan,
+    }, columns=list(EPISODE_COLUMNS))
+
+
+def _trace(model: PlanningModel, env: Any, result: Any, starts: np.ndarray, goals: np.ndarray, goal_obs: dict,
+           z_goal: Latents, size: int, seeds: list[int], episode_success: np.ndarray) -> pd.DataFrame:
+    """Score the plan of every iteration (iters, E, H, Da) open-loop from the starts, in one batched env call."""
+    iters, n_ep = result.losses.shape
+    raw, finite = _to_env_actions(model, result.plans.flatten(0, 1))  # rows ordered (iteration, episode)
+    reached = env.rollout_actions(np.tile(starts, (iters, 1)), raw)
+    rep_goal_obs = {key: np.tile(np.asarray(value), (iters,) + (1,) * (np.asarray(value).ndim - 1))
+                    for key, value in goal_obs.items()}
+    rep_z_goal = {key: value.repeat(iters, *([1] * (value.ndim - 1))) for key, value in z_goal.items()}
+    scores = _score(model, env, reached, np.tile(goals, (iters, 1)), rep_goal_obs, rep_z_goal, size)
+    losses = result.losses.flatten().cpu().numpy().astype(np.float64)
+    nan = ~finite | ~np.isfinite(losses) | ~np.isfinite(scores["visual_dist"])
+    return pd.DataFrame({
+        "episode": np.tile(np.arange(n_ep), iters), "seed": np.tile(seeds, iters),
+        "iteration": np.repeat(np.arange(iters), n_ep), "plan_loss": losses,
+        "success": scores["success"] & ~nan, "state_dist": scores["state_dist"],
+        "visual_dist": scores["visual_dist"], "proprio_dist": scores["proprio_dist"], "nan": nan,
+        "episode_success": np.tile(episode_success, iters),
+    }).sort_values(["episode", "iteration"], ignore_index=True)
+
+
+BASELINES = ("no_action", "straight_line", "random")
+
+
+def _straight_line(env: Any, starts: np.ndarray, goals: np.ndarray, steps: int) -> np.ndarray:
+    """Constant raw actions (N, steps, 2) moving the agent (state[:2]) along the start->goal line.
+
+    The env's response to an action is measured, not assumed: one small probe step (a tenth of the action bound)
+    from each start gives the displacement per unit action; the constant action then covers the distance in
+    ``steps`` steps, clipped to the action space. (Wall: exactly 2 px per unit; PushT: the PD controller's lag.)
+    """
+    limit = np.minimum(np.abs(env.action_space.low), np.abs(env.action_space.high)).astype(np.float64)
+    delta = goals[:, :2] - starts[:, :2]
+    dist = np.linalg.norm(delta, axis=1, keepdims=True)
+    unit = np.divide(delta, dist, out=np.zeros_like(delta), where=dist > 0)
+    probe = 0.1 * unit * limit
+    moved = env.rollout_actions(starts, probe[:, None])[:, :2] - starts[:, :2]
+    gain = np.abs((moved * unit).sum(axis=1, keepdims=True)) / np.maximum(np.linalg.norm(probe, axis=1,
+                                                                                           keepdims=True), 1e-12)
+    gain = np.where(gain > 1e-9, gain, 1.0)  # blocked probe: fall back to unit gain
+    action = np.clip(unit * dist / (gain * steps), -limit, limit)
+    return np.repeat(action[:, None], steps, axis=1)
+
+
+def baselines(env: Any, episodes: Sequence[Any], steps: int, seed: int = 0,
+              kinds: Sequence[str] = BASELINES) -> pd.DataFrame:
+    """Model-free reference plans on the same episodes, executed open-loop for ``steps`` env steps.
+
+    kinds: any of "no_action" (zero actions), "straight_line" (a constant action toward the goal's agent
+        position, see ``_straight_line``), "random" (uniform in the env's action box; episode e's draws come from
+        ``np.random.default_rng([seed, episodes[e].seed])``).
+    steps: env steps per plan; give the planner's budget (horizon * frameskip * MPC rounds) for a fair comparison.
+    Returns one row per (episode, baseline): episode, seed, baseline, success, state_dist.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1 (env steps), got {steps!r}")
+    unknown = [k for k in kinds if k not in BASELINES]
+    if unknown or len(kinds) == 0:
+        raise ValueError(f"kinds must be a non-empty subset of {list(BASELINES)}, got {list(kinds)}")
+    starts, goals, seeds = _episode_states(env, episodes)
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    tables = []
+    for kind in kinds:
+        if kind == "no_action":
+            actions = np.zeros((len(starts), steps, 2))
+        elif kind == "straight_line":
+            actions = _straight_line(env, starts, goals, steps)
+        else:
+            actions = np.stack([np.random.default_rng([seed, s]).uniform(low, high, size=(steps, len(low)))
+                                for s in seeds])
+        success, dist = env.eval_state(goals, env.rollout_actions(starts, actions))
+        tables.append(pd.DataFrame({"episode": np.arange(len(starts)), "seed": seeds, "baseline": kind,
+                                    "success": np.asarray(success, dtype=bool),
+                                    "state_dist": np.asarray(dist, dtype=np.float64)}))
+    return pd.concat(tables, ignore_index=True)
+
+
+def collect_calibration(model: PlanningModel, env: Any, episodes: Sequence[Any], planner: PlannerConfig,
+                        mpc_rounds: int = 2, max_tokens: int = 1024, max_sequences: int = 32, seed: int = 0,
+                        **evaluate_kwargs: Any) -> Calibration:
+    """Calibration statistics from full-precision planning, the reference protocol: FP planning on the
+    calibration episodes (split "calib", seeds seed*k + 2) for ``mpc_rounds`` MPC rounds, recording the inputs of
+    every quantization point with ``wmqlib.quant.capture_calibration`` (every encoder and predictor forward of
+    planning and scoring is seen).
+
+    max_tokens, max_sequences, seed: reservoir sizes and sampling seed of ``capture_calibration``.
+    evaluate_kwargs: passed to ``evaluate`` (objective, chunk, render_size, ...).
+    Returns the filled ``wmqlib.quant.Calibration``.
+    """
+    bad = sorted({getattr(ep, "split", "calib") for ep in episodes} - {"calib"})
+    if bad:
+        raise ValueError(f"calibration episodes must come from split 'calib' (sample_episodes(..., split='calib')); "
+                         f"got split {bad} - calibrating on evaluation episodes would leak them")
+    if isinstance(mpc_rounds, bool) or not isinstance(mpc_rounds, int) or mpc_rounds < 1:
+        raise ValueError(f"mpc_rounds must be an int >= 1, got {mpc_rounds!r}")
+    with capture_calibration(model, max_tokens=max_tokens, max_sequences=max_sequences, seed=seed) as calib:
+        evaluate(model, env, planner, episodes, mpc=MPCConfig(max_rounds=mpc_rounds), **evaluate_kwargs)
+    return calib
