@@ -11,7 +11,8 @@ from torch import nn
 from wmqlib.envs import make_env, sample_episodes
 from wmqlib.envs.wall import wall_step
 from wmqlib.evaluate import BASELINES, EPISODE_COLUMNS, baselines, collect_calibration, evaluate
-from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, PlanningModel
+from wmqlib.models import WorldModel, WorldModelConfig
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, Objective, PlanningModel, encode_observations
 
 SCALE = 64.0  # pixels -> latent units
 
@@ -76,6 +77,15 @@ class NaNWall(OracleWall):
             actions.shape[0] // z0["proprio"].shape[0])
         out["visual"][right] = float("nan")
         return out
+
+
+def small_world_model() -> WorldModel:
+    """A random (untrained) real WorldModel for the Wall: 16 px images, 4 tokens, one layer each."""
+    sizes = dict(img_size=16, patch_size=2, grid_size=2, encoder_dim=8, encoder_depth=1, encoder_heads=1,
+                 encoder_mlp_dim=16, encoder_pos_grid=2, predictor_depth=1, predictor_heads=1, predictor_dim_head=8,
+                 predictor_mlp_dim=16, proprio_emb_dim=2, action_emb_dim=2, decoder_channel=2,
+                 decoder_res_blocks=1, decoder_res_channel=2, decoder_n_embed=4)
+    return WorldModel(WorldModelConfig(env="wall", proprio_dim=2, **sizes), seed=5).eval()
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +185,39 @@ def test_bad_input(env, episodes):
         baselines(env, episodes, steps=5, kinds=["teleport"])
     with pytest.raises(ValueError, match="calib"):
         collect_calibration(oracle, env, episodes, FAST_CEM)
+
+
+def test_collect_calibration_sees_every_quantization_point(env):
+    model = small_world_model()
+    calib_eps = sample_episodes("wall", 2, seed=99, split="calib")
+    calib = collect_calibration(model, env, calib_eps, FAST_CEM, mpc_rounds=2, render_size=16, max_tokens=64)
+    names = calib.linears
+    assert any(n.startswith("encoder.") for n in names) and any(n.startswith("predictor.") for n in names)
+    # the predictor saw every CEM candidate: at least samples * iterations * horizon forwards of 4 tokens
+    qkv = next(n for n in names if n.startswith("predictor.") and n.endswith("to_qkv"))
+    assert calib.tokens_seen(qkv) >= 2 * FAST_CEM.samples * FAST_CEM.opt_steps * FAST_CEM.horizon * 4
+    assert calib.rows(qkv).shape[0] == 64
+
+
+def test_gd_with_a_real_world_model(env, episodes):
+    model = small_world_model()
+    table = evaluate(model, env, GDConfig(opt_steps=3, samples=2), episodes[:2], render_size=16)
+    assert len(table) == 2 and np.isfinite(table["plan_loss"]).all() and not table["nan"].any()
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.cuda
+def test_evaluate_on_cuda(env, episodes):
+    """Device comes from the model: costs on CUDA equal the CPU's on the same actions, and a traced CUDA
+    evaluation runs end to end (CUDA generators draw other numbers than CPU ones, so plans differ)."""
+    model = small_world_model()
+    obs = [env.observe(np.stack([getattr(ep, f) for ep in episodes[:3]]), 16) for f in ("start_state", "goal_state")]
+    actions = torch.randn(3, 7, 5, 10, generator=torch.Generator().manual_seed(0))
+    cpu_cost = Objective(model, *(encode_observations(model, o) for o in obs))(actions)
+    gpu_model = small_world_model().to("cuda")
+    gpu_cost = Objective(gpu_model, *(encode_observations(gpu_model, o) for o in obs))(actions.cuda())
+    assert gpu_cost.device.type == "cuda"
+    torch.testing.assert_close(gpu_cost.cpu(), cpu_cost, rtol=1e-3, atol=1e-5)
+    table = evaluate(gpu_model, env, FAST_CEM, episodes[:3], mpc=MPCConfig(max_rounds=2), render_size=16, trace=True)
+    assert len(table) == 3 * FAST_CEM.opt_steps and np.isfinite(table["plan_loss"]).all()
+    assert not table["nan"].any()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,3 +101,26 @@ def tiny_obs():
         return {"visual": torch.randint(0, 256, (3, 8, 8, 3), generator=g, dtype=torch.uint8).numpy(),
                 "proprio": (torch.rand(3, 2, generator=g) * 60).numpy()}
     return obs(), obs()
+
+
+@pytest.fixture
+def wall_world_model():
+    """A real (random, untrained) wmqlib WorldModel for the Wall, 4 tokens, 2 predictor layers: fast on CPU."""
+    from wmqlib.models import WorldModel, WorldModelConfig
+
+    cfg = WorldModelConfig(env="wall", proprio_dim=2, num_hist=1, frameskip=5, img_size=16, patch_size=4,
+                           grid_size=2, encoder_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32,
+                           encoder_pos_grid=2, predictor_depth=2, predictor_heads=2, predictor_dim_head=8,
+                           predictor_mlp_dim=32, predictor_dropout=0.0, proprio_emb_dim=4, action_emb_dim=4,
+                           decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8)
+    return WorldModel(cfg, seed=1).eval()
+
+
+@pytest.fixture
+def wall_obs():
+    """Start and goal observations of 3 Wall episodes for ``wall_world_model``: uint8 (3, 16, 16, 3), proprio (3, 2)."""
+    from wmqlib.envs import make_env, sample_episodes
+
+    env = make_env("wall", render_size=16)
+    eps = sample_episodes("wall", 3, seed=99)
+    return tuple(env.observe(np.stack([getattr(ep, f) for ep in eps])) for f in ("start_state", "goal_state"))

@@ -83,3 +83,21 @@ def test_bad_inputs(quadratic):
         cem(quadratic(SEEDS), {"horizon": 5}, make_generators(SEEDS), 4)
     with pytest.raises(TypeError, match="seeds"):
         make_generators([1.5])
+
+
+@pytest.mark.cuda
+def test_cem_on_cuda(quadratic):
+    """Planning runs where the generators live; batched == solo holds on CUDA too."""
+    cpu_cost = quadratic(SEEDS)
+
+    def cost(actions):
+        return (cpu_cost.weight.cuda()[:, None] * (actions - cpu_cost.target.cuda()[:, None]) ** 2).sum(dim=(2, 3))
+
+    res = cem(cost, CEMConfig(opt_steps=30), make_generators(SEEDS, "cuda"), action_dim=4)
+    assert res.plan.device.type == "cuda" and res.losses.device.type == "cuda"
+    assert (res.plan.cpu() - cpu_cost.target).abs().max() < 0.05
+    solo = cem(lambda a: cost(a.expand(3, -1, -1, -1))[1:2], CEMConfig(opt_steps=30),
+               make_generators(SEEDS[1:2], "cuda"), action_dim=4)
+    torch.testing.assert_close(solo.plans[:, 0], res.plans[:, 1])
+    with pytest.raises(ValueError, match="generator on 'cpu'"):
+        cem(cost, CEMConfig(), make_generators(SEEDS), action_dim=4, device="cuda")

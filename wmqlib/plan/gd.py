@@ -70,6 +70,29 @@ def _best(actions: Tensor, cost: Tensor) -> tuple[Tensor, Tensor]:
     return actions[rows, idx], cost[rows, idx]
 
 
+def _sgd(grad: Tensor, lr: float) -> Tensor:
+    """The released update: a <- a - lr * grad."""
+    return lr * grad
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015, default betas 0.9 / 0.999, eps 1e-8) as an update rule, elementwise, so each
+    episode's update depends on its own gradients only. Written out: torch.optim's first import costs seconds."""
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.betas, self.eps, self.t = betas, eps, 0
+        self.m: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def __call__(self, grad: Tensor, lr: float) -> Tensor:
+        b1, b2 = self.betas
+        self.t += 1
+        self.m = (1 - b1) * grad if self.m is None else b1 * self.m + (1 - b1) * grad
+        self.v = (1 - b2) * grad * grad if self.v is None else b2 * self.v + (1 - b2) * grad * grad
+        m_hat, v_hat = self.m / (1 - b1**self.t), self.v / (1 - b2**self.t)
+        return lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
 def gd(cost_fn: CostFn, cfg: GDConfig, generators: Sequence[torch.Generator], action_dim: int,
        init: Tensor | None = None, device: torch.device | str | None = None) -> PlanResult:
     """Plan E = len(generators) episodes at once by gradient descent on the actions.
@@ -95,9 +118,7 @@ def gd(cost_fn: CostFn, cfg: GDConfig, generators: Sequence[torch.Generator], ac
             raise ValueError(f"init must be (E={n_ep}, h<={cfg.horizon}, Da={action_dim}), got {tuple(init.shape)}")
         start[:, :, : init.shape[1]] = init.to(dev, torch.float32)[:, None]
     actions = start.requires_grad_(True)  # (E, S, H, Da)
-    # Plain SGD is the released update written out (a - lr * grad); torch.optim only for Adam (its first import
-    # costs seconds).
-    optimizer = torch.optim.Adam([actions], lr=cfg.lr) if cfg.optimizer == "adam" else None
+    step = _sgd if cfg.optimizer == "sgd" else _Adam(cfg.lr)
     plans = torch.empty(cfg.opt_steps, n_ep, cfg.horizon, action_dim, device=dev)
     losses = torch.empty(cfg.opt_steps, n_ep, device=dev)
     for it in range(cfg.opt_steps):
@@ -108,13 +129,8 @@ def gd(cost_fn: CostFn, cfg: GDConfig, generators: Sequence[torch.Generator], ac
         if it > 0:
             plans[it - 1], losses[it - 1] = _best(actions.detach(), cost.detach())
         (grad,) = torch.autograd.grad(cost.sum(), actions)
-        if optimizer is None:
-            with torch.no_grad():
-                actions -= cfg.lr * grad
-        else:
-            actions.grad = grad
-            optimizer.step()
         with torch.no_grad():
+            actions -= step(grad, cfg.lr)
             actions += cfg.action_noise * randn_per_episode(generators, shape, dev)
     with torch.no_grad():
         plans[-1], losses[-1] = _best(actions.detach(), cost_fn(actions).float())
