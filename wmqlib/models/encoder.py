@@ -109,8 +109,9 @@ class ViTEncoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.pos_embed.device.type != "meta":  # a meta build is filled by loading; meta maths costs seconds
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.normal_(self.cls_token, std=1e-6)
 
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Position embedding for a (grid_h, grid_w) patch grid, CLS first: (1, 1 + grid_h*grid_w, dim).

@@ -119,7 +119,9 @@ class ViTPredictor(nn.Module):
         super().__init__()
         self.num_patches = num_patches
         self.num_frames = num_frames
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_frames * num_patches, dim))
+        self.pos_embedding = nn.Parameter(torch.empty(1, num_frames * num_patches, dim))
+        if self.pos_embedding.device.type != "meta":  # a meta build is filled by loading; meta maths costs seconds
+            nn.init.normal_(self.pos_embedding)  # unit Gaussian, as DINO-WM's randn
         self.dropout = nn.Dropout(emb_dropout)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, num_patches, dropout)
 

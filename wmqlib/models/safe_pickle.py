@@ -16,6 +16,7 @@ mapped to the requested device. ``module_state_dict`` then reads a state_dict ou
 from __future__ import annotations
 
 import _codecs
+import _compat_pickle
 import builtins
 import collections
 import pickle
@@ -123,6 +124,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     source: ClassVar[str] = ""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles spell Python 3 names the Python 2 way (__builtin__.set); translate as pickle does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _DATA_GLOBALS:
             return _DATA_GLOBALS[(module, name)]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):

@@ -250,7 +250,7 @@ class WorldModel(nn.Module):
         z = actions.new_empty(b, horizon + 1, p, d)
         grouped = z.view(b0, b // b0, horizon + 1, p, d)
         grouped[:, :, 0, :, :dv] = visual0[:, None, 0]
-        grouped[:, :, 0, :, dv:dv + ep] = proprio0[:, None, :, None, :]
+        grouped[:, :, 0, :, dv:dv + ep] = proprio0[:, :, None, :]
         z[:, :horizon, :, dv + ep:] = act[:, :, None, :]
         for step in range(horizon):
             start = max(0, step + 1 - c.num_hist)
@@ -286,7 +286,7 @@ class WorldModel(nn.Module):
         return x.to(self.dtype)
 
 
-def _mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], limit: int = 12) -> list[str]:
+def _mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], limit: int = 6) -> list[str]:
     """Human-readable differences between two state_dicts' keys and shapes (at most ``limit`` per kind)."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
