@@ -35,7 +35,7 @@ SUCCESS_RADIUS = 4.5
 ACTION_LIMIT = 1.8  # the released data's largest step length (action_upper_bd); the space, not a clip
 WALL_X_RANGE = (20, 44)  # the released layout generator's ranges (wall_padding 20, door_padding 10)
 DOOR_Y_RANGE = (10, 54)
-MAX_PIECE = 20.0  # px: longer moves are split so that one move cannot jump both the door plane and the far border
+MAX_PIECE = 10.0  # px, < 16 (door channel to far border, any layout): longer moves are split into pieces
 _RENDER_CHUNK = 2048
 _STOP_OFFSET, _PLANE_MARGIN = 0.5, 0.3  # the release's fixed offsets after a collision
 
@@ -105,10 +105,13 @@ def _move(p: np.ndarray, q: np.ndarray, layout: WallLayout) -> tuple[np.ndarray,
     lw, rw, db, dt = layout.wall_left, layout.wall_right, layout.door_low, layout.door_high
 
     # 1. Door lintels first: crossing the top (bottom) edge of the opening within the wall's columns stops 0.5 px
-    #    inside the opening (the release also shifts x by +0.5).
+    #    inside the opening (the release also shifts x by +0.5) - if the dot reached the wall's columns through the
+    #    opening. (The release omits that condition, so a long diagonal move could enter the wall face beside the
+    #    door and come out at the lintel on the far side.)
     x_top, x_bot = _x_at(p, d, dt), _x_at(p, d, db)
-    hit_top = (d[:, 1] > 0) & (y2 > dt) & (y1 < dt) & (x_top >= lw) & (x_top <= rw)
-    hit_bot = (d[:, 1] < 0) & (y2 < db) & (y1 > db) & (x_bot >= lw) & (x_bot <= rw)
+    y_entry = np.where(x1 < lw, _y_at(p, d, lw), np.where(x1 > rw, _y_at(p, d, rw), y1))
+    hit_top = (d[:, 1] > 0) & (y2 > dt) & (y1 < dt) & (x_top >= lw) & (x_top <= rw) & (y_entry >= db)
+    hit_bot = (d[:, 1] < 0) & (y2 < db) & (y1 > db) & (x_bot >= lw) & (x_bot <= rw) & (y_entry <= dt)
 
     # 2. Vertical planes of the dot's half-room (chosen by which side of wall_x it starts on): the wall face, which
     #    has the door, and the border. Touching a plane counts as crossing it, as released.
@@ -155,10 +158,12 @@ def wall_step(pos: np.ndarray, action: np.ndarray, layout: WallLayout = WallLayo
     crossing a door lintel (the row door_y +- 4 within the wall's columns) stops the dot at the crossing,
     0.5 px back inside the opening; otherwise, crossing the wall face outside the door or a border line stops it at
     the nearer crossing, 0.5 px back (and +0.5 px along the plane), kept 0.3 px inside its half of the room.
-    Two deliberate differences, both outside the released data's range: purely vertical/horizontal moves use the
-    exact crossing point (the release divides by zero there and lets the dot into the wall), and moves longer than
-    ``MAX_PIECE`` px (the data's longest is 3.6 px) are executed as equal pieces, stopping at the first collision,
-    so that one huge move cannot pass the door and then jump the far border. Every other move is the released rule.
+    Three deliberate differences, all for moves the released data never makes (its longest is 3.6 px): purely
+    vertical/horizontal moves use the exact crossing point (the release divides by zero there and lets the dot into
+    the wall); the lintel stop applies only to a dot that reached the wall's columns through the door (a move of
+    over 8 px could otherwise pass through the wall face); and moves longer than ``MAX_PIECE`` px are executed as
+    equal pieces, stopping at the first collision, so that one huge move cannot pass the door and then jump the far
+    border. Every other move follows the released rule.
     """
     step = 2.0 * action
     pieces = np.maximum(1, np.ceil(np.hypot(step[:, 0], step[:, 1]) / MAX_PIECE)).astype(np.int64)

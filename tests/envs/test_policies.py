@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from wmqlib.envs import PushT, Wall
+from wmqlib.envs.policies import pusht_trajectory, truncated_normal, wall_walks
+
+
+def test_truncated_normal_respects_its_bounds():
+    x = truncated_normal(np.random.default_rng(0), (5000,), 1.0, 0.4, 0.2, 1.8)
+    assert x.min() >= 0.2 and x.max() <= 1.8 and abs(x.mean() - 1.0) < 0.02
+
+
+def test_wall_walks_take_released_step_lengths():
+    start, actions = wall_walks(np.random.default_rng(1), 300, 25)
+    assert start.shape == (300, 2) and actions.shape == (300, 25, 2)
+    lengths = np.hypot(actions[..., 0], actions[..., 1])
+    assert lengths.min() >= 0.2 - 1e-12 and lengths.max() <= 1.8 + 1e-12
+    assert np.all(np.abs(actions) <= Wall().action_space.high[0])
+
+
+def test_door_seeking_walks_cross_the_wall():
+    env = Wall()
+    start, actions = wall_walks(np.random.default_rng(2), 400, 25, door_fraction=1.0)
+    assert env.crossed(env.rollout_states(start, actions)).mean() > 0.85
+    start, actions = wall_walks(np.random.default_rng(2), 400, 25, door_fraction=0.0)
+    assert env.crossed(env.rollout_states(start, actions)).mean() < 0.2  # free walks rarely find the door
+    with pytest.raises(ValueError, match="door_fraction"):
+        wall_walks(np.random.default_rng(0), 2, 3, door_fraction=1.5)
+
+
+def test_pusher_moves_and_turns_the_block_deterministically():
+    env = PushT()
+    moved, turned = [], []
+    for seed in range(6):
+        states, actions = pusht_trajectory(np.random.default_rng(seed), 40, env)
+        assert states.shape == (41, 7) and actions.shape == (40, 2) and np.abs(actions).max() <= 1.0
+        moved.append(np.hypot(*(states[-1, 2:4] - states[0, 2:4])))
+        turned.append(abs((states[-1, 4] - states[0, 4] + np.pi) % (2 * np.pi) - np.pi))
+    assert np.median(moved) > 30 and np.median(turned) > 0.2
+    again, _ = pusht_trajectory(np.random.default_rng(5), 40, env)
+    np.testing.assert_array_equal(again, states)
