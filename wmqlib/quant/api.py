@@ -52,7 +52,7 @@ def assign_recipes(model: nn.Module, recipe: Recipe, scope: Scope = "all", overr
         raise TypeError(f"overrides must be a dict from module-name pattern to recipe, got {type(overrides).__name__}")
     for pattern, other in (overrides or {}).items():
         _check_recipe(other, f"overrides[{pattern!r}]")
-        for name in select(list(chosen), [pattern], f"overrides[{pattern!r}] (within scope)"):
+        for name in select(list(chosen), pattern, "overrides key (within the scope)"):
             chosen[name] = other
     return points, chosen
 

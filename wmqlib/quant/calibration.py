@@ -39,11 +39,15 @@ FORMAT = "wmq-calibration-1"
 
 
 def _keep(old_keys: Tensor, new_keys: Tensor, capacity: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Bottom-k selection over old + new keys -> (kept keys, indices into old, indices into new)."""
+    """Bottom-k selection over old + new keys -> (kept keys, indices into old, indices into new).
+
+    The kept keys are ordered as the caller stores the kept items: the kept old ones, then the kept new ones.
+    """
     keys = torch.cat([old_keys, new_keys])
     kept = torch.topk(keys, min(capacity, keys.numel()), largest=False, sorted=True).indices
     n_old = old_keys.numel()
-    return keys[kept], kept[kept < n_old], kept[kept >= n_old] - n_old
+    old, new = kept[kept < n_old], kept[kept >= n_old] - n_old
+    return torch.cat([old_keys[old], new_keys[new]]), old, new
 
 
 @dataclass

@@ -176,5 +176,5 @@ def select(names: Iterable[str], scope: Scope, field: str = "scope") -> list[str
     chosen = [n for n in names if any(matches(n, p) for p in pats)]
     if not chosen:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise ValueError(f"{field} {scope!r} matches none of the {len(names)} quantization points ({shown})")
+        raise ValueError(f"{field}={scope!r} matches none of the {len(names)} quantization points ({shown})")
     return chosen

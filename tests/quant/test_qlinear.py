@@ -1,0 +1,76 @@
+"""QuantLinear (weight quantized once, plain F.linear) and its activation quantizers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wmqlib.quant import ActQuantizer, PerChannel, PerTensor, PerToken, QuantLinear, QuantSpec, ScaledActivation, fake_quantize
+
+A8_STATIC = QuantSpec(8, PerTensor(), role="activation")
+A4_TOKEN = QuantSpec(4, PerToken(), role="activation")
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_weight_only_forward_is_a_plain_linear():
+    spec = QuantSpec(4, PerChannel(), symmetric=True)
+    w_hat, bias, x = fake_quantize(randn(6, 10), spec), randn(6, seed=1), randn(3, 5, 10, seed=2)
+    layer = QuantLinear(w_hat, bias, spec, act=None)
+    assert torch.equal(layer(x), F.linear(x, w_hat, bias))
+    assert not layer.weight.requires_grad and "bits=4" in repr(layer)
+
+
+def test_static_quantizer_matches_fake_quantize_with_the_calibrated_range():
+    x = randn(4, 7, 16) * 2
+    act = ActQuantizer(A8_STATIC, lo=-3.0, hi=5.0)
+    torch.testing.assert_close(act(x), fake_quantize(x, A8_STATIC, torch.tensor(-3.0), torch.tensor(5.0)),
+                               rtol=0, atol=1e-6)
+    lo, hi = act.range
+    assert lo <= -3.0 + 1e-6 and hi >= 5.0 - 8 / 255  # the grid covers the range (zero point rounding shifts it)
+    big = act(torch.tensor([[-100.0, 100.0]]))
+    assert big[0].tolist() == pytest.approx([lo, hi])  # out-of-range values clip to the ends of the grid
+
+
+def test_dynamic_per_token_quantizer_uses_each_row():
+    x = randn(2, 3, 16)
+    x[0, 0] *= 100  # one loud token must not coarsen the others
+    act = ActQuantizer(A4_TOKEN)
+    out = act(x)
+    rows = torch.stack([fake_quantize(r, QuantSpec(4)) for r in x.reshape(-1, 16)]).reshape(x.shape)
+    assert torch.equal(out, rows)
+    assert (out[1] - x[1]).abs().max() < 0.5
+
+
+def test_activation_quantized_linear_gradient_passes_straight_through():
+    spec = QuantSpec(8, PerChannel(), symmetric=True)
+    layer = QuantLinear(fake_quantize(randn(5, 8), spec), None, spec, ActQuantizer(A4_TOKEN))
+    x = randn(3, 8, seed=4).requires_grad_()
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(3, 8))  # d/dx of sum(W x) with identity STE
+
+
+def test_bf16_through_both_quantizers():
+    x = randn(2, 4, 16).bfloat16()
+    for act in (ActQuantizer(A8_STATIC, -3.0, 3.0), ActQuantizer(A4_TOKEN)):
+        out = act(x)
+        assert out.dtype == torch.bfloat16 and bool(torch.isfinite(out).all())
+        assert (out.float() - x.float()).abs().max() < 0.5
+
+
+def test_scaled_activation_divides_channels():
+    scale = torch.tensor([1.0, 2.0, 4.0])
+    x = randn(5, 3)
+    torch.testing.assert_close(ScaledActivation(torch.nn.GELU(), scale)(x), F.gelu(x) / scale)
+
+
+def test_invalid_activation_quantizers_raise():
+    with pytest.raises(ValueError, match="needs the calibrated range lo and hi"):
+        ActQuantizer(A8_STATIC)
+    with pytest.raises(ValueError, match="asymmetric PerTensor\\(\\) or PerToken\\(\\) spec"):
+        ActQuantizer(QuantSpec(8, PerTensor(), symmetric=True))
+    with pytest.raises(ValueError, match="asymmetric PerTensor\\(\\) or PerToken\\(\\) spec"):
+        ActQuantizer(QuantSpec(8, PerChannel()))
