@@ -216,7 +216,8 @@ class WmqEnv(gym.Env, abc.ABC):
         cur = np.asarray(cur_state, dtype=np.float64)
         for field, arr in (("goal_state", goal), ("cur_state", cur)):
             if arr.ndim not in (1, 2) or arr.shape[-1] != self.state_dim:
-                raise ValueError(f"{field} must have shape ({self.state_dim},) or (N, {self.state_dim}), got {arr.shape}")
+                raise ValueError(
+                    f"{field} must have shape ({self.state_dim},) or (N, {self.state_dim}), got {arr.shape}")
         if goal.ndim == 2 and cur.ndim == 2 and len(goal) != len(cur):
             raise ValueError(f"goal_state and cur_state batch sizes differ: {len(goal)} vs {len(cur)}")
         success, dist = self._success_and_distance(np.atleast_2d(goal), np.atleast_2d(cur))

@@ -39,9 +39,10 @@ def wall_walks(rng: np.random.Generator, n: int, horizon: int, layout: wall.Wall
     """Random-walk starts (n, 2) and raw actions (n, horizon, 2) for Wall datasets.
 
     Every walk keeps its heading with von Mises noise and draws step lengths like the released generator. A
-    ``door_fraction`` of them start 2-16 px from the wall face (within 10 px of the door row) near the door and steer toward the door, then to a
-    point beyond it, then wander on; the rest start anywhere in the free room with a uniform heading. Headings are
-    closed-loop, so actions are computed while simulating the dynamics (:func:`wmqlib.envs.wall.wall_step`).
+    ``door_fraction`` of them start 2-16 px from the wall face, within 10 px of the door row, steer toward a point
+    in front of the door, then to a point beyond it, then wander on; the rest start anywhere in the free room with a
+    uniform heading. Headings are closed-loop, so actions are computed while simulating the dynamics
+    (:func:`wmqlib.envs.wall.wall_step`).
     """
     if not 0.0 <= door_fraction <= 1.0:
         raise ValueError(f"door_fraction must be in [0, 1], got {door_fraction}")

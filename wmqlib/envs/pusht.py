@@ -123,7 +123,7 @@ def agent_velocities(pos: np.ndarray, vel: np.ndarray, actions: np.ndarray) -> n
 
 
 def draw_state(state: np.ndarray) -> Image.Image:
-    """The released 512x512 scene for one state (7,): goal T, border, block (filled, outlined), agent."""
+    """The 512x512 scene of one state (7,) as the release draws it with pygame: goal T, border, block, agent."""
     img = Image.new("RGB", (WINDOW, WINDOW), WHITE)
     draw = ImageDraw.Draw(img)
     for poly in t_polygons(*GOAL_POSE):

@@ -77,7 +77,8 @@ class WallLayout:
     def wall_mask(self) -> np.ndarray:
         """bool (65, 65) [row, col]: True where a wall pixel is (black)."""
         rows, cols = np.mgrid[0:IMG_SIZE, 0:IMG_SIZE]
-        mask = (cols >= self.wall_left) & (cols <= self.wall_right) & ~((rows >= self.door_low) & (rows <= self.door_high))
+        door = (rows >= self.door_low) & (rows <= self.door_high)
+        mask = (cols >= self.wall_left) & (cols <= self.wall_right) & ~door
         for line in (int(BORDER_LO), int(BORDER_HI)):
             mask[:, line] = True
             mask[line, :] = True
@@ -142,7 +143,8 @@ def _move(p: np.ndarray, q: np.ndarray, layout: WallLayout) -> tuple[np.ndarray,
     ny = np.where(use_v, vy + _STOP_OFFSET, hy + _STOP_OFFSET * np.sign(y1 - hy))
     nx = np.clip(nx, left_plane, right_plane)
     ny = np.clip(ny, BORDER_LO, BORDER_HI)
-    nx = np.where(nx <= left_plane, left_plane + _PLANE_MARGIN, np.where(nx >= right_plane, right_plane - _PLANE_MARGIN, nx))
+    nx = np.where(nx <= left_plane, left_plane + _PLANE_MARGIN,
+                  np.where(nx >= right_plane, right_plane - _PLANE_MARGIN, nx))
     ny = np.where(ny <= BORDER_LO, BORDER_LO + _PLANE_MARGIN, np.where(ny >= BORDER_HI, BORDER_HI - _PLANE_MARGIN, ny))
 
     out = np.where(hit[:, None], np.stack([nx, ny], axis=1), q)
@@ -242,7 +244,7 @@ class Wall(WmqEnv):
         self.layout = self.default_layout
         super().__init__(render_size=render_size, render_mode=render_mode)
         self.action_space = spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, (2,), dtype=np.float32)
-        self._pos = np.array(random_start_goal(0, self.layout)[0])
+        self._pos = np.array([BORDER_LO + 10.0, float(door_y)])  # a free spot until reset() picks the start
 
     def _proprio_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(2), np.full(2, IMG_SIZE - 1.0)
