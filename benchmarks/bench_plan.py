@@ -80,6 +80,11 @@ def observations(model: WorldModel, n: int) -> tuple[dict, dict]:
     return tuple(env.observe(np.stack([getattr(ep, f) for ep in eps])) for f in ("start_state", "goal_state"))
 
 
+def range_seeds(n: int) -> list[int]:
+    """Planner seeds of the n episodes (the evaluation episode seeds), shared by both planners."""
+    return [99 * k + 1 for k in range(n)]
+
+
 def wmq_planner(model: nn.Module, start_obs: dict, goal_obs: dict, cfg: CEMConfig, chunk: int,
                 device: torch.device) -> Callable[[], object]:
     """All episodes in one batched CEM run; start and goal encoded once per episode."""
@@ -91,10 +96,6 @@ def wmq_planner(model: nn.Module, start_obs: dict, goal_obs: dict, cfg: CEMConfi
                                   chunk=chunk)
             return cem(objective, cfg, make_generators(range_seeds(n), device), model.action_dim, device=device)
     return run
-
-
-def range_seeds(n: int) -> list[int]:
-    return [99 * k + 1 for k in range(n)]
 
 
 def dinowm_loop(model: WorldModel, start_obs: dict, goal_obs: dict, cfg: CEMConfig,
@@ -115,7 +116,7 @@ def dinowm_loop(model: WorldModel, start_obs: dict, goal_obs: dict, cfg: CEMConf
                     z0 = model.encode_obs(visual0.expand(s, -1, -1, -1, -1), proprio0.expand(s, -1, -1))
                     return latent_mse(model.rollout(z0, actions[0]), goal)[None]
 
-                cem(cost, cfg, make_generators([99 * e + 1], device), model.action_dim, device=device)
+                cem(cost, cfg, make_generators(range_seeds(n)[e:e + 1], device), model.action_dim, device=device)
     return run
 
 
@@ -195,11 +196,11 @@ def main() -> None:
                               chunk=args.chunk)
     actions = torch.randn(args.episodes, cfg.samples, cfg.horizon, model.action_dim, device=device)
     flops_call, shapes = predictor_flops_and_shapes(model, objective, actions)
-    calls = cfg.opt_steps + 1  # one objective call per iteration + the final loss evaluation
+    calls = cfg.opt_steps + 1 / cfg.samples  # a full call per iteration + the final loss of E plans (1 sample)
     achieved = flops_call * calls / t_wmq
     peak = matmul_peak(shapes, model.dtype, device, args.repeats)
-    print(f"\n[2] predictor FLOPs per CEM iteration: {flops_call / 1e9:.2f} GFLOP "
-          f"({len(shapes)} linear calls, e.g. rows x in x out = {shapes[0]})")
+    print(f"\n[2] predictor FLOPs per CEM iteration (FlopCounterMode, attention included): "
+          f"{flops_call / 1e9:.2f} GFLOP ({len(shapes)} linear calls, e.g. rows x in x out = {shapes[0]})")
     print(f"    achieved during planning:    {achieved / 1e9:8.1f} GFLOP/s (whole planning time, encoder included)")
     print(f"    matmul peak, same shapes:    {peak / 1e9:8.1f} GFLOP/s")
     print(f"    achieved / peak:             {achieved / peak:8.1%}   (goal >= 50%)")

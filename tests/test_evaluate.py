@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from wmqlib.envs import make_env, sample_episodes
+from wmqlib.envs import Episode, make_env, sample_episodes
 from wmqlib.envs.wall import wall_step
 from wmqlib.evaluate import BASELINES, EPISODE_COLUMNS, baselines, collect_calibration, evaluate
 from wmqlib.models import WorldModel, WorldModelConfig
@@ -120,6 +120,20 @@ def test_oracle_with_mpc_reaches_high_success(env, episodes):
     base = baselines(env, episodes, steps=FAST_CEM.horizon * 5 * 4)
     assert set(base["baseline"]) == set(BASELINES) and len(base) == 3 * 8
     assert (base.groupby("baseline")["success"].mean() < table["success"].mean()).all()
+
+
+def test_baselines_behave_as_named(env):
+    """Same side of the wall, 20 px apart: the straight line arrives, standing still does not."""
+    eps = [Episode(np.array([15.0, 20.0]), np.array([15.0 + dx, 40.0]), seed=s, env="wall")
+           for s, dx in ((1, 0), (2, 8))]
+    table = baselines(env, eps, steps=25).set_index(["baseline", "episode"])
+    assert table.loc["straight_line", "success"].all()
+    assert not table.loc["no_action", "success"].any()
+    np.testing.assert_allclose(table.loc["no_action", "state_dist"], [20.0, np.hypot(8, 20)])
+    again = baselines(env, eps, steps=25, kinds=["random"]).set_index(["baseline", "episode"])
+    pd.testing.assert_frame_equal(again, table.loc[["random"]])  # seeded per episode
+    other = baselines(env, eps, steps=25, seed=1, kinds=["random"])
+    assert not np.allclose(other["state_dist"], again["state_dist"])
 
 
 def test_trace_iteration_k_equals_a_run_with_k_plus_1_steps(env, episodes):
