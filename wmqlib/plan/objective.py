@@ -6,8 +6,10 @@ t = 1..H with base**t, normalised to sum 1. (DINO-WM's "all" also weights the st
 shares, and divides once more by H + 1; both only shift and scale the cost, so CEM ranks candidates identically.)
 
 Start and goal are encoded ONCE per episode; every candidate of that episode reuses those latents (the
-original re-encodes the start image for each of the 300 CEM samples). The E * S candidate rollouts are cut into
-chunks of at most ``chunk`` sequences so memory stays bounded whatever E and S are.
+original re-encodes the start image for each of the 300 CEM samples). The E * S candidate rollouts go to the model
+in blocks of at most ``chunk`` sequences, so memory stays bounded whatever E and S are; a block holds whole episodes
+(one is split only when its S samples alone exceed ``chunk``) and passes one start latent per episode, which the
+model broadcasts over that episode's samples instead of copying it.
 """
 
 from __future__ import annotations
