@@ -27,8 +27,7 @@ def test_weight_only_forward_is_a_plain_linear():
 def test_static_quantizer_matches_fake_quantize_with_the_calibrated_range():
     x = randn(4, 7, 16) * 2
     act = ActQuantizer(A8_STATIC, lo=-3.0, hi=5.0)
-    torch.testing.assert_close(act(x), fake_quantize(x, A8_STATIC, torch.tensor(-3.0), torch.tensor(5.0)),
-                               rtol=0, atol=1e-6)
+    assert torch.equal(act(x), fake_quantize(x, A8_STATIC, torch.tensor(-3.0), torch.tensor(5.0)))
     lo, hi = act.range
     assert lo <= -3.0 + 1e-6 and hi >= 5.0 - 8 / 255  # the grid covers the range (zero point rounding shifts it)
     big = act(torch.tensor([[-100.0, 100.0]]))
@@ -43,6 +42,15 @@ def test_dynamic_per_token_quantizer_uses_each_row():
     rows = torch.stack([fake_quantize(r, QuantSpec(4)) for r in x.reshape(-1, 16)]).reshape(x.shape)
     assert torch.equal(out, rows)
     assert (out[1] - x[1]).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("act", [ActQuantizer(A8_STATIC, -2.0, 2.5), ActQuantizer(A4_TOKEN)], ids=["static", "token"])
+def test_fast_inference_path_equals_the_differentiable_path(act):
+    x = randn(3, 5, 16) * 1.5
+    with torch.no_grad():
+        fast = act(x)
+    slow = act(x.clone().requires_grad_())
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
 
 
 def test_activation_quantized_linear_gradient_passes_straight_through():

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from .points import ROLES, QuantPoints
-from .recipe import Recipe, check_float, check_int, register
+from .checks import check_bool, check_float, check_int
+from .recipe import Recipe, register
 from .spec import Granularity, PerGroup, PerTensor, QuantSpec, fake_quantize, group_minmax, split_groups
 
 MIN_SCALE = 1e-4
@@ -66,8 +67,7 @@ class AWQ(Recipe):
         super().__post_init__()
         if not isinstance(self.scale_targets, tuple) or not set(self.scale_targets) <= set(ROLES):
             raise ValueError(f"AWQ.scale_targets must be a tuple of roles from {ROLES}, got {self.scale_targets!r}")
-        if not isinstance(self.clip, bool):
-            raise TypeError(f"AWQ.clip must be True or False, got {self.clip!r}")
+        check_bool(self.clip, "AWQ.clip")
         check_int(self.n_grid, "AWQ.n_grid", 1)
         check_float(self.max_shrink, "AWQ.max_shrink", 0.0, 0.999)
         check_int(self.search_tokens, "AWQ.search_tokens", 1)

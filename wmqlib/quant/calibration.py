@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .checks import check_int
 from .points import find_points
 
 FORMAT = "wmq-calibration-1"
@@ -70,11 +71,6 @@ class _UnitSample:
     keys: Tensor = field(default_factory=lambda: torch.empty(0))
 
 
-def _check_count(value: object, field: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{field} must be an int >= {minimum}, got {value!r}")
-
-
 class Calibration:
     """Statistics of the inputs of the quantization points of one model (module names as in that model).
 
@@ -85,9 +81,9 @@ class Calibration:
     """
 
     def __init__(self, max_tokens: int = 1024, max_sequences: int = 32, seed: int = 0) -> None:
-        _check_count(max_tokens, "max_tokens", 1)
-        _check_count(max_sequences, "max_sequences", 0)
-        _check_count(seed, "seed", 0)
+        check_int(max_tokens, "max_tokens", 1)
+        check_int(max_sequences, "max_sequences", 0)
+        check_int(seed, "seed", 0)
         self.max_tokens, self.max_sequences, self.seed = max_tokens, max_sequences, seed
         self.generator = torch.Generator().manual_seed(seed)
         self._linears: dict[str, _LinearStats] = {}

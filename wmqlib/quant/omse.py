@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from .points import QuantPoints
-from .recipe import Recipe, check_float, check_int, register
+from .checks import check_float, check_int
+from .recipe import Recipe, register
 from .spec import QuantSpec, fake_quantize, group_minmax, group_sum
 
 

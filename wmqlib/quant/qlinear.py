@@ -2,9 +2,9 @@
 
 The weight is fake-quantized ONCE, when ``QuantLinear`` is built, and kept as a plain dense tensor: a weight-only
 forward is exactly ``F.linear`` and costs what ``nn.Linear`` costs.  The input quantizer, if any, is either static
-(per-tensor scale / zero point fixed from calibration, one fused ``torch.fake_quantize_per_tensor_affine`` call)
-or dynamic per token (min / max of every row at run time, then ``torch.fake_quantize_per_channel_affine`` along
-the rows).  Both compute in float32, return the input dtype, and pass gradients straight through inside the range.
+(per-tensor scale / zero point fixed from calibration) or dynamic per token (min / max of every row at run time).
+Both compute in float32, return the input dtype, and pass gradients straight through inside the range.
+(``torch.fake_quantize_per_tensor_affine`` was measured 1.7x slower than the in-place chain on CPU.)
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from .spec import PerTensor, PerToken, QuantSpec, fake_quantize, qparams
 class ActQuantizer(nn.Module):
     """Fake-quantizes activations ``(..., C)``: static per-tensor (given range) or dynamic per-token.
 
+    Without autograd (``torch.no_grad`` / inference, or an input that needs no gradient) it runs one in-place
+    chain on a float32 copy; with autograd it calls ``fake_quantize`` (straight-through gradient).  Both do the
+    same operations in the same order, so they give bit-identical values.
+
     Args:
         spec: an asymmetric activation spec with ``PerTensor()`` or ``PerToken()`` granularity.
         lo, hi: the static range (float, same units as the activation); required for ``PerTensor()``.
@@ -35,15 +39,20 @@ class ActQuantizer(nn.Module):
         if self.static:
             if lo is None or hi is None:
                 raise ValueError("ActQuantizer with PerTensor() (static) needs the calibrated range lo and hi")
-            scale, zero = qparams(torch.tensor(float(lo)), torch.tensor(float(hi)), spec)
-            self.register_buffer("scale", scale.reshape(1))
-            self.register_buffer("zero_point", zero.reshape(1).to(torch.int32))
+            bounds = torch.tensor(float(lo)), torch.tensor(float(hi))
+            for name, value in zip(("lo", "hi", "scale", "zero_point"), (*bounds, *qparams(*bounds, spec))):
+                self.register_buffer(name, value)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., C)`` -> fake-quantized ``(..., C)``, same dtype."""
-        if not self.static:
-            return fake_quantize(x, self.spec)
-        y = torch.fake_quantize_per_tensor_affine(x.float(), self.scale, self.zero_point, self.spec.qmin, self.spec.qmax)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return fake_quantize(x, self.spec, self.lo, self.hi) if self.static else fake_quantize(x, self.spec)
+        y = x.to(torch.float32, copy=True)
+        if self.static:
+            scale, zero = self.scale, self.zero_point
+        else:
+            scale, zero = qparams(y.amin(dim=-1, keepdim=True), y.amax(dim=-1, keepdim=True), self.spec)
+        y.div_(scale).round_().add_(zero).clamp_(self.spec.qmin, self.spec.qmax).sub_(zero).mul_(scale)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -53,7 +62,7 @@ class ActQuantizer(nn.Module):
     @property
     def range(self) -> tuple[float, float]:
         """The static range ``(lo, hi)`` actually representable (static quantizers only)."""
-        s, z = float(self.scale), int(self.zero_point)
+        s, z = float(self.scale), float(self.zero_point)
         return (self.spec.qmin - z) * s, (self.spec.qmax - z) * s
 
 

@@ -24,6 +24,7 @@ from typing import Callable, ClassVar, Optional, Union
 from torch import Tensor, nn
 
 from .calibration import Calibration
+from .checks import check_bool
 from .points import QuantPoints
 from .spec import PASS_THROUGH_BITS, Granularity, PerChannel, PerTensor, PerToken, QuantSpec, check_bits, check_granularity
 
@@ -40,21 +41,6 @@ def register(recipe_type: type) -> Callable[[SearchFn], SearchFn]:
         return fn
 
     return wrap
-
-
-def check_float(value: object, field: str, low: float, high: float, low_open: bool = False) -> None:
-    """Raise ``ValueError`` naming ``field`` unless ``value`` is a real number in ``[low, high]`` (``(low, high]``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{field} must be a number in {bracket}{low}, {high}], got {value!r}")
-
-
-def check_int(value: object, field: str, minimum: int) -> None:
-    """Raise ``ValueError`` naming ``field`` unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{field} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -84,9 +70,8 @@ class Recipe:
         name = type(self).__name__
         check_bits(self.w_bits, f"{name}.w_bits")
         check_granularity(self.w_granularity, "weight", f"{name}.w_granularity")
-        for flag in ("w_symmetric", "w_full_range"):
-            if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"{name}.{flag} must be True or False, got {getattr(self, flag)!r}")
+        check_bool(self.w_symmetric, f"{name}.w_symmetric")
+        check_bool(self.w_full_range, f"{name}.w_full_range")
         if self.w_full_range and not self.w_symmetric:
             raise ValueError(f"{name}.w_full_range applies to symmetric weights only (w_symmetric=True)")
         if self.a_bits is None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from .calibration import Calibration
 from .points import QuantPoints
-from .recipe import Recipe, check_float, register
+from .checks import check_float
+from .recipe import Recipe, register
 
 MIN_SCALE = 1e-5
 
