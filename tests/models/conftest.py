@@ -271,25 +271,39 @@ def write_packages(root: Path, files: dict[str, str]) -> None:
         path.write_text(textwrap.dedent(source))
 
 
-def forget_packages(root: Path, names: tuple[str, ...]) -> None:
-    """Remove ``root`` from sys.path and every module of the top-level packages ``names`` from sys.modules."""
-    sys.path.remove(str(root))
-    for name in list(sys.modules):
-        if name.split(".")[0] in names:
-            del sys.modules[name]
+class TemporaryPackages:
+    """Context manager: put ``root`` first on sys.path for ``names``; afterwards remove it and every module of those
+    top-level packages from sys.modules, restoring any that were imported before."""
+
+    def __init__(self, root: Path, names: tuple[str, ...]) -> None:
+        self.root, self.names, self.saved = str(root), names, {}
+
+    def _take(self) -> dict:
+        return {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] in self.names}
+
+    def __enter__(self) -> None:
+        self.saved = self._take()
+        sys.path.insert(0, self.root)
+
+    def __exit__(self, *exc) -> None:
+        sys.path.remove(self.root)
+        self._take()
+        sys.modules.update(self.saved)
 
 
-@pytest.fixture(scope="session")
-def released(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A released-layout folder outputs/pusht, DINOv2 weights, and the fixture modules' outputs on fixed inputs."""
+def build_released(root: Path, device: str = "cpu", real_accelerate: bool = False) -> dict:
+    """Write outputs/pusht (hydra.yaml, checkpoints/model_{latest,7,8}.pth; 8 has no decoder) under ``root`` the way
+    DINO-WM's train.py saves, with modules on ``device``; plus DINOv2 weights and the modules' expected outputs.
+
+    real_accelerate: wrap the optimizer with the installed accelerate (Accelerator().prepare) instead of the
+    stand-in package written here.
+    """
     s = RELEASED_SIZES
-    root = tmp_path_factory.mktemp("released")
     src = root / "src"
-    write_packages(src, FIXTURE_MODULES)
-    sys.path.insert(0, str(src))
-    try:
-        import accelerate.optimizer  # the fixture package written above
-        import models.proprio
+    names = ("models",) if real_accelerate else ("models", "accelerate")
+    write_packages(src, {k: v for k, v in FIXTURE_MODULES.items() if k.split("/")[0] in names})
+    with TemporaryPackages(src, names):
+        import models.proprio  # the fixture package written above
         import models.vit
         import models.vqvae
 
@@ -306,18 +320,29 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> dict:
         decoder = models.vqvae.VQVAE(channel=s["dec_channel"], n_res_block=s["dec_res_blocks"],
                                      n_res_channel=s["dec_res_channel"], emb_dim=s["dinov2_dim"],
                                      n_embed=s["dec_n_embed"], quantize=False)
+        modules = {"predictor": predictor, "decoder": decoder, "action_encoder": action_encoder,
+                   "proprio_encoder": proprio_encoder}
+        for module in modules.values():
+            module.to(device)
+        for layer in predictor.transformer.layers:
+            layer[0].bias = layer[0].bias.to(device)  # DINO-WM created its masks on CUDA
         optimizer = torch.optim.AdamW(predictor.parameters(), lr=1e-3)
-        predictor(torch.randn(2, patches, dim)).square().mean().backward()
+        predictor(torch.randn(2, patches, dim, device=device)).square().mean().backward()
         optimizer.step()  # a non-empty optimizer state, as in a real checkpoint
-        payload = {"epoch": 7, "predictor": predictor,
-                   "predictor_optimizer": accelerate.optimizer.AcceleratedOptimizer(optimizer),
-                   "decoder": decoder, "action_encoder": action_encoder, "proprio_encoder": proprio_encoder}
+        if real_accelerate:
+            import accelerate
+
+            optimizer = accelerate.Accelerator().prepare(optimizer)
+        else:
+            import accelerate.optimizer
+
+            optimizer = accelerate.optimizer.AcceleratedOptimizer(optimizer)
+        payload = {"epoch": 7, **modules, "predictor_optimizer": optimizer}
         folder = root / "outputs" / "pusht"
         (folder / "checkpoints").mkdir(parents=True)
         torch.save(payload, folder / "checkpoints" / "model_latest.pth")
         torch.save(payload, folder / "checkpoints" / "model_7.pth")
-        without_decoder = {k: v for k, v in payload.items() if k != "decoder"}
-        torch.save(without_decoder, folder / "checkpoints" / "model_8.pth")
+        torch.save({k: v for k, v in payload.items() if k != "decoder"}, folder / "checkpoints" / "model_8.pth")
         (folder / "hydra.yaml").write_text(yaml.safe_dump(released_hydra(s)))
 
         g = torch.Generator().manual_seed(1)
@@ -326,14 +351,14 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> dict:
                   "proprio": torch.randn(3, 4, s["proprio_dim"], generator=g),
                   "latents": torch.randn(2, 1, patches, s["dinov2_dim"], generator=g)}
         with torch.no_grad():
-            for module in (predictor, decoder, action_encoder, proprio_encoder):
+            for module in modules.values():
                 module.eval()
-            expected = {"predictor": predictor(inputs["tokens"]),
-                        "action_encoder": action_encoder(inputs["action"]),
-                        "proprio_encoder": proprio_encoder(inputs["proprio"]),
-                        "decoder": decoder(inputs["latents"])[0]}
-    finally:
-        forget_packages(src, ("models", "accelerate"))
+            on = {k: v.to(device) for k, v in inputs.items()}
+            expected = {"predictor": predictor(on["tokens"]),
+                        "action_encoder": action_encoder(on["action"]),
+                        "proprio_encoder": proprio_encoder(on["proprio"]),
+                        "decoder": decoder(on["latents"])[0]}
+            expected = {k: v.cpu() for k, v in expected.items()}
     dinov2 = dinov2_layout_state_dict(s["dinov2_dim"], s["dinov2_depth"], s["dinov2_mlp"], s["patch"],
                                       s["pos_grid"])
     dinov2_path = root / "dinov2_tiny_pretrain.pth"
@@ -342,7 +367,19 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "expected": expected, "sizes": s, "root": root}
 
 
+@pytest.fixture(scope="session")
+def released(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A released-layout folder outputs/pusht on CPU, DINOv2 weights, and the fixture modules' outputs."""
+    return build_released(tmp_path_factory.mktemp("released"))
+
+
 @pytest.fixture
 def make_dinov2_state():
     """The factory of DINOv2-layout random state_dicts: (dim, depth, mlp, patch, pos_grid, seed=0) -> dict."""
     return dinov2_layout_state_dict
+
+
+@pytest.fixture
+def released_builder():
+    """``build_released(root, device="cpu", real_accelerate=False) -> dict``, for variants of the released folder."""
+    return build_released

@@ -49,7 +49,7 @@ def test_short_names_resolve_under_the_checkpoint_folder(tiny_model: WorldModel,
     monkeypatch.setattr(ckpt, "CHECKPOINTS_DIR", tmp_path)
     save_world_model(tiny_model, tmp_path / "mini-test")
     assert ckpt.available_checkpoints() == ["mini-test"]
-    assert_same_weights(tiny_model, load_world_model("mini-test", device="auto"))
+    assert_same_weights(tiny_model, load_world_model("mini-test", device="auto").cpu())
     with pytest.raises(CheckpointError, match=r"no checkpoint 'mini-nope'.*available: \['mini-test'\]"):
         load_world_model("mini-nope")
 
