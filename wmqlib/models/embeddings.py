@@ -7,7 +7,6 @@ State-dict keys match the released ``models.proprio.ProprioceptiveEmbedding``: `
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,7 +20,7 @@ class StepEmbedding(nn.Module):
         self.patch_embed = nn.Conv1d(in_dim, emb_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in_dim) -> (..., emb_dim)."""
-        # A kernel-1 convolution over time is a linear map per step; F.linear on the last axis avoids the two
-        # transposes the Conv1d layout would need.
-        return F.linear(x, self.patch_embed.weight[:, :, 0], self.patch_embed.bias)
+        """(..., T, in_dim) -> (..., T, emb_dim)."""
+        # Call the Conv1d module itself (not its weight) so hooks and module swaps, e.g. quantizers, see it.
+        steps = x.reshape(-1, *x.shape[-2:]).transpose(1, 2)  # (N, in_dim, T)
+        return self.patch_embed(steps).transpose(1, 2).reshape(*x.shape[:-1], self.emb_dim)

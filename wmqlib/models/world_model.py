@@ -116,7 +116,7 @@ class WorldModel(nn.Module):
             if value is None:
                 continue
             buffer = getattr(self, name)
-            stat = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
+            stat = torch.as_tensor(value).detach().to("cpu", torch.float64).float()
             if stat.shape != buffer.shape:
                 raise ValueError(f"WorldModel.{name} must have shape {tuple(buffer.shape)}, got {tuple(stat.shape)}")
             if not torch.isfinite(stat).all() or (name.endswith("_std") and not (stat > 0).all()):
