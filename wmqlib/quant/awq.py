@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .points import ROLES, QuantPoints
 from .checks import check_bool, check_float, check_int
+from .points import ROLES, QuantPoints
 from .recipe import Recipe, register
 from .spec import Granularity, PerGroup, PerTensor, QuantSpec, fake_quantize, group_minmax, split_groups
 

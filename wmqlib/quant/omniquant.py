@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .calibration import Calibration
+from .checks import check_bool, check_float, check_int
 from .fold import set_module
 from .points import QuantPoints, Unit
-from .checks import check_bool, check_float, check_int
 from .recipe import Recipe, register
 from .smoothquant import smooth_scale
 from .spec import PerTensor, QuantSpec, fake_quantize, group_minmax, scale_shape

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .points import QuantPoints
 from .checks import check_float, check_int
+from .points import QuantPoints
 from .recipe import Recipe, register
 from .spec import QuantSpec, fake_quantize, group_minmax, group_sum
 

@@ -14,8 +14,8 @@ from typing import Optional
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .points import QuantPoints
 from .checks import check_float
+from .points import QuantPoints
 from .recipe import Recipe, register
 
 MIN_SCALE = 1e-5
