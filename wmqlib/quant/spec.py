@@ -35,6 +35,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from .checks import check_bool
+
 PASS_THROUGH_BITS = 16
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, PASS_THROUGH_BITS)
 # Smallest scale: a zero-width range (constant group) gets this instead of 0, so x / s never divides by zero.
@@ -109,6 +111,8 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "QuantSpec.bits")
+        check_bool(self.symmetric, "QuantSpec.symmetric")
+        check_bool(self.full_range, "QuantSpec.full_range")
         if self.role is not None and self.role not in _ROLES:
             raise ValueError(f"QuantSpec.role must be 'weight', 'activation' or None, got {self.role!r}")
         if self.role is not None:
@@ -140,7 +144,7 @@ class QuantSpec:
 
 
 class _RoundSTE(torch.autograd.Function):
-    """Round to nearest (half to even) with an identity gradient; no ``x - x`` trick, so +-inf stays finite-safe."""
+    """Round to nearest (half to even) with an identity gradient (no ``round(x) - x + x`` trick: inf - inf is NaN)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
