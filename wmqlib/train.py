@@ -1,0 +1,395 @@
+"""Train a small DINO-WM world model end to end, the way DINO-WM trains its predictor (``python -m wmqlib.train``).
+
+Pipeline (each stage seeded from ``TrainConfig.seed``):
+
+1. data: scripted trajectories of the env (``wmqlib.envs.generate_dataset``), rendered at ``img_size``;
+2. encoder pre-training: the DINOv2-style ViT encoder and the conv decoder are trained together as an
+   autoencoder (pixel MSE of ``decode(encode(x))``), our stand-in for DINOv2's self-supervised pre-training,
+   since no DINOv2 weights can be downloaded here; the decoder doubles as DINO-WM's visualisation decoder;
+3. freeze: the encoder is frozen and every frame of the dataset is encoded once;
+4. predictor: the ViT predictor and the action encoder are trained with DINO-WM's teacher-forced loss, the MSE
+   between the predicted and the encoded next frame over the visual and proprio slices of the latent. The proprio
+   encoder stays at its seeded initialisation (a fixed linear embedding): trained jointly against targets it
+   produces itself it could shrink towards zero and make the proprio term of the planning objective vanish;
+5. evaluation: FP CEM planning on the DINO-WM protocol episodes, written into the model card;
+6. a wmq checkpoint folder (config.json + model.safetensors) with MODEL_CARD.md and card.json.
+
+``PRESETS`` holds the shipped models' recipes (``mini-wall``, ``mini-pusht``) and a seconds-long ``tiny`` one for
+tests. Everything runs on the CPU; a run is deterministic for a given seed, device and torch build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from wmqlib.envs import TrajectoryData, generate_dataset
+from wmqlib.models import WorldModel, WorldModelConfig, resolve_device, save_world_model
+from wmqlib.paths import DATASETS_DIR
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe: data, architecture and optimisation; validated on construction.
+
+    Data: env ("wall" | "pusht"), n_traj trajectories of traj_len env steps, rendered at img_size px.
+    Architecture: the WorldModelConfig fields patch_size, grid_size, encoder_*, predictor_*, num_hist, frameskip,
+        decoder_channel / decoder_res_blocks / decoder_res_channel (see wmqlib.models.WorldModelConfig).
+    Optimisation: encoder_steps / predictor_steps AdamW steps at batch sizes encoder_batch / predictor_batch and
+        peak learning rates encoder_lr / predictor_lr (cosine decay, 5% warm-up), weight_decay;
+        rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss.
+    Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5) with eval_opt_steps iterations.
+    """
+
+    env: str
+    seed: int = 0
+    n_traj: int = 1000
+    traj_len: int = 25
+    img_size: int = 64
+    patch_size: int = 16
+    grid_size: int = 4
+    encoder_dim: int = 64
+    encoder_depth: int = 4
+    encoder_heads: int = 4
+    encoder_mlp_dim: int = 256
+    predictor_depth: int = 3
+    predictor_heads: int = 4
+    predictor_dim_head: int = 16
+    predictor_mlp_dim: int = 256
+    num_hist: int = 1
+    frameskip: int = 5
+    decoder_channel: int = 32
+    decoder_res_blocks: int = 1
+    decoder_res_channel: int = 16
+    encoder_steps: int = 3000
+    encoder_batch: int = 64
+    encoder_lr: float = 1e-3
+    predictor_steps: int = 6000
+    predictor_batch: int = 128
+    predictor_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    rollout_steps: int = 0
+    eval_episodes: int = 50
+    eval_opt_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.env not in ("wall", "pusht"):
+            raise ValueError(f"TrainConfig.env must be one of ('wall', 'pusht'), got {self.env!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"TrainConfig.{f.name} must be a non-negative int, got {value!r}")
+            if f.type == "float" and not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"TrainConfig.{f.name} must be a finite float >= 0, got {value!r}")
+        window = (max(self.num_hist, self.rollout_steps) + 1) * self.frameskip
+        if self.traj_len < window:
+            raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(num_hist, rollout_steps) + 1) "
+                             f"* frameskip = {window} to hold one training window")
+        self.model_config()  # the architecture fields are validated by WorldModelConfig
+
+    def model_config(self) -> WorldModelConfig:
+        """The architecture this recipe trains."""
+        return WorldModelConfig(
+            env=self.env, proprio_dim=2 if self.env == "wall" else 4, num_hist=self.num_hist,
+            frameskip=self.frameskip, img_size=self.img_size, patch_size=self.patch_size, grid_size=self.grid_size,
+            encoder_dim=self.encoder_dim, encoder_depth=self.encoder_depth, encoder_heads=self.encoder_heads,
+            encoder_mlp_dim=self.encoder_mlp_dim, encoder_pos_grid=self.grid_size,
+            predictor_depth=self.predictor_depth, predictor_heads=self.predictor_heads,
+            predictor_dim_head=self.predictor_dim_head, predictor_mlp_dim=self.predictor_mlp_dim,
+            predictor_dropout=0.0, predictor_emb_dropout=0.0, decoder_channel=self.decoder_channel,
+            decoder_res_blocks=self.decoder_res_blocks, decoder_res_channel=self.decoder_res_channel,
+            decoder_n_embed=16)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "mini-wall": TrainConfig(env="wall", n_traj=1000, traj_len=25),
+    "mini-pusht": TrainConfig(env="pusht", n_traj=600, traj_len=50, eval_opt_steps=30),
+    # seconds-long end-to-end smoke recipe for tests
+    "tiny": TrainConfig(env="wall", n_traj=8, traj_len=10, img_size=32, patch_size=8, grid_size=4, encoder_dim=16,
+                        encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32, predictor_depth=1, predictor_heads=2,
+                        predictor_dim_head=8, predictor_mlp_dim=32, decoder_channel=8, decoder_res_channel=4,
+                        encoder_steps=3, encoder_batch=8, predictor_steps=3, predictor_batch=8, eval_episodes=2,
+                        eval_opt_steps=1),
+}
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """Cosine decay to 0 after a linear warm-up over the first 5% of the steps."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float,
+         weight_decay: float, gen: torch.Generator, desc: str, progress: bool) -> list[float]:
+    """Run ``steps`` AdamW steps of ``loss_fn(step_seed)``; returns the loss of every step."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    losses = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        loss = loss_fn(torch.randint(0, 2**62, (1,), generator=gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4g}")
+    return losses
+
+
+def _frames_to_visual(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1], DINO-WM's normalisation (mean 0.5, std 0.5)."""
+    return frames.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
+                     progress: bool = True) -> list[float]:
+    """Train encoder + decoder as an autoencoder on single frames (pixel MSE); returns per-step losses."""
+    frames = torch.from_numpy(data.frames.reshape(-1, *data.frames.shape[2:])).to(model.device)  # (N*(T+1), H, W, 3)
+    proprio = torch.zeros(cfg.encoder_batch, 1, model.config.proprio_dim, device=model.device)
+
+    def loss_fn(_: torch.Tensor) -> torch.Tensor:
+        idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
+        x = _frames_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
+        tokens = model.encode_obs(x, proprio)["visual"]
+        return F.mse_loss(model.decode(tokens), x)
+
+    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    return _fit(params, loss_fn, cfg.encoder_steps, cfg.encoder_lr, cfg.weight_decay, gen, "encoder (autoencoder)",
+                progress)
+
+
+@torch.no_grad()
+def encode_dataset(model: WorldModel, data: TrajectoryData, batch: int = 256) -> torch.Tensor:
+    """Visual latents of every frame with the frozen encoder: (N, T+1, P, Dv) float32."""
+    n, t1 = data.frames.shape[:2]
+    frames = torch.from_numpy(data.frames.reshape(n * t1, *data.frames.shape[2:]))
+    out = []
+    zeros = torch.zeros(batch, 1, model.config.proprio_dim, device=model.device)
+    for lo in range(0, len(frames), batch):
+        x = _frames_to_visual(frames[lo:lo + batch].to(model.device))[:, None]
+        out.append(model.encode_obs(x, zeros[:len(x)])["visual"][:, 0])
+    return torch.cat(out).reshape(n, t1, *out[0].shape[1:])
+
+
+def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tensor, cfg: TrainConfig,
+                    gen: torch.Generator, progress: bool = True) -> list[float]:
+    """DINO-WM's teacher-forced latent MSE over windows of frames ``frameskip`` env steps apart.
+
+    latents: frozen visual latents (N, T+1, P, Dv). Trains the predictor and the action encoder. The loss is the
+    MSE between predicted and encoded next frames over the visual and proprio slices of the latent; with
+    ``cfg.rollout_steps = k > 0`` the same MSE of a k-step open-loop ``model.rollout`` from the window's first
+    frame is added (the computation planning runs), so errors that compound over the horizon are trained too.
+    """
+    c = model.config
+    f, h, k = c.frameskip, c.num_hist, cfg.rollout_steps
+    frames_per_window = max(h, k) + 1
+    span = frames_per_window * f
+    starts = data.traj_len - span + 1
+    device = model.device
+    act = torch.from_numpy(((data.actions - data.action_mean) / data.action_std).astype(np.float32)).to(device)
+    prop = torch.from_numpy(((data.proprio - data.proprio_mean) / data.proprio_std).astype(np.float32)).to(device)
+    offsets = torch.arange(frames_per_window, device=device) * f  # frame offsets inside a window
+    dv, ep = c.encoder_dim, c.proprio_emb_dim
+
+    def loss_fn(_: torch.Tensor) -> torch.Tensor:
+        b = cfg.predictor_batch
+        traj = torch.randint(0, len(data), (b,), generator=gen).to(device)
+        start = torch.randint(0, starts, (b,), generator=gen).to(device)
+        frames = start[:, None] + offsets  # (B, L)
+        vis = latents[traj[:, None], frames]  # (B, L, P, Dv)
+        steps = start[:, None] + torch.arange(span, device=device)  # (B, L*f) env steps of the window's actions
+        actions = act[traj[:, None], steps].reshape(b, frames_per_window, f * c.env_action_dim)  # "(n f) d -> n (f d)"
+        with torch.no_grad():
+            pemb = model.proprio_encoder(prop[traj[:, None], frames])  # (B, L, Ep), fixed embedding
+        aemb = model.action_encoder(actions)
+        p = vis.shape[2]
+        z = torch.cat([vis, pemb[:, :, None].expand(-1, -1, p, -1), aemb[:, :, None].expand(-1, -1, p, -1)], -1)
+        pred = model.predict(z[:, :h])
+        loss = F.mse_loss(pred[..., :dv + ep], z[:, 1:h + 1, :, :dv + ep])
+        if k:
+            imagined = model.rollout({"visual": vis[:, :1], "proprio": pemb[:, :1]}, actions[:, :k])
+            loss = loss + (dv * F.mse_loss(imagined["visual"][:, 1:], vis[:, 1:k + 1])
+                           + ep * F.mse_loss(imagined["proprio"][:, 1:], pemb[:, 1:k + 1])) / (dv + ep)
+        return loss
+
+    params = list(model.predictor.parameters()) + list(model.action_encoder.parameters())
+    return _fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, "predictor", progress)
+
+
+def dataset_path(cfg: TrainConfig, data_dir: str | Path = DATASETS_DIR) -> Path:
+    """Where a recipe's dataset is cached (regenerated deterministically when missing)."""
+    return Path(data_dir) / f"{cfg.env}-n{cfg.n_traj}-t{cfg.traj_len}-s{cfg.seed}-{cfg.img_size}px.npz"
+
+
+def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp: bool = True,
+          data_dir: str | Path = DATASETS_DIR, device: str = "cpu") -> WorldModel:
+    """Run the whole pipeline and write a wmq checkpoint folder with its model card to ``out``.
+
+    The dataset is generated into ``data_dir`` on first use and reused afterwards (same recipe, same file).
+    ``device``: "cpu", "cuda" or "auto"; random draws come from a CPU generator, so the batches are the same on
+    every device (the arithmetic of CUDA kernels may still differ in the last bits).
+    """
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    path = dataset_path(cfg, data_dir)
+    if not path.exists():
+        generate_dataset(cfg.env, cfg.n_traj, cfg.traj_len, cfg.seed, cfg.img_size, path, progress=progress)
+    data = TrajectoryData.load(path)
+    t_data = time.perf_counter() - t0
+
+    model = WorldModel(cfg.model_config(), seed=cfg.seed).to(device)
+    model.set_normalization(data.action_mean, data.action_std, data.proprio_mean, data.proprio_std)
+    model.train()
+    enc_losses = pretrain_encoder(model, data, cfg, gen, progress)
+    t_enc = time.perf_counter() - t0 - t_data
+
+    model.requires_grad_(False)
+    model.eval()
+    latents = encode_dataset(model, data)
+    model.predictor.requires_grad_(True)
+    model.action_encoder.requires_grad_(True)
+    model.predictor.train()
+    pred_losses = train_predictor(model, data, latents, cfg, gen, progress)
+    model.requires_grad_(False)
+    model.eval()
+    t_pred = time.perf_counter() - t0 - t_data - t_enc
+
+    card: dict[str, Any] = {
+        "recipe": dataclasses.asdict(cfg),
+        "architecture": model.config.to_dict(),
+        "parameters": {name: sum(p.numel() for p in getattr(model, name).parameters())
+                       for name in ("encoder", "predictor", "action_encoder", "proprio_encoder", "decoder")},
+        "data": {"path": path.name, **data.meta},
+        "losses": {"encoder_first": enc_losses[0] if enc_losses else None,
+                   "encoder_last100": float(np.mean(enc_losses[-100:])) if enc_losses else None,
+                   "predictor_first": pred_losses[0] if pred_losses else None,
+                   "predictor_last100": float(np.mean(pred_losses[-100:])) if pred_losses else None},
+        "seconds": {"data": round(t_data, 1), "encoder": round(t_enc, 1), "predictor": round(t_pred, 1)},
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+    }
+    model.provenance = {"trained_by": "wmqlib.train", "recipe": dataclasses.asdict(cfg)}
+    if evaluate_fp:
+        card["fp_planning"] = fp_planning_summary(model, cfg, progress)
+    card["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    out = Path(out)
+    model = model.cpu()
+    save_world_model(model, out)
+    write_model_card(card, out)
+    return model
+
+
+def fp_planning_summary(model: WorldModel, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """FP CEM planning on the DINO-WM protocol episodes (seed 99, goal_H 5): success with its Wilson 95% interval."""
+    from wmqlib.evaluate import evaluate
+    from wmqlib.envs import make_env, sample_episodes
+    from wmqlib.plan import CEMConfig
+    from wmqlib.study import wilson_interval
+
+    t0 = time.perf_counter()
+    planner = CEMConfig(opt_steps=cfg.eval_opt_steps)
+    episodes = sample_episodes(cfg.env, cfg.eval_episodes, seed=99, split="eval", goal_H=5, frameskip=cfg.frameskip)
+    table = evaluate(model, make_env(cfg.env, render_size=cfg.img_size), planner, episodes)
+    k, n = int(table["success"].sum()), len(table)
+    low, high = wilson_interval(k, n)
+    return {"planner": dataclasses.asdict(planner), "episodes": n, "successes": k, "success_rate": k / n,
+            "ci95": [round(low, 4), round(high, 4)], "mean_state_dist": float(table["state_dist"].mean()),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def write_model_card(card: dict[str, Any], out: Path) -> None:
+    """Write card.json (machine-readable) and MODEL_CARD.md (the same facts for readers) into ``out``."""
+    (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    r, fp = card["recipe"], card.get("fp_planning")
+    lines = [
+        f"# {out.name}", "",
+        f"A small DINO-WM-architecture world model of the {r['env']} environment, trained by `wmqlib.train` "
+        f"(seed {r['seed']}). Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then "
+        "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE.", "",
+        "| item | value |", "| --- | --- |",
+        f"| data | {r['n_traj']} scripted trajectories x {r['traj_len']} steps at {r['img_size']} px |",
+        f"| tokens | {card['architecture']['grid_size'] ** 2} per frame, patch {r['patch_size']} |",
+        *(f"| {k} parameters | {v:,} |" for k, v in card["parameters"].items()),
+        f"| encoder loss (first -> last 100 mean) | {card['losses']['encoder_first']:.4g} -> "
+        f"{card['losses']['encoder_last100']:.4g} |",
+        f"| predictor loss (first -> last 100 mean) | {card['losses']['predictor_first']:.4g} -> "
+        f"{card['losses']['predictor_last100']:.4g} |",
+        f"| training time (s): data / encoder / predictor / total | {card['seconds']['data']} / "
+        f"{card['seconds']['encoder']} / {card['seconds']['predictor']} / {card['seconds']['total']} "
+        f"({card['threads']} threads, torch {card['torch']}) |",
+    ]
+    if fp:
+        lines.append(f"| FP CEM success ({fp['episodes']} episodes, seed 99, goal_H 5) | {fp['success_rate']:.0%} "
+                     f"(95% CI {fp['ci95'][0]:.0%}-{fp['ci95'][1]:.0%}), mean state distance "
+                     f"{fp['mean_state_dist']:.2f} |")
+        lines.append(f"| planner | CEM {fp['planner']} |")
+    lines += ["", "Regenerate: `python -m wmqlib.train --preset " + out.name + " --out data/checkpoints/" + out.name
+              + "` (or `make train`)."]
+    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["predictor_steps=9000", "encoder_lr=5e-4"]`` -> typed TrainConfig field values; unknown fields raise."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
+        kind = {"int": int, "float": float}.get(fields[name], str)
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {name} needs a {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wmqlib.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default: mini-<env>)")
+    parser.add_argument("--env", choices=("wall", "pusht"), help="environment (when no preset is given)")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("--seed", type=int, help="override the recipe's seed")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override one TrainConfig field of the preset (repeatable), e.g. --set predictor_steps=9000")
+    parser.add_argument("--no-eval", action="store_true", help="skip the FP planning evaluation")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.preset is None and args.env is None:
+        parser.error("give --preset or --env")
+    cfg = PRESETS[args.preset or f"mini-{args.env}"]
+    if args.env and cfg.env != args.env:
+        parser.error(f"--env {args.env} contradicts preset {args.preset} (env {cfg.env})")
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    try:
+        cfg = dataclasses.replace(cfg, **parse_overrides(args.set))
+    except ValueError as error:
+        parser.error(str(error))
+    train(cfg, args.out, progress=not args.quiet, evaluate_fp=not args.no_eval, device=args.device)
+    print((Path(args.out) / "MODEL_CARD.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
