@@ -92,14 +92,23 @@ def test_make_profile_overrides_and_ignores_none():
 
 def test_profile_setting_sizes_everything(tiny):
     p = ex.make_profile("smoke")
-    s = p.setting(tiny, device="cpu", trace=True, recipe=p.recipe("OmniQuant", 4))
-    assert s.planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.trace_steps)
+    s = p.setting(tiny, device="cpu", long=True, recipe=p.recipe("OmniQuant", 4))
+    assert s.planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.trace_steps) and s.trace
     assert s.calib_planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.opt_steps)
     assert (s.n_evals, s.n_calib, s.recipe.epochs) == (p.n_evals, p.n_calib, p.omniquant_epochs)
+    short = p.setting(tiny, device="cpu")
+    assert short.trace and short.planner.opt_steps == p.steps("wall")  # open-loop CEM is always traced
     gd = p.setting(tiny, device="cpu", planner="GD", mpc=True)
     assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
+    assert not gd.trace
     with pytest.raises(ValueError, match="planner must be 'CEM' or 'GD'"):
         p.setting(tiny, planner="MPPI")
+    with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
+        p.setting(tiny, planner="GD", long=True)
+
+
+def test_default_group_size_reads_the_encoder_width(tiny):
+    assert ex.default_group_size(tiny) == ex.group_size_for(PRESETS["tiny"].encoder_dim) == 8
 
 
 # ----- Setting -----
@@ -221,6 +230,7 @@ def test_run_study_adds_labels_and_reads_back_from_cache(tiny, tmp_path, monkeyp
     assert list(labels["label"]) == ["FP", "RTN W4A16 g8 [predictor]", "FP"]
     assert list(labels["planning"]) == ["CEM", "CEM", "MPC-GD"]
     assert list(labels["w_bits"]) == [32, 4, 32] and list(labels["a_bits"]) == [32, 16, 32]
+    assert list(labels["weights"]) == ["-", "g8", "-"] and list(labels["w_kind"]) == ["-", "per-group", "-"]
 
     def boom(*args, **kwargs):
         raise AssertionError("a cached setting was run again")
@@ -235,19 +245,51 @@ def test_run_study_adds_labels_and_reads_back_from_cache(tiny, tmp_path, monkeyp
 def test_success_table_and_curve():
     trace = pd.DataFrame({"m": ["a"] * 4 + ["b"] * 4, "episode": [0, 0, 1, 1] * 2, "iteration": [0, 1] * 4,
                           "success": [False, True, False, True, False, False, True, True],
+                          "state_dist": [9.0, 1.0, 9.0, 3.0, 8.0, 8.0, 2.0, 2.0],
                           "plan_loss": [4.0, 2.0, 6.0, 1.0, 1.0, 1.0, 3.0, 3.0]})
     table = ex.success_table(ex.at_opt_steps(trace, 2), "m")
     assert list(table["successes"]) == [2, 1]
-    assert table["success"].iloc[0].startswith("2/2 100% [")
+    assert list(table["mean_state_dist"]) == [2.0, 5.0]
+    assert table["success"].iloc[0] == "2/2 100% [34, 100]"  # Wilson 95% for 2/2: [0.342, 1]
     curve = ex.success_curve(trace, "m")
     assert list(curve["opt_steps"]) == [1, 2, 1, 2]
     assert list(curve["success_rate"]) == [0.0, 1.0, 0.5, 0.5]
     assert list(curve["plan_loss"]) == [5.0, 1.5, 2.0, 2.0]
 
 
-def test_compare_and_verdict():
+def test_per_episode_reads_each_traced_setting_at_its_budget():
+    traced = pd.DataFrame({"config_key": ["w"] * 6 + ["p"] * 4, "env": ["wall"] * 6 + ["pusht"] * 4,
+                           "episode": [0, 0, 0, 1, 1, 1, 0, 0, 1, 1], "iteration": [0, 1, 2] * 2 + [0, 1] * 2,
+                           "success": [False, False, True, False, True, True, False, True, True, True],
+                           "planner.opt_steps": [3] * 6 + [2] * 4})
+    plain = pd.DataFrame({"config_key": ["g", "g"], "env": ["wall"] * 2, "episode": [0, 1],
+                          "success": [True, False], "planner.opt_steps": [7, 7]})
+    table = pd.concat([traced, plain], ignore_index=True)
+    out = ex.per_episode(table, {"wall": 2, "pusht": 5})
+    assert list(out["config_key"]) == ["w", "w", "p", "p", "g", "g"]
+    assert list(out["opt_steps"]) == [2, 2, 2, 2, 7, 7]  # pusht's trace is shorter than 5: its last iteration
+    assert list(out["success"]) == [False, True, True, True, True, False]
+    last = ex.per_episode(table)
+    assert list(last["opt_steps"]) == [3, 3, 2, 2, 7, 7] and list(last["success"][:2]) == [True, True]
+
+
+def test_pick_finds_exactly_one_row():
+    rates = pd.DataFrame({"env": ["wall", "wall", "pusht"], "bits": ["FP", "W4A16", "FP"], "x": [1, 2, 3]})
+    assert ex.pick(rates, env="wall", bits="W4A16")["x"] == 2
+    with pytest.raises(ValueError, match="found 2"):
+        ex.pick(rates, env="wall")
+    with pytest.raises(ValueError, match="found 0"):
+        ex.pick(rates, env="wall", bits="W3A16")
+
+
+def test_compare_similar_and_verdict():
     hi, lo, mid = {"ci_low": 0.7, "ci_high": 0.9}, {"ci_low": 0.1, "ci_high": 0.3}, {"ci_low": 0.2, "ci_high": 0.8}
     assert ex.compare(hi, lo) == 1 and ex.compare(lo, hi) == -1 and ex.compare(mid, hi) == 0
+    a = {"success_rate": 0.80, "ci_low": 0.66, "ci_high": 0.89}
+    close = {"success_rate": 0.74, "ci_low": 0.60, "ci_high": 0.84}
+    apart = {"success_rate": 0.62, "ci_low": 0.48, "ci_high": 0.74}
+    far = {"success_rate": 0.20, "ci_low": 0.11, "ci_high": 0.33}
+    assert (ex.similar(a, close), ex.similar(a, apart), ex.similar(a, far)) == (1, 0, -1)
     assert ex.verdict([1, 0]) == "reproduced"
     assert ex.verdict([-1, 0, 0]) == "not reproduced"
     assert ex.verdict([1, -1]) == "inconclusive" and ex.verdict([0, 0]) == "inconclusive"
@@ -262,12 +304,25 @@ def test_rank_correlation_matches_hand_values():
     out = ex.rank_correlation(df, "x", "y", "g")
     assert list(out["n"]) == [4, 4]
     np.testing.assert_allclose(out["rho"], [1.0, -1.0])
+    assert out["ci_low"].isna().all()  # no interval for a perfect correlation
+
+
+def test_rank_correlation_interval_is_fisher_z():
+    x = np.arange(20.0)
+    y = x + np.where(x % 3 == 0, 6.0, 0.0)  # a monotone trend with ties broken by bumps
+    out = ex.rank_correlation(pd.DataFrame({"g": "a", "x": x, "y": y}), "x", "y", "g").iloc[0]
+    rho = pd.Series(x).corr(pd.Series(y), method="spearman")
+    half = 1.96 * np.sqrt(1.06 / 17)
+    assert out["rho"] == pytest.approx(rho) and 0 < rho < 1
+    assert out["ci_low"] == pytest.approx(np.tanh(np.arctanh(rho) - half))
+    assert out["ci_high"] == pytest.approx(np.tanh(np.arctanh(rho) + half))
 
 
 def test_baselines_use_the_setting_episodes_and_budget(tiny):
     s = setting(tiny, mpc=MPCConfig(max_rounds=2))
     table = ex.baseline_table(s)
     assert len(table) == 3 * s.n_evals and set(table["baseline"]) == {"no_action", "straight_line", "random"}
+    assert (table["steps"] == s.planner.horizon * 5 * 2).all()  # horizon * frameskip * MPC rounds
     assert list(table["seed"].unique()) == [e.seed for e in ex.episodes(s)]
     no_action = table[table["baseline"] == "no_action"]
     env = ex.make_setting_env(s)

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,12 @@ def group_size_for(encoder_dim: int) -> int:
     if isinstance(encoder_dim, bool) or not isinstance(encoder_dim, int) or encoder_dim < 2:
         raise ValueError(f"encoder_dim must be an int >= 2, got {encoder_dim!r}")
     return min(128, 1 << ((encoder_dim // 2).bit_length() - 1))
+
+
+def default_group_size(checkpoint: str | os.PathLike) -> int:
+    """``group_size_for`` the checkpoint's encoder width (32 for the shipped mini models, 128 for DINO-WM)."""
+    folder = checkpoint_info(checkpoint)[0]
+    return group_size_for(int(read_checkpoint_config(folder)["config"]["encoder_dim"]))
 
 
 def recipe(method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
@@ -261,18 +267,26 @@ class Profile:
         return recipe(method, w_bits, w_granularity, group_size, a_bits, a_granularity, **options)
 
     def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
-                scope: str = "all", trace: bool = False, planner: str = "CEM", mpc: bool = False) -> Setting:
-        """A ``Setting`` sized by this profile. planner: "CEM" or "GD"; mpc: closed loop with ``mpc_rounds``."""
+                scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False) -> Setting:
+        """A ``Setting`` sized by this profile.
+
+        planner: "CEM" or "GD"; mpc: closed loop with ``mpc_rounds`` rounds. Open-loop CEM is always traced (the
+        trace costs no planning, and gives success vs iterations for free), with ``trace_steps`` iterations when
+        ``long`` else ``steps(env)``; GD and MPC settings are not traced.
+        """
         env = checkpoint_info(checkpoint)[1]
         if planner == "CEM":
-            chosen: CEMConfig | GDConfig = self.cem(env, trace)
+            chosen: CEMConfig | GDConfig = self.cem(env, trace=long)
         elif planner == "GD":
             chosen = GDConfig(opt_steps=self.gd_steps)
         else:
             raise ValueError(f"planner must be 'CEM' or 'GD', got {planner!r}")
+        if long and (planner != "CEM" or mpc):
+            raise ValueError("long=True applies to open-loop CEM (the traced runs) only")
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
-                       trace=trace, n_calib=self.n_calib, calib_planner=self.cem(env), device=device)
+                       trace=planner == "CEM" and not mpc, n_calib=self.n_calib, calib_planner=self.cem(env),
+                       device=device)
 
 
 PROFILES = {
@@ -392,8 +406,9 @@ def encoder_error(fp_model: WorldModel, model: Any, env: Any, eps: Sequence[Epis
 def run_setting(setting: Setting, calib_dir: str | os.PathLike | None = None,
                 recompute_calibration: bool = False) -> pd.DataFrame:
     """Evaluate one setting: ``wmqlib.evaluate.evaluate``'s table (per episode, or per (episode, iteration) when
-    traced; its ``seed`` column renamed ``episode_seed``) plus ``effective_bits`` (storage bits per weight of the quantized layers, overhead included; the FP
-    dtype's bits for FP), ``encoder_error`` (see ``encoder_error``) and ``seconds`` (wall time of the planning).
+    traced; its ``seed`` column renamed ``episode_seed``) plus ``effective_bits`` (storage bits per weight of the
+    quantized layers, overhead included; the FP dtype's bits for FP), ``encoder_error`` (see ``encoder_error``)
+    and ``seconds`` (wall time of the planning).
 
     Usable as ``study.sweep``'s run_fn; ``calib_dir`` / ``recompute_calibration`` go to ``calibration``.
     """
@@ -417,21 +432,22 @@ def run_setting(setting: Setting, calib_dir: str | os.PathLike | None = None,
 def describe(setting: Setting) -> dict[str, Any]:
     """Readable columns of a setting (the config columns keep the full detail): method ("FP" or the recipe's
     class), bits ("W4A16"), w_bits, a_bits (32 for FP, 16 for weight-only), weights ("per-channel" | "g32" |
-    "per-tensor" | "-"), acts ("-" | "per-tensor" | "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...),
-    opt_steps, and label, e.g. "RTN W4A16 g32 [predictor]"."""
+    "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
+    "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), opt_steps, and label, e.g. "RTN W4A16 g32 [predictor]".
+    """
     r = setting.recipe
     if r is None:
-        weights, acts = "-", "-"
+        weights, kind, acts = "-", "-", "-"
     else:
-        weights = f"g{r.w_granularity.group_size}" if isinstance(r.w_granularity, PerGroup) else (
-            "per-channel" if isinstance(r.w_granularity, PerChannel) else "per-tensor")
+        kind = {PerGroup: "per-group", PerChannel: "per-channel"}.get(type(r.w_granularity), "per-tensor")
+        weights = f"g{r.w_granularity.group_size}" if isinstance(r.w_granularity, PerGroup) else kind
         acts = "-" if r.a_bits is None else ("per-token" if isinstance(r.a_granularity, PerToken) else "per-tensor")
     planning = type(setting.planner).__name__.removesuffix("Config")
     label = "FP" if r is None else " ".join([type(r).__name__, r.label, weights] + ([acts] if acts != "-" else []))
     return {"method": "FP" if r is None else type(r).__name__, "bits": "FP" if r is None else r.label,
             "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
-            "weights": weights, "acts": acts, "planning": planning if setting.mpc is None else f"MPC-{planning}",
-            "opt_steps": setting.planner.opt_steps,
+            "weights": weights, "w_kind": kind, "acts": acts,
+            "planning": planning if setting.mpc is None else f"MPC-{planning}", "opt_steps": setting.planner.opt_steps,
             "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
 
 
@@ -462,9 +478,48 @@ def at_opt_steps(trace: pd.DataFrame, k: int) -> pd.DataFrame:
     return trace[trace["iteration"] == k - 1].reset_index(drop=True).assign(opt_steps=k)
 
 
+def per_episode(table: pd.DataFrame, k: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+    """One row per (setting, episode): traced settings at ``opt_steps = min(k, traced iterations)`` (k per env
+    when a mapping, e.g. ``{"wall": 10, "pusht": 30}``; None = their last iteration), untraced ones as they are.
+    Adds ``opt_steps`` (the budget the rows reflect)."""
+    parts = []
+    for _, group in table.groupby("config_key", sort=False):
+        if "iteration" not in group.columns or group["iteration"].isna().all():
+            parts.append(group.assign(opt_steps=group["planner.opt_steps"]))
+            continue
+        longest = int(group["iteration"].max()) + 1
+        want = k[group["env"].iloc[0]] if isinstance(k, Mapping) else k
+        parts.append(at_opt_steps(group, longest if want is None else min(want, longest)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def pick(rates: pd.DataFrame, **match: Any) -> pd.Series:
+    """The single row of ``rates`` whose columns equal ``match``; ValueError naming the match when there is not
+    exactly one (so a verdict never silently reads the wrong setting)."""
+    rows = rates
+    for column, value in match.items():
+        rows = rows[rows[column] == value]
+    if len(rows) != 1:
+        raise ValueError(f"expected one row with {match}, found {len(rows)}")
+    return rows.iloc[0]
+
+
+def similar(a: pd.Series | dict, b: pd.Series | dict, tolerance: float = 0.1) -> int:
+    """Decision for a claim "a is close to b": +1 when the Wilson intervals overlap and the success rates differ by
+    at most ``tolerance``, -1 when the intervals are disjoint, 0 otherwise (overlapping but further apart)."""
+    if compare(a, b) != 0:
+        return -1
+    return 1 if abs(a["success_rate"] - b["success_rate"]) <= tolerance else 0
+
+
 def success_table(table: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
-    """``study.success_rates`` per group with a readable ``success`` column: "46/50 92% [81, 97]" (Wilson 95%)."""
+    """``study.success_rates`` per group with a readable ``success`` column: "46/50 92% [81, 97]" (Wilson 95%),
+    and the mean final ``state_dist`` per group when the table has one."""
     out = success_rates(table, by)
+    if "state_dist" in table.columns:
+        by_list = [by] if isinstance(by, str) else list(by)
+        dist = table.groupby(by_list, dropna=False, sort=True)["state_dist"].mean().reset_index(drop=True)
+        out["mean_state_dist"] = dist.to_numpy()
     out["success"] = [f"{k}/{n} {r:.0%} [{lo * 100:.0f}, {hi * 100:.0f}]" for k, n, r, lo, hi in
                       out[["successes", "n", "success_rate", "ci_low", "ci_high"]].itertuples(index=False)]
     return out
@@ -482,11 +537,12 @@ def success_curve(trace: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
 
 def baseline_table(setting: Setting, seed: int = 0) -> pd.DataFrame:
     """Trivial baselines (no action, straight line, random) on the setting's eval episodes with the planner's
-    env-step budget (horizon * frameskip * MPC rounds); one row per (episode, baseline)."""
+    env-step budget (horizon * frameskip * MPC rounds); one row per (episode, baseline), with env and steps."""
     model = load_model(setting)
     rounds = 1 if setting.mpc is None else setting.mpc.max_rounds
     steps = setting.planner.horizon * model.config.frameskip * rounds
-    return baselines(make_setting_env(setting), episodes(setting), steps=steps, seed=seed).assign(env=setting.env)
+    table = baselines(make_setting_env(setting), episodes(setting), steps=steps, seed=seed)
+    return table.assign(env=setting.env, steps=steps)
 
 
 def compare(a: pd.Series | dict, b: pd.Series | dict) -> int:
@@ -515,12 +571,22 @@ def verdict(decisions: Sequence[int]) -> str:
     return "inconclusive"
 
 
-def rank_correlation(table: pd.DataFrame, x: str, y: str, by: str | Sequence[str]) -> pd.DataFrame:
-    """Spearman rank correlation of columns ``x`` and ``y`` per group (pandas, no scipy): columns ``by``, n, rho."""
+def rank_correlation(table: pd.DataFrame, x: str, y: str, by: str | Sequence[str], z: float = 1.96) -> pd.DataFrame:
+    """Spearman rank correlation of columns ``x`` and ``y`` per group (pandas, no scipy) with an approximate 95%
+    interval from Fisher's z with the Fieller-Hartley-Pearson variance 1.06 / (n - 3).
+
+    Returns columns ``by``, n, rho, ci_low, ci_high (NaN interval for n <= 3 or |rho| = 1).
+    """
     by = [by] if isinstance(by, str) else list(by)
-    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n": len(g),
-             "rho": g[x].corr(g[y], method="spearman")} for key, g in table.groupby(by, sort=True)]
-    return pd.DataFrame(rows, columns=[*by, "n", "rho"])
+    rows = []
+    for key, g in table.groupby(by, sort=True):
+        n, rho = len(g), g[x].corr(g[y], method="spearman")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            half = z * np.sqrt(1.06 / (n - 3)) if n > 3 else np.nan
+            centre = np.arctanh(rho) if abs(rho) < 1 else np.nan
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n": n, "rho": rho,
+                     "ci_low": np.tanh(centre - half), "ci_high": np.tanh(centre + half)})
+    return pd.DataFrame(rows, columns=[*by, "n", "rho", "ci_low", "ci_high"])
 
 
 # ----- imagined rollouts -------------------------------------------------------------------------------------------
@@ -570,8 +636,9 @@ def configure_torch(threads: int | None) -> None:
 
 
 __all__ = [
-    "GRANULARITIES", "METHODS", "PROFILES", "PROTOCOL_OPT_STEPS", "SCOPES", "Profile", "Setting", "at_opt_steps", "baseline_table",
-    "calibration", "checkpoint_info", "compare", "configure_torch", "describe", "encoder_error", "episodes",
-    "group_size_for", "imagine", "load_model", "make_profile", "make_setting_env", "quantized_model", "rank_correlation", "recipe",
-    "run_setting", "run_study", "success_curve", "success_table", "verdict",
+    "GRANULARITIES", "METHODS", "PROFILES", "PROTOCOL_OPT_STEPS", "SCOPES", "Profile", "Setting", "at_opt_steps",
+    "baseline_table", "calibration", "checkpoint_info", "compare", "configure_torch", "default_group_size",
+    "describe", "encoder_error", "episodes", "group_size_for", "imagine", "load_model", "make_profile",
+    "make_setting_env", "per_episode", "pick", "quantized_model", "rank_correlation", "recipe", "run_setting",
+    "run_study", "similar", "success_curve", "success_table", "verdict",
 ]
