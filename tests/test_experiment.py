@@ -79,8 +79,8 @@ def test_make_profile_overrides_and_ignores_none():
     p = ex.make_profile("smoke", n_evals=None, samples=40)
     assert p.n_evals == ex.PROFILES["smoke"].n_evals and p.samples == 40
     full = ex.make_profile("full")
-    assert (full.n_evals, full.samples, full.topk) == (50, 300, 30)
-    assert full.steps("wall") == 10 and full.steps("pusht") == 30
+    assert (full.n_evals, full.samples, full.topk) == (50, 100, 10)
+    assert full.steps("wall") == full.steps("pusht") == 10
     assert full.cem("pusht", trace=True).opt_steps == full.trace_steps
     with pytest.raises(ValueError, match="profile must be one of"):
         ex.make_profile("huge")
@@ -101,10 +101,13 @@ def test_profile_setting_sizes_everything(tiny):
     gd = p.setting(tiny, device="cpu", planner="GD", mpc=True)
     assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
     assert not gd.trace
-    with pytest.raises(ValueError, match="planner must be 'CEM' or 'GD'"):
+    with pytest.raises(ValueError, match="planner must be .CEM., .CEM-protocol. or .GD."):
         p.setting(tiny, planner="MPPI")
     with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
         p.setting(tiny, planner="GD", long=True)
+    protocol = p.setting(tiny, device="cpu", planner="CEM-protocol")
+    assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=ex.PROTOCOL_OPT_STEPS["wall"])
+    assert protocol.trace and protocol.calib_planner == short.calib_planner
 
 
 def test_default_group_size_reads_the_encoder_width(tiny):
@@ -229,6 +232,7 @@ def test_run_study_adds_labels_and_reads_back_from_cache(tiny, tmp_path, monkeyp
     labels = table.drop_duplicates("config_key")
     assert list(labels["label"]) == ["FP", "RTN W4A16 g8 [predictor]", "FP"]
     assert list(labels["planning"]) == ["CEM", "CEM", "MPC-GD"]
+    assert list(labels["search"]) == ["CEM 12/3", "CEM 12/3", "MPC-GD"]
     assert list(labels["w_bits"]) == [32, 4, 32] and list(labels["a_bits"]) == [32, 16, 32]
     assert list(labels["weights"]) == ["-", "g8", "-"] and list(labels["w_kind"]) == ["-", "per-group", "-"]
 

@@ -58,7 +58,6 @@ SCOPES = ("all", "encoder", "predictor")
 PROTOCOL_OPT_STEPS = {"wall": 10, "pusht": 30}
 CALIB_MPC_ROUNDS = 2  # the reference protocol: FP planning for 2 MPC iterations on the calibration seeds
 METHODS = {"RTN": RTN, "OMSE": OMSE, "AWQ": AWQ, "SmoothQuant": SmoothQuant, "OmniQuant": OmniQuant}
-GRANULARITIES = ("per-tensor", "per-channel", "per-group", "per-token")
 MODEL_CACHE_SIZE = 4  # quantized copies kept in memory (imagined rollouts re-use the model a table came from)
 
 
@@ -133,8 +132,9 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> tuple[Path, str, str]:
 # ----- the setting -----------------------------------------------------------------------------------------------
 
 def _check_int(name: str, value: object, minimum: int) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Setting.{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -188,10 +188,10 @@ class Setting:
             raise TypeError(f"Setting.planner must be a CEMConfig or GDConfig, got {type(self.planner).__name__}")
         if self.mpc is not None and not isinstance(self.mpc, MPCConfig):
             raise TypeError(f"Setting.mpc must be an MPCConfig or None, got {type(self.mpc).__name__}")
-        _check_int("n_evals", self.n_evals, 1)
-        _check_int("seed", self.seed, 2)
-        _check_int("goal_H", self.goal_H, 1)
-        _check_int("n_calib", self.n_calib, 1)
+        _check_int("Setting.n_evals", self.n_evals, 1)
+        _check_int("Setting.seed", self.seed, 2)
+        _check_int("Setting.goal_H", self.goal_H, 1)
+        _check_int("Setting.n_calib", self.n_calib, 1)
         if not isinstance(self.trace, bool):
             raise TypeError(f"Setting.trace must be True or False, got {self.trace!r}")
         calib = self.calib_planner
@@ -237,16 +237,11 @@ class Profile:
 
     def __post_init__(self) -> None:
         for name in ("n_evals", "samples", "topk", "trace_steps", "gd_steps", "mpc_rounds", "n_calib"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Profile.{name} must be an int >= 1, got {value!r}")
+            _check_int(f"Profile.{name}", getattr(self, name), 1)
         for name in ("opt_steps", "threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"Profile.{name} must be None or an int >= 1, got {value!r}")
-        if isinstance(self.omniquant_epochs, bool) or not isinstance(self.omniquant_epochs, int) or \
-                self.omniquant_epochs < 0:
-            raise ValueError(f"Profile.omniquant_epochs must be an int >= 0, got {self.omniquant_epochs!r}")
+            if getattr(self, name) is not None:
+                _check_int(f"Profile.{name} (or None)", getattr(self, name), 1)
+        _check_int("Profile.omniquant_epochs", self.omniquant_epochs, 0)
         if not isinstance(self.always_recompute, bool):
             raise TypeError(f"Profile.always_recompute must be True or False, got {self.always_recompute!r}")
         CEMConfig(samples=self.samples, topk=self.topk)  # topk <= samples, checked where it is defined
@@ -270,28 +265,35 @@ class Profile:
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False) -> Setting:
         """A ``Setting`` sized by this profile.
 
-        planner: "CEM" or "GD"; mpc: closed loop with ``mpc_rounds`` rounds. Open-loop CEM is always traced (the
-        trace costs no planning, and gives success vs iterations for free), with ``trace_steps`` iterations when
-        ``long`` else ``steps(env)``; GD and MPC settings are not traced.
+        planner: "CEM" (the profile's samples / topk), "CEM-protocol" (DINO-WM's 300 samples / top 30 at the env's
+        protocol budget, Wall 10 / PushT 30 iterations, whatever the profile) or "GD"; mpc: closed loop with
+        ``mpc_rounds`` rounds. Open-loop CEM is always traced (the trace costs no planning and gives success vs
+        iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; GD and MPC
+        settings are not traced.
         """
         env = checkpoint_info(checkpoint)[1]
         if planner == "CEM":
             chosen: CEMConfig | GDConfig = self.cem(env, trace=long)
+        elif planner == "CEM-protocol":
+            chosen = CEMConfig(opt_steps=PROTOCOL_OPT_STEPS[env])
         elif planner == "GD":
             chosen = GDConfig(opt_steps=self.gd_steps)
         else:
-            raise ValueError(f"planner must be 'CEM' or 'GD', got {planner!r}")
+            raise ValueError(f"planner must be 'CEM', 'CEM-protocol' or 'GD', got {planner!r}")
         if long and (planner != "CEM" or mpc):
-            raise ValueError("long=True applies to open-loop CEM (the traced runs) only")
+            raise ValueError("long=True applies to open-loop CEM with the profile's sizes (planner='CEM') only")
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
-                       trace=planner == "CEM" and not mpc, n_calib=self.n_calib, calib_planner=self.cem(env),
+                       trace=planner != "GD" and not mpc, n_calib=self.n_calib, calib_planner=self.cem(env),
                        device=device)
 
 
 PROFILES = {
-    "full": Profile("full", n_evals=50, samples=300, topk=30, opt_steps=None, trace_steps=50, gd_steps=1000,
-                    mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, omniquant_epochs=10),
+    # The CPU budget (all notebooks <= 60 min on 2 cores): DINO-WM's 50 episodes, but CEM with 100 samples / top 10
+    # and 10 iterations in both envs (its protocol: 300 / 30, Wall 10, PushT 30 - 00_baseline runs that too, and
+    # the traced runs show 30 iterations); see the README for the measured times.
+    "full": Profile("full", n_evals=50, samples=100, topk=10, opt_steps=10, trace_steps=30, gd_steps=1000,
+                    mpc_rounds=3, n_calib=10, threads=None, always_recompute=False, omniquant_epochs=10),
     "smoke": Profile("smoke", n_evals=3, samples=30, topk=5, opt_steps=2, trace_steps=3, gd_steps=3, mpc_rounds=2,
                      n_calib=2, threads=1, always_recompute=True, omniquant_epochs=1),
 }
@@ -433,7 +435,8 @@ def describe(setting: Setting) -> dict[str, Any]:
     """Readable columns of a setting (the config columns keep the full detail): method ("FP" or the recipe's
     class), bits ("W4A16"), w_bits, a_bits (32 for FP, 16 for weight-only), weights ("per-channel" | "g32" |
     "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
-    "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), opt_steps, and label, e.g. "RTN W4A16 g32 [predictor]".
+    "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
+    "CEM 300/30"), opt_steps, and label, e.g. "RTN W4A16 g32 [predictor]".
     """
     r = setting.recipe
     if r is None:
@@ -443,11 +446,14 @@ def describe(setting: Setting) -> dict[str, Any]:
         weights = f"g{r.w_granularity.group_size}" if isinstance(r.w_granularity, PerGroup) else kind
         acts = "-" if r.a_bits is None else ("per-token" if isinstance(r.a_granularity, PerToken) else "per-tensor")
     planning = type(setting.planner).__name__.removesuffix("Config")
+    if setting.mpc is not None:
+        planning = f"MPC-{planning}"
+    sizes = f" {setting.planner.samples}/{setting.planner.topk}" if isinstance(setting.planner, CEMConfig) else ""
     label = "FP" if r is None else " ".join([type(r).__name__, r.label, weights] + ([acts] if acts != "-" else []))
     return {"method": "FP" if r is None else type(r).__name__, "bits": "FP" if r is None else r.label,
             "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
             "weights": weights, "w_kind": kind, "acts": acts,
-            "planning": planning if setting.mpc is None else f"MPC-{planning}", "opt_steps": setting.planner.opt_steps,
+            "planning": planning, "search": planning + sizes, "opt_steps": setting.planner.opt_steps,
             "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
 
 
@@ -471,7 +477,7 @@ def at_opt_steps(trace: pd.DataFrame, k: int) -> pd.DataFrame:
     """
     if "iteration" not in trace.columns:
         raise ValueError("at_opt_steps needs a traced table (Setting(trace=True)): it has no 'iteration' column")
-    _check_int("opt_steps (k)", k, 1)
+    _check_int("at_opt_steps: k", k, 1)
     longest = int(trace["iteration"].max()) + 1
     if k > longest:
         raise ValueError(f"k={k} exceeds the traced iterations ({longest})")
@@ -636,7 +642,7 @@ def configure_torch(threads: int | None) -> None:
 
 
 __all__ = [
-    "GRANULARITIES", "METHODS", "PROFILES", "PROTOCOL_OPT_STEPS", "SCOPES", "Profile", "Setting", "at_opt_steps",
+    "METHODS", "PROFILES", "PROTOCOL_OPT_STEPS", "SCOPES", "Profile", "Setting", "at_opt_steps",
     "baseline_table", "calibration", "checkpoint_info", "compare", "configure_torch", "default_group_size",
     "describe", "encoder_error", "episodes", "group_size_for", "imagine", "load_model", "make_profile",
     "make_setting_env", "per_episode", "pick", "quantized_model", "rank_correlation", "recipe", "run_setting",
