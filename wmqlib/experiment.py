@@ -317,6 +317,7 @@ _MODELS: dict[tuple[str, str], WorldModel] = {}
 _QUANTIZED: OrderedDict[str, tuple[Any, QuantReport | None]] = OrderedDict()
 _CALIBRATIONS: dict[str, Calibration] = {}
 _FRESH_CALIBRATIONS: set[str] = set()
+_EPISODES: dict[tuple[Any, ...], tuple[Episode, ...]] = {}
 
 
 def load_model(setting: Setting) -> WorldModel:
@@ -328,11 +329,14 @@ def load_model(setting: Setting) -> WorldModel:
 
 
 def episodes(setting: Setting, split: str = "eval") -> list[Episode]:
-    """The setting's episodes of ``split`` ("eval": n_evals, "calib": n_calib), drawn with its seed and goal_H."""
-    model = load_model(setting)
+    """The setting's episodes of ``split`` ("eval": n_evals, "calib": n_calib), drawn with its seed and goal_H
+    (drawn once per process: PushT replays a scripted pusher for every episode)."""
     n = setting.n_evals if split == "eval" else setting.n_calib
-    return sample_episodes(setting.env, n, seed=setting.seed, split=split, goal_H=setting.goal_H,
-                           frameskip=model.config.frameskip)
+    key = (setting.env, n, setting.seed, split, setting.goal_H, load_model(setting).config.frameskip)
+    if key not in _EPISODES:
+        _EPISODES[key] = tuple(sample_episodes(setting.env, n, seed=setting.seed, split=split,
+                                               goal_H=setting.goal_H, frameskip=key[-1]))
+    return list(_EPISODES[key])
 
 
 def make_setting_env(setting: Setting) -> Any:
