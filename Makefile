@@ -10,13 +10,14 @@ BENCHMARKS := $(sort $(wildcard benchmarks/*.py))
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install figures test goldens bench
+.PHONY: help install figures test goldens bench train
 
 help:
 	@echo "make figures   run every notebook (full profile), writing notebooks/ and figures/"
 	@echo "make test      unit tests, then the golden notebooks under $(GOLDENS) with nbval"
 	@echo "make goldens   re-execute the golden notebooks (smoke profile) on purpose"
 	@echo "make bench     run every benchmarks/*.py"
+	@echo "make train     retrain the shipped models data/checkpoints/mini-wall and mini-pusht (CPU, ~30 min each)"
 	@echo "make install   create $(VENV) and install wmq with its dev extras (the targets above do it)"
 
 $(BIN)/python:
@@ -52,3 +53,9 @@ ifeq ($(BENCHMARKS),)
 else
 	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(BIN)/python $$script; done
 endif
+
+# Rebuilds the shipped small models from scratch (datasets are regenerated under data/datasets/ when missing).
+train: install
+	@for name in mini-wall mini-pusht; do \
+		$(BIN)/python -m wmqlib.train --preset $$name --out data/checkpoints/$$name || exit 1; \
+	done

@@ -72,3 +72,14 @@ def test_cli_overrides_are_typed_and_checked(capsys):
         parse_overrides(["no_such_field=1"])
     with pytest.raises(ValueError, match="needs a int"):
         parse_overrides(["predictor_steps=many"])
+
+
+def test_the_model_card_says_how_to_regenerate_the_model():
+    from pathlib import Path
+
+    from wmqlib.train import regenerate_command
+
+    assert regenerate_command(PRESETS["mini-wall"], Path("out")) == "python -m wmqlib.train --preset mini-wall --out out"
+    changed = dataclasses.replace(PRESETS["mini-wall"], predictor_steps=7, seed=3)
+    assert regenerate_command(changed, Path("o")) == (
+        "python -m wmqlib.train --preset mini-wall --set seed=3 --set predictor_steps=7 --out o")

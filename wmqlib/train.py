@@ -342,9 +342,20 @@ def write_model_card(card: dict[str, Any], out: Path) -> None:
                      f"(95% CI {fp['ci95'][0]:.0%}-{fp['ci95'][1]:.0%}), mean state distance "
                      f"{fp['mean_state_dist']:.2f} |")
         lines.append(f"| planner | CEM {fp['planner']} |")
-    lines += ["", "Regenerate: `python -m wmqlib.train --preset " + out.name + " --out data/checkpoints/" + out.name
-              + "` (or `make train`)."]
+    lines += ["", *(f"- {note}" for note in card.get("notes", [])),
+              "", f"Regenerate: `{regenerate_command(TrainConfig(**r), out)}`."]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def regenerate_command(cfg: TrainConfig, out: Path) -> str:
+    """The CLI call that retrains ``cfg``: its preset's name, plus ``--set`` for every field that differs."""
+    name = next((n for n, p in PRESETS.items() if p == cfg), None)
+    if name is not None:
+        return f"python -m wmqlib.train --preset {name} --out {out}"
+    base = PRESETS[f"mini-{cfg.env}"]
+    changed = [f"--set {f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+               if getattr(cfg, f.name) != getattr(base, f.name)]
+    return " ".join([f"python -m wmqlib.train --preset mini-{cfg.env}", *changed, f"--out {out}"])
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
