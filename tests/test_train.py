@@ -83,3 +83,22 @@ def test_the_model_card_says_how_to_regenerate_the_model():
     changed = dataclasses.replace(PRESETS["mini-wall"], predictor_steps=7, seed=3)
     assert regenerate_command(changed, Path("o")) == (
         "python -m wmqlib.train --preset mini-wall --set seed=3 --set predictor_steps=7 --out o")
+
+
+def test_rollout_finetune_stage_trains_only_the_predictor_side(tiny_run, tmp_path):
+    root, model = tiny_run
+    cfg = dataclasses.replace(PRESETS["tiny"], rollout_steps=1, finetune_steps=3)
+    tuned = train(cfg, tmp_path / "tuned", progress=False, evaluate_fp=False, data_dir=root / "data")
+    before, after = model.state_dict(), tuned.state_dict()
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        if name.startswith(("encoder.", "decoder.", "proprio_encoder.")) or "_mean" in name or "_std" in name:
+            assert same, f"{name} changed by the rollout stage"
+    assert not all(torch.equal(before[n], after[n]) for n in before if n.startswith("predictor."))
+    card = json.loads((tmp_path / "tuned" / "card.json").read_text())
+    assert card["losses"]["finetune_first"] > 0
+
+
+def test_rollout_steps_and_finetune_steps_go_together():
+    with pytest.raises(ValueError, match="rollout_steps and finetune_steps"):
+        dataclasses.replace(PRESETS["tiny"], rollout_steps=1)

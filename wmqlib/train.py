@@ -50,7 +50,9 @@ class TrainConfig:
         decoder_channel / decoder_res_blocks / decoder_res_channel (see wmqlib.models.WorldModelConfig).
     Optimisation: encoder_steps / predictor_steps AdamW steps at batch sizes encoder_batch / predictor_batch and
         peak learning rates encoder_lr / predictor_lr (cosine decay, 5% warm-up), weight_decay;
-        rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss.
+        rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss to a
+        second predictor stage of finetune_steps steps at peak rate finetune_lr (drawn from a generator seeded
+        seed + 1, so the first stage's result does not depend on it).
     Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5) with eval_opt_steps iterations.
     """
 
@@ -82,6 +84,8 @@ class TrainConfig:
     predictor_lr: float = 1e-3
     weight_decay: float = 1e-4
     rollout_steps: int = 0
+    finetune_steps: int = 0
+    finetune_lr: float = 3e-4
     eval_episodes: int = 50
     eval_opt_steps: int = 10
 
@@ -94,6 +98,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{f.name} must be a non-negative int, got {value!r}")
             if f.type == "float" and not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"TrainConfig.{f.name} must be a finite float >= 0, got {value!r}")
+        if bool(self.rollout_steps) != bool(self.finetune_steps):
+            raise ValueError("TrainConfig.rollout_steps and finetune_steps must be both 0 (teacher forcing only) or "
+                             f"both > 0, got {self.rollout_steps} and {self.finetune_steps}")
         window = (max(self.num_hist, self.rollout_steps) + 1) * self.frameskip
         if self.traj_len < window:
             raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(num_hist, rollout_steps) + 1) "
@@ -233,6 +240,16 @@ def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tens
     return _fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, "predictor", progress)
 
 
+def finetune_rollout(model: WorldModel, data: TrajectoryData, latents: torch.Tensor, cfg: TrainConfig,
+                     progress: bool = True) -> list[float]:
+    """Second predictor stage: teacher forcing plus the ``cfg.rollout_steps``-step rollout loss (no-op when 0)."""
+    if not cfg.rollout_steps:
+        return []
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    stage = dataclasses.replace(cfg, predictor_steps=cfg.finetune_steps, predictor_lr=cfg.finetune_lr)
+    return train_predictor(model, data, latents, stage, gen, progress)
+
+
 def dataset_path(cfg: TrainConfig, data_dir: str | Path = DATASETS_DIR) -> Path:
     """Where a recipe's dataset is cached (regenerated deterministically when missing)."""
     return Path(data_dir) / f"{cfg.env}-n{cfg.n_traj}-t{cfg.traj_len}-s{cfg.seed}-{cfg.img_size}px.npz"
@@ -268,10 +285,13 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     model.predictor.requires_grad_(True)
     model.action_encoder.requires_grad_(True)
     model.predictor.train()
-    pred_losses = train_predictor(model, data, latents, cfg, gen, progress)
+    pred_losses = train_predictor(model, data, latents, dataclasses.replace(cfg, rollout_steps=0, finetune_steps=0),
+                                  gen, progress)
+    t_pred = time.perf_counter() - t0 - t_data - t_enc
+    tune_losses = finetune_rollout(model, data, latents, cfg, progress)
     model.requires_grad_(False)
     model.eval()
-    t_pred = time.perf_counter() - t0 - t_data - t_enc
+    t_tune = time.perf_counter() - t0 - t_data - t_enc - t_pred
 
     card: dict[str, Any] = {
         "recipe": dataclasses.asdict(cfg),
@@ -282,8 +302,11 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
         "losses": {"encoder_first": enc_losses[0] if enc_losses else None,
                    "encoder_last100": float(np.mean(enc_losses[-100:])) if enc_losses else None,
                    "predictor_first": pred_losses[0] if pred_losses else None,
-                   "predictor_last100": float(np.mean(pred_losses[-100:])) if pred_losses else None},
-        "seconds": {"data": round(t_data, 1), "encoder": round(t_enc, 1), "predictor": round(t_pred, 1)},
+                   "predictor_last100": float(np.mean(pred_losses[-100:])) if pred_losses else None,
+                   "finetune_first": tune_losses[0] if tune_losses else None,
+                   "finetune_last100": float(np.mean(tune_losses[-100:])) if tune_losses else None},
+        "seconds": {"data": round(t_data, 1), "encoder": round(t_enc, 1), "predictor": round(t_pred, 1),
+                    "finetune": round(t_tune, 1)},
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
@@ -333,9 +356,13 @@ def write_model_card(card: dict[str, Any], out: Path) -> None:
         f"{card['losses']['encoder_last100']:.4g} |",
         f"| predictor loss (first -> last 100 mean) | {card['losses']['predictor_first']:.4g} -> "
         f"{card['losses']['predictor_last100']:.4g} |",
-        f"| training time (s): data / encoder / predictor / total | {card['seconds']['data']} / "
-        f"{card['seconds']['encoder']} / {card['seconds']['predictor']} / {card['seconds']['total']} "
-        f"({card['threads']} threads, torch {card['torch']}) |",
+        *([f"| rollout fine-tune loss, {r['rollout_steps']} steps (first -> last 100 mean) | "
+           f"{card['losses']['finetune_first']:.4g} -> {card['losses']['finetune_last100']:.4g} |"]
+          if card["losses"].get("finetune_first") is not None else []),
+        f"| time (s): data / encoder / predictor / rollout fine-tune / total incl. evaluation | "
+        f"{card['seconds']['data']} / {card['seconds']['encoder']} / {card['seconds']['predictor']} / "
+        f"{card['seconds'].get('finetune', 0)} / {card['seconds']['total']} "
+        f"({card['threads']} threads, {card.get('device', 'cpu')}, torch {card['torch']}) |",
     ]
     if fp:
         lines.append(f"| FP CEM success ({fp['episodes']} episodes, seed 99, goal_H 5) | {fp['success_rate']:.0%} "
