@@ -122,7 +122,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    "mini-wall": TrainConfig(env="wall", n_traj=1000, traj_len=25),
+    "mini-wall": TrainConfig(env="wall", n_traj=1000, traj_len=25, rollout_steps=3, finetune_steps=1500),
     "mini-pusht": TrainConfig(env="pusht", n_traj=600, traj_len=50, eval_opt_steps=30),
     # seconds-long end-to-end smoke recipe for tests
     "tiny": TrainConfig(env="wall", n_traj=8, traj_len=10, img_size=32, patch_size=8, grid_size=4, encoder_dim=16,
@@ -347,7 +347,9 @@ def write_model_card(card: dict[str, Any], out: Path) -> None:
         f"# {out.name}", "",
         f"A small DINO-WM-architecture world model of the {r['env']} environment, trained by `wmqlib.train` "
         f"(seed {r['seed']}). Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then "
-        "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE.", "",
+        "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE"
+        + (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss." if r.get("rollout_steps")
+           else "."), "",
         "| item | value |", "| --- | --- |",
         f"| data | {r['n_traj']} scripted trajectories x {r['traj_len']} steps at {r['img_size']} px |",
         f"| tokens | {card['architecture']['grid_size'] ** 2} per frame, patch {r['patch_size']} |",
