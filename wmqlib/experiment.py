@@ -595,7 +595,8 @@ def rank_correlation(table: pd.DataFrame, x: str, y: str, by: str | Sequence[str
     by = [by] if isinstance(by, str) else list(by)
     rows = []
     for key, g in table.groupby(by, sort=True):
-        n, rho = len(g), g[x].corr(g[y], method="spearman")
+        # Spearman = Pearson correlation of the (average) ranks; pandas' method="spearman" would need scipy.
+        n, rho = len(g), g[x].rank().corr(g[y].rank())
         with np.errstate(divide="ignore", invalid="ignore"):
             half = z * np.sqrt(1.06 / (n - 3)) if n > 3 else np.nan
             centre = np.arctanh(rho) if abs(rho) < 1 else np.nan
