@@ -1,0 +1,159 @@
+"""Shared building blocks below every other module: input checks that name the field, and atomic file writes.
+
+Every check raises :class:`InvalidValue` (a ``ValueError`` and a ``TypeError`` at once, so callers may catch either)
+with a message of one shape: ``<field> must be <what is allowed>, got <value>``. Every check returns the value
+normalised (numpy integers -> int, ints -> float where a float is asked for), so it can be used inline.
+
+Atomic writes: ``atomic_write(path, data)`` writes to ``<name>.<pid>.tmp`` in the same folder, fsyncs and renames,
+so a reader (or a run killed at any moment, even by SIGKILL) sees the whole old file, the whole new file or none;
+``atomic_path(path)`` does the same for writers that need a path of their own (safetensors, numpy).
+``remove_stale_tmp(folder)`` removes the temporary files such writes leave when their process was killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+class InvalidValue(TypeError, ValueError):
+    """A value outside what a field allows; the message names the field, the allowed values and the value given."""
+
+
+def check_int(field: str, value: object, minimum: int | None = None, maximum: int | None = None,
+              why: str = "") -> int:
+    """``value`` as an int in ``[minimum, maximum]`` (either bound may be None), else InvalidValue naming ``field``.
+
+    Bools are refused (``True`` is not a count); numpy integers are accepted. ``why`` explains the bound.
+    """
+    bounds = _bounds(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidValue(f"{field} must be an int{bounds}{why}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise InvalidValue(f"{field} must be an int{bounds}{why}, got {value}")
+    return int(value)
+
+
+def check_float(field: str, value: object, minimum: float | None = None, maximum: float | None = None,
+                strict: bool = False) -> float:
+    """``value`` as a finite float in ``[minimum, maximum]`` (``(minimum, maximum]`` when ``strict``), else
+    InvalidValue naming ``field``. Ints are accepted, bools and NaN / inf are not."""
+    low = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+    high = "" if maximum is None else f" <= {maximum}"
+    what = f"{field} must be a finite number{low}{' and' if low and high else ''}{high}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidValue(f"{what}, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x) or (minimum is not None and (x <= minimum if strict else x < minimum)) or \
+            (maximum is not None and x > maximum):
+        raise InvalidValue(f"{what}, got {value!r}")
+    return x
+
+
+def check_bool(field: str, value: object) -> bool:
+    """``value`` if it is True or False, else InvalidValue naming ``field``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidValue(f"{field} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_choice(field: str, value: T, allowed: Collection[Any]) -> T:
+    """``value`` if it is one of ``allowed``, else InvalidValue naming ``field`` and listing the allowed values."""
+    try:
+        ok = value in allowed
+    except TypeError:  # an unhashable value asked of a set or dict
+        ok = False
+    if not ok:
+        raise InvalidValue(f"{field} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_type(field: str, value: T, kinds: type | tuple[type, ...], what: str) -> T:
+    """``value`` if it is an instance of ``kinds``, else InvalidValue naming ``field`` and ``what`` is allowed."""
+    if not isinstance(value, kinds):
+        raise InvalidValue(f"{field} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _bounds(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in {minimum}..{maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    return "" if maximum is None else f" <= {maximum}"
+
+
+# ----- atomic files -------------------------------------------------------------------------------------------------
+
+def tmp_path(path: Path) -> Path:
+    """The temporary name ``atomic_path`` writes ``path`` under: ``<name>.<pid>.tmp`` (same folder, same disk)."""
+    return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; on success it is fsynced and renamed onto ``path``,
+    on an exception it is removed. The folder is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove ``<name>.<pid>.tmp`` files in ``folder`` whose writing process no longer runs (killed mid-write).
+
+    Files of a live process (another run writing into the same folder now) are left alone. Returns what was removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if match is None or not entry.is_file() or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
