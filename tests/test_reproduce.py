@@ -191,3 +191,13 @@ def test_a_failing_notebook_stops_the_run_and_names_cell_error_and_partial_outpu
     assert any(o.get("text") == "before\n" for o in outputs)
     assert any(o.get("ename") == "ValueError" for o in outputs)
     assert (output / "00_ok.ipynb").exists() and not (output / "02_after.ipynb").exists()
+
+
+def test_profiles_come_from_the_study_table(tmp_path, capsys):
+    from wmqlib.study import PROFILES
+    (tmp_path / "nb").mkdir()
+    for name in PROFILES:  # every profile of the study is accepted, "paper" included
+        assert reproduce.main(["--notebooks", str(tmp_path / "nb"), "--profile", name]) == 0
+    with pytest.raises(SystemExit) as bad:
+        reproduce.main(["--notebooks", str(tmp_path / "nb"), "--profile", "huge"])
+    assert bad.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err

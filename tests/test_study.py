@@ -1,162 +1,280 @@
-"""study.sweep: caching, resume after a real SIGKILL, corrupt-file handling, config hashing; Wilson intervals."""
+"""wmqlib.study on a tiny world model trained in seconds (session fixture): settings, runs, caches, tables."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from wmqlib.study import canonical, config_key, flatten_config, success_rates, sweep, wilson_interval
+from wmqlib import stats
+from wmqlib import study as st
+from wmqlib.envs import Wall
+from wmqlib.models import CheckpointError, load_world_model, save_world_model
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
+from wmqlib.quant import AWQ, RTN, OmniQuant, PerChannel, PerGroup, PerTensor, PerToken, SmoothQuant
+from wmqlib.sweep import config_key
+from wmqlib.train import PRESETS, train
 
-# Shared by this process and the child that gets killed: five configs and a deterministic run function.
-SWEEP_SOURCE = '''
-def make_configs():
-    return [{"method": m, "bits": b, "planner": {"opt_steps": 3}} for m in ("rtn", "awq") for b in (4, 8)][:5] \\
-        + [{"method": "fp", "bits": 16, "planner": {"opt_steps": 3}}]
-
-def rows(cfg):
-    return [{"episode": e, "success": (e * cfg["bits"]) % 3 == 0, "state_dist": e / cfg["bits"] + 0.1}
-            for e in range(4)]
-'''
-SWEEP = {}
-exec(SWEEP_SOURCE, SWEEP)
-CHILD = SWEEP_SOURCE + '''
-import pathlib, sys, time
-from wmqlib.study import sweep
-cache, marker, block = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
-def run(cfg):
-    if make_configs().index(cfg) == block:
-        marker.write_text("started")
-        time.sleep(120)
-    return rows(cfg)
-sweep(make_configs(), run, "killed", cache_dir=cache, progress=False)
-'''
+SMALL = CEMConfig(samples=12, topk=3, opt_steps=2)
 
 
-def _counting(calls: list):
-    def run(cfg):
-        calls.append(cfg)
-        return SWEEP["rows"](cfg)
-    return run
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A tiny Wall world model trained end to end by wmqlib.train (a few seconds)."""
+    out = tmp_path_factory.mktemp("tiny") / "tiny-wall"
+    torch.set_num_threads(1)
+    train(PRESETS["tiny"], out, progress=False, evaluate_fp=False)
+    return str(out)
 
 
-def test_sweep_table_has_config_in_every_row_and_caches(tmp_path):
-    configs = SWEEP["make_configs"]()
-    calls: list = []
-    table = sweep(configs, _counting(calls), "demo", cache_dir=tmp_path, progress=False)
-    assert len(calls) == len(configs) and len(table) == 4 * len(configs)
-    assert list(table.columns[:5]) == ["config_key", "method", "bits", "planner.opt_steps", "episode"]
-    assert (table.groupby("config_key").size() == 4).all()
-    assert table.loc[table.method == "fp", "bits"].eq(16).all()
-    again = sweep(configs, _counting(calls), "demo", cache_dir=tmp_path, progress=False)
-    assert len(calls) == len(configs)  # nothing rerun
-    pd.testing.assert_frame_equal(table, again)
-    assert len(list((tmp_path / "demo").glob("*.json"))) == len(configs)
-    sweep(configs[:1], _counting(calls), "demo", cache_dir=tmp_path, recompute=True, progress=False)
-    assert len(calls) == len(configs) + 1
+@pytest.fixture()
+def calib_dir(tmp_path):
+    return tmp_path / "calibration"
 
 
-def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path):
-    marker = tmp_path / "started"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "a"), str(marker), "2"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert child.poll() is None, child.stderr.read().decode()
-            assert time.monotonic() < deadline, "child sweep never reached config 2"
-            time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
-    assert len(list((tmp_path / "a" / "killed").glob("*.json"))) == 2  # configs 0 and 1 finished
-
-    configs = SWEEP["make_configs"]()
-    calls: list = []
-    resumed = sweep(configs, _counting(calls), "killed", cache_dir=tmp_path / "a", progress=False)
-    assert calls == configs[2:]  # finished work is not redone
-    fresh = sweep(configs, SWEEP["rows"], "killed", cache_dir=tmp_path / "b", progress=False)
-    pd.testing.assert_frame_equal(resumed, fresh)
-    assert resumed.duplicated(["config_key", "episode"]).sum() == 0
+@pytest.fixture()
+def caches(calib_dir):
+    return st.Caches(calib_dir)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
-def test_corrupt_cache_file_is_reported_and_recomputed(tmp_path, damage):
-    configs = SWEEP["make_configs"]()
-    reference = sweep(configs, SWEEP["rows"], "c", cache_dir=tmp_path, progress=False)
-    victim = tmp_path / "c" / f"{config_key(configs[1])}.json"
-    text = victim.read_text()
-    victim.write_text({"truncate": text[: len(text) // 2],
-                       "flip": text.replace("true", "false", 1),  # parseable, wrong content
-                       "garbage": "\x00not json"}[damage])
-    calls: list = []
-    with pytest.warns(RuntimeWarning, match=f"corrupt cache file .*{victim.name}"):
-        table = sweep(configs, _counting(calls), "c", cache_dir=tmp_path, progress=False)
-    assert calls == [configs[1]]  # only the damaged config reran; the other rows came from the cache
-    pd.testing.assert_frame_equal(table, reference)
-    assert victim.with_name(victim.name + ".corrupt").exists()
+def setting(tiny: str, **kw) -> st.Setting:
+    base = dict(planner=SMALL, n_evals=3, n_calib=2, calib_planner=SMALL, device="cpu")
+    return st.Setting(tiny, **{**base, **kw})
 
 
-@dataclasses.dataclass(frozen=True)
-class _Recipe:
-    w_bits: int
-    scope: tuple = ("encoder",)
+# ----- group size, recipes, profiles -----
+
+@pytest.mark.parametrize("width, group", [(384, 128), (1024, 128), (64, 32), (84, 32), (16, 8), (3, 1), (2, 1)])
+def test_group_size_keeps_about_three_groups_per_row(width, group):
+    g = st.group_size_for(width)
+    assert g == group
+    assert g & (g - 1) == 0 and g <= max(1, width // 2)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Other:
-    w_bits: int
-    scope: tuple = ("encoder",)
+@pytest.mark.parametrize("bad", [1, 0, -4, 64.0, True, "64"])
+def test_group_size_rejects_bad_width(bad):
+    with pytest.raises(ValueError, match="encoder_dim"):
+        st.group_size_for(bad)
 
 
-def test_config_key_is_stable_and_type_aware():
-    a = {"recipe": _Recipe(4), "seed": 1}
-    assert config_key(a) == config_key({"seed": 1, "recipe": _Recipe(4, ("encoder",))})  # key order irrelevant
-    assert config_key(a) != config_key({"recipe": _Other(4), "seed": 1})  # type name is part of the key
-    assert config_key(a) != config_key({"recipe": _Recipe(8), "seed": 1})
-    assert canonical(a) == {"recipe": {"__type__": "_Recipe", "w_bits": 4, "scope": ["encoder"]}, "seed": 1}
-    assert flatten_config(a) == {"recipe": "_Recipe", "recipe.w_bits": 4, "recipe.scope": '["encoder"]', "seed": 1}
-    assert config_key(np.int64(3)) == config_key(3)
-    assert len(config_key(a)) == 16 and json.dumps(canonical(a))
+def test_recipe_builds_each_method_from_names():
+    assert st.make_recipe("RTN", 4) == RTN(4, PerChannel())
+    assert st.make_recipe("AWQ", 3, "per-group", 32) == AWQ(3, PerGroup(32))
+    sq = st.make_recipe("SmoothQuant", 8, a_bits=8, a_granularity="per-tensor")
+    assert sq == SmoothQuant(8, PerChannel(), a_bits=8, a_granularity=PerTensor())
+    om = st.make_recipe("OmniQuant", 4, a_bits=4, a_granularity="per-token", epochs=0)
+    assert isinstance(om, OmniQuant) and om.epochs == 0 and om.a_granularity == PerToken()
 
 
-def test_sweep_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="duplicates"):
-        sweep([{"a": 1}, {"a": 1}], SWEEP["rows"], "d", cache_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="name"):
-        sweep([{"a": 1}], SWEEP["rows"], "../escape", cache_dir=tmp_path, progress=False)
-    with pytest.raises(TypeError, match="object"):
-        config_key({"model": object()})
-    with pytest.raises(ValueError, match="collide"):
-        sweep([{"bits": 4}], lambda cfg: {"bits": 5}, "d", cache_dir=tmp_path, progress=False)
-    with pytest.raises(TypeError, match="run_fn must return"):
-        sweep([{"x": 4}], lambda cfg: 3.0, "d", cache_dir=tmp_path, progress=False)
+@pytest.mark.parametrize("args, match", [
+    (("GPTQ", 4), "method must be one of"),
+    (("RTN", 4, "per-row"), "w_granularity must be"),
+    (("RTN", 4, "per-group"), "needs a group_size"),
+    (("RTN", 4, "per-channel", None, 8, "per-channel"), "a_granularity must be"),
+    (("RTN", 9), "w_bits"),
+])
+def test_recipe_rejects_bad_names(args, match):
+    with pytest.raises(ValueError, match=match):
+        st.make_recipe(*args)
 
 
-def test_wilson_interval_reference_values():
-    low, high = wilson_interval(47, 50)  # hand-computed: p = .94, z = 1.96
-    assert low == pytest.approx(0.8378, abs=1e-4) and high == pytest.approx(0.9794, abs=1e-4)
-    low, high = wilson_interval(np.array([0, 50]), np.array([50, 50]))
-    assert low[0] == 0 and high[1] == 1 and 0 < high[0] < 0.08 and 0.92 < low[1] < 1
-    assert np.isnan(wilson_interval(0, 0)[0])
-    with pytest.raises(ValueError, match="successes"):
-        wilson_interval(5, 3)
+def test_make_profile_overrides_and_ignores_none():
+    p = st.make_profile("smoke", n_evals=None, samples=40)
+    assert p.n_evals == st.PROFILES["smoke"].n_evals and p.samples == 40
+    full = st.make_profile("full")
+    assert (full.n_evals, full.samples, full.topk) == (50, 100, 10)
+    assert full.steps("wall") == full.steps("pusht") == 10
+    assert full.cem("pusht", trace=True).opt_steps == full.trace_steps
+    with pytest.raises(ValueError, match="profile must be one of"):
+        st.make_profile("huge")
+    with pytest.raises(ValueError, match="unknown profile fields"):
+        st.make_profile("full", episodes=3)
+    with pytest.raises(ValueError, match="topk"):
+        st.make_profile("smoke", samples=3, topk=5)
 
 
-def test_success_rates_adds_ci_columns():
-    table = pd.DataFrame({"bits": [4, 4, 4, 8, 8], "success": [True, False, True, True, True]})
-    out = success_rates(table, "bits")
-    assert out["n"].tolist() == [3, 2] and out["successes"].tolist() == [2, 2]
-    assert out["success_rate"].tolist() == pytest.approx([2 / 3, 1.0])
-    assert (out["ci_low"] <= out["success_rate"]).all() and (out["success_rate"] <= out["ci_high"]).all()
-    with pytest.raises(ValueError, match="not in the table"):
-        success_rates(table, "method")
+def test_profile_setting_sizes_everything(tiny):
+    p = st.make_profile("smoke")
+    s = p.setting(tiny, device="cpu", long=True, recipe=p.recipe("OmniQuant", 4))
+    assert s.planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.trace_steps) and s.trace
+    assert s.calib_planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.opt_steps)
+    assert (s.n_evals, s.n_calib, s.recipe.epochs) == (p.n_evals, p.n_calib, p.method_options["OmniQuant"]["epochs"])
+    short = p.setting(tiny, device="cpu")
+    assert short.trace and short.planner.opt_steps == p.steps("wall")  # open-loop CEM is always traced
+    gd = p.setting(tiny, device="cpu", planner="GD", mpc=True)
+    assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
+    assert not gd.trace
+    with pytest.raises(ValueError, match=r"planner must be one of \['CEM', 'CEM-protocol', 'GD'\]"):
+        p.setting(tiny, planner="MPPI")
+    with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
+        p.setting(tiny, planner="GD", long=True)
+    protocol = p.setting(tiny, device="cpu", planner="CEM-protocol")
+    assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=Wall.protocol_opt_steps)
+    assert protocol.trace and protocol.calib_planner == short.calib_planner
+
+
+def test_default_group_size_reads_the_encoder_width(tiny):
+    assert st.default_group_size(tiny) == st.group_size_for(PRESETS["tiny"].encoder_dim) == 8
+
+
+# ----- Setting -----
+
+def test_setting_reads_no_file_and_the_caches_derive_env_and_fingerprint(tiny, caches, tmp_path):
+    assert st.Setting(str(tmp_path / "not-yet-there")).checkpoint.endswith("not-yet-there")  # building reads nothing
+    s = st.Setting(tiny)
+    identity = caches.identity(s)
+    assert identity["env"] == "wall" and len(identity["model_sha"]) == 16
+    assert s.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert s.calib_planner == s.planner  # a CEM planner calibrates with itself
+    assert caches.calib_planner(st.Setting(tiny, planner=GDConfig())) == CEMConfig(opt_steps=Wall.protocol_opt_steps)
+    assert config_key(caches.identity(st.Setting(tiny))) == config_key(identity)
+    assert caches.identity(dataclasses.replace(s, n_evals=7))["model_sha"] == identity["model_sha"]
+
+
+def test_fingerprint_follows_the_weights(tiny, tmp_path, caches):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    assert caches.checkpoint(copy)[2] == caches.checkpoint(tiny)[2]
+    model = load_world_model(copy)
+    with torch.no_grad():
+        model.predictor.transformer.layers[0][1].net[1].weight.add_(1e-3)
+    save_world_model(model, copy)
+    assert caches.checkpoint(copy)[2] != caches.checkpoint(tiny)[2]
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(scope="decoder"), ValueError, "scope must be one of"),
+    (dict(scope="encoder"), ValueError, "must be 'all' for the full-precision"),
+    (dict(recipe="RTN"), TypeError, "recipe must be"),
+    (dict(checkpoint=3), TypeError, "checkpoint must be"),
+    (dict(planner="CEM"), TypeError, "planner must be"),
+    (dict(mpc=5), TypeError, "mpc must be"),
+    (dict(n_evals=0), ValueError, "n_evals"),
+    (dict(seed=1), ValueError, "seed"),
+    (dict(trace=1), TypeError, "trace"),
+    (dict(calib_planner=GDConfig()), TypeError, "calib_planner"),
+    (dict(device="tpu"), ValueError, "device"),
+])
+def test_setting_rejects_bad_fields(tiny, kw, error, match):
+    with pytest.raises(error, match=match):
+        st.Setting(**{"checkpoint": tiny, **kw})
+
+
+def test_unknown_and_foreign_checkpoints_fail_when_a_run_needs_them(tmp_path, caches):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        caches.identity(st.Setting("no-such-model"))
+    (tmp_path / "hydra.yaml").write_text("env: {name: wall}\n")
+    with pytest.raises(CheckpointError, match="convert"):
+        st.run_setting(st.Setting(str(tmp_path)), caches)
+
+
+# ----- running settings -----
+
+def test_run_setting_fp_table_is_per_episode_and_deterministic(tiny, caches, calib_dir):
+    s = setting(tiny)
+    a = st.run_setting(s, caches)
+    b = st.run_setting(s, caches)
+    assert len(a) == s.n_evals and list(a["episode"]) == [0, 1, 2]
+    assert {"success", "state_dist", "plan_loss", "episode_seed", "effective_bits", "encoder_error"} <= set(a.columns)
+    assert "seed" not in a.columns  # renamed: it would collide with the Setting's seed column in a sweep
+    assert (a["effective_bits"] == 32).all() and (a["encoder_error"] == 0).all()
+    volatile = ["seconds"]
+    pd.testing.assert_frame_equal(a.drop(columns=volatile), b.drop(columns=volatile))
+    assert not calib_dir.exists()  # FP needs no calibration
+
+
+def test_traced_run_gives_every_shorter_budget(tiny, caches):
+    """The plan of iteration k of a traced run IS the final plan of a run with opt_steps = k + 1."""
+    traced = st.run_setting(setting(tiny, planner=dataclasses.replace(SMALL, opt_steps=3), trace=True), caches)
+    assert len(traced) == 3 * 3
+    plain = st.run_setting(setting(tiny, planner=SMALL), caches)
+    derived = stats.at_opt_steps(traced, 2)
+    assert list(derived["opt_steps"].unique()) == [2]
+    for col in ("success", "state_dist", "plan_loss"):
+        np.testing.assert_allclose(derived[col].astype(float), plain[col].astype(float), rtol=1e-6)
+    with pytest.raises(ValueError, match="exceeds the traced iterations"):
+        stats.at_opt_steps(traced, 4)
+    with pytest.raises(ValueError, match="traced table"):
+        stats.at_opt_steps(plain, 1)
+
+
+def test_quantized_run_reports_bits_and_encoder_damage(tiny, caches, calib_dir):
+    pred = st.run_setting(setting(tiny, recipe=RTN(8), scope="predictor"), caches)
+    assert (pred["encoder_error"] == 0).all()  # the encoder was not touched
+    bits = pred["effective_bits"].iloc[0]
+    assert 8 < bits < 8 + 16 / 8  # 8 bits per weight plus one 16-bit scale per row of >= 8 inputs
+    enc = st.run_setting(setting(tiny, recipe=RTN(3), scope="encoder"), caches)
+    assert enc["encoder_error"].iloc[0] > 0
+    assert not calib_dir.exists()  # weight-only RTN needs no calibration
+
+
+def test_calibration_is_cached_on_disk_and_recomputed_on_request(tiny, calib_dir):
+    s = setting(tiny, recipe=SmoothQuant(8, a_bits=8, a_granularity=PerTensor()))
+    first = st.Caches(calib_dir).calibration(s)
+    files = list(calib_dir.glob("*.safetensors"))
+    assert len(files) == 1 and not list(calib_dir.glob("*.tmp"))
+    caches = st.Caches(calib_dir)
+    loaded = caches.calibration(s)  # from the file
+    assert loaded is not first and loaded.linears == first.linears
+    name = first.linears[0]
+    torch.testing.assert_close(loaded.absmax(name), first.absmax(name))
+    # another recipe with the same model, episodes and calibration planner shares the file
+    caches.calibration(dataclasses.replace(s, recipe=AWQ(4, PerGroup(8))))
+    assert list(calib_dir.glob("*.safetensors")) == files
+    mtime = files[0].stat().st_mtime_ns
+    again = caches.calibration(s, recompute=True)
+    assert files[0].stat().st_mtime_ns != mtime
+    torch.testing.assert_close(again.absmax(name), first.absmax(name))  # collection is deterministic
+    assert caches.calibration(s, recompute=True) is again  # recomputed once per process
+
+
+def test_run_study_adds_labels_and_reads_back_from_cache(tiny, tmp_path, monkeypatch):
+    settings = [setting(tiny), setting(tiny, recipe=RTN(4, PerGroup(8)), scope="predictor"),
+                setting(tiny, planner=GDConfig(opt_steps=2), mpc=MPCConfig(max_rounds=2))]
+    caches = st.Caches(tmp_path / "calibration")
+    table = st.run_study(settings, "unit", cache_dir=tmp_path, progress=False, caches=caches)
+    assert len(table) == 9
+    labels = table.drop_duplicates("config_key")
+    assert list(labels["label"]) == ["FP", "RTN W4A16 g8 [predictor]", "FP"]
+    assert list(labels["planning"]) == ["CEM", "CEM", "MPC-GD"]
+    assert list(labels["search"]) == ["CEM 12/3", "CEM 12/3", "MPC-GD"]
+    assert list(labels["w_bits"]) == [32, 4, 32] and list(labels["a_bits"]) == [32, 16, 32]
+    assert list(labels["weights"]) == ["-", "g8", "-"] and list(labels["w_kind"]) == ["-", "per-group", "-"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a cached setting was run again")
+
+    monkeypatch.setattr(st, "run_setting", boom)
+    cached = st.run_study(settings, "unit", cache_dir=tmp_path, progress=False, caches=caches)
+    pd.testing.assert_frame_equal(cached, table)
+
+
+def test_baselines_use_the_setting_episodes_and_budget(tiny, caches):
+    s = setting(tiny, mpc=MPCConfig(max_rounds=2))
+    table = st.baseline_table(s, caches=caches)
+    assert len(table) == 3 * s.n_evals and set(table["baseline"]) == {"no_action", "straight_line", "random"}
+    assert (table["steps"] == s.planner.horizon * 5 * 2).all()  # horizon * frameskip * MPC rounds
+    assert list(table["seed"].unique()) == [e.seed for e in caches.episodes(s)]
+    no_action = table[table["baseline"] == "no_action"]
+    env = caches.env(s)
+    expected = [env.eval_state(e.goal_state, e.start_state)[1] for e in caches.episodes(s)]
+    np.testing.assert_allclose(no_action["state_dist"], np.ravel(expected))
+
+
+def test_imagine_returns_real_seen_and_imagined_frames(tiny, caches):
+    s = setting(tiny, recipe=RTN(4), scope="encoder")
+    frames = st.imagine(s, episode=1, caches=caches)
+    size = caches.model(s).config.img_size
+    horizon = s.planner.horizon + 1
+    assert frames["real"].shape == (horizon, size, size, 3) and frames["real"].dtype == np.uint8
+    for key in ("seen", "imagined"):
+        assert frames[key].shape == (horizon, size, size, 3) and np.abs(frames[key]).max() <= 1
+    start = caches.episodes(s)[1].start_state
+    np.testing.assert_array_equal(frames["real"][0], caches.env(s).observe(start[None], size)["visual"][0])
+    assert frames["goal"].shape == (1, size, size, 3)
+
+

@@ -256,3 +256,53 @@ def collect_calibration(model: PlanningModel, env: Any, episodes: Sequence[Any],
     with capture_calibration(model, max_tokens=max_tokens, max_sequences=max_sequences, seed=seed) as calib:
         evaluate(model, env, planner, episodes, mpc=MPCConfig(max_rounds=mpc_rounds), **evaluate_kwargs)
     return calib
+
+
+# ----- what the model sees and imagines (model level; the study wraps these per setting) ---------------------------
+
+@torch.no_grad()
+def encoder_error(fp_model: Any, model: PlanningModel, env: Any, episodes: Sequence[Any]) -> float:
+    """Relative squared error of the visual latents of the episodes' start and goal frames, ``model`` vs the FP
+    ``fp_model``: sum ||z_q - z_fp||^2 / sum ||z_fp||^2 (0 when the encoder is untouched; ~1 or more when it
+    collapsed). Frames are rendered at ``fp_model.config.img_size``."""
+    states = np.concatenate([np.stack([e.start_state for e in episodes]), np.stack([e.goal_state for e in episodes])])
+    obs = env.observe(states, fp_model.config.img_size)
+    ref = encode_observations(fp_model, obs)["visual"].float()
+    got = encode_observations(model, obs)["visual"].float()
+    return float((got - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+
+
+def _images(x: Tensor) -> np.ndarray:
+    """(T, 3, H, W) in [-1, 1] -> float32 (T, H, W, 3) in [-1, 1] for ``plots.frame_strip``."""
+    return x.detach().float().clamp(-1, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def imagine(model: PlanningModel, fp_model: Any, env: Any, episode: Any, planner: PlannerConfig,
+            seed: int = 0) -> dict[str, np.ndarray]:
+    """What ``model`` sees and imagines for one episode, one frame per model step.
+
+    Plans the episode open loop exactly as ``evaluate`` does (same generator seed; planning is per-episode
+    independent), executes the plan in ``env`` and returns, each (H + 1, img, img, 3): ``real`` (uint8 env frames),
+    ``seen`` (``model``'s encoder + the FP decoder on the real frames: representation damage shows here) and
+    ``imagined`` (the FP decoder on ``model``'s rollout of the plan from the encoded start: geometric drift shows as
+    a mismatch with ``real``); plus ``goal`` (1, img, img, 3) uint8. ``fp_model`` is the full-precision WorldModel
+    (its decoder draws both rows).
+    """
+    size, fs = fp_model.config.img_size, fp_model.config.frameskip
+    device = fp_model.device
+    start_obs, goal_obs = env.observe(episode.start_state[None], size), env.observe(episode.goal_state[None], size)
+    with _eval_mode(model), torch.enable_grad():  # gradient planners need autograd; CEM ignores it
+        objective = Objective(model, encode_observations(model, start_obs), encode_observations(model, goal_obs))
+        result = plan(objective, planner, make_generators([episode.seed + SEED_STRIDE * seed], device),
+                      model.action_dim, device=device)
+    actions = result.plan.detach()  # (1, H, Da)
+    raw = model.actions_to_env(actions).float().cpu().numpy().astype(np.float64)
+    _, frames = env.rollout_actions(episode.start_state[None], raw, render_size=size)
+    real = frames[0, ::fs]  # (H + 1, img, img, 3)
+    visual, proprio = model.prepare_obs(torch.as_tensor(real[None], device=device),
+                                        torch.zeros(1, len(real), fp_model.config.proprio_dim, device=device))
+    seen = fp_model.decode(model.encode_obs(visual, proprio)["visual"])[0]
+    rollout = model.rollout(encode_observations(model, start_obs), actions)
+    imagined = fp_model.decode(rollout["visual"])[0]
+    return {"real": real, "seen": _images(seen), "imagined": _images(imagined), "goal": goal_obs["visual"]}

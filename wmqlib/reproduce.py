@@ -10,13 +10,14 @@ be silently ignored). A checkpoint that exists as a path is passed as an absolut
 such as ``mini-wall``) as given. A notebook whose declared ``checkpoint`` default is a list receives a list; any
 other notebook takes exactly one checkpoint.
 
-Profiles. ``full`` writes each executed notebook back in place; ``smoke`` writes it to ``tests/notebooks`` (the
-golden notebooks that ``pytest --nbval-lax`` checks) and runs on ``cpu`` unless ``--device`` says otherwise, so the
-goldens hold the same numbers on every machine.
+Profiles: the study's table (``wmqlib.study.PROFILES``: ``full``, ``paper``, ``smoke``). Each executed notebook is
+written back in place, except for ``smoke``, written to ``tests/notebooks`` (the golden notebooks that
+``pytest --nbval-lax`` checks) and run on ``cpu`` unless ``--device`` says otherwise, so the goldens hold the same
+numbers on every machine.
 
 Working directory. A notebook runs in the folder its executed copy is written to, as JupyterLab and nbval run it.
-Figures are written by the notebooks to ``../figures`` relative to that folder: ``figures/`` for the full profile,
-``tests/figures/`` for the goldens, so a smoke run never overwrites the published figures. The runner reports the
+Figures are written by the notebooks to ``../figures`` relative to that folder: ``figures/`` for the full and paper
+profiles, ``tests/figures/`` for the goldens, so a smoke run never overwrites the published figures. The runner reports the
 files in that folder that a notebook created or changed.
 
 Exit status: 0 when every notebook ran (or there were none), 1 when a notebook failed, 2 for a bad invocation or a
@@ -33,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from wmqlib.study import PROFILES
+
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
-PROFILES = ("full", "smoke")
+GOLDEN_PROFILE = "smoke"  # the profile whose executions are the golden notebooks
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_NOTEBOOKS = Path("notebooks")
 DEFAULT_GOLDENS = Path("tests/notebooks")
@@ -274,8 +277,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Execute notebooks/[0-9][0-9]_*.ipynb in order with papermill.",
     )
     parser.add_argument(
-        "--profile", choices=PROFILES, default="full",
-        help="full: write executed notebooks back in place; smoke: tiny sizes, written to --output (default full)",
+        "--profile", choices=list(PROFILES), default="full",
+        help=f"one of the study's profiles ({', '.join(PROFILES)}): executed notebooks are written back in place, "
+             f"except {GOLDEN_PROFILE!r} (tiny sizes), written to --output (default full)",
     )
     parser.add_argument(
         "--only", nargs="+", metavar="NN", help="run only these notebooks (two-digit prefixes or stems)"
@@ -305,8 +309,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ran, 1 a notebook failed, 2 bad invocation)."""
     args = _parser().parse_args(argv)
-    device = args.device or ("auto" if args.profile == "full" else "cpu")
-    output_dir = args.output or (args.notebooks if args.profile == "full" else DEFAULT_GOLDENS)
+    golden = args.profile == GOLDEN_PROFILE
+    device = args.device or ("cpu" if golden else "auto")
+    output_dir = args.output or (DEFAULT_GOLDENS if golden else args.notebooks)
     figures_dir = output_dir.resolve().parent / "figures"
     try:
         notebooks = discover(args.notebooks)

@@ -1,242 +1,490 @@
-"""Sweeps: run a list of configurations, one tidy table back, every finished configuration cached on disk.
+"""The study's vocabulary: settings, profiles, the caches they share, and running settings into one tidy table.
 
-    table = sweep(configs, run_fn, name="granularity")    # cached under data/results/granularity/
+    S = setup("full", ["mini-wall", "mini-pusht"])               # a notebook's first cell, in one call
+    setting = S.profile.setting("mini-wall", recipe=S.profile.recipe("RTN", 4, "per-group", 32), scope="predictor")
+    table = run_study([setting, ...], S.results)                  # = sweep(settings, run_setting, ...)
 
-Cache layout: ``<cache_dir>/<name>/<key>.json``, one file per finished configuration, where ``key`` is a stable
-hash of the configuration's canonical JSON (dataclasses become dicts tagged with their type name, so
-``RTN(w_bits=4)`` and ``OMSE(w_bits=4)`` differ). Files are written to a temporary name and moved into place with
-``os.replace``, so a file either holds a whole result or does not exist: a sweep killed at any moment (even
-SIGKILL) resumes where it stopped, without losing or duplicating rows. Files are never appended to or edited;
-a file that fails its checksum is moved aside to ``<key>.json.corrupt``, reported with a warning and recomputed.
-The returned table is always read back from the cache files, so a resumed sweep returns exactly the table an
-uninterrupted one would.
+A ``Setting`` names everything a number depends on: the checkpoint, the quantization recipe and its scope, the
+planner, MPC, the evaluation episodes (``n_evals`` episodes of the "eval" split, ``seed``, ``goal_H``), whether to
+trace every planner iteration, the calibration set and the device. Building one reads no file: what the
+checkpoint implies (its environment and a fingerprint of its weights, so a retrained model never reuses stale
+cached rows) is derived when a run needs it, by the study's ``Caches``, which also hold the loaded models, their
+quantized copies, the calibrations (in memory and on disk under ``data/results/calibration/``) and the episodes.
+``run_setting`` quantizes with ``wmqlib.quant.quantize`` (calibrating first when the recipe needs it: FP CEM
+planning on ``n_calib`` "calib"-split episodes for 2 MPC rounds, the reference protocol), evaluates on the eval
+episodes and adds the report's effective bits. Planner randomness: episode e's generator is seeded with the
+episode's own seed (``wmqlib.evaluate.evaluate`` with ``seed=0``), so every setting plans the same episodes with the
+same draws.
+
+Sharing work: a traced run of ``T`` CEM iterations holds the plan of every iteration ``k < T``, and the plan of
+iteration ``k`` IS the final plan of a run with ``opt_steps = k + 1`` (``wmqlib.evaluate``), so ``at_opt_steps``
+reads the result for any budget ``<= T`` out of one traced run instead of running again.
+
+Group size: the paper quantizes DINO-WM (384-wide encoder, 404-wide predictor tokens) with groups of 128, i.e.
+about three groups per weight row. ``group_size_for`` keeps that proportion for any width: the largest power of two
+<= half the encoder width, at most 128. DINO-WM: 128; the shipped mini models (encoder 64, predictor tokens
+84 = 64 + 10 + 10): 32, so the predictor's 84-wide qkv / fc1 rows split 32, 32, 20 as DINO-WM's 404 split
+128, 128, 128, 20; every row keeps at least two groups, so per-group always differs from per-channel.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
-import json
-import math
 import os
-import re
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+import torch
 
+from wmqlib import evaluate as ev
+from wmqlib.envs import Episode, WmqEnv, env_class, make_env, sample_episodes
+from wmqlib.models import WorldModel, load_world_model, resolve_checkpoint, resolve_device
+from wmqlib.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
+from wmqlib.models.errors import CheckpointError
 from wmqlib.paths import RESULTS_DIR
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
+from wmqlib.quant import Calibration, QuantReport, Recipe, granularity_from_name, quantize, recipe_types
+from wmqlib.sweep import canonical, config_key, sweep
+from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
-FORMAT_VERSION = 1
-TYPE_KEY = "__type__"
-RunResult = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+SCOPES = ("all", "encoder", "predictor")
+PLANNERS = ("CEM", "CEM-protocol", "GD")
+CALIB_MPC_ROUNDS = 2  # the reference protocol: FP planning for 2 MPC iterations on the calibration seeds
+MODEL_CACHE_SIZE = 4  # quantized copies kept in memory (imagined rollouts re-use the model a table came from)
 
 
-def canonical(config: Any) -> Any:
-    """A JSON-able, canonical form of a configuration: dataclasses -> dicts with a ``__type__`` entry, tuples ->
-    lists, Paths -> str, enums -> value, numpy scalars -> Python scalars; dict keys must be strings.
+def group_size_for(encoder_dim: int) -> int:
+    """Weight group size keeping DINO-WM's proportion (g128 for 384 wide): the largest power of two <=
+    ``encoder_dim / 2``, at most 128, at least 1. DINO-WM (384): 128; mini models (64): 32."""
+    check_int("encoder_dim", encoder_dim, 2)
+    return min(128, 1 << ((encoder_dim // 2).bit_length() - 1))
 
-    Raises TypeError naming the offending type for anything else (a model object, a tensor, ...).
+
+def default_group_size(checkpoint: str | os.PathLike) -> int:
+    """``group_size_for`` the checkpoint's encoder width (32 for the shipped mini models, 128 for DINO-WM)."""
+    folder = CACHES.checkpoint(checkpoint)[0]
+    return group_size_for(int(read_checkpoint_config(folder)["config"]["encoder_dim"]))
+
+
+def make_recipe(method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
+                a_bits: int | None = None, a_granularity: str | None = None, **options: Any) -> Recipe:
+    """A quantization recipe from plain names (as a notebook's parameters cell holds them).
+
+    method: a registered method (``wmqlib.quant.recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, ...);
+    w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
+    weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
+    method's dataclass (e.g. ``epochs`` for OmniQuant). Validated by the recipe.
     """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        out = {TYPE_KEY: type(config).__name__}
-        out.update({f.name: canonical(getattr(config, f.name)) for f in dataclasses.fields(config)})
-        return out
-    if isinstance(config, Mapping):
-        bad = [k for k in config if not isinstance(k, str)]
-        if bad:
-            raise TypeError(f"config dict keys must be str, got {bad[0]!r}")
-        return {k: canonical(v) for k, v in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [canonical(v) for v in config]
-    if isinstance(config, enum.Enum):
-        return canonical(config.value)
-    if isinstance(config, Path):
-        return str(config)
-    if isinstance(config, np.generic):
-        return config.item()
-    if config is None or isinstance(config, (bool, int, float, str)):
-        return config
-    raise TypeError(f"config values must be dataclasses, dicts, lists or scalars, got {type(config).__name__}")
+    methods = recipe_types()
+    check_choice("method", method, sorted(methods))
+    w_gran = granularity_from_name(w_granularity, "weight", group_size, "w_granularity")
+    a_gran = None if a_granularity is None else granularity_from_name(a_granularity, "activation",
+                                                                      field="a_granularity")
+    return methods[method](w_bits=w_bits, w_granularity=w_gran, a_bits=a_bits, a_granularity=a_gran, **options)
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+@dataclass(frozen=True)
+class Setting:
+    """One point of the study; frozen, validated, and (with what its checkpoint implies) the cache key of its results.
+
+    checkpoint: shipped model name ("mini-wall", "mini-pusht") or a wmq checkpoint folder.
+    recipe: a ``wmqlib.quant`` recipe, or None for the full-precision model.
+    scope: "all" | "encoder" | "predictor": which quantization points get the recipe (FP needs "all").
+    planner: CEMConfig or GDConfig. mpc: MPCConfig, or None for open-loop (plan once, execute the whole plan).
+    n_evals: evaluation episodes ("eval" split); seed: episode seed (DINO-WM: 99, >= 2); goal_H: goal horizon in
+        model steps. trace: one row per (episode, planner iteration) of the first planning round.
+    n_calib: calibration episodes ("calib" split, same seed); calib_planner: the FP CEM planner of the calibration
+        run (None: ``planner`` if it is a CEMConfig, else CEM with the env's protocol budget).
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; stored resolved, so CPU and GPU results
+        never share a cache entry.
+    """
+
+    checkpoint: str
+    recipe: Recipe | None = None
+    scope: str = "all"
+    planner: CEMConfig | GDConfig = CEMConfig(opt_steps=10)
+    mpc: MPCConfig | None = None
+    n_evals: int = 50
+    seed: int = 99
+    goal_H: int = 5
+    trace: bool = False
+    n_calib: int = 10
+    calib_planner: CEMConfig | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_type("Setting.checkpoint", self.checkpoint, (str, os.PathLike), "a shipped model name or a path")
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if self.recipe is not None:
+            check_type("Setting.recipe", self.recipe, Recipe,
+                       f"a wmqlib.quant recipe ({', '.join(sorted(recipe_types()))}) or None")
+        check_choice("Setting.scope", self.scope, SCOPES)
+        if self.recipe is None and self.scope != "all":
+            raise ValueError(f"Setting.scope must be 'all' for the full-precision model (recipe=None), got "
+                             f"{self.scope!r}")
+        check_type("Setting.planner", self.planner, (CEMConfig, GDConfig), "a CEMConfig or GDConfig")
+        if self.mpc is not None:
+            check_type("Setting.mpc", self.mpc, MPCConfig, "an MPCConfig or None")
+        check_int("Setting.n_evals", self.n_evals, 1)
+        check_int("Setting.seed", self.seed, 2)
+        check_int("Setting.goal_H", self.goal_H, 1)
+        check_int("Setting.n_calib", self.n_calib, 1)
+        check_bool("Setting.trace", self.trace)
+        if self.calib_planner is None and isinstance(self.planner, CEMConfig):
+            object.__setattr__(self, "calib_planner", self.planner)
+        if self.calib_planner is not None:
+            check_type("Setting.calib_planner", self.calib_planner, CEMConfig, "a CEMConfig or None")
+        check_type("Setting.device", self.device, str, "a string ('auto', 'cpu', 'cuda', 'cuda:N')")
+        object.__setattr__(self, "device", str(resolve_device(self.device)))
 
 
-def config_key(config: Any) -> str:
-    """Stable 16-hex-digit key of a configuration: sha256 of its canonical JSON (same on every machine/run)."""
-    return hashlib.sha256(_dumps(canonical(config)).encode()).hexdigest()[:16]
+# ----- the caches ---------------------------------------------------------------------------------------------------
 
+class Caches:
+    """Everything the study computes once and shares between settings, in one object: checkpoint facts (folder,
+    env, weights fingerprint), FP models, quantized copies (the last ``MODEL_CACHE_SIZE``), calibrations (in memory
+    and as ``<calib_dir>/<key>.safetensors``) and episodes. ``calib_dir`` None = ``data/results/calibration``."""
 
-def flatten_config(config: Any) -> dict[str, Any]:
-    """One table row's worth of config columns: nested fields joined with ".", a nested dataclass also gives a
-    column with its type name (``recipe`` -> "RTN", ``recipe.w_bits`` -> 4), lists become JSON strings."""
-    flat: dict[str, Any] = {}
+    def __init__(self, calib_dir: str | os.PathLike | None = None) -> None:
+        self.calib_dir = Path(calib_dir) if calib_dir is not None else RESULTS_DIR / "calibration"
+        self._files: dict[tuple[str, int, int], str] = {}
+        self._models: dict[tuple[str, str], WorldModel] = {}
+        self._quantized: OrderedDict[str, tuple[Any, QuantReport | None]] = OrderedDict()
+        self._calibrations: dict[str, Calibration] = {}
+        self._fresh: set[str] = set()
+        self._episodes: dict[tuple[Any, ...], tuple[Episode, ...]] = {}
 
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k == TYPE_KEY:
-                    if prefix:
-                        flat[prefix] = v
-                else:
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, list):
-            flat[prefix or "config"] = _dumps(value)
+    def checkpoint(self, checkpoint: str | os.PathLike) -> tuple[Path, str, str]:
+        """(folder, env, fingerprint) of a wmq checkpoint: a shipped name ("mini-wall") or a wmq folder.
+
+        The fingerprint is the sha256 (16 hex digits) of config.json and model.safetensors (each file hashed once
+        per size and mtime), so cached results and calibrations follow the weights, not the name. Raises
+        CheckpointError for anything else (convert a released DINO-WM folder with ``wmqlib.models.convert``).
+        """
+        folder = resolve_checkpoint(checkpoint)
+        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint)!r} ({folder}) is not a wmq checkpoint folder ({CONFIG_FILE} + "
+                f"{WEIGHTS_FILE}); convert a released DINO-WM folder with `python -m wmqlib.models.convert`")
+        env = read_checkpoint_config(folder)["config"]["env"]
+        digest = hashlib.sha256()
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            path = folder / name
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            if key not in self._files:
+                self._files[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest.update(self._files[key].encode())
+        return folder, env, digest.hexdigest()[:16]
+
+    def env_name(self, setting: Setting) -> str:
+        """The environment the setting's checkpoint was trained on ("wall", "pusht")."""
+        return self.checkpoint(setting.checkpoint)[1]
+
+    def identity(self, setting: Setting) -> dict[str, Any]:
+        """What identifies the setting's results: its fields (``calib_planner`` resolved) plus ``env`` and
+        ``model_sha`` (the weights fingerprint). Its ``config_key`` names the cached result file."""
+        _, env, sha = self.checkpoint(setting.checkpoint)
+        resolved = dataclasses.replace(setting, calib_planner=self.calib_planner(setting))
+        return {**canonical(resolved), "env": env, "model_sha": sha}
+
+    def calib_planner(self, setting: Setting) -> CEMConfig:
+        """The FP CEM planner of the setting's calibration run: its own, else CEM with the env's protocol budget."""
+        return setting.calib_planner or CEMConfig(horizon=setting.planner.horizon,
+                                                  opt_steps=env_class(self.env_name(setting)).protocol_opt_steps)
+
+    def model(self, setting: Setting) -> WorldModel:
+        """The full-precision model of ``setting`` in eval mode on its device (loaded once per weights and device)."""
+        folder, _, sha = self.checkpoint(setting.checkpoint)
+        if (sha, setting.device) not in self._models:
+            self._models[sha, setting.device] = load_world_model(folder, device=setting.device)
+        return self._models[sha, setting.device]
+
+    def env(self, setting: Setting) -> WmqEnv:
+        """The setting's environment, rendering at the model's image size."""
+        return make_env(self.env_name(setting), render_size=self.model(setting).config.img_size)
+
+    def episodes(self, setting: Setting, split: str = "eval") -> list[Episode]:
+        """The setting's episodes of ``split`` ("eval": n_evals, "calib": n_calib), drawn once per process."""
+        n = setting.n_evals if split == "eval" else setting.n_calib
+        env = self.env_name(setting)
+        key = (env, n, setting.seed, split, setting.goal_H, self.model(setting).config.frameskip)
+        if key not in self._episodes:
+            self._episodes[key] = tuple(sample_episodes(env, n, seed=setting.seed, split=split,
+                                                        goal_H=setting.goal_H, frameskip=key[-1]))
+        return list(self._episodes[key])
+
+    def _calibration_fields(self, setting: Setting) -> dict[str, Any]:
+        identity = self.identity(setting)
+        return {"model_sha": identity["model_sha"], "env": identity["env"], "n_calib": setting.n_calib,
+                "seed": setting.seed, "goal_H": setting.goal_H, "planner": self.calib_planner(setting),
+                "mpc_rounds": CALIB_MPC_ROUNDS, "device": setting.device}
+
+    def calibration(self, setting: Setting, recompute: bool = False) -> Calibration:
+        """FP-planning calibration of ``setting``'s model, cached in memory and on disk (written atomically).
+        recompute: collect again (once per process and key) and overwrite the file."""
+        fields = self._calibration_fields(setting)
+        key = config_key(fields)
+        path = self.calib_dir / f"{key}.safetensors"
+        stale = recompute and key not in self._fresh
+        if key in self._calibrations and not stale:
+            return self._calibrations[key]
+        if path.is_file() and not stale:
+            calib = Calibration.load(path)
         else:
-            flat[prefix or "config"] = value
+            calib = ev.collect_calibration(self.model(setting), self.env(setting), self.episodes(setting, "calib"),
+                                           fields["planner"], mpc_rounds=CALIB_MPC_ROUNDS)
+            calib.save(path)
+            self._fresh.add(key)
+        self._calibrations[key] = calib
+        return calib
 
-    walk("", canonical(config))
-    return flat
-
-
-def _rows(result: RunResult, key: str) -> pd.DataFrame:
-    if isinstance(result, pd.DataFrame):
-        return result.reset_index(drop=True)
-    if isinstance(result, Mapping):
-        return pd.DataFrame([dict(result)])
-    if isinstance(result, Sequence) and all(isinstance(r, Mapping) for r in result):
-        return pd.DataFrame([dict(r) for r in result])
-    raise TypeError(f"run_fn must return a DataFrame, a dict or a list of dicts; got {type(result).__name__} "
-                    f"for config {key}")
-
-
-def _jsonable_cell(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if value is pd.NA or value is pd.NaT:
-        return None
-    raise TypeError(f"result cells must be numbers, bools, strings or None, got {type(value).__name__}")
-
-
-def _payload(key: str, config: Any, rows: pd.DataFrame) -> dict[str, Any]:
-    data = [[_jsonable_cell(v) for v in row] for row in rows.astype(object).itertuples(index=False, name=None)]
-    return {"format": FORMAT_VERSION, "key": key, "config": canonical(config),
-            "columns": [str(c) for c in rows.columns], "data": data}
+    def quantized(self, setting: Setting, recompute: bool = False) -> tuple[Any, QuantReport | None]:
+        """(model to plan with, its QuantReport or None for FP)."""
+        model = self.model(setting)
+        if setting.recipe is None:
+            return model, None
+        key = config_key({"model_sha": self.identity(setting)["model_sha"], "device": setting.device,
+                          "recipe": setting.recipe, "scope": setting.scope,
+                          "calibration": self._calibration_fields(setting)})
+        if key in self._quantized and not recompute:
+            self._quantized.move_to_end(key)
+            return self._quantized[key]
+        needs = setting.recipe.needs_calibration or setting.recipe.static_activations
+        calib = self.calibration(setting, recompute) if needs else None
+        self._quantized[key] = quantize(model, setting.recipe, calib, scope=setting.scope)
+        while len(self._quantized) > MODEL_CACHE_SIZE:
+            self._quantized.popitem(last=False)
+        return self._quantized[key]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+CACHES = Caches()  # the process's caches, shared by the notebooks' calls
 
 
-def _read(path: Path, key: str, config: Any) -> pd.DataFrame:
-    """The rows cached in ``path``; ValueError (with the reason) if the file is corrupt or belongs elsewhere."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        payload, digest = record["payload"], record["sha256"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"unreadable ({type(err).__name__}: {err})") from None
-    if hashlib.sha256(_dumps(payload).encode()).hexdigest() != digest:
-        raise ValueError("checksum mismatch")
-    same_config = _dumps(payload.get("config")) == _dumps(canonical(config))
-    if payload.get("format") != FORMAT_VERSION or payload.get("key") != key or not same_config:
-        raise ValueError("written for another configuration or format")
-    return pd.DataFrame(payload["data"], columns=payload["columns"])
+# ----- running settings -------------------------------------------------------------------------------------------
+
+def run_setting(setting: Setting, caches: Caches = CACHES, recompute_calibration: bool = False) -> pd.DataFrame:
+    """Evaluate one setting: ``wmqlib.evaluate.evaluate``'s table (per episode, or per (episode, iteration) when
+    traced; its ``seed`` column renamed ``episode_seed``) plus ``effective_bits`` (storage bits per weight of the
+    quantized layers, overhead included; the FP dtype's bits for FP), ``encoder_error`` (see
+    ``wmqlib.evaluate.encoder_error``) and ``seconds`` (wall time of the planning). ``sweep``'s run_fn."""
+    check_type("setting", setting, Setting, "a Setting")
+    model, report = caches.quantized(setting, recompute_calibration)
+    fp, env, eps = caches.model(setting), caches.env(setting), caches.episodes(setting)
+    start = time.perf_counter()
+    table = ev.evaluate(model, env, setting.planner, eps, mpc=setting.mpc, trace=setting.trace)
+    table = table.rename(columns={"seed": "episode_seed"})  # "seed" is the Setting's (config) column
+    seconds = time.perf_counter() - start
+    table["effective_bits"] = report.effective_bits if report is not None else float(torch.finfo(fp.dtype).bits)
+    table["encoder_error"] = ev.encoder_error(fp, model, env, eps)
+    table["seconds"] = seconds
+    return table
 
 
-def _table(config: Any, rows: pd.DataFrame, key: str) -> pd.DataFrame:
-    flat = flatten_config(config)
-    clash = sorted(set(flat) & set(rows.columns))
-    if clash:
-        raise ValueError(f"run_fn result columns {clash} collide with config fields; rename them")
-    out = rows.copy()
-    for i, (col, value) in enumerate(flat.items()):
-        out.insert(i, col, [value] * len(out))
-    out.insert(0, "config_key", key)
-    return out
-
-
-def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
-          cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run ``run_fn(config)`` for every configuration not cached yet and return all rows as one tidy table.
-
-    configs: dataclasses / dicts / scalars (see ``canonical``); duplicates are an error.
-    run_fn: config -> DataFrame, dict (one row) or list of dicts; must be deterministic in the config.
-    name: sweep name, a folder under ``cache_dir`` (letters, digits, ``._-``).
-    recompute: rerun every configuration and replace its cache file.
-    Returns: columns ``config_key``, the flattened config, then run_fn's columns; rows in config order.
+def describe(setting: Setting) -> dict[str, Any]:
+    """Readable columns of a setting (the config columns keep the full detail): method ("FP" or the recipe's
+    class), bits ("W4A16"), w_bits, a_bits (32 for FP, 16 for weight-only), weights ("per-channel" | "g32" |
+    "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
+    "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
+    "CEM 300/30"), opt_steps, and label, e.g. "RTN W4A16 g32 [predictor]".
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"name must be letters, digits, '.', '_' or '-' (a folder name), got {name!r}")
-    keys = [config_key(c) for c in configs]
-    seen: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        if key in seen:
-            raise ValueError(f"configs[{i}] duplicates configs[{seen[key]}] (key {key}); each config runs once")
-        seen[key] = i
-    folder = Path(cache_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    tables = []
-    bar = tqdm(total=len(configs), desc=name, disable=not progress, unit="config")
-    for config, key in zip(configs, keys):
-        path = folder / f"{key}.json"
-        rows = None
-        if path.exists() and not recompute:
-            try:
-                rows = _read(path, key, config)
-            except ValueError as err:
-                aside = path.with_name(path.name + ".corrupt")
-                os.replace(path, aside)
-                warnings.warn(f"sweep {name!r}: corrupt cache file {path} ({err}); moved to {aside.name} and "
-                              f"recomputing", RuntimeWarning, stacklevel=2)
-        if rows is None:
-            payload = _payload(key, config, _rows(run_fn(config), key))
-            _write_atomic(path, _dumps({"payload": payload, "sha256": hashlib.sha256(_dumps(payload).encode())
-                                        .hexdigest()}))
-            rows = _read(path, key, config)
-        tables.append(_table(config, rows, key))
-        bar.update(1)
-    bar.close()
-    if not tables:
-        return pd.DataFrame(columns=["config_key"])
-    return pd.concat(tables, ignore_index=True)
+    r = setting.recipe
+    if r is None:
+        weights, kind, acts = "-", "-", "-"
+    else:
+        kind = r.w_granularity.name
+        weights = f"g{r.w_granularity.group_size}" if kind == "per-group" else kind
+        acts = "-" if r.a_bits is None else r.a_granularity.name
+    planning = type(setting.planner).__name__.removesuffix("Config")
+    if setting.mpc is not None:
+        planning = f"MPC-{planning}"
+    sizes = f" {setting.planner.samples}/{setting.planner.topk}" if isinstance(setting.planner, CEMConfig) else ""
+    label = "FP" if r is None else " ".join([type(r).__name__, r.label, weights] + ([acts] if acts != "-" else []))
+    return {"method": "FP" if r is None else type(r).__name__, "bits": "FP" if r is None else r.label,
+            "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
+            "weights": weights, "w_kind": kind, "acts": acts,
+            "planning": planning, "search": planning + sizes, "opt_steps": setting.planner.opt_steps,
+            "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
 
 
-def wilson_interval(successes: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a binomial proportion (Wilson 1927), elementwise over arrays.
+def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
+              cache_dir: str | os.PathLike = RESULTS_DIR, progress: bool = True,
+              caches: Caches | None = None) -> pd.DataFrame:
+    """``sweep(settings, run_setting, name)`` with the readable ``describe`` columns in front.
 
-    successes, n: counts (scalars or arrays, 0 <= successes <= n); z: normal quantile (1.96 -> 95%).
-    Returns (low, high) float arrays in [0, 1]; NaN where n == 0.
+    Results are cached as ``<cache_dir>/<name>/<key>.json``, calibrations under ``<cache_dir>/calibration``
+    (``caches`` None: the process's ``CACHES`` when ``cache_dir`` is the default, else caches of that folder);
+    recompute=True reruns every setting and recollects its calibration (once per process).
     """
-    k, m = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
-    if np.any(m < 0) or np.any(k < 0) or np.any(k > m):
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes!r}, n={n!r}")
-    if not (isinstance(z, (int, float)) and z > 0 and math.isfinite(z)):
-        raise ValueError(f"z must be a positive finite number, got {z!r}")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / m
-        denom = 1 + z**2 / m
-        centre = (p + z**2 / (2 * m)) / denom
-        half = z * np.sqrt(p * (1 - p) / m + z**2 / (4 * m**2)) / denom
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    if caches is None:
+        caches = CACHES if Path(cache_dir) == RESULTS_DIR else Caches(Path(cache_dir) / "calibration")
+    run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
+    table = sweep(list(settings), run_fn, name, cache_dir=cache_dir, recompute=recompute, progress=progress,
+                  key_config=caches.identity)
+    labels = pd.DataFrame([{"config_key": config_key(caches.identity(s)), **describe(s)} for s in settings])
+    return labels.merge(table, on="config_key", how="right", validate="one_to_many")
 
 
-def success_rates(table: pd.DataFrame, by: str | Sequence[str], success: str = "success",
-                  z: float = 1.96) -> pd.DataFrame:
-    """Per group of ``by``: n episodes, successes, success_rate and its Wilson interval (ci_low, ci_high).
+def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict[str, Any]:
+    """``wmqlib.evaluate.imagine`` for eval episode ``episode`` of ``setting`` (its quantized model, planner and
+    episodes): real, seen and imagined frames, and the goal."""
+    model, _ = caches.quantized(setting)
+    return ev.imagine(model, caches.model(setting), caches.env(setting), caches.episodes(setting)[episode],
+                      setting.planner)
 
-    table: one row per episode with a boolean column ``success``. Returns one row per group, groups sorted.
+
+def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES) -> pd.DataFrame:
+    """Trivial baselines (``wmqlib.evaluate.BASELINES``) on the setting's eval episodes with the planner's
+    env-step budget (horizon * frameskip * MPC rounds); one row per (episode, baseline), with env and steps."""
+    rounds = 1 if setting.mpc is None else setting.mpc.max_rounds
+    steps = setting.planner.horizon * caches.model(setting).config.frameskip * rounds
+    table = ev.baselines(caches.env(setting), caches.episodes(setting), steps=steps, seed=seed)
+    return table.assign(env=caches.env_name(setting), steps=steps)
+
+
+# ----- profiles and the notebook setup ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """The sizes of one run of the study (see ``PROFILES``).
+
+    n_evals: evaluation episodes per setting. samples, topk: CEM candidates and elites.
+    opt_steps: CEM iterations of untraced settings; None = DINO-WM's protocol per env (Wall 10, PushT 30).
+    trace_steps: CEM iterations of traced settings (success and loss vs iterations).
+    gd_steps: gradient-descent updates of the GD planner. mpc_rounds: max rounds of the MPC settings.
+    n_calib: calibration episodes; the calibration planner is CEM with ``steps(env)`` iterations.
+    threads: torch intra-op threads (None = torch's default). always_recompute: ignore cached results (the
+        goldens must recompute, or a changed number could hide behind the cache).
+    method_options: per method name, recipe fields this profile sets (e.g. fewer OmniQuant epochs for smoke).
     """
-    by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in [*by, success] if c not in table.columns]
-    if missing:
-        raise ValueError(f"columns {missing} not in the table; available: {list(table.columns)}")
-    grouped = table.groupby(by, dropna=False, sort=True)[success]
-    out = grouped.agg(n="count", successes="sum").reset_index()
-    out["successes"] = out["successes"].astype(int)
-    out["success_rate"] = out["successes"] / out["n"]
-    out["ci_low"], out["ci_high"] = wilson_interval(out["successes"].to_numpy(), out["n"].to_numpy(), z)
-    return out
+
+    name: str
+    n_evals: int
+    samples: int
+    topk: int
+    opt_steps: int | None
+    trace_steps: int
+    gd_steps: int
+    mpc_rounds: int
+    n_calib: int
+    threads: int | None
+    always_recompute: bool
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("n_evals", "samples", "topk", "trace_steps", "gd_steps", "mpc_rounds", "n_calib"):
+            check_int(f"Profile.{name}", getattr(self, name), 1)
+        for name in ("opt_steps", "threads"):
+            if getattr(self, name) is not None:
+                check_int(f"Profile.{name} (or None)", getattr(self, name), 1)
+        check_bool("Profile.always_recompute", self.always_recompute)
+        for method in self.method_options:
+            check_choice("Profile.method_options key", method, sorted(recipe_types()))
+        CEMConfig(samples=self.samples, topk=self.topk)  # topk <= samples, checked where it is defined
+
+    def steps(self, env: str) -> int:
+        """CEM iterations of an untraced setting in ``env``."""
+        return env_class(env).protocol_opt_steps if self.opt_steps is None else self.opt_steps
+
+    def cem(self, env: str, trace: bool = False) -> CEMConfig:
+        """The CEM planner: ``trace_steps`` iterations when traced, else ``steps(env)``."""
+        return CEMConfig(samples=self.samples, topk=self.topk,
+                         opt_steps=self.trace_steps if trace else self.steps(env))
+
+    def recipe(self, method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
+               a_bits: int | None = None, a_granularity: str | None = None) -> Recipe:
+        """``make_recipe(...)`` with this profile's options for the method."""
+        return make_recipe(method, w_bits, w_granularity, group_size, a_bits, a_granularity,
+                           **self.method_options.get(method, {}))
+
+    def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
+                scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
+                caches: Caches = CACHES) -> Setting:
+        """A ``Setting`` sized by this profile.
+
+        planner: "CEM" (the profile's samples / topk), "CEM-protocol" (DINO-WM's 300 samples / top 30 at the env's
+        protocol budget, Wall 10 / PushT 30 iterations, whatever the profile) or "GD"; mpc: closed loop with
+        ``mpc_rounds`` rounds. Open-loop CEM is always traced (the trace costs no planning and gives success vs
+        iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; GD and MPC
+        settings are not traced. The checkpoint's env is read (once per process) to size the planner.
+        """
+        check_choice("planner", planner, PLANNERS)
+        if long and (planner != "CEM" or mpc):
+            raise ValueError("long=True applies to open-loop CEM with the profile's sizes (planner='CEM') only")
+        env = caches.checkpoint(checkpoint)[1]
+        chosen: CEMConfig | GDConfig = {
+            "CEM": lambda: self.cem(env, trace=long),
+            "CEM-protocol": lambda: CEMConfig(opt_steps=env_class(env).protocol_opt_steps),
+            "GD": lambda: GDConfig(opt_steps=self.gd_steps)}[planner]()
+        return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
+                       mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
+                       trace=planner != "GD" and not mpc, n_calib=self.n_calib, calib_planner=self.cem(env),
+                       device=device)
+
+
+PROFILES = {
+    # The CPU budget (all notebooks <= 60 min on 2 cores, measured): DINO-WM's 50 episodes, but CEM with 100
+    # samples / top 10 and 10 iterations in both envs, traced runs to 20 (its protocol: 300 / 30, Wall 10, PushT 30
+    # iterations - 00_baseline runs that too). On the shipped models 100 / 10 plans about as well as 300 / 30 and
+    # success saturates by 10-15 iterations; "paper" below is the protocol, for a GPU.
+    "full": Profile("full", n_evals=50, samples=100, topk=10, opt_steps=10, trace_steps=20, gd_steps=1000,
+                    mpc_rounds=3, n_calib=10, threads=None, always_recompute=False),
+    "paper": Profile("paper", n_evals=50, samples=300, topk=30, opt_steps=None, trace_steps=50, gd_steps=1000,
+                     mpc_rounds=5, n_calib=10, threads=None, always_recompute=False),
+    "smoke": Profile("smoke", n_evals=3, samples=30, topk=5, opt_steps=2, trace_steps=3, gd_steps=3, mpc_rounds=2,
+                     n_calib=2, threads=1, always_recompute=True, method_options={"OmniQuant": {"epochs": 1}}),
+}
+
+
+def make_profile(name: str, **overrides: Any) -> Profile:
+    """``PROFILES[name]`` with the given fields replaced; None values are ignored (a parameters cell's "use the
+    profile's size"). Raises ValueError for an unknown name or field."""
+    check_choice("profile", name, list(PROFILES))
+    known = {f.name for f in dataclasses.fields(Profile)} - {"name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown profile fields {unknown}; allowed: {sorted(known)}")
+    return dataclasses.replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a notebook's first cell needs: the profile, the checkpoints and their envs, the CEM budget per env
+    (``{"wall": 10, ...}``), the results cache name (``<results_name>-<profile>``), whether to recompute, device
+    and episode seed."""
+
+    profile: Profile
+    checkpoints: tuple[str, ...]
+    envs: tuple[str, ...]
+    budget: dict[str, int]
+    results: str
+    recompute: bool
+    device: str
+    seed: int
+
+    def setting(self, checkpoint: str, **kwargs: Any) -> Setting:
+        """``profile.setting(checkpoint, device, seed, **kwargs)``."""
+        return self.profile.setting(checkpoint, self.device, self.seed, **kwargs)
+
+
+def setup(profile: str, checkpoint: str | Sequence[str], device: str = "auto", seed: int = 99,
+          results_name: str = "study", recompute: bool = False, **sizes: Any) -> Setup:
+    """The one call that starts every notebook: the profile with the parameters cell's sizes (None = the
+    profile's), torch's thread count fixed, the envs of the checkpoints, the budget; prints what it chose."""
+    P = make_profile(profile, **sizes)
+    if P.threads is not None:  # results depend on the reduction order, so the goldens run with a fixed count
+        torch.set_num_threads(P.threads)
+    checkpoints = (checkpoint,) if isinstance(checkpoint, (str, os.PathLike)) else tuple(checkpoint)
+    envs = tuple(CACHES.checkpoint(ck)[1] for ck in checkpoints)
+    S = Setup(P, tuple(str(c) for c in checkpoints), envs, {env: P.steps(env) for env in envs},
+              f"{results_name}-{P.name}", bool(recompute) or P.always_recompute, device, seed)
+    print(P)
+    print("budget:", S.budget, "| long traces:", P.trace_steps, "iterations | results:", S.results)
+    return S

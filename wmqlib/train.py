@@ -326,7 +326,7 @@ def fp_planning_summary(model: WorldModel, cfg: TrainConfig, progress: bool = Tr
     from wmqlib.evaluate import evaluate
     from wmqlib.envs import make_env, sample_episodes
     from wmqlib.plan import CEMConfig
-    from wmqlib.study import wilson_interval
+    from wmqlib.stats import wilson_interval
 
     t0 = time.perf_counter()
     planner = CEMConfig(opt_steps=cfg.eval_opt_steps)

@@ -33,6 +33,13 @@ def env_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def env_class(name: str) -> type["WmqEnv"]:
+    """The environment class registered as ``name``: its class attributes are the env's facts (dims, budgets)."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; allowed: {env_names()}")
+    return _REGISTRY[name]
+
+
 def make_env(name: str, **kwargs: Any) -> "WmqEnv":
     """Build the environment called ``name`` (``"wall"`` or ``"pusht"``) with constructor ``kwargs``."""
     if not isinstance(name, str):
@@ -110,6 +117,7 @@ class WmqEnv(gym.Env, abc.ABC):
     state_dim: ClassVar[int]
     proprio_dim: ClassVar[int]
     action_dim: ClassVar[int] = 2
+    protocol_opt_steps: ClassVar[int]  # DINO-WM's CEM iterations in this env (its planning budget)
     _extra_reset_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, render_size: int = 64, render_mode: str | None = "rgb_array") -> None:

@@ -163,6 +163,7 @@ class PushT(WmqEnv):
     name = "pusht"
     state_dim = 7
     proprio_dim = 4
+    protocol_opt_steps = 30
 
     def __init__(self, render_size: int = 64, antialias: bool = True, render_mode: str | None = "rgb_array") -> None:
         if not isinstance(antialias, bool):

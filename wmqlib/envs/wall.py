@@ -236,6 +236,7 @@ class Wall(WmqEnv):
     name = "wall"
     state_dim = 2
     proprio_dim = 2
+    protocol_opt_steps = 10
     _extra_reset_options = frozenset({"layout"})
 
     def __init__(self, render_size: int = 64, wall_x: int = 32, door_y: int = 30,

@@ -19,15 +19,17 @@ from .omniquant import OmniQuant
 from .omse import OMSE
 from .points import QuantPoints, ScalePair, Unit, find_points
 from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
-from .recipe import Recipe, register
+from .recipe import Recipe, recipe_types, register
 from .report import QuantReport, sqnr_db
 from .rtn import RTN
 from .smoothquant import SmoothQuant
-from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec, fake_quantize, qparams, scale_shape
+from .spec import (
+    PerChannel, PerGroup, PerTensor, PerToken, QuantSpec, fake_quantize, granularity_from_name, qparams, scale_shape,
+)
 
 __all__ = [
     "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
     "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "Recipe", "ScalePair", "ScaledActivation",
-    "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration", "fake_quantize", "find_points",
-    "load_params", "qparams", "quantize", "register", "save_params", "scale_shape", "search_params", "sqnr_db",
+    "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration", "fake_quantize", "find_points", "granularity_from_name",
+    "load_params", "qparams", "quantize", "recipe_types", "register", "save_params", "scale_shape", "search_params", "sqnr_db",
 ]

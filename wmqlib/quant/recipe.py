@@ -107,3 +107,9 @@ class Recipe:
     def label(self) -> str:
         """Short name like ``W4A8`` or ``W4A16`` (weight-only)."""
         return f"W{self.w_bits}A{self.a_bits or PASS_THROUGH_BITS}"
+
+
+def recipe_types() -> dict[str, type[Recipe]]:
+    """The registered methods by class name ({"RTN": RTN, "AWQ": AWQ, ...}): the one list of methods, filled by
+    ``@register``, so a new method module is found without being named anywhere else."""
+    return {recipe_type.__name__: recipe_type for recipe_type in SEARCHES}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 import torch
 from torch import Tensor
@@ -47,10 +47,14 @@ SCALE_EPS = 1e-12
 class PerTensor:
     """One scale (and zero point) for the whole tensor."""
 
+    name: ClassVar[str] = "per-tensor"
+
 
 @dataclass(frozen=True)
 class PerChannel:
     """One scale per output row of a weight ``(O, I, ...)`` (dim 0)."""
+
+    name: ClassVar[str] = "per-channel"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PerGroup:
     """One scale per ``group_size`` contiguous input columns within a weight row; the last group may be shorter."""
 
     group_size: int
+    name: ClassVar[str] = "per-group"
 
     def __post_init__(self) -> None:
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
@@ -68,11 +73,28 @@ class PerGroup:
 class PerToken:
     """One scale per row of an activation ``(..., C)``, computed dynamically at run time."""
 
+    name: ClassVar[str] = "per-token"
+
 
 Granularity = Union[PerTensor, PerChannel, PerGroup, PerToken]
 WEIGHT_GRANULARITIES = (PerTensor, PerChannel, PerGroup)
 ACTIVATION_GRANULARITIES = (PerTensor, PerToken)
 _ROLES = {"weight": WEIGHT_GRANULARITIES, "activation": ACTIVATION_GRANULARITIES}
+
+
+def granularity_from_name(name: str, role: str, group_size: int | None = None,
+                          field: str = "granularity") -> Granularity:
+    """The granularity called ``name`` (each class's ``name``: "per-tensor", "per-channel", "per-group",
+    "per-token") for ``role`` "weight" or "activation"; "per-group" needs ``group_size``. ValueError naming
+    ``field`` and the allowed names otherwise."""
+    kinds = {kind.name: kind for kind in _ROLES[role]}
+    if not isinstance(name, str) or name not in kinds:
+        raise ValueError(f"{field} must be one of {list(kinds)} ({role}), got {name!r}")
+    if kinds[name] is PerGroup:
+        if group_size is None:
+            raise ValueError(f"{field} 'per-group' needs a group_size")
+        return PerGroup(group_size)
+    return kinds[name]()
 
 
 def check_bits(bits: object, field: str) -> None:

@@ -1,0 +1,142 @@
+"""wmqlib.sweep: caching, resume after a real SIGKILL, corrupt-file handling, stale temporary files, config hashing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wmqlib.sweep import canonical, config_key, flatten_config, sweep
+
+# Shared by this process and the child that gets killed: five configs and a deterministic run function.
+SWEEP_SOURCE = '''
+def make_configs():
+    return [{"method": m, "bits": b, "planner": {"opt_steps": 3}} for m in ("rtn", "awq") for b in (4, 8)][:5] \\
+        + [{"method": "fp", "bits": 16, "planner": {"opt_steps": 3}}]
+
+def rows(cfg):
+    return [{"episode": e, "success": (e * cfg["bits"]) % 3 == 0, "state_dist": e / cfg["bits"] + 0.1}
+            for e in range(4)]
+'''
+SWEEP = {}
+exec(SWEEP_SOURCE, SWEEP)
+CHILD = SWEEP_SOURCE + '''
+import pathlib, sys, time
+from wmqlib.sweep import sweep
+cache, marker, block = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
+def run(cfg):
+    if make_configs().index(cfg) == block:
+        marker.write_text("started")
+        time.sleep(120)
+    return rows(cfg)
+sweep(make_configs(), run, "killed", cache_dir=cache, progress=False)
+'''
+
+
+def _counting(calls: list):
+    def run(cfg):
+        calls.append(cfg)
+        return SWEEP["rows"](cfg)
+    return run
+
+
+def test_sweep_table_has_config_in_every_row_and_caches(tmp_path):
+    configs = SWEEP["make_configs"]()
+    calls: list = []
+    table = sweep(configs, _counting(calls), "demo", cache_dir=tmp_path, progress=False)
+    assert len(calls) == len(configs) and len(table) == 4 * len(configs)
+    assert list(table.columns[:5]) == ["config_key", "method", "bits", "planner.opt_steps", "episode"]
+    assert (table.groupby("config_key").size() == 4).all()
+    assert table.loc[table.method == "fp", "bits"].eq(16).all()
+    again = sweep(configs, _counting(calls), "demo", cache_dir=tmp_path, progress=False)
+    assert len(calls) == len(configs)  # nothing rerun
+    pd.testing.assert_frame_equal(table, again)
+    assert len(list((tmp_path / "demo").glob("*.json"))) == len(configs)
+    sweep(configs[:1], _counting(calls), "demo", cache_dir=tmp_path, recompute=True, progress=False)
+    assert len(calls) == len(configs) + 1
+
+
+def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path):
+    marker = tmp_path / "started"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "a"), str(marker), "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "child sweep never reached config 2"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert len(list((tmp_path / "a" / "killed").glob("*.json"))) == 2  # configs 0 and 1 finished
+
+    configs = SWEEP["make_configs"]()
+    calls: list = []
+    resumed = sweep(configs, _counting(calls), "killed", cache_dir=tmp_path / "a", progress=False)
+    assert calls == configs[2:]  # finished work is not redone
+    fresh = sweep(configs, SWEEP["rows"], "killed", cache_dir=tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(resumed, fresh)
+    assert resumed.duplicated(["config_key", "episode"]).sum() == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupt_cache_file_is_reported_and_recomputed(tmp_path, damage):
+    configs = SWEEP["make_configs"]()
+    reference = sweep(configs, SWEEP["rows"], "c", cache_dir=tmp_path, progress=False)
+    victim = tmp_path / "c" / f"{config_key(configs[1])}.json"
+    text = victim.read_text()
+    victim.write_text({"truncate": text[: len(text) // 2],
+                       "flip": text.replace("true", "false", 1),  # parseable, wrong content
+                       "garbage": "\x00not json"}[damage])
+    calls: list = []
+    with pytest.warns(RuntimeWarning, match=f"corrupt cache file .*{victim.name}"):
+        table = sweep(configs, _counting(calls), "c", cache_dir=tmp_path, progress=False)
+    assert calls == [configs[1]]  # only the damaged config reran; the other rows came from the cache
+    pd.testing.assert_frame_equal(table, reference)
+    assert victim.with_name(victim.name + ".corrupt").exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    w_bits: int
+    scope: tuple = ("encoder",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Other:
+    w_bits: int
+    scope: tuple = ("encoder",)
+
+
+def test_config_key_is_stable_and_type_aware():
+    a = {"recipe": _Recipe(4), "seed": 1}
+    assert config_key(a) == config_key({"seed": 1, "recipe": _Recipe(4, ("encoder",))})  # key order irrelevant
+    assert config_key(a) != config_key({"recipe": _Other(4), "seed": 1})  # type name is part of the key
+    assert config_key(a) != config_key({"recipe": _Recipe(8), "seed": 1})
+    assert canonical(a) == {"recipe": {"__type__": "_Recipe", "w_bits": 4, "scope": ["encoder"]}, "seed": 1}
+    assert flatten_config(a) == {"recipe": "_Recipe", "recipe.w_bits": 4, "recipe.scope": '["encoder"]', "seed": 1}
+    assert config_key(np.int64(3)) == config_key(3)
+    assert len(config_key(a)) == 16 and json.dumps(canonical(a))
+
+
+def test_sweep_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="duplicates"):
+        sweep([{"a": 1}, {"a": 1}], SWEEP["rows"], "d", cache_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="name"):
+        sweep([{"a": 1}], SWEEP["rows"], "../escape", cache_dir=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="object"):
+        config_key({"model": object()})
+    with pytest.raises(ValueError, match="collide"):
+        sweep([{"bits": 4}], lambda cfg: {"bits": 5}, "d", cache_dir=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="run_fn must return"):
+        sweep([{"x": 4}], lambda cfg: 3.0, "d", cache_dir=tmp_path, progress=False)

@@ -1,0 +1,206 @@
+"""Sweeps: run a list of configurations, one tidy table back, every finished configuration cached on disk.
+
+    table = sweep(configs, run_fn, name="granularity")    # cached under data/results/granularity/
+
+The engine knows nothing of the study: a configuration is any dataclass / dict / scalar tree, ``run_fn`` any
+deterministic function of it. ``key_config`` maps a configuration to what identifies its result (default: itself;
+the study adds the weights fingerprint there, so building a setting needs no file).
+
+Cache layout: ``<cache_dir>/<name>/<key>.json``, one file per finished configuration, where ``key`` is a stable
+hash of the configuration's canonical JSON (dataclasses become dicts tagged with their type name, so
+``RTN(w_bits=4)`` and ``OMSE(w_bits=4)`` differ). Files are written to a temporary name and moved into place with
+``os.replace``, so a file either holds a whole result or does not exist: a sweep killed at any moment (even
+SIGKILL) resumes where it stopped, without losing or duplicating rows. Files are never appended to or edited;
+a file that fails its checksum is moved aside to ``<key>.json.corrupt``, reported with a warning and recomputed.
+The returned table is always read back from the cache files, so a resumed sweep returns exactly the table an
+uninterrupted one would. Temporary files left by a killed run (``<key>.json.<pid>.tmp`` of a process that no longer
+runs) are removed when a sweep starts on the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from wmqlib.paths import RESULTS_DIR
+from wmqlib.validate import atomic_write, remove_stale_tmp
+
+FORMAT_VERSION = 1
+TYPE_KEY = "__type__"
+RunResult = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def canonical(config: Any) -> Any:
+    """A JSON-able, canonical form of a configuration: dataclasses -> dicts with a ``__type__`` entry, tuples ->
+    lists, Paths -> str, enums -> value, numpy scalars -> Python scalars; dict keys must be strings.
+
+    Raises TypeError naming the offending type for anything else (a model object, a tensor, ...).
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        out = {TYPE_KEY: type(config).__name__}
+        out.update({f.name: canonical(getattr(config, f.name)) for f in dataclasses.fields(config)})
+        return out
+    if isinstance(config, Mapping):
+        bad = [k for k in config if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"config dict keys must be str, got {bad[0]!r}")
+        return {k: canonical(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [canonical(v) for v in config]
+    if isinstance(config, enum.Enum):
+        return canonical(config.value)
+    if isinstance(config, Path):
+        return str(config)
+    if isinstance(config, np.generic):
+        return config.item()
+    if config is None or isinstance(config, (bool, int, float, str)):
+        return config
+    raise TypeError(f"config values must be dataclasses, dicts, lists or scalars, got {type(config).__name__}")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def config_key(config: Any) -> str:
+    """Stable 16-hex-digit key of a configuration: sha256 of its canonical JSON (same on every machine/run)."""
+    return hashlib.sha256(_dumps(canonical(config)).encode()).hexdigest()[:16]
+
+
+def flatten_config(config: Any) -> dict[str, Any]:
+    """One table row's worth of config columns: nested fields joined with ".", a nested dataclass also gives a
+    column with its type name (``recipe`` -> "RTN", ``recipe.w_bits`` -> 4), lists become JSON strings."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == TYPE_KEY:
+                    if prefix:
+                        flat[prefix] = v
+                else:
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list):
+            flat[prefix or "config"] = _dumps(value)
+        else:
+            flat[prefix or "config"] = value
+
+    walk("", canonical(config))
+    return flat
+
+
+def _rows(result: RunResult, key: str) -> pd.DataFrame:
+    if isinstance(result, pd.DataFrame):
+        return result.reset_index(drop=True)
+    if isinstance(result, Mapping):
+        return pd.DataFrame([dict(result)])
+    if isinstance(result, Sequence) and all(isinstance(r, Mapping) for r in result):
+        return pd.DataFrame([dict(r) for r in result])
+    raise TypeError(f"run_fn must return a DataFrame, a dict or a list of dicts; got {type(result).__name__} "
+                    f"for config {key}")
+
+
+def _jsonable_cell(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if value is pd.NA or value is pd.NaT:
+        return None
+    raise TypeError(f"result cells must be numbers, bools, strings or None, got {type(value).__name__}")
+
+
+def _payload(key: str, config: Any, rows: pd.DataFrame) -> dict[str, Any]:
+    data = [[_jsonable_cell(v) for v in row] for row in rows.astype(object).itertuples(index=False, name=None)]
+    return {"format": FORMAT_VERSION, "key": key, "config": canonical(config),
+            "columns": [str(c) for c in rows.columns], "data": data}
+
+
+def _read(path: Path, key: str, config: Any) -> pd.DataFrame:
+    """The rows cached in ``path``; ValueError (with the reason) if the file is corrupt or belongs elsewhere."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        payload, digest = record["payload"], record["sha256"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"unreadable ({type(err).__name__}: {err})") from None
+    if hashlib.sha256(_dumps(payload).encode()).hexdigest() != digest:
+        raise ValueError("checksum mismatch")
+    same_config = _dumps(payload.get("config")) == _dumps(canonical(config))
+    if payload.get("format") != FORMAT_VERSION or payload.get("key") != key or not same_config:
+        raise ValueError("written for another configuration or format")
+    return pd.DataFrame(payload["data"], columns=payload["columns"])
+
+
+def _table(config: Any, rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    flat = flatten_config(config)
+    clash = sorted(set(flat) & set(rows.columns))
+    if clash:
+        raise ValueError(f"run_fn result columns {clash} collide with config fields; rename them")
+    out = rows.copy()
+    for i, (col, value) in enumerate(flat.items()):
+        out.insert(i, col, [value] * len(out))
+    out.insert(0, "config_key", key)
+    return out
+
+
+def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
+          cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False, progress: bool = True,
+          key_config: Callable[[Any], Any] | None = None) -> pd.DataFrame:
+    """Run ``run_fn(config)`` for every configuration not cached yet and return all rows as one tidy table.
+
+    configs: dataclasses / dicts / scalars (see ``canonical``); duplicates are an error.
+    run_fn: config -> DataFrame, dict (one row) or list of dicts; must be deterministic in the config.
+    name: sweep name, a folder under ``cache_dir`` (letters, digits, ``._-``).
+    recompute: rerun every configuration and replace its cache file.
+    key_config: config -> what its cache key and config columns are made of (default: the config itself); called
+        once per config, before anything runs.
+    Returns: columns ``config_key``, the flattened key config, then run_fn's columns; rows in config order.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"name must be letters, digits, '.', '_' or '-' (a folder name), got {name!r}")
+    identities = [c if key_config is None else key_config(c) for c in configs]
+    keys = [config_key(c) for c in identities]
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise ValueError(f"configs[{i}] duplicates configs[{seen[key]}] (key {key}); each config runs once")
+        seen[key] = i
+    folder = Path(cache_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(folder)
+    tables = []
+    bar = tqdm(total=len(configs), desc=name, disable=not progress, unit="config")
+    for config, identity, key in zip(configs, identities, keys):
+        path = folder / f"{key}.json"
+        rows = None
+        if path.exists() and not recompute:
+            try:
+                rows = _read(path, key, identity)
+            except ValueError as err:
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                warnings.warn(f"sweep {name!r}: corrupt cache file {path} ({err}); moved to {aside.name} and "
+                              f"recomputing", RuntimeWarning, stacklevel=2)
+        if rows is None:
+            payload = _payload(key, identity, _rows(run_fn(config), key))
+            atomic_write(path, _dumps({"payload": payload, "sha256": hashlib.sha256(_dumps(payload).encode())
+                                       .hexdigest()}))
+            rows = _read(path, key, identity)
+        tables.append(_table(identity, rows, key))
+        bar.update(1)
+    bar.close()
+    if not tables:
+        return pd.DataFrame(columns=["config_key"])
+    return pd.concat(tables, ignore_index=True)
