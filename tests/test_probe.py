@@ -196,7 +196,8 @@ def test_outlier_measures_hand_derived():
 
 
 def test_outlier_stats_on_one_outlier_channel(tiny):
-    """Every linear sees +-1 activations with channel 0 at +-10: ratio 10, kurtosis C (10^4 + C - 1) / (100 + C - 1)^2."""
+    """Every linear sees +-1 activations with channel 0 at +-10 (C channels): max over median 10, and over all
+    entries m2 = (100 + C - 1) / C, m4 = (10^4 + C - 1) / C, so kurtosis = C (10^4 + C - 1) / (100 + C - 1)^2."""
     points = find_points(tiny)
     calib = Calibration(max_tokens=64)
     modules = dict(tiny.named_modules())
@@ -219,7 +220,8 @@ def test_outlier_stats_on_one_outlier_channel(tiny):
 def test_outlier_stats_from_a_real_capture(tiny, frames):
     data = frames[1]
     with capture_calibration(tiny, max_tokens=256, max_sequences=0) as calib:
-        visual, proprio = tiny.prepare_obs(torch.from_numpy(data.frames[:, None]), torch.from_numpy(data.proprio[:, None]))
+        visual, proprio = tiny.prepare_obs(torch.from_numpy(data.frames[:, None]),
+                                           torch.from_numpy(data.proprio[:, None]))
         z = tiny.encode(visual, proprio, torch.zeros(len(data), 1, tiny.action_dim))
         with torch.no_grad():
             tiny.predict(z)

@@ -2,9 +2,10 @@
 
 DINO-WM's objective (mode "last"): MSE(pred_visual[:, -1], goal_visual) + alpha * MSE(pred_proprio[:, -1],
 goal_proprio), each averaged over all non-batch dimensions, alpha = 1. ``visual_weight`` (1 in DINO-WM) scales the
-visual term, so the ablations "visual only" (alpha = 0) and "proprio only" (visual_weight = 0) are expressible. Mode "all" weights every predicted frame
-t = 1..H with base**t, normalised to sum 1. (DINO-WM's "all" also weights the start frame, which every candidate
-shares, and divides once more by H + 1; both only shift and scale the cost, so CEM ranks candidates identically.)
+visual term, so the ablations "visual only" (alpha = 0) and "proprio only" (visual_weight = 0) are expressible.
+Mode "all" weights every predicted frame t = 1..H with base**t, normalised to sum 1. (DINO-WM's "all" also weights
+the start frame, which every candidate shares, and divides once more by H + 1; both only shift and scale the cost,
+so CEM ranks candidates identically.)
 
 Start and goal are encoded ONCE per episode; every candidate of that episode reuses those latents (the
 original re-encodes the start image for each of the 300 CEM samples). The E * S candidate rollouts go to the model
