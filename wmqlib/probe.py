@@ -18,6 +18,10 @@ tolerance for that component. ``spread`` is the error of the best constant predi
 held-out standard deviation; for an angle the RMS wrapped deviation from its circular mean): a probe whose error
 equals the spread has found nothing.
 
+Sample size matters: with fewer training frames than a few times F the held-out error measures the shortage of
+frames as much as the representation (the chosen penalty then comes out large), so size ``probe_frames`` to the
+latent width and keep the sizes fixed when comparing models.
+
 The probe measures what a representation carries, so fit it on each model's own latents (``probe_model``); a probe
 fitted on one model's latents can also be scored on another's (``RidgeProbe.score``), which measures how far the
 other's latents moved in the directions the first one uses.
