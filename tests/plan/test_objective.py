@@ -83,3 +83,61 @@ def test_bad_input_is_reported(tiny_model, tiny_obs):
     with pytest.raises(ValueError, match="uint8"):
         encode_observations(tiny_model, {"visual": tiny_obs[0]["visual"].astype("float32"),
                                          "proprio": tiny_obs[0]["proprio"]})
+
+
+@pytest.mark.parametrize("mode, visual_weight, alpha, expected", [
+    # last frame: visual MSE 4, proprio MSE 16 (see test_latent_mse_last_and_all_hand_derived)
+    ("last", 0.0, 0.5, 8.0), ("last", 2.0, 0.0, 8.0), ("last", 0.25, 1.0, 17.0),
+    # all, base 2, weights (2, 4) / 6 on frames 1 (visual 1, proprio 4) and 2 (visual 4, proprio 16)
+    ("all", 0.0, 1.0, (2 * 4 + 4 * 16) / 6), ("all", 3.0, 0.0, 3 * (2 * 1 + 4 * 4) / 6),
+])
+def test_visual_weight_hand_derived(mode, visual_weight, alpha, expected):
+    pred = _ramp(2, 3)
+    goal = {"visual": torch.zeros(2, 1, 3, 4), "proprio": torch.zeros(2, 1, 2)}
+    cfg = ObjectiveConfig(mode=mode, alpha=alpha, visual_weight=visual_weight)
+    torch.testing.assert_close(latent_mse(pred, goal, cfg), torch.full((2,), expected))
+
+
+@pytest.mark.parametrize("mode", ["last", "all"])
+def test_default_objective_is_visual_plus_alpha_proprio_bit_for_bit(mode):
+    """visual-only + alpha * proprio-only reproduces the default (visual_weight 1) objective exactly."""
+    g = torch.Generator().manual_seed(3)
+    pred = {"visual": torch.randn(6, 4, 5, 7, generator=g), "proprio": torch.randn(6, 4, 3, generator=g)}
+    goal = {"visual": torch.randn(2, 1, 5, 7, generator=g), "proprio": torch.randn(2, 1, 3, generator=g)}
+    default = latent_mse(pred, goal, ObjectiveConfig(mode=mode, alpha=0.7))
+    assert ObjectiveConfig().visual_weight == 1.0
+    if mode == "last":
+        visual = latent_mse(pred, goal, ObjectiveConfig(mode=mode, alpha=0.0))
+        proprio = latent_mse(pred, goal, ObjectiveConfig(mode=mode, alpha=1.0, visual_weight=0.0))
+        assert torch.equal(default, visual + 0.7 * proprio)
+    assert torch.equal(default, latent_mse(pred, goal, ObjectiveConfig(mode=mode, alpha=0.7, visual_weight=1.0)))
+
+
+def test_each_ablation_ignores_the_other_latent(tiny_model, tiny_obs):
+    """Proprio only: the goal's visual latent does not matter; visual only: its proprio latent does not."""
+    start, goal = (encode_observations(tiny_model, o) for o in tiny_obs)
+    actions = torch.randn(3, 4, 2, 4, generator=torch.Generator().manual_seed(5))
+    moved = {"visual": goal["visual"] + 1.0, "proprio": goal["proprio"] - 2.0}
+    for cfg, changed in ((ObjectiveConfig(visual_weight=0.0), "visual"), (ObjectiveConfig(alpha=0.0), "proprio")):
+        other_goal = goal | {changed: moved[changed]}
+        torch.testing.assert_close(Objective(tiny_model, start, other_goal, cfg)(actions),
+                                   Objective(tiny_model, start, goal, cfg)(actions), rtol=0, atol=0)
+    both = ObjectiveConfig()
+    for changed in ("visual", "proprio"):
+        assert not torch.equal(Objective(tiny_model, start, goal | {changed: moved[changed]}, both)(actions),
+                               Objective(tiny_model, start, goal, both)(actions))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"visual_weight": -1.0}, "ObjectiveConfig.visual_weight must be a finite number >= 0"),
+    ({"visual_weight": float("nan")}, "ObjectiveConfig.visual_weight"),
+    ({"visual_weight": "1"}, "ObjectiveConfig.visual_weight"),
+    ({"visual_weight": 0.0, "alpha": 0.0}, "must not both be 0"),
+    ({"alpha": -0.5}, "ObjectiveConfig.alpha must be a finite number >= 0"),
+    ({"base": 0.0}, "ObjectiveConfig.base must be a finite number > 0"),
+])
+def test_objective_config_names_the_bad_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ObjectiveConfig(**kwargs)
+    with pytest.raises(TypeError, match=match):
+        ObjectiveConfig(**kwargs)

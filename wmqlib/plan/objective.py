@@ -1,9 +1,11 @@
 """The planning objective: how far a world model's imagined end state lies from the goal, one cost per candidate plan.
 
 DINO-WM's objective (mode "last"): MSE(pred_visual[:, -1], goal_visual) + alpha * MSE(pred_proprio[:, -1],
-goal_proprio), each averaged over all non-batch dimensions, alpha = 1. Mode "all" weights every predicted frame
-t = 1..H with base**t, normalised to sum 1. (DINO-WM's "all" also weights the start frame, which every candidate
-shares, and divides once more by H + 1; both only shift and scale the cost, so CEM ranks candidates identically.)
+goal_proprio), each averaged over all non-batch dimensions, alpha = 1. ``visual_weight`` (1 in DINO-WM) scales the
+visual term, so the ablations "visual only" (alpha = 0) and "proprio only" (visual_weight = 0) are expressible.
+Mode "all" weights every predicted frame t = 1..H with base**t, normalised to sum 1. (DINO-WM's "all" also weights
+the start frame, which every candidate shares, and divides once more by H + 1; both only shift and scale the cost,
+so CEM ranks candidates identically.)
 
 Start and goal are encoded ONCE per episode; every candidate of that episode reuses those latents (the
 original re-encodes the start image for each of the 300 CEM samples). The E * S candidate rollouts go to the model
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wmqlib.plan.base import check_choice, check_float, check_int
+from wmqlib import validate
+from wmqlib.plan.base import check_int
 
 Latents = dict[str, Tensor]
 """``{"visual": (B, T, P, Dv), "proprio": (B, T, Ep)}`` as returned by ``encode_obs`` and ``rollout``."""
@@ -109,18 +112,25 @@ class ObjectiveConfig:
 
     mode: "last" (only the final predicted frame, DINO-WM's default) or "all" (every predicted frame, weights
         base**t normalised to sum 1, so later frames count more for base > 1).
-    alpha: weight of the proprio MSE relative to the visual MSE (1 in DINO-WM for PushT and Wall).
+    alpha: weight of the proprio MSE (1 in DINO-WM for PushT and Wall); 0 plans with the visual latent only.
     base: geometric weight base for mode "all" (DINO-WM: 2); ignored by mode "last".
+    visual_weight: weight of the visual MSE (1 in DINO-WM); 0 plans with the proprio latent only. At least one of
+        visual_weight and alpha must be positive (else every plan costs the same).
     """
 
     mode: str = "last"
     alpha: float = 1.0
     base: float = 2.0
+    visual_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        check_choice("ObjectiveConfig", "mode", self.mode, ("last", "all"))
-        check_float("ObjectiveConfig", "alpha", self.alpha, 0.0)
-        check_float("ObjectiveConfig", "base", self.base, 0.0, strict=True)
+        validate.check_choice("ObjectiveConfig.mode", self.mode, ("last", "all"))
+        validate.check_float("ObjectiveConfig.alpha", self.alpha, 0.0)
+        validate.check_float("ObjectiveConfig.base", self.base, 0.0, strict=True)
+        validate.check_float("ObjectiveConfig.visual_weight", self.visual_weight, 0.0)
+        if self.visual_weight == 0 and self.alpha == 0:
+            raise validate.InvalidValue("ObjectiveConfig.visual_weight and ObjectiveConfig.alpha must not both be 0 "
+                                        "(every plan would cost the same), got visual_weight=0 and alpha=0")
 
 
 def latent_mse(pred: Latents, goal: Latents, cfg: ObjectiveConfig = ObjectiveConfig()) -> Tensor:
@@ -139,7 +149,7 @@ def latent_mse(pred: Latents, goal: Latents, cfg: ObjectiveConfig = ObjectiveCon
 
     vis = (grouped(pred["visual"]) - grouped(goal["visual"])).pow(2).mean(dim=(3, 4)).reshape(n_seq, -1)  # (B, T)
     pro = (grouped(pred["proprio"]) - grouped(goal["proprio"])).pow(2).mean(dim=3).reshape(n_seq, -1)  # (B, T)
-    per_frame = vis + cfg.alpha * pro
+    per_frame = cfg.visual_weight * vis + cfg.alpha * pro  # 1.0 * vis is exact: the default is DINO-WM's bit for bit
     if cfg.mode == "last":
         return per_frame[:, -1]
     steps = per_frame.shape[1] - 1
