@@ -140,3 +140,33 @@ def test_sweep_bad_input(tmp_path):
         sweep([{"bits": 4}], lambda cfg: {"bits": 5}, "d", cache_dir=tmp_path, progress=False)
     with pytest.raises(TypeError, match="run_fn must return"):
         sweep([{"x": 4}], lambda cfg: 3.0, "d", cache_dir=tmp_path, progress=False)
+
+
+def test_key_config_and_provenance(tmp_path):
+    """The key comes from key_config (so a config may stay cheap to build); provenance is recorded, not keyed."""
+    configs = [{"bits": 4}, {"bits": 8}]
+    identity = lambda c: {**c, "weights": "sha-a"}
+    calls: list = []
+    table = sweep(configs, _counting(calls), "prov", cache_dir=tmp_path, progress=False, key_config=identity,
+                  provenance={"torch": "2.13.0", "threads": 2})
+    assert set(table["weights"]) == {"sha-a"} and set(table["provenance.threads"]) == {2}
+    assert list(table["config_key"].unique()) == [config_key(identity(c)) for c in configs]
+    again = sweep(configs, _counting(calls), "prov", cache_dir=tmp_path, progress=False, key_config=identity,
+                  provenance={"torch": "other", "threads": 1})
+    assert len(calls) == 2  # other provenance, same key: read back, with the provenance it was computed under
+    pd.testing.assert_frame_equal(table, again)
+    sweep(configs, _counting(calls), "prov", cache_dir=tmp_path, progress=False,
+          key_config=lambda c: {**c, "weights": "sha-b"})
+    assert len(calls) == 4  # other weights: other keys, recomputed
+
+
+def test_sweep_removes_stale_temporary_files_only(tmp_path):
+    folder = tmp_path / "stale"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = folder / f"abc.json.{int(dead.stdout)}.tmp"
+    live = folder / f"abc.json.{os.getpid()}.tmp"
+    stale.write_text("{half")
+    live.write_text("{half")
+    sweep([{"bits": 4}], _counting([]), "stale", cache_dir=tmp_path, progress=False)
+    assert not stale.exists() and live.exists()

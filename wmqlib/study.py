@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import platform
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -327,9 +328,28 @@ def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
         caches = CACHES if Path(cache_dir) == RESULTS_DIR else Caches(Path(cache_dir) / "calibration")
     run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
     table = sweep(list(settings), run_fn, name, cache_dir=cache_dir, recompute=recompute, progress=progress,
-                  key_config=caches.identity)
+                  key_config=caches.identity, provenance=provenance())
     labels = pd.DataFrame([{"config_key": config_key(caches.identity(s)), **describe(s)} for s in settings])
     return labels.merge(table, on="config_key", how="right", validate="one_to_many")
+
+
+def provenance() -> dict[str, Any]:
+    """Where results are computed now: torch version, intra-op threads, CPU model, Python and platform. Planning
+    reproduces bit for bit only on the same machine type, torch build and thread count (float reduction order
+    changes CEM's elites), so every cached result carries these."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model(),
+            "python": platform.python_version(), "platform": platform.platform(terse=True)}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from wmqlib.validate import atomic_write, remove_stale_tmp
 
 FORMAT_VERSION = 1
 TYPE_KEY = "__type__"
+PROVENANCE = "provenance"  # column prefix of where a result was computed (not part of its key)
 RunResult = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
@@ -122,10 +123,11 @@ def _jsonable_cell(value: Any) -> Any:
     raise TypeError(f"result cells must be numbers, bools, strings or None, got {type(value).__name__}")
 
 
-def _payload(key: str, config: Any, rows: pd.DataFrame) -> dict[str, Any]:
+def _payload(key: str, config: Any, rows: pd.DataFrame, provenance: Mapping[str, Any]) -> dict[str, Any]:
     data = [[_jsonable_cell(v) for v in row] for row in rows.astype(object).itertuples(index=False, name=None)]
     return {"format": FORMAT_VERSION, "key": key, "config": canonical(config),
-            "columns": [str(c) for c in rows.columns], "data": data}
+            "columns": [str(c) for c in rows.columns], "data": data,
+            "provenance": {str(k): _jsonable_cell(v) for k, v in provenance.items()}}
 
 
 def _read(path: Path, key: str, config: Any) -> pd.DataFrame:
@@ -140,7 +142,10 @@ def _read(path: Path, key: str, config: Any) -> pd.DataFrame:
     same_config = _dumps(payload.get("config")) == _dumps(canonical(config))
     if payload.get("format") != FORMAT_VERSION or payload.get("key") != key or not same_config:
         raise ValueError("written for another configuration or format")
-    return pd.DataFrame(payload["data"], columns=payload["columns"])
+    rows = pd.DataFrame(payload["data"], columns=payload["columns"])
+    for name, value in payload.get("provenance", {}).items():  # files written before provenance have none
+        rows[f"{PROVENANCE}.{name}"] = value
+    return rows
 
 
 def _table(config: Any, rows: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -157,7 +162,8 @@ def _table(config: Any, rows: pd.DataFrame, key: str) -> pd.DataFrame:
 
 def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
           cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False, progress: bool = True,
-          key_config: Callable[[Any], Any] | None = None) -> pd.DataFrame:
+          key_config: Callable[[Any], Any] | None = None,
+          provenance: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Run ``run_fn(config)`` for every configuration not cached yet and return all rows as one tidy table.
 
     configs: dataclasses / dicts / scalars (see ``canonical``); duplicates are an error.
@@ -166,6 +172,9 @@ def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
     recompute: rerun every configuration and replace its cache file.
     key_config: config -> what its cache key and config columns are made of (default: the config itself); called
         once per config, before anything runs.
+    provenance: scalars recorded with every result computed now (e.g. the torch version, thread count and CPU),
+        returned as ``provenance.<name>`` columns, so a table computed elsewhere is recognisable; never part of
+        the key (missing in files written without it).
     Returns: columns ``config_key``, the flattened key config, then run_fn's columns; rows in config order.
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -194,7 +203,7 @@ def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
                 warnings.warn(f"sweep {name!r}: corrupt cache file {path} ({err}); moved to {aside.name} and "
                               f"recomputing", RuntimeWarning, stacklevel=2)
         if rows is None:
-            payload = _payload(key, identity, _rows(run_fn(config), key))
+            payload = _payload(key, identity, _rows(run_fn(config), key), provenance or {})
             atomic_write(path, _dumps({"payload": payload, "sha256": hashlib.sha256(_dumps(payload).encode())
                                        .hexdigest()}))
             rows = _read(path, key, identity)
