@@ -14,7 +14,7 @@ from wmqlib import stats
 from wmqlib import study as st
 from wmqlib.envs import Wall
 from wmqlib.models import CheckpointError, load_world_model, save_world_model
-from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
 from wmqlib.quant import AWQ, RTN, OmniQuant, PerChannel, PerGroup, PerTensor, PerToken, SmoothQuant
 from wmqlib.sweep import config_key
 from wmqlib.train import PRESETS, train
@@ -278,3 +278,22 @@ def test_imagine_returns_real_seen_and_imagined_frames(tiny, caches):
     assert frames["goal"].shape == (1, size, size, 3)
 
 
+
+
+def test_planner_seed_and_objective_change_the_plans_not_the_old_keys(tiny, caches):
+    base = setting(tiny)
+    identity = caches.identity(base)
+    assert "planner_seed" not in identity and "objective" not in identity  # keys of results from before the fields
+    seeded = dataclasses.replace(base, planner_seed=1)
+    visual = dataclasses.replace(base, objective=ObjectiveConfig(alpha=0.0))
+    keys = {config_key(caches.identity(s)) for s in (base, seeded, visual)}
+    assert len(keys) == 3
+    a, b = st.run_setting(base, caches), st.run_setting(seeded, caches)
+    assert not np.array_equal(a["plan_loss"], b["plan_loss"])  # other draws on the same episodes
+    assert list(a["episode_seed"]) == list(b["episode_seed"])
+    assert st.describe(visual)["objective"] == "visual" and st.describe(base)["objective"] == "visual+proprio"
+    assert st.describe(dataclasses.replace(base, objective=ObjectiveConfig(visual_weight=0.0)))["objective"] == "proprio"
+    with pytest.raises(ValueError, match="planner_seed"):
+        dataclasses.replace(base, planner_seed=-1)
+    with pytest.raises(TypeError, match="objective must be"):
+        dataclasses.replace(base, objective="visual")

@@ -279,7 +279,7 @@ def _images(x: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def imagine(model: PlanningModel, fp_model: Any, env: Any, episode: Any, planner: PlannerConfig,
-            seed: int = 0) -> dict[str, np.ndarray]:
+            seed: int = 0, objective: ObjectiveConfig = ObjectiveConfig()) -> dict[str, np.ndarray]:
     """What ``model`` sees and imagines for one episode, one frame per model step.
 
     Plans the episode open loop exactly as ``evaluate`` does (same generator seed; planning is per-episode
@@ -287,14 +287,14 @@ def imagine(model: PlanningModel, fp_model: Any, env: Any, episode: Any, planner
     ``seen`` (``model``'s encoder + the FP decoder on the real frames: representation damage shows here) and
     ``imagined`` (the FP decoder on ``model``'s rollout of the plan from the encoded start: geometric drift shows as
     a mismatch with ``real``); plus ``goal`` (1, img, img, 3) uint8. ``fp_model`` is the full-precision WorldModel
-    (its decoder draws both rows).
+    (its decoder draws both rows); seed, objective: as in ``evaluate``.
     """
     size, fs = fp_model.config.img_size, fp_model.config.frameskip
     device = fp_model.device
     start_obs, goal_obs = env.observe(episode.start_state[None], size), env.observe(episode.goal_state[None], size)
     with _eval_mode(model), torch.enable_grad():  # gradient planners need autograd; CEM ignores it
-        objective = Objective(model, encode_observations(model, start_obs), encode_observations(model, goal_obs))
-        result = plan(objective, planner, make_generators([episode.seed + SEED_STRIDE * seed], device),
+        cost = Objective(model, encode_observations(model, start_obs), encode_observations(model, goal_obs), objective)
+        result = plan(cost, planner, make_generators([episode.seed + SEED_STRIDE * seed], device),
                       model.action_dim, device=device)
     actions = result.plan.detach()  # (1, H, Da)
     raw = model.actions_to_env(actions).float().cpu().numpy().astype(np.float64)

@@ -50,7 +50,7 @@ from wmqlib.models import WorldModel, load_world_model, resolve_checkpoint, reso
 from wmqlib.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
 from wmqlib.models.errors import CheckpointError
 from wmqlib.paths import RESULTS_DIR
-from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
 from wmqlib.quant import Calibration, QuantReport, Recipe, granularity_from_name, quantize, recipe_types
 from wmqlib.sweep import canonical, config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
@@ -105,6 +105,12 @@ class Setting:
         run (None: ``planner`` if it is a CEMConfig, else CEM with the env's protocol budget).
     device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; stored resolved, so CPU and GPU results
         never share a cache entry.
+    planner_seed: the planner's noise (``wmqlib.evaluate.evaluate``'s ``seed``): same episodes, other draws; several
+        seeds of one setting measure how much success moves with CEM's sampling and float noise.
+    objective: the planning objective (None: DINO-WM's, visual + proprio latent MSE of the last frame);
+        ``ObjectiveConfig(alpha=0)`` plans on the visual latent only, ``ObjectiveConfig(visual_weight=0)`` on proprio.
+    planner_seed 0 and objective None are left out of the cache key, so results computed before these fields
+    existed keep their keys.
     """
 
     checkpoint: str
@@ -119,6 +125,8 @@ class Setting:
     n_calib: int = 10
     calib_planner: CEMConfig | None = None
     device: str = "auto"
+    planner_seed: int = 0
+    objective: ObjectiveConfig | None = None
 
     def __post_init__(self) -> None:
         check_type("Setting.checkpoint", self.checkpoint, (str, os.PathLike), "a shipped model name or a path")
@@ -144,6 +152,9 @@ class Setting:
             check_type("Setting.calib_planner", self.calib_planner, CEMConfig, "a CEMConfig or None")
         check_type("Setting.device", self.device, str, "a string ('auto', 'cpu', 'cuda', 'cuda:N')")
         object.__setattr__(self, "device", str(resolve_device(self.device)))
+        check_int("Setting.planner_seed", self.planner_seed, 0)
+        if self.objective is not None:
+            check_type("Setting.objective", self.objective, ObjectiveConfig, "an ObjectiveConfig or None")
 
 
 # ----- the caches ---------------------------------------------------------------------------------------------------
@@ -193,8 +204,11 @@ class Caches:
         """What identifies the setting's results: its fields (``calib_planner`` resolved) plus ``env`` and
         ``model_sha`` (the weights fingerprint). Its ``config_key`` names the cached result file."""
         _, env, sha = self.checkpoint(setting.checkpoint)
-        resolved = dataclasses.replace(setting, calib_planner=self.calib_planner(setting))
-        return {**canonical(resolved), "env": env, "model_sha": sha}
+        resolved = canonical(dataclasses.replace(setting, calib_planner=self.calib_planner(setting)))
+        for name, unset in (("planner_seed", 0), ("objective", None)):  # keys of results from before the field
+            if resolved[name] == unset:
+                del resolved[name]
+        return {**resolved, "env": env, "model_sha": sha}
 
     def calib_planner(self, setting: Setting) -> CEMConfig:
         """The FP CEM planner of the setting's calibration run: its own, else CEM with the env's protocol budget."""
@@ -280,7 +294,8 @@ def run_setting(setting: Setting, caches: Caches = CACHES, recompute_calibration
     model, report = caches.quantized(setting, recompute_calibration)
     fp, env, eps = caches.model(setting), caches.env(setting), caches.episodes(setting)
     start = time.perf_counter()
-    table = ev.evaluate(model, env, setting.planner, eps, mpc=setting.mpc, trace=setting.trace)
+    table = ev.evaluate(model, env, setting.planner, eps, mpc=setting.mpc, trace=setting.trace,
+                        objective=setting.objective or ObjectiveConfig(), seed=setting.planner_seed)
     table = table.rename(columns={"seed": "episode_seed"})  # "seed" is the Setting's (config) column
     seconds = time.perf_counter() - start
     table["effective_bits"] = report.effective_bits if report is not None else float(torch.finfo(fp.dtype).bits)
@@ -294,7 +309,8 @@ def describe(setting: Setting) -> dict[str, Any]:
     class), bits ("W4A16"), w_bits, a_bits (32 for FP, 16 for weight-only), weights ("per-channel" | "g32" |
     "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
     "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
-    "CEM 300/30"), opt_steps, and label, e.g. "RTN W4A16 g32 [predictor]".
+    "CEM 300/30"), opt_steps, planner_seed, objective ("visual+proprio" | "visual" | "proprio") and label, e.g.
+    "RTN W4A16 g32 [predictor]".
     """
     r = setting.recipe
     if r is None:
@@ -312,7 +328,14 @@ def describe(setting: Setting) -> dict[str, Any]:
             "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
             "weights": weights, "w_kind": kind, "acts": acts,
             "planning": planning, "search": planning + sizes, "opt_steps": setting.planner.opt_steps,
+            "planner_seed": setting.planner_seed, "objective": objective_name(setting.objective or ObjectiveConfig()),
             "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
+
+
+def objective_name(objective: ObjectiveConfig) -> str:
+    """"visual+proprio" (DINO-WM's), "visual" or "proprio": which latents the objective scores (weights > 0)."""
+    parts = [name for name, weight in (("visual", objective.visual_weight), ("proprio", objective.alpha)) if weight > 0]
+    return "+".join(parts)
 
 
 def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
@@ -357,7 +380,7 @@ def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict
     episodes): real, seen and imagined frames, and the goal."""
     model, _ = caches.quantized(setting)
     return ev.imagine(model, caches.model(setting), caches.env(setting), caches.episodes(setting)[episode],
-                      setting.planner)
+                      setting.planner, seed=setting.planner_seed, objective=setting.objective or ObjectiveConfig())
 
 
 def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES) -> pd.DataFrame:
@@ -426,6 +449,7 @@ class Profile:
 
     def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
+                planner_seed: int = 0, objective: ObjectiveConfig | None = None,
                 caches: Caches = CACHES) -> Setting:
         """A ``Setting`` sized by this profile.
 
@@ -433,7 +457,8 @@ class Profile:
         protocol budget, Wall 10 / PushT 30 iterations, whatever the profile) or "GD"; mpc: closed loop with
         ``mpc_rounds`` rounds. Open-loop CEM is always traced (the trace costs no planning and gives success vs
         iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; GD and MPC
-        settings are not traced. The checkpoint's env is read (once per process) to size the planner.
+        settings are not traced. planner_seed, objective: as in ``Setting``. The checkpoint's env is read (once
+        per process) to size the planner.
         """
         check_choice("planner", planner, PLANNERS)
         if long and (planner != "CEM" or mpc):
@@ -446,7 +471,7 @@ class Profile:
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
                        trace=planner != "GD" and not mpc, n_calib=self.n_calib, calib_planner=self.cem(env),
-                       device=device)
+                       device=device, planner_seed=planner_seed, objective=objective)
 
 
 PROFILES = {
