@@ -8,8 +8,9 @@ A ``Setting`` names everything a number depends on: the checkpoint, the quantiza
 planner, MPC, the evaluation episodes (``n_evals`` episodes of the "eval" split, ``seed``, ``goal_H``), whether to
 trace every planner iteration, the calibration set and the device. Building one reads no file: what the
 checkpoint implies (its environment and a fingerprint of its weights, so a retrained model never reuses stale
-cached rows) is derived when a run needs it, by the study's ``Caches``, which also hold the loaded models, their
-quantized copies, the calibrations (in memory and on disk under ``data/results/calibration/``) and the episodes.
+cached rows) is derived when a run needs it, by the study's ``wmqlib.caches.Caches``, which also hold the loaded
+models, their quantized copies, the calibrations (in memory and on disk under ``data/results/calibration/``) and the
+episodes.
 ``run_setting`` quantizes with ``wmqlib.quant.quantize`` (calibrating first when the recipe needs it: FP CEM
 planning on ``n_calib`` "calib"-split episodes for 2 MPC rounds, the reference protocol), evaluates on the eval
 episodes and adds the report's effective bits. Planner randomness: episode e's generator is seeded with the
@@ -30,11 +31,8 @@ about three groups per weight row. ``group_size_for`` keeps that proportion for 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import platform
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,20 +43,18 @@ import pandas as pd
 import torch
 
 from wmqlib import evaluate as ev
-from wmqlib.envs import Episode, WmqEnv, env_class, make_env, sample_episodes
-from wmqlib.models import WorldModel, load_world_model, resolve_checkpoint, resolve_device
-from wmqlib.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
-from wmqlib.models.errors import CheckpointError
+from wmqlib.caches import CACHES, Caches, provenance
+from wmqlib.envs import env_class
+from wmqlib.models import resolve_device
+from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
-from wmqlib.quant import Calibration, QuantReport, Recipe, granularity_from_name, quantize, recipe_types
-from wmqlib.sweep import canonical, config_key, sweep
+from wmqlib.quant import Recipe, granularity_from_name, recipe_types
+from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
 SCOPES = ("all", "encoder", "predictor")
 PLANNERS = ("CEM", "CEM-protocol", "GD")
-CALIB_MPC_ROUNDS = 2  # the reference protocol: FP planning for 2 MPC iterations on the calibration seeds
-MODEL_CACHE_SIZE = 4  # quantized copies kept in memory (imagined rollouts re-use the model a table came from)
 
 
 def group_size_for(encoder_dim: int) -> int:
@@ -157,132 +153,6 @@ class Setting:
             check_type("Setting.objective", self.objective, ObjectiveConfig, "an ObjectiveConfig or None")
 
 
-# ----- the caches ---------------------------------------------------------------------------------------------------
-
-class Caches:
-    """Everything the study computes once and shares between settings, in one object: checkpoint facts (folder,
-    env, weights fingerprint), FP models, quantized copies (the last ``MODEL_CACHE_SIZE``), calibrations (in memory
-    and as ``<calib_dir>/<key>.safetensors``) and episodes. ``calib_dir`` None = ``data/results/calibration``."""
-
-    def __init__(self, calib_dir: str | os.PathLike | None = None) -> None:
-        self.calib_dir = Path(calib_dir) if calib_dir is not None else RESULTS_DIR / "calibration"
-        self._files: dict[tuple[str, int, int], str] = {}
-        self._models: dict[tuple[str, str], WorldModel] = {}
-        self._quantized: OrderedDict[str, tuple[Any, QuantReport | None]] = OrderedDict()
-        self._calibrations: dict[str, Calibration] = {}
-        self._fresh: set[str] = set()
-        self._episodes: dict[tuple[Any, ...], tuple[Episode, ...]] = {}
-
-    def checkpoint(self, checkpoint: str | os.PathLike) -> tuple[Path, str, str]:
-        """(folder, env, fingerprint) of a wmq checkpoint: a shipped name ("mini-wall") or a wmq folder.
-
-        The fingerprint is the sha256 (16 hex digits) of config.json and model.safetensors (each file hashed once
-        per size and mtime), so cached results and calibrations follow the weights, not the name. Raises
-        CheckpointError for anything else (convert a released DINO-WM folder with ``wmqlib.models.convert``).
-        """
-        folder = resolve_checkpoint(checkpoint)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise CheckpointError(
-                f"checkpoint {str(checkpoint)!r} ({folder}) is not a wmq checkpoint folder ({CONFIG_FILE} + "
-                f"{WEIGHTS_FILE}); convert a released DINO-WM folder with `python -m wmqlib.models.convert`")
-        env = read_checkpoint_config(folder)["config"]["env"]
-        digest = hashlib.sha256()
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            path = folder / name
-            stat = path.stat()
-            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-            if key not in self._files:
-                self._files[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            digest.update(self._files[key].encode())
-        return folder, env, digest.hexdigest()[:16]
-
-    def env_name(self, setting: Setting) -> str:
-        """The environment the setting's checkpoint was trained on ("wall", "pusht")."""
-        return self.checkpoint(setting.checkpoint)[1]
-
-    def identity(self, setting: Setting) -> dict[str, Any]:
-        """What identifies the setting's results: its fields (``calib_planner`` resolved) plus ``env`` and
-        ``model_sha`` (the weights fingerprint). Its ``config_key`` names the cached result file."""
-        _, env, sha = self.checkpoint(setting.checkpoint)
-        resolved = canonical(dataclasses.replace(setting, calib_planner=self.calib_planner(setting)))
-        for name, unset in (("planner_seed", 0), ("objective", None)):  # keys of results from before the field
-            if resolved[name] == unset:
-                del resolved[name]
-        return {**resolved, "env": env, "model_sha": sha}
-
-    def calib_planner(self, setting: Setting) -> CEMConfig:
-        """The FP CEM planner of the setting's calibration run: its own, else CEM with the env's protocol budget."""
-        return setting.calib_planner or CEMConfig(horizon=setting.planner.horizon,
-                                                  opt_steps=env_class(self.env_name(setting)).protocol_opt_steps)
-
-    def model(self, setting: Setting) -> WorldModel:
-        """The full-precision model of ``setting`` in eval mode on its device (loaded once per weights and device)."""
-        folder, _, sha = self.checkpoint(setting.checkpoint)
-        if (sha, setting.device) not in self._models:
-            self._models[sha, setting.device] = load_world_model(folder, device=setting.device)
-        return self._models[sha, setting.device]
-
-    def env(self, setting: Setting) -> WmqEnv:
-        """The setting's environment, rendering at the model's image size."""
-        return make_env(self.env_name(setting), render_size=self.model(setting).config.img_size)
-
-    def episodes(self, setting: Setting, split: str = "eval") -> list[Episode]:
-        """The setting's episodes of ``split`` ("eval": n_evals, "calib": n_calib), drawn once per process."""
-        n = setting.n_evals if split == "eval" else setting.n_calib
-        env = self.env_name(setting)
-        key = (env, n, setting.seed, split, setting.goal_H, self.model(setting).config.frameskip)
-        if key not in self._episodes:
-            self._episodes[key] = tuple(sample_episodes(env, n, seed=setting.seed, split=split,
-                                                        goal_H=setting.goal_H, frameskip=key[-1]))
-        return list(self._episodes[key])
-
-    def _calibration_fields(self, setting: Setting) -> dict[str, Any]:
-        identity = self.identity(setting)
-        return {"model_sha": identity["model_sha"], "env": identity["env"], "n_calib": setting.n_calib,
-                "seed": setting.seed, "goal_H": setting.goal_H, "planner": self.calib_planner(setting),
-                "mpc_rounds": CALIB_MPC_ROUNDS, "device": setting.device}
-
-    def calibration(self, setting: Setting, recompute: bool = False) -> Calibration:
-        """FP-planning calibration of ``setting``'s model, cached in memory and on disk (written atomically).
-        recompute: collect again (once per process and key) and overwrite the file."""
-        fields = self._calibration_fields(setting)
-        key = config_key(fields)
-        path = self.calib_dir / f"{key}.safetensors"
-        stale = recompute and key not in self._fresh
-        if key in self._calibrations and not stale:
-            return self._calibrations[key]
-        if path.is_file() and not stale:
-            calib = Calibration.load(path)
-        else:
-            calib = ev.collect_calibration(self.model(setting), self.env(setting), self.episodes(setting, "calib"),
-                                           fields["planner"], mpc_rounds=CALIB_MPC_ROUNDS)
-            calib.save(path)
-            self._fresh.add(key)
-        self._calibrations[key] = calib
-        return calib
-
-    def quantized(self, setting: Setting, recompute: bool = False) -> tuple[Any, QuantReport | None]:
-        """(model to plan with, its QuantReport or None for FP)."""
-        model = self.model(setting)
-        if setting.recipe is None:
-            return model, None
-        key = config_key({"model_sha": self.identity(setting)["model_sha"], "device": setting.device,
-                          "recipe": setting.recipe, "scope": setting.scope,
-                          "calibration": self._calibration_fields(setting)})
-        if key in self._quantized and not recompute:
-            self._quantized.move_to_end(key)
-            return self._quantized[key]
-        needs = setting.recipe.needs_calibration or setting.recipe.static_activations
-        calib = self.calibration(setting, recompute) if needs else None
-        self._quantized[key] = quantize(model, setting.recipe, calib, scope=setting.scope)
-        while len(self._quantized) > MODEL_CACHE_SIZE:
-            self._quantized.popitem(last=False)
-        return self._quantized[key]
-
-
-CACHES = Caches()  # the process's caches, shared by the notebooks' calls
-
-
 # ----- running settings -------------------------------------------------------------------------------------------
 
 def run_setting(setting: Setting, caches: Caches = CACHES, recompute_calibration: bool = False) -> pd.DataFrame:
@@ -354,25 +224,6 @@ def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
                   key_config=caches.identity, provenance=provenance())
     labels = pd.DataFrame([{"config_key": config_key(caches.identity(s)), **describe(s)} for s in settings])
     return labels.merge(table, on="config_key", how="right", validate="one_to_many")
-
-
-def provenance() -> dict[str, Any]:
-    """Where results are computed now: torch version, intra-op threads, CPU model, Python and platform. Planning
-    reproduces bit for bit only on the same machine type, torch build and thread count (float reduction order
-    changes CEM's elites), so every cached result carries these."""
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model(),
-            "python": platform.python_version(), "platform": platform.platform(terse=True)}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict[str, Any]:
