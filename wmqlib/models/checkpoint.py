@@ -220,8 +220,8 @@ def load_world_model(name_or_path: str | Path, device: torch.device | str = "cpu
         given, given_source = read_normalization(normalization)
         model = _load_wmq(path, device)
         if given is not None:
-            carried_source = model.provenance.get("normalization")
-            carried_source = carried_source if isinstance(carried_source, str) else f"stored in {path / CONFIG_FILE}"
+            earlier = model.provenance.get("normalization")
+            carried_source = f"stored in {path / CONFIG_FILE}" + (f" ({earlier})" if isinstance(earlier, str) else "")
             shapes = {name: tuple(getattr(model, name).shape) for name in STAT_NAMES}
             stats, source = merge_normalization(given, given_source, model.normalization(), carried_source, shapes)
             model.set_normalization(**stats)

@@ -19,8 +19,10 @@ original source tree and runs whatever the pickle names. ``load_pickled_checkpoi
      ``PickledMethod``; any other use of ``getattr`` is refused;
 
    and any other global raises ``UnsafeCheckpointError`` naming it before it can be called;
-3. checks what came out: nesting at most ``MAX_DEPTH`` levels, and no tensor that views more elements than its
-   storage holds (an expanded view a later copy would blow up).
+3. checks what came out: nesting at most ``MAX_DEPTH`` levels, no function left as data (what a BUILD trick on an
+   allowlisted function leaves; the torch functions handed out are per-file wrappers, so such a trick never
+   changes them), and no tensor that views more elements than its storage holds (an expanded view a later copy
+   would blow up).
 
 Whatever else goes wrong (truncation, malformed persistent ids, exhausted memory, ...) ends in a
 ``CheckpointError`` naming the file. Tensors saved on CUDA are mapped to the requested device.
@@ -163,6 +165,17 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _private(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A per-file wrapper of a torch function: a pickle's BUILD on it (which can set attributes such as
+    ``__defaults__``) changes only this wrapper, never the function every later load uses."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = function.__name__
+    return call
+
+
 class _Guard:
     """Builds the guarded versions of the allowlisted builtins for one file (``source`` names it in refusals)."""
 
@@ -239,11 +252,11 @@ class _Guard:
             ("builtins", "bytearray"): self.binary("bytearray"),
             ("torch", "device"): torch.device,
             ("torch", "Size"): torch.Size,
-            ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
+            ("torch._tensor", "_rebuild_from_type_v2"): _private(torch._tensor._rebuild_from_type_v2),
         }
         allowed.update({("builtins", name): self.container(name) for name in _CONTAINERS})
         allowed.update({("builtins", name): self.scalar(name) for name in _SCALARS})
-        allowed.update({("torch._utils", name): getattr(torch._utils, name)
+        allowed.update({("torch._utils", name): _private(getattr(torch._utils, name))
                         for name in _TORCH_REBUILD if hasattr(torch._utils, name)})
         allowed.update({("torch", name): dtype for name, dtype in _TORCH_DTYPES.items()})
         return allowed
@@ -391,6 +404,10 @@ def check_loaded(obj: Any, path: Path, what: str = "checkpoint") -> None:
                 continue
             if isinstance(node, torch.Tensor):
                 _check_tensor(node, path, what)
+            elif isinstance(node, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+                raise CheckpointError(f"{what} {path} holds a bare reference to the function "
+                                      f"{getattr(node, '__name__', '?')!r} as data; a checkpoint holds data and "
+                                      f"module state, never functions, so wmq refuses it")
             children = _children(node)
             if not children:
                 height[key] = 0

@@ -321,7 +321,8 @@ def _mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
         if k in expected and k not in STAT_NAMES and v.is_floating_point():
             floating.setdefault(str(v.dtype).removeprefix("torch."), k)
     if len(floating) > 1:
-        problems.append("mixed dtypes (a model holds one): " + ", ".join(f"{d} (e.g. {k})" for d, k in floating.items()))
+        listed = ", ".join(f"{d} (e.g. {k})" for d, k in floating.items())
+        problems.append(f"mixed dtypes (a model holds one): {listed}")
     return problems
 
 
@@ -395,7 +396,8 @@ def merge_normalization(given: dict[str, Any] | None, given_source: str, carried
         sources.setdefault(source, []).append(name)
     if len(sources) == 1:
         return stats, next(iter(sources))
-    return stats, "; ".join(f"{', '.join(names)}: {source}" for source, names in sources.items())
+    order = sorted(sources, key=lambda source: source != given_source)  # the given ones first
+    return stats, "; ".join(f"{', '.join(sources[source])}: {source}" for source in order)
 
 
 def _check_trailing(name: str, x: torch.Tensor, width: int) -> None:
