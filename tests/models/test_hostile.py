@@ -490,6 +490,9 @@ def wmq_folder(tiny_model, tmp_path: Path) -> Path:
     (lambda f: (f / "config.json").write_text(json.dumps({k: v for k, v in json.loads(
         (f / "config.json").read_text()).items() if k != "dtype"})),
      r"config.json has no field \['dtype'\]"),
+    (lambda f: (f / "config.json").write_text((f / "config.json").read_text().replace('"predictor_depth": 2',
+                                                                                      '"predictor_depth": 10000000')),
+     r"describes 10000003 blocks but .*model.safetensors holds only \d+ tensors"),
     (lambda f: (f / "config.json").write_text("[" * 100_000 + "]" * 100_000),
      r"config.json is not valid JSON \(RecursionError"),
     (lambda f: (f / "config.json").write_text(" " * (2 << 20)), r"config.json is \d+ bytes"),

@@ -168,6 +168,12 @@ def _load_wmq(folder: Path, device: torch.device) -> WorldModel:
     except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as error:
         raise CheckpointError(f"{weights} could not be read ({type(error).__name__}: {str(error)[:300]}); the file "
                               f"is truncated or corrupt") from None
+    # Every block holds tensors: more blocks than tensors in the file is a hand-edited config, and building it (even
+    # on the meta device) would take time proportional to the claimed depth.
+    blocks = config.encoder_depth + config.predictor_depth + config.decoder_res_blocks
+    if blocks > len(state):
+        raise CheckpointError(f"{folder / CONFIG_FILE} describes {blocks} blocks but {weights} holds only "
+                              f"{len(state)} tensors; the config does not belong to these weights")
     try:
         model = WorldModel.from_state_dict(config, state)
     except CheckpointError as error:

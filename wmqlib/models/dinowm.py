@@ -235,8 +235,8 @@ def load_dinov2(path: str | Path | None, device: torch.device | str = "cpu") -> 
 def _dinov2_sizes(state: dict[str, torch.Tensor]) -> dict[str, int]:
     dim = state["cls_token"].shape[-1]
     positions = state["pos_embed"].shape[1] - 1
-    pos_grid = math.isqrt(positions)
-    if pos_grid**2 != positions or dim % DINOV2_HEAD_DIM:
+    pos_grid = math.isqrt(max(positions, 0))
+    if positions < 1 or pos_grid**2 != positions or dim < 1 or dim % DINOV2_HEAD_DIM:
         raise CheckpointError(
             f"DINOv2 weights have pos_embed {tuple(state['pos_embed'].shape)} and width {dim}: expected a square "
             f"position grid and a width divisible by {DINOV2_HEAD_DIM}"
@@ -265,8 +265,8 @@ def released_config(hydra: dict[str, Any], dinov2: dict[str, torch.Tensor],
             f"a {type(feature_key).__name__}"
         raise CheckpointError(f"{source} encoder.feature_key is {shown}; wmq supports 'x_norm_patchtokens'")
     frameskip = _hydra_int(hydra, "frameskip", source)
-    action_weight, proprio_weight = parts["action_encoder"]["patch_embed.weight"], \
-        parts["proprio_encoder"]["patch_embed.weight"]
+    action_weight = parts["action_encoder"].get("patch_embed.weight")
+    proprio_weight = parts["proprio_encoder"].get("patch_embed.weight")
     qkv = parts["predictor"].get("transformer.layers.0.0.to_qkv.weight")
     for key, weight in (("action_encoder.patch_embed.weight", action_weight),
                         ("proprio_encoder.patch_embed.weight", proprio_weight),
