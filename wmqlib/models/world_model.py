@@ -367,7 +367,9 @@ def merge_normalization(given: dict[str, Any] | None, given_source: str, carried
     """The four statistics and a description of where each came from: ``given`` ones win, the others come from
     ``carried`` (the checkpoint's own: a wmq folder's stored ones, DINO-WM's published constants). A statistic in
     neither raises ValueError naming it (``missing_hint`` says how to supply it); unknown keys, wrong shapes
-    (``shapes``), non-finite values or a std <= 0 raise ValueError naming the statistic and ``given_source``.
+    (``shapes``: name -> expected shape), non-finite values or a std <= 0 raise ValueError naming the statistic and
+    where it came from (a file, the checkpoint). Sources are short phrases ("given by the caller", "read from
+    <file>", "DINO-WM published constants", "stored in <file>").
     """
     given = dict(given or {})
     where = f" ({given_source})" if given_source.startswith("read from") else ""
@@ -381,6 +383,7 @@ def merge_normalization(given: dict[str, Any] | None, given_source: str, carried
     stats, sources = {}, {}
     for name in STAT_NAMES:
         value, source = (given[name], given_source) if name in given else (carried[name], carried_source)
+        where = "" if source == "given by the caller" else f" ({source})"
         try:
             stat = torch.as_tensor(value, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as error:
