@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import sys
 import textwrap
 import types
@@ -305,13 +306,7 @@ class ConvertOutputsToFp32:
         return out.float() if isinstance(out, torch.Tensor) else out
 
     def __getstate__(self):
-        raise pickle_error("accelerate refuses to pickle a mixed-precision forward")
-
-
-def pickle_error(message: str) -> Exception:
-    import pickle
-
-    return pickle.PicklingError(message)
+        raise pickle.PicklingError("accelerate refuses to pickle a mixed-precision forward")
 
 
 def patch_forward_like_accelerate(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
