@@ -9,9 +9,12 @@ before any test loads the folder.
 
 from __future__ import annotations
 
+import functools
 import math
+import pickle
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -291,12 +294,46 @@ class TemporaryPackages:
         sys.modules.update(self.saved)
 
 
-def build_released(root: Path, device: str = "cpu", real_accelerate: bool = False) -> dict:
+class ConvertOutputsToFp32:
+    """accelerate's wrapper of a mixed-precision forward (outputs cast back to float32), named like the forward."""
+
+    def __init__(self, forward):
+        self.forward = forward
+        functools.update_wrapper(self, forward)
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        return out.float() if isinstance(out, torch.Tensor) else out
+
+    def __getstate__(self):
+        raise pickle.PicklingError("accelerate refuses to pickle a mixed-precision forward")
+
+
+def patch_forward_like_accelerate(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+    """What ``Accelerator(mixed_precision=...).prepare(module)`` does to a module (accelerate 0.26.1): keep the bound
+    forward as ``_original_forward`` and replace ``forward`` by a bound method running it under autocast with fp32
+    outputs. Both are bound methods in the module's __dict__, pickled as ``getattr(module, "forward")``."""
+    module._original_forward = module.forward
+    forward = module.forward.__func__
+
+    @functools.wraps(forward)
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type="cpu", dtype=dtype):
+            return forward(*args, **kwargs)
+
+    module.forward = types.MethodType(autocast_forward, module)
+    module.forward = types.MethodType(ConvertOutputsToFp32(module.forward.__func__), module)
+
+
+def build_released(root: Path, device: str = "cpu", real_accelerate: bool = False,
+                   mixed_precision: bool = False) -> dict:
     """Write outputs/pusht (hydra.yaml, checkpoints/model_{latest,7,8}.pth; 8 has no decoder) under ``root`` the way
     DINO-WM's train.py saves, with modules on ``device``; plus DINOv2 weights and the modules' expected outputs.
 
     real_accelerate: wrap the optimizer with the installed accelerate (Accelerator().prepare) instead of the
-    stand-in package written here.
+    stand-in package written here. mixed_precision: patch every saved module's forward as accelerate's mixed
+    precision does (``patch_forward_like_accelerate``) before saving; the weights and the expected outputs (of the
+    original forwards) are the same as without it.
     """
     s = RELEASED_SIZES
     src = root / "src"
@@ -340,9 +377,15 @@ def build_released(root: Path, device: str = "cpu", real_accelerate: bool = Fals
         payload = {"epoch": 7, **modules, "predictor_optimizer": optimizer}
         folder = root / "outputs" / "pusht"
         (folder / "checkpoints").mkdir(parents=True)
+        if mixed_precision:
+            for module in modules.values():
+                patch_forward_like_accelerate(module)
         torch.save(payload, folder / "checkpoints" / "model_latest.pth")
         torch.save(payload, folder / "checkpoints" / "model_7.pth")
         torch.save({k: v for k, v in payload.items() if k != "decoder"}, folder / "checkpoints" / "model_8.pth")
+        for module in modules.values():  # back to the original forwards for the expected outputs
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("_original_forward", None)
         (folder / "hydra.yaml").write_text(yaml.safe_dump(released_hydra(s)))
 
         g = torch.Generator().manual_seed(1)

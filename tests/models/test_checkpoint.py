@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from wmqlib.models import CheckpointError, WorldModel, load_world_model, save_world_model
+from wmqlib.models.errors import NonFiniteWeightsWarning
 from wmqlib.models import checkpoint as ckpt
 
 
@@ -97,3 +98,36 @@ def test_unknown_layout_and_device(tmp_path: Path) -> None:
         load_world_model(tmp_path / "empty")
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu0'"):
         load_world_model(tmp_path / "empty", device="gpu0")
+
+
+def test_cuda_without_cuda_fails_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Checked before any file: not a "corrupt file" or a pin_memory error from the reader."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda': CUDA requested but not available"):
+        load_world_model(tmp_path / "does-not-exist", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"CUDA device 3 requested but only 1 available"):
+        load_world_model(tmp_path / "does-not-exist", device="cuda:3")
+
+
+def test_nonfinite_weights_warn_at_save_and_load(tiny_model: WorldModel, tmp_path: Path) -> None:
+    with torch.no_grad():
+        tiny_model.decoder.upsample_b.blocks[0].weight[0, 0, 0, 0] = float("inf")
+        tiny_model.predictor.pos_embedding[0, :2, 0] = float("nan")
+    with pytest.warns(NonFiniteWeightsWarning, match=r"2 weight tensors hold NaN or inf values: "
+                                                     r"predictor.pos_embedding \(2\), decoder.upsample_b.blocks.0.weight \(1\)"):
+        folder = save_world_model(tiny_model, tmp_path / "m")
+    with pytest.warns(NonFiniteWeightsWarning, match=r"model.safetensors: 2 weight tensors hold NaN or inf"):
+        load_world_model(folder)
+
+
+def test_weights_must_be_one_floating_dtype(tiny_model: WorldModel, tiny_config, tmp_path: Path) -> None:
+    state = tiny_model.state_dict()
+    with pytest.raises(CheckpointError, match=r"mixed dtypes \(a model holds one\): float32 .*, float16 \(e.g. "
+                                              r"predictor.pos_embedding\)"):
+        WorldModel.from_state_dict(tiny_config, {**state, "predictor.pos_embedding": state[
+            "predictor.pos_embedding"].half()})
+    with pytest.raises(CheckpointError, match=r"not floating point: predictor.pos_embedding: torch.int64"):
+        WorldModel.from_state_dict(tiny_config, {**state, "predictor.pos_embedding": state[
+            "predictor.pos_embedding"].long()})

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from wmqlib.models import CheckpointError, load_world_model
+from wmqlib.models import CheckpointError, load_world_model, save_world_model
 from wmqlib.models.dinowm import RELEASED_NORMALIZATION
+from wmqlib.models.safe_pickle import PickledMethod, load_pickled_checkpoint
 
 
 @pytest.fixture
@@ -134,3 +135,54 @@ def test_checkpoint_without_decoder_warns(released: dict) -> None:
         model = load_world_model(released["folder"], dinov2_weights=released["dinov2_path"], epoch=8)
     assert model.provenance["decoder"].startswith("absent")
     assert model.decode(torch.zeros(1, 1, 16, 64)).shape == (1, 1, 3, 64, 64)
+
+
+def test_mixed_precision_release_loads_and_agrees(released: dict, released_builder, tmp_path: Path) -> None:
+    """accelerate's mixed precision pickles getattr(module, "forward") twice per module: inert, and the same model."""
+    mixed = released_builder(tmp_path, mixed_precision=True)
+    payload = load_pickled_checkpoint(mixed["folder"] / "checkpoints" / "model_latest.pth")
+    for name in ("predictor", "decoder", "action_encoder", "proprio_encoder"):
+        for attribute in ("forward", "_original_forward"):
+            method = payload[name].attribute(attribute)
+            assert isinstance(method, PickledMethod) and (method.owner, method.name) == (
+                payload[name].qualname, "forward")
+    model = load_world_model(mixed["folder"], dinov2_weights=mixed["dinov2_path"])
+    plain = load_world_model(released["folder"], dinov2_weights=released["dinov2_path"])
+    assert model.config == plain.config
+    for key, value in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with torch.no_grad():
+        torch.testing.assert_close(model.predictor(released["inputs"]["tokens"]), released["expected"]["predictor"],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_partial_normalization_is_filled_from_the_checkpoint_or_refused(copy: Path, released: dict,
+                                                                       tmp_path: Path) -> None:
+    """One rule for both paths: given statistics win, the checkpoint's own fill the rest, none at all is an error."""
+    model = load_world_model(copy, dinov2_weights=released["dinov2_path"], normalization={"action_mean": [1.0, 2.0]})
+    published = RELEASED_NORMALIZATION["pusht"]
+    assert model.action_mean.tolist() == [1.0, 2.0]
+    torch.testing.assert_close(model.proprio_std, torch.tensor(published["proprio_std"]))  # not silently 1
+    assert model.provenance["normalization"] == ("action_mean: given by the caller; action_std, proprio_mean, "
+                                                 "proprio_std: DINO-WM published constants")
+    converted = save_world_model(model, tmp_path / "converted")
+    again = load_world_model(converted, normalization={"action_std": [3.0, 4.0]})
+    assert again.action_mean.tolist() == [1.0, 2.0] and again.action_std.tolist() == [3.0, 4.0]
+    assert again.provenance["normalization"].startswith(
+        "action_std: given by the caller; action_mean, proprio_mean, proprio_std: stored in ")
+    edit_hydra(copy, env__name="wall")
+    with pytest.raises(ValueError, match=r"normalization is missing \['action_std', 'proprio_mean', 'proprio_std'\] "
+                                         r"and the checkpoint carries no value for them: released 'wall' models"):
+        load_world_model(copy, dinov2_weights=released["dinov2_path"], normalization={"action_mean": [0.0, 0.0]})
+
+
+def test_fp16_dinov2_weights_are_cast_to_the_model_dtype(released: dict, tmp_path: Path) -> None:
+    torch.save({k: v.half() for k, v in released["dinov2"].items()}, tmp_path / "dinov2_fp16.pth")
+    model = load_world_model(released["folder"], dinov2_weights=tmp_path / "dinov2_fp16.pth")
+    assert model.encoder.cls_token.dtype == torch.float32 and model.dtype == torch.float32
+    assert model.provenance["dinov2_dtype"] == "float16, cast to float32"
+    torch.testing.assert_close(model.encoder.cls_token, released["dinov2"]["cls_token"].half().float())
+    s = released["sizes"]
+    with torch.no_grad():
+        out = model.encode_obs(torch.zeros(1, 1, 3, s["img_size"], s["img_size"]), torch.zeros(1, 1, 4))
+    assert out["visual"].dtype == torch.float32 and torch.isfinite(out["visual"]).all()

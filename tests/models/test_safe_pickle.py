@@ -55,13 +55,15 @@ def test_hostile_checkpoints_are_refused_before_running(tmp_path: Path, name: st
     assert not marker.exists()
 
 
-def test_hostile_legacy_pickle_is_refused(tmp_path: Path) -> None:
-    """A plain (non-zip) pickle goes through torch's legacy reader, and through the allowlist too."""
+def test_legacy_formats_are_refused_before_unpickling(tmp_path: Path) -> None:
+    """A bare pickle stream (torch < 1.6's format) is refused up front, with how to re-save it; nothing runs."""
     marker = tmp_path / "marker"
     path = tmp_path / "legacy.pth"
     path.write_bytes(pickle.dumps(hostile_payloads(marker)["posix.system"], protocol=2))
-    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system"):
-        load_pickled_checkpoint(path)
+    for loader in (load_pickled_checkpoint, load_tensor_dict):
+        with pytest.raises(CheckpointError, match=r"legacy.pth is in torch's legacy serialization format.*"
+                                                  r"Re-save it in an environment you trust"):
+            loader(path)
     assert not marker.exists()
 
 

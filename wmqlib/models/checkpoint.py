@@ -6,13 +6,16 @@ Format: a folder with
                          "dtype": weight dtype, "provenance": where the weights came from}
   ``model.safetensors`` the full state_dict (encoder, predictor, action/proprio encoders, decoder, stats).
 Loading never unpickles. ``load_world_model`` also accepts short names of the shipped models
-(``data/checkpoints/<name>``) and released DINO-WM folders (see ``dinowm``).
+(``data/checkpoints/<name>``) and released DINO-WM folders (see ``dinowm``). Every field of config.json is
+required (no silent defaults); a file that is missing, malformed, oversized or does not match its weights raises
+CheckpointError naming it. Weights holding NaN or inf load and save with a ``NonFiniteWeightsWarning``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +26,17 @@ from safetensors.torch import load_file, save_file
 import wmqlib
 from wmqlib.models.config import WorldModelConfig
 from wmqlib.models.dinowm import is_released_folder, load_released
-from wmqlib.models.errors import CheckpointError
-from wmqlib.models.world_model import STAT_NAMES, WorldModel
+from wmqlib.models.errors import CheckpointError, NonFiniteWeightsWarning
+from wmqlib.models.world_model import STAT_NAMES, WorldModel, merge_normalization, nonfinite_weights, read_normalization
 from wmqlib.paths import CHECKPOINTS_DIR
+from wmqlib.validate import InvalidValue, atomic_path, atomic_write
 
 FORMAT = "wmq-world-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+META_FIELDS = ("format", "format_version", "config", "normalization", "dtype", "provenance")
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 2 KB
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -41,6 +47,27 @@ def resolve_device(device: torch.device | str) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+
+
+def check_device_available(device: torch.device) -> None:
+    """Raise ValueError when ``device`` is a CUDA device this machine does not have (checked before any file)."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise InvalidValue(f"device={str(device)!r}: CUDA requested but not available (torch {torch.__version__} "
+                           f"sees no CUDA device); use device='cpu' or 'auto'")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidValue(f"device={str(device)!r}: CUDA device {device.index} requested but only "
+                           f"{torch.cuda.device_count()} available (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
+def warn_nonfinite(model: WorldModel, where: str | Path) -> None:
+    """Warn (NonFiniteWeightsWarning) naming the tensors of ``model`` that hold NaN or inf; ``where`` names the file."""
+    bad = nonfinite_weights(model)
+    if bad:
+        listed = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:6]) + (" ..." if len(bad) > 6 else "")
+        warnings.warn(f"{where}: {len(bad)} weight tensors hold NaN or inf values: {listed}",
+                      NonFiniteWeightsWarning, stacklevel=3)
 
 
 def available_checkpoints(directory: str | Path | None = None) -> list[str]:
@@ -68,7 +95,8 @@ def resolve_checkpoint(name_or_path: str | Path, directory: str | Path | None = 
 def save_world_model(model: WorldModel, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to the folder ``path`` (created) as config.json + model.safetensors; returns the folder.
 
-    ``provenance`` (JSON-able) is merged over ``model.provenance``. Files are written atomically (temp + rename).
+    ``provenance`` (JSON-able) is merged over ``model.provenance``. Files are written atomically (temp + rename);
+    NaN or inf weights are saved with a NonFiniteWeightsWarning.
     """
     if not isinstance(model, WorldModel):
         raise TypeError(f"save_world_model needs a WorldModel, got {type(model).__name__}")
@@ -84,32 +112,45 @@ def save_world_model(model: WorldModel, path: str | Path, provenance: dict[str, 
         "provenance": {**model.provenance, **(provenance or {}), "wmqlib_version": wmqlib.__version__},
     }
     text = json.dumps(meta, indent=2) + "\n"  # fails here, before any file is touched, if provenance is not JSON-able
-    weights_tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": FORMAT})
-    os.replace(weights_tmp, folder / WEIGHTS_FILE)
-    config_tmp = folder / f".{CONFIG_FILE}.tmp"
-    config_tmp.write_text(text)
-    os.replace(config_tmp, folder / CONFIG_FILE)
+    warn_nonfinite(model, folder)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    atomic_write(folder / CONFIG_FILE, text)
     return folder
 
 
 def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
-    """The parsed, format-checked config.json of a wmq checkpoint folder."""
+    """The parsed, format-checked config.json of a wmq checkpoint folder; every field is required."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"missing {path}: a wmq checkpoint folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path} is {path.stat().st_size} bytes; a wmq config.json is about 2 KB (at most "
+                              f"{MAX_CONFIG_BYTES} are read)")
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); the file is truncated or corrupt") from error
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is not valid JSON ({type(error).__name__}: {str(error)[:200]}); the file is "
+                              f"truncated or corrupt") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a wmq checkpoint config (format must be {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {meta.get('format_version')!r}; this wmqlib reads "
-                              f"{FORMAT_VERSION}")
-    for key in ("config", "normalization"):
-        if not isinstance(meta.get(key), dict):
-            raise CheckpointError(f"{path} has no {key!r} mapping")
+        shown = meta.get("format_version")
+        shown = repr(shown) if isinstance(shown, (int, str)) and len(repr(shown)) < 40 else type(shown).__name__
+        raise CheckpointError(f"{path} has format_version {shown}; this wmqlib reads {FORMAT_VERSION}")
+    missing = [key for key in META_FIELDS if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path} has no field {missing}; format {FORMAT} version {FORMAT_VERSION} requires "
+                              f"{list(META_FIELDS)}")
+    for key, kind in (("config", dict), ("normalization", dict), ("provenance", dict), ("dtype", str)):
+        if not isinstance(meta[key], kind):
+            raise CheckpointError(f"{path} field {key!r} must be a {'mapping' if kind is dict else 'string'}, got "
+                                  f"{type(meta[key]).__name__}")
+    required = [f.name for f in dataclasses.fields(WorldModelConfig)]
+    absent = [name for name in required if name not in meta["config"]]
+    if absent:
+        raise CheckpointError(f"{path} config has no {absent}; a saved checkpoint records every WorldModelConfig "
+                              f"field (no defaults are assumed)")
     return meta
 
 
@@ -124,8 +165,15 @@ def _load_wmq(folder: Path, device: torch.device) -> WorldModel:
         raise CheckpointError(f"missing {weights}: a wmq checkpoint folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{weights} could not be read ({error}); the file is truncated or corrupt") from error
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as error:
+        raise CheckpointError(f"{weights} could not be read ({type(error).__name__}: {str(error)[:300]}); the file "
+                              f"is truncated or corrupt") from None
+    # Every block holds tensors: more blocks than tensors in the file is a hand-edited config, and building it (even
+    # on the meta device) would take time proportional to the claimed depth.
+    blocks = config.encoder_depth + config.predictor_depth + config.decoder_res_blocks
+    if blocks > len(state):
+        raise CheckpointError(f"{folder / CONFIG_FILE} describes {blocks} blocks but {weights} holds only "
+                              f"{len(state)} tensors; the config does not belong to these weights")
     try:
         model = WorldModel.from_state_dict(config, state)
     except CheckpointError as error:
@@ -134,13 +182,17 @@ def _load_wmq(folder: Path, device: torch.device) -> WorldModel:
     if stored != model.normalization():
         raise CheckpointError(f"{folder / CONFIG_FILE} normalization differs from the statistics in {weights}; "
                               f"the folder was edited by hand or mixes two checkpoints")
-    model.provenance = dict(meta.get("provenance") or {})
+    if meta["dtype"] != str(model.dtype).removeprefix("torch."):
+        raise CheckpointError(f"{folder / CONFIG_FILE} says dtype {meta['dtype'][:20]!r} but {weights} holds "
+                              f"{str(model.dtype).removeprefix('torch.')} weights; the folder mixes two checkpoints")
+    model.provenance = dict(meta["provenance"])
     return model
 
 
 def load_world_model(name_or_path: str | Path, device: torch.device | str = "cpu",
                      dinov2_weights: str | Path | None = None, epoch: int | str = "latest", *,
-                     dtype: torch.dtype | None = None, normalization: dict[str, Any] | None = None) -> WorldModel:
+                     dtype: torch.dtype | None = None,
+                     normalization: dict[str, Any] | str | Path | None = None) -> WorldModel:
     """Load a world model in eval mode on ``device``.
 
     name_or_path: a short name of a shipped model ("mini-wall", "mini-pusht" -> data/checkpoints/<name>), a wmq
@@ -148,10 +200,17 @@ def load_world_model(name_or_path: str | Path, device: torch.device | str = "cpu
         checkpoints/); device: "cpu", "cuda", "cuda:N" or "auto".
     dinov2_weights, epoch: released folders only - the local DINOv2 .pth and the epoch ("latest" or an int).
     dtype: cast the weights (e.g. torch.bfloat16); None keeps the saved dtype.
-    normalization: z-score stats {"action_mean", "action_std", "proprio_mean", "proprio_std"} replacing the
-        stored ones (required for released Wall models, whose stats DINO-WM does not publish).
+    normalization: z-score stats {"action_mean", "action_std", "proprio_mean", "proprio_std"} in env units, as a
+        dict or the path of a JSON file holding one. Those given replace the checkpoint's; those left out keep the
+        checkpoint's (a wmq folder's stored ones, DINO-WM's published PushT constants) and are an error when it
+        has none (released Wall models). ``provenance["normalization"]`` says which came from where.
+
+    Raises ValueError for a CUDA device this machine does not have (before any file is read) and CheckpointError,
+    naming the file, for anything wrong with the files. Weights holding NaN or inf load with a
+    NonFiniteWeightsWarning.
     """
     device = resolve_device(device)
+    check_device_available(device)
     path = resolve_checkpoint(name_or_path)
     if path.is_file() and path.suffix == ".pth" and path.parent.name == "checkpoints":
         epoch = path.stem.removeprefix("model_")
@@ -159,18 +218,27 @@ def load_world_model(name_or_path: str | Path, device: torch.device | str = "cpu
         path = path.parent.parent
     if is_released_folder(path):
         model = load_released(path, device, dinov2_weights, epoch, normalization)
+        where = path / "checkpoints" / model.provenance["checkpoint"]
     elif (path / CONFIG_FILE).is_file() or (path / WEIGHTS_FILE).is_file():
         for name, value, default in (("dinov2_weights", dinov2_weights, None), ("epoch", epoch, "latest")):
             if value != default:
                 raise ValueError(f"{name} applies to released DINO-WM folders only; {path} is a wmq checkpoint")
+        given, given_source = read_normalization(normalization)
         model = _load_wmq(path, device)
-        if normalization is not None:
-            model.set_normalization(**normalization)
+        if given is not None:
+            earlier = model.provenance.get("normalization")
+            carried_source = f"stored in {path / CONFIG_FILE}" + (f" ({earlier})" if isinstance(earlier, str) else "")
+            shapes = {name: tuple(getattr(model, name).shape) for name in STAT_NAMES}
+            stats, source = merge_normalization(given, given_source, model.normalization(), carried_source, shapes)
+            model.set_normalization(**stats)
+            model.provenance["normalization"] = source
+        where = path / WEIGHTS_FILE
     else:
         raise CheckpointError(
             f"{path} is neither a wmq checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a released DINO-WM folder "
             f"(hydra.yaml + checkpoints/model_latest.pth)"
         )
+    warn_nonfinite(model, where)
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device).eval()

@@ -13,6 +13,8 @@ frame with the next planned action. The proprio latent of a frame is read from i
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +32,10 @@ from wmqlib.models.preprocess import (
 )
 
 STAT_NAMES = ("action_mean", "action_std", "proprio_mean", "proprio_std")
+# Largest part of a model ``from_state_dict`` initialises itself (a decoder absent from a released checkpoint, sized
+# by hydra.yaml): 2^27 elements, 512 MiB in float32, 13x DINO-WM's decoder.
+MAX_FRESH_ELEMENTS = 1 << 27
+MAX_STATS_FILE_BYTES = 1 << 20
 
 
 class WorldModel(nn.Module):
@@ -72,7 +78,8 @@ class WorldModel(nn.Module):
 
         Built on the meta device and filled by assignment, so no random init is spent on loaded weights. Keys
         under ``fresh_prefixes`` (e.g. ``("decoder.",)``) may be absent and keep the seeded initialisation.
-        Missing, unexpected or mis-shaped keys raise CheckpointError listing them.
+        Missing, unexpected, mis-shaped or non-floating keys, or weights mixing floating dtypes (the statistics,
+        always float32, aside) raise CheckpointError listing them.
         """
         with torch.device("meta"):
             model = cls(config, seed)
@@ -81,6 +88,11 @@ class WorldModel(nn.Module):
         problems = _mismatches({k: v for k, v in expected.items() if k not in fresh}, state_dict)
         if problems:
             raise CheckpointError(f"weights do not fit {config}:\n  " + "\n  ".join(problems))
+        fresh_elements = sum(expected[k].numel() for k in fresh)
+        if fresh_elements > MAX_FRESH_ELEMENTS:
+            raise CheckpointError(f"the parts absent from the weights ({sorted({k.split('.')[0] for k in fresh})}) "
+                                  f"would be initialised with {fresh_elements} elements, more than the "
+                                  f"{MAX_FRESH_ELEMENTS} wmq builds without weights; check the config's sizes")
         if fresh:
             model = cls(config, seed)
             state_dict = {**{k: v for k, v in model.state_dict().items() if k in fresh}, **state_dict}
@@ -116,7 +128,11 @@ class WorldModel(nn.Module):
             if value is None:
                 continue
             buffer = getattr(self, name)
-            stat = torch.as_tensor(value).detach().to("cpu", torch.float64).float()
+            try:
+                stat = torch.as_tensor(value).detach().to("cpu", torch.float64).float()
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise ValueError(f"WorldModel.{name} must be numbers of shape {tuple(buffer.shape)}, got "
+                                 f"{type(value).__name__} ({error})") from None
             if stat.shape != buffer.shape:
                 raise ValueError(f"WorldModel.{name} must have shape {tuple(buffer.shape)}, got {tuple(stat.shape)}")
             if not torch.isfinite(stat).all() or (name.endswith("_std") and not (stat > 0).all()):
@@ -287,17 +303,104 @@ class WorldModel(nn.Module):
 
 
 def _mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], limit: int = 6) -> list[str]:
-    """Human-readable differences between two state_dicts' keys and shapes (at most ``limit`` per kind)."""
+    """Human-readable differences between two state_dicts' keys, shapes and dtypes (at most ``limit`` per kind)."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     shapes = [f"{k}: weights {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
               for k in expected if k in given and given[k].shape != expected[k].shape]
+    dtypes = [f"{k}: {given[k].dtype}" for k in expected
+              if k in given and expected[k].is_floating_point() and not given[k].is_floating_point()]
     problems = []
-    for kind, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+    for kind, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes),
+                        ("not floating point", dtypes)):
         if items:
             more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
             problems.append(f"{kind}: {', '.join(items[:limit])}{more}")
+    floating = {}
+    for k, v in given.items():
+        if k in expected and k not in STAT_NAMES and v.is_floating_point():
+            floating.setdefault(str(v.dtype).removeprefix("torch."), k)
+    if len(floating) > 1:
+        listed = ", ".join(f"{d} (e.g. {k})" for d, k in floating.items())
+        problems.append(f"mixed dtypes (a model holds one): {listed}")
     return problems
+
+
+def nonfinite_weights(model: nn.Module) -> dict[str, int]:
+    """``{state_dict key: count}`` of the floating tensors of ``model`` holding NaN or inf (empty when all finite)."""
+    return {k: int((~torch.isfinite(v)).sum()) for k, v in model.state_dict().items()
+            if v.is_floating_point() and v.device.type != "meta" and not torch.isfinite(v).all()}
+
+
+def read_normalization(normalization: dict[str, Any] | str | Path | None) -> tuple[dict[str, Any] | None, str]:
+    """``(statistics, where they come from)`` from None, a dict, or the path of a JSON file holding the dict.
+
+    A file that is missing, too large (over 1 MiB), not JSON or not a mapping raises CheckpointError naming it.
+    """
+    if normalization is None:
+        return None, ""
+    if isinstance(normalization, (str, Path)):
+        path = Path(normalization)
+        if not path.is_file():
+            raise CheckpointError(f"normalization file not found: {path} is not a file")
+        if path.stat().st_size > MAX_STATS_FILE_BYTES:
+            raise CheckpointError(f"normalization file {path} is {path.stat().st_size} bytes; statistics take a few "
+                                  f"hundred (at most {MAX_STATS_FILE_BYTES} are read)")
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as error:
+            raise CheckpointError(f"normalization file {path} is not valid JSON ({type(error).__name__}: "
+                                  f"{str(error)[:200]})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"normalization file {path} must hold a JSON object with keys {list(STAT_NAMES)}, "
+                                  f"got a {type(data).__name__}")
+        return data, f"read from {path}"
+    if not isinstance(normalization, dict):
+        raise TypeError(f"normalization must be a dict with keys {list(STAT_NAMES)} or the path of a JSON file "
+                        f"holding one, got {type(normalization).__name__}")
+    return normalization, "given by the caller"
+
+
+def merge_normalization(given: dict[str, Any] | None, given_source: str, carried: dict[str, Any] | None,
+                        carried_source: str, shapes: dict[str, tuple[int, ...]] | None = None,
+                        missing_hint: str = "") -> tuple[dict[str, Any], str]:
+    """The four statistics and a description of where each came from: ``given`` ones win, the others come from
+    ``carried`` (the checkpoint's own: a wmq folder's stored ones, DINO-WM's published constants). A statistic in
+    neither raises ValueError naming it (``missing_hint`` says how to supply it); unknown keys, wrong shapes
+    (``shapes``: name -> expected shape), non-finite values or a std <= 0 raise ValueError naming the statistic and
+    where it came from (a file, the checkpoint). Sources are short phrases ("given by the caller", "read from
+    <file>", "DINO-WM published constants", "stored in <file>").
+    """
+    given = dict(given or {})
+    where = f" ({given_source})" if given_source.startswith("read from") else ""
+    unknown = sorted(map(str, set(given) - set(STAT_NAMES)))
+    if unknown:
+        raise ValueError(f"normalization{where} has unknown keys {unknown}; allowed: {list(STAT_NAMES)}")
+    missing = [name for name in STAT_NAMES if name not in given and (carried is None or name not in carried)]
+    if missing:
+        raise ValueError(f"normalization{where} is missing {missing} and the checkpoint carries no value for "
+                         f"them{': ' + missing_hint if missing_hint else ''}")
+    stats, sources = {}, {}
+    for name in STAT_NAMES:
+        value, source = (given[name], given_source) if name in given else (carried[name], carried_source)
+        where = "" if source == "given by the caller" else f" ({source})"
+        try:
+            stat = torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"normalization{where} {name} must be a list of numbers, got {type(value).__name__} "
+                             f"({str(error)[:100]})") from None
+        if shapes is not None and tuple(stat.shape) != tuple(shapes[name]):
+            raise ValueError(f"normalization{where} {name} must have shape {tuple(shapes[name])}, got "
+                             f"{tuple(stat.shape)}")
+        if not torch.isfinite(stat).all() or (name.endswith("_std") and not (stat > 0).all()):
+            raise ValueError(f"normalization{where} {name} must be finite{' and > 0' if name.endswith('_std') else ''}"
+                             f", got {stat.flatten()[:8].tolist()}")
+        stats[name] = stat.tolist()
+        sources.setdefault(source, []).append(name)
+    if len(sources) == 1:
+        return stats, next(iter(sources))
+    order = sorted(sources, key=lambda source: source != given_source)  # the given ones first
+    return stats, "; ".join(f"{', '.join(sources[source])}: {source}" for source in order)
 
 
 def _check_trailing(name: str, x: torch.Tensor, width: int) -> None:

@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from wmqlib.models.errors import CheckpointError
+
 from .checks import check_int
 from .points import find_points
 
@@ -197,23 +199,56 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
-        """Read a file written by ``save``; ``FileNotFoundError`` / ``ValueError`` on a missing or foreign file."""
+        """Read a file written by ``save``.
+
+        ``FileNotFoundError`` when ``path`` does not exist; any other problem (not a safetensors file, a foreign,
+        truncated or edited one, missing or malformed entries, inconsistent shapes) raises ``CheckpointError``
+        (a ``ValueError``) naming the file and the cause.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"calibration file {path} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own and OS errors for a bad header
+            raise CheckpointError(f"calibration file {path} could not be read ({type(error).__name__}: "
+                                  f"{str(error)[:200]}); it is truncated, corrupt or not a safetensors file") from None
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a wmq calibration file (format {meta.get('format')!r}, expected {FORMAT})")
-        tensors = load_file(str(path))
-        calib = cls(**json.loads(meta["config"]))
+            found = str(meta.get("format"))[:40]
+            raise CheckpointError(f"{path} is not a wmq calibration file (format {found!r}, expected {FORMAT})")
+        try:
+            tensors = load_file(str(path))
+            return cls._from_tensors(meta, tensors)
+        except CheckpointError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any inconsistency means the file was damaged or edited
+            raise CheckpointError(f"calibration file {path} is damaged or was edited ({type(error).__name__}: "
+                                  f"{str(error)[:200]}); delete it to recollect") from None
+
+    @classmethod
+    def _from_tensors(cls, meta: dict[str, str], tensors: dict[str, Tensor]) -> "Calibration":
+        config = json.loads(meta["config"])
+        if not isinstance(config, dict) or set(config) != {"max_tokens", "max_sequences", "seed"}:
+            raise ValueError(f"config must hold max_tokens, max_sequences and seed, got {str(config)[:80]}")
+        calib = cls(**config)
         calib.generator.set_state(tensors["generator_state"])
-        for name in json.loads(meta["linears"]):
+        linears, units = json.loads(meta["linears"]), json.loads(meta["units"])
+        if not isinstance(linears, list) or not isinstance(units, dict):
+            raise ValueError("linears must be a list and units a mapping")
+        for name in linears:
             get = lambda key: tensors[f"linear/{name}/{key}"]  # noqa: E731
-            calib._linears[name] = _LinearStats(
-                get("abs_sum"), int(get("count")[0]), get("ch_min"), get("ch_max"), get("rows"), get("row_keys")
-            )
-        for name, n in json.loads(meta["units"]).items():
+            st = _LinearStats(get("abs_sum"), int(get("count")[0]), get("ch_min"), get("ch_max"), get("rows"),
+                              get("row_keys"))
+            channels = st.ch_min.shape
+            if st.abs_sum.shape != channels or st.ch_max.shape != channels or st.rows.ndim != 2 or \
+                    st.rows.shape[1:] != channels or st.row_keys.shape != st.rows.shape[:1] or st.count < 0:
+                raise ValueError(f"the statistics of linear {str(name)[:80]!r} have inconsistent shapes")
+            calib._linears[name] = st
+        for name, n in units.items():
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= calib.max_sequences:
+                raise ValueError(f"unit {str(name)[:80]!r} claims {str(n)[:20]} sequences "
+                                 f"(max_sequences={calib.max_sequences})")
             seqs = [tensors[f"unit/{name}/{k}"] for k in range(n)]
             calib._units[name] = _UnitSample(seqs, tensors[f"unit/{name}/keys"])
         return calib

@@ -5,6 +5,10 @@ Storage model (documented here only): a quantized weight costs ``bits`` per elem
 packs zero points at the weight's bit width).  A pass-through weight (``bits=16``) costs 16 bits per element
 (FP16 / BF16 storage) and nothing else.  Biases and everything outside the quantization points are not counted.
 
+Granularity is reported as it acts on each weight: ``PerGroup(g)`` on a layer whose rows have at most ``g`` columns
+is one group per row and is reported as ``"per-channel"`` (``QuantReport.w_granularities`` lists what a whole
+quantization amounts to).
+
 Weight error is measured on the EFFECTIVE weight, in the original model's coordinates: any input scale folded into
 the weight (SmoothQuant, AWQ, OmniQuant's LET) is divided out again, so methods are comparable.
 """
@@ -19,15 +23,23 @@ import torch
 from torch import Tensor
 
 from .recipe import Recipe
-from .spec import PASS_THROUGH_BITS, Granularity, PerChannel, PerGroup, PerTensor, QuantSpec, scale_shape
+from .spec import (
+    PASS_THROUGH_BITS, Granularity, PerChannel, PerGroup, PerTensor, QuantSpec, effective_granularity, scale_shape,
+)
 
 SCALE_BITS = 16
 
 
-def describe(granularity: Granularity | None) -> str:
-    """``"per-tensor"``, ``"per-channel"``, ``"per-group(128)"``, ``"per-token"`` or ``"-"`` for None."""
+def describe(granularity: Granularity | None, shape: torch.Size | tuple[int, ...] | None = None) -> str:
+    """``"per-tensor"``, ``"per-channel"``, ``"per-group(128)"``, ``"per-token"`` or ``"-"`` for None.
+
+    With the weight's ``shape``, the granularity it amounts to (``effective_granularity``): a ``PerGroup(g)`` at
+    least as wide as the rows is described as ``"per-channel"``, which it is.
+    """
     if granularity is None:
         return "-"
+    if shape is not None:
+        granularity = effective_granularity(shape, granularity)
     if isinstance(granularity, PerGroup):
         return f"per-group({granularity.group_size})"
     return {PerTensor: "per-tensor", PerChannel: "per-channel"}.get(type(granularity), "per-token")
@@ -58,7 +70,7 @@ def layer_row(name: str, recipe: Recipe, w: Tensor, w_eff: Tensor) -> dict:
         "module": name,
         "method": type(recipe).__name__,
         "w_bits": recipe.w_bits,
-        "w_granularity": describe(recipe.w_granularity),
+        "w_granularity": describe(recipe.w_granularity, w.shape),  # a group as wide as a row is per-channel
         "w_symmetric": recipe.w_symmetric,
         "a_bits": recipe.a_bits or PASS_THROUGH_BITS,
         "a_granularity": describe(recipe.a_granularity),
@@ -84,6 +96,12 @@ class QuantReport:
     def table(self) -> pd.DataFrame:
         """One row per quantized linear: module, method, bits, granularity, weight_mse, sqnr_db, bytes, ..."""
         return pd.DataFrame(list(self.rows))
+
+    @property
+    def w_granularities(self) -> tuple[str, ...]:
+        """The weight granularities the layers actually got, sorted (e.g. ``("per-channel",)`` for ``PerGroup(512)``
+        on a model whose widest row has 404 columns, ``("per-channel", "per-group(128)")`` when only some are)."""
+        return tuple(sorted({r["w_granularity"] for r in self.rows}))
 
     @property
     def weight_bytes(self) -> float:

@@ -17,7 +17,8 @@ Granularity says which elements share one (scale, zero point):
 - ``PerGroup(g)``: ``g`` contiguous input columns within one row of ``(O, I)``; when ``I % g != 0`` the last group
   of every row is shorter (``I=404, g=128 -> 128, 128, 128, 20``).  Groups never straddle rows (the reference
   code reshapes the flattened weight and does straddle them; this is a deliberate difference).
-  Scale shape ``(O, ceil(I / g))``.
+  Scale shape ``(O, ceil(I / g))``.  A group at least as wide as the row (``g >= I``) is one group per row, i.e.
+  exactly ``PerChannel()``: ``effective_granularity`` says so, and the report labels such layers "per-channel".
 - ``PerToken()``: each row of an activation ``(..., C)``, computed at run time.  Scale shape ``(..., 1)``.
 
 Rounding is round-half-to-even (``torch.round``).  All arithmetic runs in float32 and the result is cast back to
@@ -194,6 +195,15 @@ def scale_shape(shape: torch.Size | tuple[int, ...], granularity: Granularity) -
         cols = math.prod(shape[1:])
         return (shape[0], -(-cols // granularity.group_size))
     return (*shape[:-1], 1)
+
+
+def effective_granularity(shape: torch.Size | tuple[int, ...], granularity: Granularity) -> Granularity:
+    """What ``granularity`` amounts to on a weight of ``shape`` ``(O, I, ...)``: ``PerGroup(g)`` with ``g`` at least
+    the row length ``I * ...`` is ``PerChannel()`` (one group per row, the same scales and the same numbers);
+    anything else is returned unchanged."""
+    if isinstance(granularity, PerGroup) and len(shape) >= 2 and granularity.group_size >= math.prod(shape[1:]):
+        return PerChannel()
+    return granularity
 
 
 def _grouped(x: Tensor, granularity: Granularity) -> Tensor:
