@@ -176,3 +176,9 @@ def test_verdict_table_columns_and_formatting():
     assert table["mde"][0].endswith(" pts")
     with pytest.raises(InvalidValue, match="outcome"):
         v.Verdict("F", "c", 0, 0, 0, 0.95, 1, 0.1, "maybe", "")
+
+
+def test_outcomes_must_be_successes():
+    counts = pd.Series(np.arange(N), index=FP.index)
+    with pytest.raises(InvalidValue, match="per-unit successes"):
+        v.w4_loses_success(counts, FP, BASELINES)

@@ -25,7 +25,7 @@ every planner seed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -91,6 +91,9 @@ def _align(reference: pd.Series, other: pd.Series, name: str, kind: type = bool)
     if values.isna().any() or len(other) != len(index.unique()):
         raise InvalidValue(f"{name} does not hold the same units as the setting it is compared with "
                            f"({len(other)} vs {len(index.unique())} units)")
+    if kind is bool and not values.isin([0, 1]).all():
+        raise InvalidValue(f"{name} must hold per-unit successes (True / False or 1 / 0), got "
+                           f"{sorted(set(values.tolist()))[:5]}")
     return values.to_numpy().astype(kind)
 
 
@@ -119,7 +122,7 @@ def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], c
 
 def _judge(finding: str, comparison: str, a: pd.Series, b: pd.Series, fp: pd.Series,
            baselines: pd.Series | Mapping[str, pd.Series], alpha: float, margin: float, floor: float,
-           rules: Any) -> Verdict:
+           rules: Callable[[stats.McNemar, stats.Equivalence], tuple[str, str]]) -> Verdict:
     """Shared frame of the pairwise rules: testability, the key McNemar test of a vs b with its 95% interval, its
     MDE, then ``rules(test, eq)`` -> (outcome, why) with the TOST ``eq`` of a vs b."""
     alpha = check_float(f"{finding}: alpha", alpha, minimum=0, maximum=0.5, strict=True)
