@@ -116,15 +116,33 @@ def test_equivalence_p_agrees_with_its_interval():
         stats.equivalence(*pairs(both=3), margin=0)
 
 
-def test_min_detectable_effect_solves_connors_equation():
-    # psi = 0.5, d = 0.2: U = (z_a sqrt(.5) + z_b sqrt(.46))^2 / .04 = 95.7, so U = 96 detects 0.2 and U = 95 not
-    assert stats.min_detectable_effect(96, 0.5) < 0.2 < stats.min_detectable_effect(95, 0.5)
-    # psi = d (no discordance given): sqrt(U d) = z_a + z_b sqrt(1 - d)
-    d = stats.min_detectable_effect(50)
-    z_b = 0.8416212335729143
-    assert math.sqrt(50 * d) == pytest.approx(Z95 + z_b * math.sqrt(1 - d), abs=1e-6)
-    assert stats.min_detectable_effect(200, 0.3) < stats.min_detectable_effect(100, 0.3)
-    assert math.isnan(stats.min_detectable_effect(3))
+def test_mcnemar_power_by_hand():
+    # 6 units all discordant (psi = 1): only a_only = 0 or 6 gives p = 2/64 < 0.05, so power = pi^6 + (1 - pi)^6
+    # with pi = (1 + d) / 2
+    assert stats.mcnemar_power(6, 0.5, discordance=1.0) == pytest.approx(0.75**6 + 0.25**6, rel=1e-12)
+    assert stats.mcnemar_power(6, 1.0) == pytest.approx(1.0) and stats.mcnemar_power(5, 1.0) == 0.0  # 2/32 > 0.05
+    assert stats.mcnemar_power(50, 0.0, discordance=0.3) < 0.05  # the exact test keeps its level
+
+
+def test_min_detectable_effect_by_hand_and_by_its_power():
+    # 6 units, psi = d: detection needs all 6 discordant one way, P = d^6, so the MDE is 0.8^(1/6)
+    assert stats.min_detectable_effect(6) == pytest.approx(0.8 ** (1 / 6), abs=1e-5)
+    assert math.isnan(stats.min_detectable_effect(5))
+    d = stats.min_detectable_effect(100, 0.3)
+    assert stats.mcnemar_power(100, d, 0.3) >= 0.8 > stats.mcnemar_power(100, d - 1e-4, 0.3) - 1e-3
+    assert stats.min_detectable_effect(200, 0.3) < d < stats.min_detectable_effect(100, 0.5)
+
+
+def test_min_detectable_effect_power_matches_a_simulation():
+    rng = np.random.default_rng(0)
+    d, psi, units, runs = stats.min_detectable_effect(100, 0.3), 0.3, 100, 3000
+    hits = 0
+    for _ in range(runs):
+        u = rng.random(units)
+        a = u < (psi + d) / 2
+        b = (u >= (psi + d) / 2) & (u < psi)
+        hits += stats.mcnemar(a, b).p < 0.05
+    assert hits / runs == pytest.approx(0.8, abs=0.03)  # 4 standard errors
 
 
 def test_spearman_by_hand_and_with_ties():

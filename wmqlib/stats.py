@@ -18,7 +18,8 @@ difference ``d = rate(a) - rate(b)``:
   0 or 1 (Tango 1998; Newcombe 1998), where Wald intervals fail - PushT sits there.
 - ``equivalence``: two one-sided tests (TOST) of ``|d| < margin`` at level alpha, i.e. "equivalent" when the
   ``1 - 2 alpha`` (90% for alpha 0.05) Tango interval lies inside ``(-margin, margin)``; p = the larger one-sided p.
-- ``min_detectable_effect``: the smallest ``|d|`` that McNemar's test detects with the stated power (Connor 1987).
+- ``min_detectable_effect``: the smallest ``|d|`` that the exact McNemar test detects with the stated power, from
+  its exact power (``mcnemar_power``) under a stated discordance.
 - ``spearman`` / ``rank_correlation`` (Fisher z interval) and ``correlation_change`` (paired bootstrap).
 - Strata (planner seeds): ``mcnemar(..., strata)`` pools the discordant pairs of all strata into one exact test
   (valid when units are independent; it treats the same episode under two planner seeds as two units, which is
@@ -256,33 +257,69 @@ def equivalence(a: Any, b: Any, margin: float = 0.10, alpha: float = 0.05) -> Eq
     return Equivalence(test.effect, low, high, p, margin, alpha, bool(p < alpha))
 
 
+def _binomial_pmfs(units: int, p: float) -> np.ndarray:
+    """(U + 1, U + 1) matrix: row m holds the pmf of Bin(m, p) at k = 0..U (zero for k > m)."""
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, units + 1)))])
+    m, k = np.arange(units + 1)[:, None], np.arange(units + 1)[None, :]
+    rest = np.clip(m - k, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_p = np.where(k == 0, 0.0, k * np.log(p)) + np.where(rest == 0, 0.0, rest * np.log1p(-p))
+        out = np.exp(log_fact[m] - log_fact[k] - log_fact[rest] + log_p)
+    return np.where(k <= m, out, 0.0)
+
+
+def _rejections(units: int, alpha: float) -> np.ndarray:
+    """(U + 1, U + 1) bool: with m discordant units, does ``a_only = k`` give exact McNemar p < alpha."""
+    cdf = np.cumsum(_binomial_pmfs(units, 0.5), axis=1)
+    m, k = np.arange(units + 1)[:, None], np.arange(units + 1)[None, :]
+    tail = np.take_along_axis(cdf, np.clip(np.minimum(k, m - k), 0, None), axis=1)
+    return (k <= m) & (2 * tail < alpha)
+
+
+def mcnemar_power(units: int, effect: float, discordance: float | None = None, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided exact McNemar test at ``alpha`` on ``units`` paired units when
+    rate(a) - rate(b) = ``effect`` (its sign does not matter) and a fraction psi = max(discordance, |effect|) of the
+    units is discordant (psi cannot be below |effect|; discordance None means psi = |effect|, every discordant unit
+    one way). The number of discordant units is D ~ Bin(U, psi), and given D, a_only ~ Bin(D, (psi + d) / (2 psi)):
+
+        power = sum_D P(D) P(exact p < alpha | D)
+    """
+    units = check_int("mcnemar_power: units", units, minimum=1)
+    d = abs(check_float("mcnemar_power: effect", effect, minimum=-1, maximum=1))
+    alpha = check_float("mcnemar_power: alpha", alpha, minimum=0, maximum=1, strict=True)
+    psi0 = 0.0 if discordance is None else check_float("mcnemar_power: discordance", discordance, 0, 1)
+    return _power(units, d, psi0, _rejections(units, alpha))
+
+
+def _power(units: int, d: float, psi0: float, reject: np.ndarray) -> float:
+    psi = max(psi0, d)
+    if psi == 0:
+        return 0.0
+    p_discordant = _binomial_pmfs(units, psi)[units]  # (U + 1,) P(D = m)
+    given = (_binomial_pmfs(units, (psi + d) / (2 * psi)) * reject).sum(axis=1)
+    return float(np.sum(p_discordant * given))
+
+
 def min_detectable_effect(units: int, discordance: float | None = None, alpha: float = 0.05,
                           power: float = 0.8) -> float:
-    """Smallest difference |rate(a) - rate(b)| that a two-sided McNemar test at ``alpha`` detects with ``power``
-    on ``units`` paired units (normal approximation, Connor 1987):
+    """Smallest difference |rate(a) - rate(b)| that the two-sided exact McNemar test at ``alpha`` detects with
+    probability ``power`` on ``units`` paired units, by exact power (``mcnemar_power``; bisection to 1e-6).
 
-        sqrt(U) d = z_(1 - alpha/2) sqrt(psi) + z_power sqrt(psi - d^2),     psi = max(discordance, d)
-
-    psi is the fraction of discordant units under the alternative; it cannot be below d (every discordant unit one
-    way). discordance None means psi = d, the most favourable case; give the observed discordance of a pair (or a
-    planning value) for a realistic figure. Returns NaN when even d = 1 is not detectable (U < 4 at alpha 0.05).
+    discordance: the fraction of discordant units assumed under the alternative (psi = max(discordance, d)): the
+    observed discordance of a pair, or a planning value; None means psi = d, the most favourable case. Larger
+    discordance means a larger MDE. Returns NaN when even d = 1 is not detectable (U < 6 at alpha 0.05).
     """
     units = check_int("min_detectable_effect: units", units, minimum=1)
     alpha = check_float("min_detectable_effect: alpha", alpha, minimum=0, maximum=1, strict=True)
     power = check_float("min_detectable_effect: power", power, minimum=0, maximum=1, strict=True)
     psi0 = 0.0 if discordance is None else check_float("min_detectable_effect: discordance", discordance, 0, 1)
-    z_a, z_b = _NORMAL.inv_cdf(1 - alpha / 2), _NORMAL.inv_cdf(power)
-
-    def margin(d: float) -> float:  # > 0 when d is detectable; increasing in d (see the docstring's equation)
-        psi = max(psi0, d)
-        return math.sqrt(units) * d - z_a * math.sqrt(psi) - z_b * math.sqrt(max(psi - d * d, 0.0))
-
-    if margin(1.0) < 0:
+    reject = _rejections(units, alpha)
+    if _power(units, 1.0, psi0, reject) < power:
         return math.nan
-    low, high = 0.0, 1.0
-    for _ in range(60):
+    low, high = 0.0, 1.0  # power increases with d (a larger share of the discordant units goes one way)
+    while high - low > 1e-6:
         mid = (low + high) / 2
-        low, high = (low, mid) if margin(mid) >= 0 else (mid, high)
+        low, high = (low, mid) if _power(units, mid, psi0, reject) >= power else (mid, high)
     return high
 
 
