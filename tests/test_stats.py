@@ -99,6 +99,24 @@ def test_paired_interval_excludes_zero_exactly_when_the_score_test_rejects(table
     assert (low > 0 or high < 0) == (abs(n10 - n01) / math.sqrt(n10 + n01) > Z95)
 
 
+def _score_by_grid(n10, n01, units, d):
+    """Tango's T(d) with the restricted MLE of P(a fails, b succeeds) found by a grid search of the profile
+    log-likelihood n10 log(q + d) + n01 log q + n_concordant log(1 - 2q - d), not by the closed form."""
+    q = np.linspace(max(0.0, -d) + 1e-9, (1 - d) / 2 - 1e-9, 400_001)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loglik = n10 * np.log(q + d) + n01 * np.log(q) + (units - n10 - n01) * np.log(1 - 2 * q - d)
+    best = q[np.nanargmax(np.where(np.isfinite(loglik), loglik, -np.inf))]
+    return (n10 - n01 - units * d) / math.sqrt(units * (2 * best + d * (1 - d)))
+
+
+@pytest.mark.parametrize("table", [(10, 8, 2, 30), (5, 3, 7, 25), (20, 12, 0, 18)])
+def test_paired_interval_limits_are_where_the_score_statistic_reaches_z(table):
+    low, high = stats.paired_interval(*pairs(*table))
+    units = sum(table)
+    assert _score_by_grid(table[1], table[2], units, low) == pytest.approx(Z95, abs=2e-3)
+    assert _score_by_grid(table[1], table[2], units, high) == pytest.approx(-Z95, abs=2e-3)
+
+
 def test_equivalence_without_discordance_by_hand():
     # b = c = 0: T(-m) = sqrt(U m / (1 - m)), TOST p = 1 - Phi(T(-m)) (both sides equal)
     eq = stats.equivalence(*pairs(both=30, neither=20), margin=0.1)
@@ -214,3 +232,23 @@ def test_pick_exactly_one_row():
     assert stats.pick(rates, env="wall", bits="W8")["bits"] == "W8"
     with pytest.raises(InvalidValue, match="found 2"):
         stats.pick(rates, env="wall")
+
+
+def test_clustered_mcnemar_counts_an_episode_once():
+    # one unit per cluster: the same p as McNemar
+    for table in [(10, 3, 1, 36), (0, 9, 2, 39), (5, 5, 5, 5)]:
+        a, b = pairs(*table)
+        assert stats.clustered_mcnemar(a, b, np.arange(a.size)).p == pytest.approx(stats.mcnemar(a, b).p)
+    # 5 episodes x 3 planner seeds, a ahead on every unit: s_c = 3 for each episode, P(|sum of +-3| >= 15) = 2/32,
+    # where pooling the 15 units gives 2 * 0.5**15
+    a, b = pairs(a_only=15)
+    episodes = np.tile(np.arange(5), 3)
+    assert stats.clustered_mcnemar(a, b, episodes).p == pytest.approx(1 / 16)
+    assert stats.mcnemar(a, b).p == pytest.approx(2 * 0.5**15)
+    # clusters whose units cancel (one seed gains, one loses) carry no evidence: sizes (2, 0, 1) -> t = 3,
+    # P(|+-2 +-1| >= 3) = 1/2
+    a = np.array([1, 1, 1, 0, 1, 0], bool)
+    b = np.array([0, 0, 0, 1, 0, 0], bool)
+    assert stats.clustered_mcnemar(a, b, [0, 0, 1, 1, 2, 2]).p == pytest.approx(0.5)
+    with pytest.raises(InvalidValue, match="clusters"):
+        stats.clustered_mcnemar(a, b, [0, 1])

@@ -24,7 +24,8 @@ difference ``d = rate(a) - rate(b)``:
 - Strata (planner seeds): ``mcnemar(..., strata)`` pools the discordant pairs of all strata into one exact test
   (valid when units are independent; it treats the same episode under two planner seeds as two units, which is
   optimistic when an episode's outcome is driven by the episode rather than by the draws); ``per_stratum``
-  gives each stratum's rates and test so a notebook shows the seed-to-seed spread.
+  gives each stratum's rates and test so a notebook shows the seed-to-seed spread; ``clustered_mcnemar`` is the
+  exact test that counts an episode once however many planner seeds planned it.
 
 No scipy: the binomial tail is summed exactly with integers, the normal distribution comes from the standard
 library (``statistics.NormalDist``), root finding is bisection.
@@ -190,6 +191,33 @@ def mcnemar(a: Any, b: Any, strata: Any = None) -> McNemar:
     a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
     p = min(1.0, 2 * binomial_cdf(min(a_only, b_only), a_only + b_only))
     return McNemar(a.size, a_only, b_only, (a_only - b_only) / a.size, p)
+
+
+def clustered_mcnemar(a: Any, b: Any, clusters: Any) -> McNemar:
+    """Exact paired test for units that come in clusters, e.g. one episode planned under several planner seeds,
+    whose outcomes are driven by the episode as much as by the draws (the pooled ``mcnemar`` then counts one
+    episode several times and its p is too small).
+
+    Per cluster c, s_c = sum over its units of (a - b). Under H0 (a and b exchangeable within each cluster,
+    jointly over its units) each s_c is +|s_c| or -|s_c| with probability 1/2, independently across clusters, so
+    p = P(|sum_c e_c |s_c|| >= |sum_c s_c|), computed exactly by convolving the clusters' two-point laws. With one
+    unit per cluster this is ``mcnemar``'s p. a, b, clusters: ``(U,)``; returns ``McNemar`` with this p.
+    """
+    a, b = _pair(a, b)
+    labels = np.asarray(clusters)
+    if labels.shape != a.shape:
+        raise InvalidValue(f"clusters must label every unit: got {labels.size} labels for {a.size} units")
+    per_cluster = np.zeros(labels.size, dtype=int)
+    np.add.at(per_cluster, np.unique(labels, return_inverse=True)[1].ravel(), a.astype(int) - b.astype(int))
+    sizes = np.abs(per_cluster[per_cluster != 0])
+    total, observed = int(sizes.sum()), abs(int(per_cluster.sum()))
+    law = np.zeros(2 * total + 1)  # law[total + v] = P(sum = v); partial sums never leave [-total, total]
+    law[total] = 1.0
+    for size in sizes:
+        law = 0.5 * (np.roll(law, size) + np.roll(law, -size))
+    p = 1.0 if observed == 0 else min(1.0, float(law[np.abs(np.arange(-total, total + 1)) >= observed].sum()))
+    test = mcnemar(a, b)
+    return McNemar(test.units, test.a_only, test.b_only, test.effect, p)
 
 
 def _tango_score(a_only: int, b_only: int, units: int, d: float) -> float:
