@@ -182,3 +182,29 @@ def test_outcomes_must_be_successes():
     counts = pd.Series(np.arange(N), index=FP.index)
     with pytest.raises(InvalidValue, match="per-unit successes"):
         v.w4_loses_success(counts, FP, BASELINES)
+
+
+def _seeds(*per_seed):
+    """One Series over (planner_seed, unit) from one Series per seed."""
+    return pd.concat({seed: s for seed, s in enumerate(per_seed)}, names=["planner_seed"])
+
+
+def test_every_stratum_needs_the_finding_in_every_seed():
+    fp = _seeds(FP, FP, FP)
+    w4 = _seeds(units((0, 30)), units((0, 30)), units((0, 30)))
+    held = v.every_stratum(v.w4_loses_success, "planner_seed", w4, fp, BASELINES)
+    assert held.outcome == "reproduced" and "3 reproduced" in held.why
+    one_seed_off = _seeds(units((0, 30)), units((0, 30)), FP)  # the third seed: W4 equivalent to FP
+    split = v.every_stratum(v.w4_loses_success, "planner_seed", one_seed_off, fp, BASELINES)
+    assert v.w4_loses_success(one_seed_off, fp, BASELINES).outcome == "reproduced"  # pooled alone says yes
+    assert split.outcome == "inconclusive" and "2 reproduced, 1 not reproduced" in split.why
+    none = v.every_stratum(v.w4_loses_success, "planner_seed", _seeds(FP, FP, units((10, 66))), fp, BASELINES)
+    assert none.outcome == "not reproduced"
+    weak = _seeds(units((0, 7)), units((0, 7)))  # 2 units over the baseline per seed, 4 pooled: p 0.125
+    assert v.every_stratum(v.w4_loses_success, "planner_seed", weak, weak, BASELINES).outcome == "not testable"
+    # Series inside mappings and tuples are split too
+    pairs = {"W4A4": (_seeds(FP, FP), _seeds(FP, FP))}
+    assert v.every_stratum(v.per_token_no_benefit, "planner_seed", pairs, _seeds(FP, FP), BASELINES).outcome == \
+        "reproduced"
+    with pytest.raises(InvalidValue, match="planner_seed"):
+        v.every_stratum(v.w4_loses_success, "planner_seed", FP, FP, BASELINES)

@@ -21,10 +21,16 @@ exact McNemar p and ``mde`` its minimum detectable effect (alpha, power 0.8, the
 Multiplicity: each rule decides one comparison at alpha, except ``per_token_no_benefit``, which Bonferroni-adjusts
 its "per-token better anywhere" test over its pairs. Baselines without the planner-seed level are repeated for
 every planner seed.
+
+Planner seeds: pooled over seeds, one episode counts once per seed, which overstates the evidence when the episode
+rather than the draws decides its outcome. ``every_stratum(rule, "planner_seed", ...)`` asks the rule to hold for
+every seed separately (each seed's units are distinct episodes); ``stats.clustered_mcnemar`` and
+``stats.per_stratum`` show the clustered p and the seed-to-seed spread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -372,6 +378,57 @@ def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.
                                        f"{rhos}"
     return Verdict("F6 loss stops predicting", comparison, change.effect, change.ci_low, change.ci_high,
                    1 - alpha, change.p, mde, outcome, why)
+
+
+def _stratum(value: Any, level: str, key: Any) -> Any:
+    """``value`` restricted to one stratum: Series indexed by ``level`` -> that stratum's rows (level dropped);
+    mappings and tuples element-wise; anything else (a baseline without the level, a number) unchanged."""
+    if isinstance(value, pd.Series) and level in (value.index.names or []):
+        return value.xs(key, level=level)
+    if isinstance(value, Mapping):
+        return {k: _stratum(v, level, key) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_stratum(v, level, key) for v in value)
+    return value
+
+
+def _strata(values: Sequence[Any], level: str) -> list[Any]:
+    """The values of index level ``level`` in the first Series found among ``values`` (searched into mappings and
+    tuples); [] when none has it."""
+    for value in values:
+        if isinstance(value, pd.Series) and level in (value.index.names or []):
+            return list(pd.unique(value.index.get_level_values(level)))
+        nested = list(value.values()) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else []
+        found = _strata(nested, level)
+        if found:
+            return found
+    return []
+
+
+def every_stratum(rule: Callable[..., Verdict], level: str, *args: Any, **kwargs: Any) -> Verdict:
+    """A verdict that must hold for every stratum (planner seed): ``rule(*args, **kwargs)`` on all units, and again
+    on each value of the index level ``level`` (e.g. "planner_seed") of the Series arguments, whose units are
+    distinct episodes, so each stratum's test is valid however strongly an episode drives its outcomes.
+
+    Reproduced only when every stratum reproduces; not reproduced when some stratum does and none reproduces;
+    inconclusive otherwise (strata disagree, or one is inconclusive or not testable); not testable when the pooled
+    rule is. Numbers (effect, interval, p, mde) are the pooled ones; ``why`` adds the count per outcome.
+    """
+    pooled = rule(*args, **kwargs)
+    keys = _strata(list(args) + list(kwargs.values()), level)
+    if not keys:
+        raise InvalidValue(f"every_stratum: no Series argument has the index level {level!r}")
+    per = [rule(*_stratum(args, level, k), **_stratum(kwargs, level, k)).outcome for k in keys]
+    counts = ", ".join(f"{per.count(o)} {o}" for o in OUTCOMES if per.count(o))
+    if pooled.outcome == "not testable":
+        outcome = "not testable"
+    elif all(o == "reproduced" for o in per):
+        outcome = "reproduced"
+    elif "not reproduced" in per and "reproduced" not in per:
+        outcome = "not reproduced"
+    else:
+        outcome = "inconclusive"
+    return dataclasses.replace(pooled, outcome=outcome, why=f"{pooled.why}; per {level}: {counts}")
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
