@@ -107,7 +107,7 @@ def _decisive(test: stats.McNemar, alpha: float, sign: int) -> bool:
     return test.p < alpha and np.sign(test.effect) == sign
 
 
-def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], cells: Sequence[pd.Series],
+def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], cells: Sequence[np.ndarray],
                 alpha: float, floor: float) -> str | None:
     """Why the finding cannot be judged on these units, or None when it can."""
     base = baselines if isinstance(baselines, Mapping) else {"baseline": baselines}
