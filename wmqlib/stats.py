@@ -21,7 +21,7 @@ difference ``d = rate(a) - rate(b)``:
 - ``min_detectable_effect``: the smallest ``|d|`` that the exact McNemar test detects with the stated power, from
   its exact power (``mcnemar_power``) under a stated discordance.
 - ``spearman`` / ``rank_correlation`` (Fisher z interval) and ``correlation_change`` (paired bootstrap).
-- Strata (planner seeds): ``mcnemar(..., strata)`` pools the discordant pairs of all strata into one exact test
+- Strata (planner seeds): ``mcnemar`` on all units pools the discordant pairs of all strata into one exact test
   (valid when units are independent; it treats the same episode under two planner seeds as two units, which is
   optimistic when an episode's outcome is driven by the episode rather than by the draws); ``per_stratum``
   gives each stratum's rates and test so a notebook shows the seed-to-seed spread; ``clustered_mcnemar`` is the
@@ -178,16 +178,14 @@ class McNemar:
         return (self.a_only + self.b_only) / self.units
 
 
-def mcnemar(a: Any, b: Any, strata: Any = None) -> McNemar:
+def mcnemar(a: Any, b: Any) -> McNemar:
     """Exact two-sided McNemar test of ``a`` vs ``b`` (bool ``(U,)``, aligned units); see the module docstring.
 
-    strata: optional ``(U,)`` labels (planner seeds). The stratified test pools the discordant pairs of all
-    strata: under H0 each discordant unit is a fair coin whatever its stratum, so the pooled count is exact for
-    independent units, and the strata only serve ``per_stratum``'s spread. Given, it must match ``a``'s length.
+    Stratified use (units of several planner seeds): call it on all units. It pools the discordant pairs of all
+    strata, which is exact for independent units (under H0 each discordant unit is a fair coin whatever its
+    stratum); ``per_stratum`` shows each stratum, ``clustered_mcnemar`` counts an episode once across strata.
     """
     a, b = _pair(a, b)
-    if strata is not None and len(strata) != a.size:
-        raise InvalidValue(f"strata must label every unit: got {len(strata)} labels for {a.size} units")
     a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
     p = min(1.0, 2 * binomial_cdf(min(a_only, b_only), a_only + b_only))
     return McNemar(a.size, a_only, b_only, (a_only - b_only) / a.size, p)
