@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 
 from wmqlib import plots
 
@@ -49,12 +50,79 @@ def test_success_bars_draw_one_errorbar_per_bar():
     assert len(ax.containers) - 2 == 4  # two bar containers (one per hue) + one errorbar container per bar
 
 
-def test_curves_with_band():
-    t = pd.DataFrame({"iteration": np.tile(np.arange(5), 2), "method": np.repeat(["FP", "W4"], 5),
-                      "success_rate": np.linspace(0, 1, 10)})
-    t["ci_low"], t["ci_high"] = t.success_rate - 0.1, t.success_rate + 0.1
-    grid = plots.curves(t, "iteration", "success_rate", hue="method", band=("ci_low", "ci_high"))
-    assert len(grid.ax.collections) == 2  # one shaded band per line
+def _curve_table():
+    t = pd.DataFrame({"round": np.tile(np.arange(1, 6), 3), "setting": np.repeat(["FP", "W4", "W3"], 5),
+                      "success_rate": np.r_[np.linspace(0.05, 0.2, 5), np.linspace(0, 0.1, 5), np.zeros(5)]})
+    t["ci_low"], t["ci_high"] = (t.success_rate - 0.05).clip(0), t.success_rate + 0.08
+    return t
+
+
+def test_curves_bands_take_their_line_colours():
+    grid = plots.curves(_curve_table(), "round", "success_rate", hue="setting", band=("ci_low", "ci_high"),
+                        xlabel="MPC rounds")
+    ax = grid.ax
+    lines = {tuple(np.round(to_rgba(line.get_color()), 3)) for line in ax.lines if len(line.get_xdata()) == 5}
+    bands = [tuple(np.round(c.get_facecolor()[0][:3], 3)) + (1.0,) for c in ax.collections]
+    assert len(bands) == 3 and len(set(bands)) == 3  # one band per line, each its own colour
+    assert set(bands) == lines
+    assert to_rgba(plots.FP_COLOUR) in {to_rgba(line.get_color()) for line in ax.lines}  # FP drawn near-black
+    assert ax.get_xlabel() == "MPC rounds" and ax.get_ylabel() == "success rate (95% interval)"
+
+
+def test_curves_fit_the_y_axis_to_low_rates_and_leave_other_values_alone():
+    grid = plots.curves(_curve_table(), "round", "success_rate", hue="setting", band=("ci_low", "ci_high"))
+    low, high = grid.ax.get_ylim()
+    assert high == pytest.approx(0.35) and -0.01 < low < 0  # highest band 0.28: +8%, rounded up to 0.05
+    loss = _curve_table().assign(plan_loss=lambda d: 10 + d["round"] * 5.0)
+    assert plots.curves(loss, "round", "plan_loss", hue="setting").ax.get_ylim()[1] > 30
+
+
+def test_baselines_and_fp_reference_drawn_in_every_facet_with_a_legend():
+    table = pd.concat([_table().assign(env=env) for env in ("wall", "pusht")], ignore_index=True)
+    base = pd.DataFrame({"env": ["wall", "wall", "pusht", "pusht"], "baseline": ["no_action", "straight_line"] * 2,
+                         "success_rate": [0.0, 0.26, 0.0, 0.02]})
+    fp = pd.DataFrame({"env": ["wall", "pusht"], "success_rate": [0.66, 0.16], "ci_low": [0.52, 0.08],
+                       "ci_high": [0.78, 0.29]})
+    grid = plots.success_bars(table, x="bits", hue="granularity", col="env", baselines=base, reference=fp)
+    for env, ax in grid.axes_dict.items():
+        heights = sorted(round(line.get_ydata()[0], 3) for line in ax.lines if len(set(line.get_ydata())) == 1
+                         and len(line.get_ydata()) == 2)
+        want = base[base["env"] == env]["success_rate"].tolist() + fp[fp["env"] == env]["success_rate"].tolist()
+        assert heights == sorted(want)
+        spans = [p for p in ax.patches if p.get_width() > 0.9]  # the FP band spans the whole axis
+        assert len(spans) == 1
+    labels = [t.get_text() for t in grid.legend.get_texts()]
+    assert labels == ["channel", "g32", "baseline: no_action", "baseline: straight_line", "FP (95% interval)"]
+    curves = plots.curves(_curve_table().assign(env="wall"), "round", "success_rate", col="env",
+                          baselines=base, reference=fp)
+    assert len(curves.axes_dict["wall"].lines) == 1 + 2 + 1
+
+
+def test_errorbars_follow_their_bar_even_at_equal_heights():
+    t = pd.DataFrame({"bits": ["W4", "W4"], "granularity": ["channel", "g32"], "success_rate": [0.5, 0.5],
+                      "ci_low": [0.3, 0.45], "ci_high": [0.7, 0.55]})
+    ax = plots.success_bars(t, x="bits", hue="granularity").ax
+    bars = sorted((p.get_x(), p.get_height()) for p in ax.patches if p.get_height() > 0)
+    spans = sorted((c.lines[2][0].get_segments()[0][0][0], c.lines[2][0].get_segments()[0][1][1] -
+                    c.lines[2][0].get_segments()[0][0][1]) for c in ax.containers if hasattr(c, "has_yerr"))
+    assert len(bars) == 2 and [round(s, 2) for _, s in spans] == [0.4, 0.1]  # channel left and wide, g32 narrow
+
+
+def test_long_tick_labels_do_not_overlap():
+    names = [f"Method{i} W4A16 per-channel (QuantWM reference)" for i in range(8)]
+    t = pd.DataFrame({"setting": names, "success_rate": 0.1, "ci_low": 0.05, "ci_high": 0.2})
+    grid = plots.success_bars(t, x="setting")
+    renderer = grid.figure.canvas.get_renderer()
+    boxes = sorted((lab.get_window_extent(renderer) for lab in grid.ax.get_xticklabels()), key=lambda b: b.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+    assert grid.ax.get_ylim()[1] == pytest.approx(0.25)
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(ValueError, match="ci_high"):
+        plots.success_bars(_table().drop(columns="ci_high"), x="bits")
+    with pytest.raises(ValueError, match="baseline"):
+        plots.curves(_curve_table(), "round", "success_rate", baselines=pd.DataFrame({"success_rate": [0.1]}))
 
 
 def test_frame_strip_shapes_and_label_check():

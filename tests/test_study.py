@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib import stats
 from wmqlib import study as st
 from wmqlib.caches import Caches
 from wmqlib.envs import Wall
@@ -150,14 +149,14 @@ def test_traced_run_gives_every_shorter_budget(tiny, caches):
     traced = st.run_setting(setting(tiny, planner=dataclasses.replace(SMALL, opt_steps=3), trace=True), caches)
     assert len(traced) == 3 * 3
     plain = st.run_setting(setting(tiny, planner=SMALL), caches)
-    derived = stats.at_opt_steps(traced, 2)
+    derived = st.at_opt_steps(traced, 2)
     assert list(derived["opt_steps"].unique()) == [2]
     for col in ("success", "state_dist", "plan_loss"):
         np.testing.assert_allclose(derived[col].astype(float), plain[col].astype(float), rtol=1e-6)
     with pytest.raises(ValueError, match="exceeds the traced iterations"):
-        stats.at_opt_steps(traced, 4)
+        st.at_opt_steps(traced, 4)
     with pytest.raises(ValueError, match="traced table"):
-        stats.at_opt_steps(plain, 1)
+        st.at_opt_steps(plain, 1)
 
 
 def test_quantized_run_reports_bits_and_encoder_damage(tiny, caches, calib_dir):
@@ -235,3 +234,19 @@ def test_planner_seed_and_objective_change_the_plans_not_the_old_keys(tiny, cach
         dataclasses.replace(base, planner_seed=-1)
     with pytest.raises(TypeError, match="objective must be"):
         dataclasses.replace(base, objective="visual")
+
+
+def test_per_episode_reads_each_traced_setting_at_its_budget():
+    traced = pd.DataFrame({"config_key": ["w"] * 6 + ["p"] * 4, "env": ["wall"] * 6 + ["pusht"] * 4,
+                           "episode": [0, 0, 0, 1, 1, 1, 0, 0, 1, 1], "iteration": [0, 1, 2] * 2 + [0, 1] * 2,
+                           "success": [False, False, True, False, True, True, False, True, True, True],
+                           "planner.opt_steps": [3] * 6 + [2] * 4})
+    plain = pd.DataFrame({"config_key": ["g", "g"], "env": ["wall"] * 2, "episode": [0, 1],
+                          "success": [True, False], "planner.opt_steps": [7, 7]})
+    table = pd.concat([traced, plain], ignore_index=True)
+    out = st.per_episode(table, {"wall": 2, "pusht": 5})
+    assert list(out["config_key"]) == ["w", "w", "p", "p", "g", "g"]
+    assert list(out["opt_steps"]) == [2, 2, 2, 2, 7, 7]  # pusht's trace is shorter than 5: its last iteration
+    assert list(out["success"]) == [False, True, True, True, True, False]
+    last = st.per_episode(table)
+    assert list(last["opt_steps"]) == [3, 3, 2, 2, 7, 7] and list(last["success"][:2]) == [True, True]

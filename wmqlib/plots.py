@@ -2,25 +2,34 @@
 
 Every figure is written by :func:`savefig`, which names it ``figures/<notebook>__<panel>.png`` (and ``.pdf``), so each
 file says which notebook produced it. Plot helpers take tidy tables whose success columns come from
-``wmqlib.study.with_success_ci`` (``success_rate``, ``ci_low``, ``ci_high``).
+``wmqlib.stats.success_rates`` / ``success_curve`` (``success_rate``, ``ci_low``, ``ci_high``). Every success figure
+can carry the trivial baselines (grey lines) and FP with its interval (near-black line and band); bands take
+their line's colour; y fits the data; long tick labels wrap.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import to_rgba
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from wmqlib.paths import FIGURES_DIR
 
 _NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+$")
 _PANEL = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 FORMATS = ("png", "pdf")
+FP_COLOUR = "0.1"
+BAND_ALPHA = 0.18
+BASELINE_STYLES = ("--", ":", "-.")  # one per trivial baseline kind, in sorted order of their names
 
 
 def set_style() -> None:
@@ -50,64 +59,195 @@ def savefig(fig: plt.Figure, notebook: str, panel: str, figures_dir: Path | str 
     return paths
 
 
-def success_bars(table: pd.DataFrame, x: str, hue: str | None = None, col: str | None = None,
-                 baselines: pd.DataFrame | None = None, title: str | None = None) -> sns.FacetGrid:
-    """Bar chart of success rate with Wilson 95% error bars, one facet per ``col`` value.
+def palette_for(values: Sequence[Any]) -> dict[Any, Any]:
+    """One colour per distinct value, in first-seen order, from the colour-blind palette; a value named "FP" is
+    drawn near-black so full precision reads as the reference in every figure."""
+    order = list(pd.unique(pd.Series(list(values))))
+    others = [v for v in order if v != "FP"]
+    colours = dict(zip(others, sns.color_palette("colorblind", n_colors=max(len(others), 1))))
+    return {v: FP_COLOUR if v == "FP" else colours[v] for v in order}
 
-    ``table`` has one row per bar: columns ``x``, ``hue``, ``col``, ``success_rate``, ``ci_low``, ``ci_high``.
-    ``baselines`` (columns ``col`` (optional), ``baseline``, ``success_rate``) are drawn as labelled dashed lines.
+
+def _facets(grid: sns.FacetGrid, col: str | None) -> list[tuple[Any, plt.Axes]]:
+    return list(grid.axes_dict.items()) if col else [(None, grid.ax)]
+
+
+def _facet_rows(frame: pd.DataFrame | None, col: str | None, key: Any) -> pd.DataFrame | None:
+    """The rows of ``frame`` for facet ``key`` (all rows when the frame has no ``col`` column)."""
+    if frame is None or key is None or col not in frame.columns:
+        return frame
+    return frame[frame[col] == key]
+
+
+def _check_columns(name: str, frame: pd.DataFrame | None, columns: Sequence[str | None]) -> None:
+    if frame is None:
+        return
+    missing = [c for c in columns if c is not None and c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} needs columns {missing}; it has {list(frame.columns)}")
+
+
+def _baseline_styles(baselines: pd.DataFrame | None) -> dict[str, str]:
+    kinds = [] if baselines is None else sorted(baselines["baseline"].unique())
+    return {kind: BASELINE_STYLES[i % len(BASELINE_STYLES)] for i, kind in enumerate(kinds)}
+
+
+def _draw_references(ax: plt.Axes, baselines: pd.DataFrame | None, reference: pd.DataFrame | None,
+                     styles: dict[str, str], legend: dict[str, Any]) -> list[float]:
+    """Trivial baselines as grey lines (dash style ``styles[kind]``), the FP reference as a near-black line with
+    its interval band; fills ``legend`` (label -> handle) and returns the heights drawn (for the y-limits)."""
+    heights = []
+    for row in (baselines.itertuples() if baselines is not None else []):
+        style = styles[row.baseline]
+        ax.axhline(row.success_rate, color="0.45", lw=1.2, ls=style, zorder=1)
+        legend[f"baseline: {row.baseline}"] = Line2D([], [], color="0.45", lw=1.2, ls=style)
+        heights.append(row.success_rate)
+    for row in (reference.itertuples() if reference is not None else []):
+        label = getattr(row, "label", "FP")
+        ax.axhline(row.success_rate, color=FP_COLOUR, lw=1.4, zorder=2)
+        ax.axhspan(row.ci_low, row.ci_high, color=FP_COLOUR, alpha=BAND_ALPHA, lw=0, zorder=0)
+        legend[f"{label} (95% interval)"] = (Patch(color=FP_COLOUR, alpha=BAND_ALPHA, lw=0),
+                                            Line2D([], [], color=FP_COLOUR, lw=1.4))
+        heights += [row.success_rate, row.ci_high]
+    return heights
+
+
+def _fit_ylim(ax: plt.Axes, values: Sequence[float], lines: bool = False) -> None:
+    """y from 0 to a little above the highest value drawn (rounded up to 0.05, at most 1.02), so data in the
+    bottom fifth of the rate scale fill the panel instead of a sliver of it."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    top = min(1.02, max(0.05, np.ceil((max(finite, default=1.0) * 1.08 + 0.005) * 20) / 20))
+    ax.set_ylim(-0.015 * top if lines else 0, top)  # lines at 0 stay visible above the axis
+
+
+def _declutter_ticks(grid: sns.FacetGrid, width: int) -> None:
+    """No overprinted categorical tick labels: the first layout of each facet's labels whose neighbours do not
+    overlap, of: wrapped at ``width`` characters; wrapped at 60% of it; vertical, wrapped at twice it; vertical on
+    one line (vertical labels need only their lines' height side by side; the saved bbox grows to hold them)."""
+    axes = list(grid.axes.flat)
+    texts = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
+    for ax, labels in zip(axes, texts):
+        ax.set_xticks(ax.get_xticks(), [textwrap.fill(t, width, break_long_words=False) for t in labels])
+    grid.tight_layout()  # the grid was laid out for the unwrapped labels
+    renderer = grid.figure.canvas.get_renderer()
+
+    def crowded(ax: plt.Axes) -> bool:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        return any(left.x1 >= right.x0 for left, right in zip(boxes, boxes[1:]))
+
+    for ax, labels in zip(axes, texts):
+        for wrap_at, rotation in ((max(4, round(0.6 * width)), 0), (2 * width, 90), (None, 90)):
+            if not crowded(ax):
+                break
+            ax.set_xticks(ax.get_xticks(), labels if wrap_at is None else
+                          [textwrap.fill(t, wrap_at, break_long_words=False) for t in labels], rotation=rotation,
+                          ha="center")
+
+
+def _legend(grid: sns.FacetGrid, title: str | None, entries: dict[str, Any]) -> None:
+    if entries:
+        grid.add_legend(legend_data=entries, title=title, label_order=list(entries))
+
+
+def success_bars(table: pd.DataFrame, x: str, hue: str | None = None, col: str | None = None,
+                 baselines: pd.DataFrame | None = None, title: str | None = None,
+                 reference: pd.DataFrame | None = None, xlabel: str | None = None,
+                 ylabel: str = "success rate (95% interval)", wrap: int = 12) -> sns.FacetGrid:
+    """Bar chart of success rate with Wilson 95% error bars, one facet per ``col`` value, y fitted per facet.
+
+    table: one row per bar - columns ``x``, ``hue``, ``col``, ``success_rate``, ``ci_low``, ``ci_high``.
+    baselines: trivial baselines (columns ``col`` (optional), ``baseline``, ``success_rate``), drawn as grey lines,
+        one dash style per kind, named in the legend.
+    reference: FP (columns ``col`` (optional), ``success_rate``, ``ci_low``, ``ci_high``, optional ``label``),
+        drawn as a near-black line with its interval band.
+    xlabel / ylabel: axis names; wrap: tick labels wider than this many characters are wrapped.
     """
+    _check_columns("table", table, [x, hue, col, "success_rate", "ci_low", "ci_high"])
+    _check_columns("baselines", baselines, ["baseline", "success_rate"])
+    _check_columns("reference", reference, ["success_rate", "ci_low", "ci_high"])
+    table = table.reset_index(drop=True)  # seaborn mis-draws a facet of a table with a repeated index (pd.concat)
+    colours = palette_for(table[hue]) if hue else {None: sns.color_palette("colorblind")[0]}
+    order = list(pd.unique(table[x]))
     grid = sns.catplot(data=table, x=x, y="success_rate", hue=hue, col=col, kind="bar", errorbar=None,
-                       height=3.2, aspect=1.3, sharex=False)
-    for key, ax in grid.axes_dict.items() if col else [(None, grid.ax)]:
-        sub = table if key is None else table[table[col] == key]
-        _errorbars(ax, sub, x, hue)
-        if baselines is not None:
-            base = baselines if key is None or col not in baselines else baselines[baselines[col] == key]
-            for i, row in enumerate(base.itertuples()):
-                ax.axhline(row.success_rate, ls="--", lw=1, color=f"C{7 + i % 3}")
-                ax.text(ax.get_xlim()[1], row.success_rate, f" {row.baseline}", va="center", fontsize=7)
-        ax.set_ylim(0, 1.02)
-    grid.set_axis_labels(x, "success rate")
+                       order=order, hue_order=list(colours) if hue else None, palette=colours if hue else None,
+                       color=None if hue else colours[None], saturation=1, height=3.2, aspect=1.3, sharex=False,
+                       sharey=False, legend=False)
+    legend = {str(k): Patch(color=c) for k, c in colours.items()} if hue else {}
+    styles = _baseline_styles(baselines)
+    for key, ax in _facets(grid, col):
+        sub = _facet_rows(table, col, key)
+        _errorbars(ax, sub, x, hue, order, colours)
+        heights = _draw_references(ax, _facet_rows(baselines, col, key), _facet_rows(reference, col, key),
+                                   styles, legend)
+        _fit_ylim(ax, [*sub["ci_high"], *heights])
+    grid.set_axis_labels(xlabel or x, ylabel)
+    _legend(grid, hue, legend)
     if title:
         grid.figure.suptitle(title, y=1.03)
+    _declutter_ticks(grid, wrap)
     return grid
 
 
-def _errorbars(ax: plt.Axes, table: pd.DataFrame, x: str, hue: str | None) -> None:
-    """Draw Wilson intervals on the bars of a seaborn bar plot, matched by bar centre and height."""
-    rates = table["success_rate"].to_numpy()
-    lows, highs = table["ci_low"].to_numpy(), table["ci_high"].to_numpy()
+def _errorbars(ax: plt.Axes, table: pd.DataFrame, x: str, hue: str | None, order: list[Any],
+               colours: dict[Any, Any]) -> None:
+    """Wilson intervals on the bars of a seaborn bar plot: a bar's category is its centre rounded to the nearest
+    tick, its hue level its face colour (each level has its own colour), so equal heights cannot be mixed up."""
+    by_colour = {tuple(np.round(to_rgba(c)[:3], 3)): k for k, c in colours.items()}
     for patch in ax.patches:
         h = patch.get_height()
         if not np.isfinite(h) or patch.get_width() == 0:
             continue
-        match = np.flatnonzero(np.isclose(rates, h))
-        if match.size == 0:
-            continue
-        i = match[0]
         cx = patch.get_x() + patch.get_width() / 2
-        ax.errorbar(cx, h, yerr=[[h - lows[i]], [highs[i] - h]], fmt="none", ecolor="0.2", capsize=2, lw=1)
+        rows = table[table[x] == order[int(round(cx))]]
+        if hue:
+            rows = rows[rows[hue] == by_colour.get(tuple(np.round(patch.get_facecolor()[:3], 3)))]
+        if len(rows) != 1:
+            continue
+        row = rows.iloc[0]
+        ax.errorbar(cx, h, yerr=[[h - row["ci_low"]], [row["ci_high"] - h]], fmt="none", ecolor="0.2", capsize=2,
+                    lw=1)
 
 
 def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str | None = None,
-           band: tuple[str, str] | None = None, logy: bool = False) -> sns.FacetGrid:
-    """Line plot of ``y`` against ``x`` (e.g. success vs planning iteration), with an optional shaded interval.
+           band: tuple[str, str] | None = None, logy: bool = False, baselines: pd.DataFrame | None = None,
+           reference: pd.DataFrame | None = None, xlabel: str | None = None, ylabel: str | None = None,
+           title: str | None = None) -> sns.FacetGrid:
+    """Line plot of ``y`` against ``x`` (success vs CEM iterations or MPC rounds, planning loss, ...).
 
-    ``band`` names the (low, high) columns of the interval drawn around each line.
+    band: the (low, high) columns of the interval shaded around each line, in the line's own colour.
+    baselines / reference: as in ``success_bars`` (trivial baselines as grey lines; FP as a near-black line with
+        its band when it is not one of the ``hue`` curves; a hue level named "FP" is drawn near-black too).
+    xlabel: name the axis ("CEM iterations", "MPC rounds"); ylabel: default "success rate (95% interval)" for
+        success_rate, else ``y``. Linear axes start at 0 and end a little above the highest value drawn.
     """
-    grid = sns.relplot(data=table, x=x, y=y, hue=hue, col=col, kind="line", errorbar=None, height=3.2,
-                       aspect=1.3, facet_kws={"sharey": False})
-    if band is not None:
-        for key, ax in grid.axes_dict.items() if col else [(None, grid.ax)]:
-            sub = table if key is None else table[table[col] == key]
-            groups = sub.groupby(hue, sort=False) if hue else [(None, sub)]
-            palette = dict(zip(grid.hue_names or [None], sns.color_palette(n_colors=len(grid.hue_names or [0]))))
-            for name, g in groups:
+    _check_columns("table", table, [x, y, hue, col, *(band or ())])
+    _check_columns("baselines", baselines, ["baseline", "success_rate"])
+    _check_columns("reference", reference, ["success_rate", "ci_low", "ci_high"])
+    table = table.reset_index(drop=True)  # seaborn mis-draws a facet of a table with a repeated index (pd.concat)
+    colours = palette_for(table[hue]) if hue else {None: sns.color_palette("colorblind")[0]}
+    grid = sns.relplot(data=table, x=x, y=y, hue=hue, col=col, kind="line", errorbar=None, height=3.2, aspect=1.3,
+                       hue_order=list(colours) if hue else None, palette=colours if hue else None,
+                       color=None if hue else colours[None], facet_kws={"sharey": False}, legend=False)
+    legend = {str(k): Line2D([], [], color=c, lw=1.5) for k, c in colours.items()} if hue else {}
+    styles = _baseline_styles(baselines)
+    for key, ax in _facets(grid, col):
+        sub = _facet_rows(table, col, key)
+        drawn = list(sub[y])
+        for name, g in (sub.groupby(hue, sort=False) if hue else [(None, sub)]):
+            if band is not None:
                 g = g.sort_values(x)
-                ax.fill_between(g[x], g[band[0]], g[band[1]], alpha=0.15, color=palette.get(name, "C0"), lw=0)
-    if logy:
-        grid.set(yscale="log")
+                ax.fill_between(g[x], g[band[0]], g[band[1]], alpha=BAND_ALPHA, color=colours[name], lw=0)
+                drawn += list(g[band[1]])
+        drawn += _draw_references(ax, _facet_rows(baselines, col, key), _facet_rows(reference, col, key),
+                                  styles, legend)
+        if logy:
+            ax.set_yscale("log")
+        elif min(sub[y], default=0) >= 0 and max(drawn, default=0) <= 1:  # a rate: fit it
+            _fit_ylim(ax, drawn, lines=True)
+    grid.set_axis_labels(xlabel or x, ylabel or ("success rate (95% interval)" if y == "success_rate" else y))
+    _legend(grid, hue, legend)
+    if title:
+        grid.figure.suptitle(title, y=1.03)
     return grid
 
 

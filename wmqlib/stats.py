@@ -1,17 +1,53 @@
-"""Statistics of the study: intervals, success tables and curves, comparisons and rank correlations.
+"""Statistics of the study: success intervals and tables, paired comparisons, equivalence, power, rank correlation.
 
-(Being rewritten: paired statistics and verdict rules land here.)
+Every setting plans the SAME units (a unit = one (planner seed, episode) pair) with the same planner draws, so two
+settings are compared on paired per-unit boolean outcomes ``a`` and ``b`` (shape ``(U,)``, aligned unit by unit).
+The 2 x 2 table of a pair of settings has two discordant cells, which carry all the information about the
+difference ``d = rate(a) - rate(b)``:
+
+    n10 = #{a succeeds, b fails}      n01 = #{a fails, b succeeds}      d_hat = (n10 - n01) / U
+
+- ``mcnemar``: the exact McNemar test. Under H0 (a and b exchangeable within each unit) every discordant unit
+  goes either way with probability 1/2, so ``n10 ~ Bin(n10 + n01, 1/2)`` and the two-sided p-value is
+  ``min(1, 2 * P(X <= min(n10, n01)))``.
+- ``paired_interval``: Tango's (1998) score interval for ``d``, the set of ``d`` whose score statistic
+  ``T(d) = (n10 - n01 - U d) / sqrt(U (2 q(d) + d (1 - d)))`` (``q(d)`` the maximum-likelihood P(a fails, b
+  succeeds) under the constraint) lies within ``+-z``. Chosen because it inverts the same score statistic as
+  McNemar's test (``T(0) = (n10 - n01) / sqrt(n10 + n01)``), so interval and test tell one story; it stays inside
+  [-1, 1], is defined when no unit is discordant, and its coverage is close to nominal for small U and rates near
+  0 or 1 (Tango 1998; Newcombe 1998), where Wald intervals fail - PushT sits there.
+- ``equivalence``: two one-sided tests (TOST) of ``|d| < margin`` at level alpha, i.e. "equivalent" when the
+  ``1 - 2 alpha`` (90% for alpha 0.05) Tango interval lies inside ``(-margin, margin)``; p = the larger one-sided p.
+- ``min_detectable_effect``: the smallest ``|d|`` that the exact McNemar test detects with the stated power, from
+  its exact power (``mcnemar_power``) under a stated discordance.
+- ``spearman`` / ``rank_correlation`` (Fisher z interval) and ``correlation_change`` (paired bootstrap).
+- Strata (planner seeds): ``mcnemar`` on all units pools the discordant pairs of all strata into one exact test
+  (valid when units are independent; it treats the same episode under two planner seeds as two units, which is
+  optimistic when an episode's outcome is driven by the episode rather than by the draws); ``per_stratum``
+  gives each stratum's rates and test so a notebook shows the seed-to-seed spread; ``clustered_mcnemar`` is the
+  exact test that counts an episode once however many planner seeds planned it.
+
+No scipy: the binomial tail is summed exactly with integers, the normal distribution comes from the standard
+library (``statistics.NormalDist``), root finding is bisection.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from wmqlib.validate import InvalidValue, check_float, check_int
+
+_NORMAL = NormalDist()
+
+
+# ----- single proportions -------------------------------------------------------------------------------------------
 
 def wilson_interval(successes: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for a binomial proportion (Wilson 1927), elementwise over arrays.
@@ -21,9 +57,8 @@ def wilson_interval(successes: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray
     """
     k, m = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
     if np.any(m < 0) or np.any(k < 0) or np.any(k > m):
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes!r}, n={n!r}")
-    if not (isinstance(z, (int, float)) and z > 0 and math.isfinite(z)):
-        raise ValueError(f"z must be a positive finite number, got {z!r}")
+        raise InvalidValue(f"wilson_interval needs 0 <= successes <= n, got successes={successes!r}, n={n!r}")
+    z = check_float("wilson_interval: z", z, minimum=0, strict=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = k / m
         denom = 1 + z**2 / m
@@ -32,136 +67,408 @@ def wilson_interval(successes: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
+def _by(table: pd.DataFrame, by: str | Sequence[str], *columns: str) -> list[str]:
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in [*by, *columns] if c not in table.columns]
+    if missing:
+        raise InvalidValue(f"columns {missing} are not in the table; available: {list(table.columns)}")
+    return by
+
+
 def success_rates(table: pd.DataFrame, by: str | Sequence[str], success: str = "success",
                   z: float = 1.96) -> pd.DataFrame:
-    """Per group of ``by``: n episodes, successes, success_rate and its Wilson interval (ci_low, ci_high).
+    """Per group of ``by``: n units, successes, success_rate and its Wilson interval (ci_low, ci_high).
 
-    table: one row per episode with a boolean column ``success``. Returns one row per group, groups sorted.
+    table: one row per unit with a boolean column ``success``. Returns one row per group, groups sorted.
     """
-    by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in [*by, success] if c not in table.columns]
-    if missing:
-        raise ValueError(f"columns {missing} not in the table; available: {list(table.columns)}")
-    grouped = table.groupby(by, dropna=False, sort=True)[success]
-    out = grouped.agg(n="count", successes="sum").reset_index()
+    by = _by(table, by, success)
+    out = table.groupby(by, dropna=False, sort=True)[success].agg(n="count", successes="sum").reset_index()
     out["successes"] = out["successes"].astype(int)
     out["success_rate"] = out["successes"] / out["n"]
     out["ci_low"], out["ci_high"] = wilson_interval(out["successes"].to_numpy(), out["n"].to_numpy(), z)
     return out
 
 
-def pick(rates: pd.DataFrame, **match: Any) -> pd.Series:
-    """The single row of ``rates`` whose columns equal ``match``; ValueError naming the match when there is not
-    exactly one (so a verdict never silently reads the wrong setting)."""
-    rows = rates
-    for column, value in match.items():
-        rows = rows[rows[column] == value]
-    if len(rows) != 1:
-        raise ValueError(f"expected one row with {match}, found {len(rows)}")
-    return rows.iloc[0]
-
-
 def success_table(table: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
-    """``study.success_rates`` per group with a readable ``success`` column: "46/50 92% [81, 97]" (Wilson 95%),
-    and the mean final ``state_dist`` per group when the table has one."""
+    """``success_rates`` per group with a readable ``success`` column, "46/50 92% [81, 97]" (Wilson 95%), and the
+    mean final ``state_dist`` per group (``mean_state_dist``) when the table has one."""
     out = success_rates(table, by)
     if "state_dist" in table.columns:
-        by_list = [by] if isinstance(by, str) else list(by)
-        dist = table.groupby(by_list, dropna=False, sort=True)["state_dist"].mean().reset_index(drop=True)
+        dist = table.groupby(_by(table, by), dropna=False, sort=True)["state_dist"].mean()
         out["mean_state_dist"] = dist.to_numpy()
     out["success"] = [f"{k}/{n} {r:.0%} [{lo * 100:.0f}, {hi * 100:.0f}]" for k, n, r, lo, hi in
                       out[["successes", "n", "success_rate", "ci_low", "ci_high"]].itertuples(index=False)]
     return out
 
 
-def success_curve(trace: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
-    """Success rate with Wilson 95% interval per group and planner iteration: columns ``by``, opt_steps (= the
-    iteration + 1), n, successes, success_rate, ci_low, ci_high, and the median planning loss ``plan_loss``."""
-    by = [by] if isinstance(by, str) else list(by)
-    out = success_rates(trace, [*by, "iteration"])
-    loss = trace.groupby([*by, "iteration"], sort=True)["plan_loss"].median().reset_index(drop=True)
-    out["plan_loss"] = loss.to_numpy()
-    return out.assign(opt_steps=out["iteration"] + 1).drop(columns="iteration")
+def success_curve(trace: pd.DataFrame, by: str | Sequence[str], step: str = "iteration",
+                  loss: str | None = "plan_loss") -> pd.DataFrame:
+    """Success rate with its Wilson 95% interval per group and step (a CEM iteration or an MPC round).
 
-
-def compare(a: pd.Series | dict, b: pd.Series | dict) -> int:
-    """+1 when a's Wilson interval lies entirely above b's, -1 entirely below, 0 when they overlap (undecided).
-
-    a, b: rows with ``ci_low`` and ``ci_high`` (e.g. from ``success_rates``).
+    trace: one row per (unit, step) with boolean ``success``. step: the step column; "iteration" (0-based CEM
+    iterations) is reported as ``opt_steps = iteration + 1`` (the budget the row reflects), any other column
+    (e.g. "round") as it is. loss: a column whose median per group and step is added (skipped when None or absent).
+    Returns columns ``by``, the step (or opt_steps), n, successes, success_rate, ci_low, ci_high[, loss].
     """
-    if a["ci_low"] > b["ci_high"]:
-        return 1
-    if a["ci_high"] < b["ci_low"]:
-        return -1
-    return 0
+    by = _by(trace, by, step)
+    out = success_rates(trace, [*by, step])
+    if loss is not None and loss in trace.columns:
+        out[loss] = trace.groupby([*by, step], dropna=False, sort=True)[loss].median().to_numpy()
+    if step == "iteration":
+        out = out.assign(opt_steps=out["iteration"] + 1).drop(columns="iteration")
+    return out
 
 
-def similar(a: pd.Series | dict, b: pd.Series | dict, tolerance: float = 0.1) -> int:
-    """Decision for a claim "a is close to b": +1 when the Wilson intervals overlap and the success rates differ by
-    at most ``tolerance``, -1 when the intervals are disjoint, 0 otherwise (overlapping but further apart)."""
-    if compare(a, b) != 0:
-        return -1
-    return 1 if abs(a["success_rate"] - b["success_rate"]) <= tolerance else 0
+def pick(rates: pd.DataFrame, **match: Any) -> pd.Series:
+    """The single row of ``rates`` whose columns equal ``match``; InvalidValue naming the match when there is not
+    exactly one (so a verdict never silently reads the wrong setting)."""
+    rows = rates
+    for column, value in match.items():
+        if column not in rows.columns:
+            raise InvalidValue(f"pick: column {column!r} is not in the table; available: {list(rates.columns)}")
+        rows = rows[rows[column] == value]
+    if len(rows) != 1:
+        raise InvalidValue(f"pick: expected one row with {match}, found {len(rows)}")
+    return rows.iloc[0]
 
 
-def verdict(decisions: Sequence[int]) -> str:
-    """Combine ``compare`` outcomes that each support a claim with +1: "reproduced" when at least one is decisive
-    for it and none against, "not reproduced" when at least one is against and none for, else "inconclusive"."""
-    values = list(decisions)
-    if any(v not in (-1, 0, 1) for v in values):
-        raise ValueError(f"decisions must be -1, 0 or +1, got {values}")
-    pro, con = values.count(1), values.count(-1)
-    if pro and not con:
-        return "reproduced"
-    if con and not pro:
-        return "not reproduced"
-    return "inconclusive"
+# ----- paired outcomes ----------------------------------------------------------------------------------------------
+
+def _outcomes(field: str, values: Any) -> np.ndarray:
+    """(U,) bool array from booleans / 0-1 values; InvalidValue naming ``field`` otherwise."""
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InvalidValue(f"{field} must be a non-empty 1-D sequence of per-unit outcomes, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if not np.issubdtype(arr.dtype, np.number) or not np.isin(arr, (0, 1)).all():
+            raise InvalidValue(f"{field} must hold booleans (or 0 / 1), got values {np.unique(arr)[:5].tolist()}")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _outcomes("a", a), _outcomes("b", b)
+    if a.shape != b.shape:
+        raise InvalidValue(f"a and b must hold the same units (paired), got {a.size} and {b.size} outcomes")
+    return a, b
+
+
+def binomial_cdf(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Bin(n, 1/2), summed exactly in integers (no rounding until the final division)."""
+    n = check_int("binomial_cdf: n", n, minimum=0)
+    k = check_int("binomial_cdf: k", k)
+    if k < 0:
+        return 0.0
+    return sum(math.comb(n, i) for i in range(min(k, n) + 1)) / 2**n
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test of paired outcomes: ``units`` compared, ``a_only`` = #(a succeeds, b fails),
+    ``b_only`` = #(a fails, b succeeds), ``effect`` = rate(a) - rate(b), two-sided exact ``p``."""
+    units: int
+    a_only: int
+    b_only: int
+    effect: float
+    p: float
+
+    @property
+    def discordance(self) -> float:
+        """Fraction of units on which a and b disagree."""
+        return (self.a_only + self.b_only) / self.units
+
+
+def mcnemar(a: Any, b: Any) -> McNemar:
+    """Exact two-sided McNemar test of ``a`` vs ``b`` (bool ``(U,)``, aligned units); see the module docstring.
+
+    Stratified use (units of several planner seeds): call it on all units. It pools the discordant pairs of all
+    strata, which is exact for independent units (under H0 each discordant unit is a fair coin whatever its
+    stratum); ``per_stratum`` shows each stratum, ``clustered_mcnemar`` counts an episode once across strata.
+    """
+    a, b = _pair(a, b)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    p = min(1.0, 2 * binomial_cdf(min(a_only, b_only), a_only + b_only))
+    return McNemar(a.size, a_only, b_only, (a_only - b_only) / a.size, p)
+
+
+def clustered_mcnemar(a: Any, b: Any, clusters: Any) -> McNemar:
+    """Exact paired test for units that come in clusters, e.g. one episode planned under several planner seeds,
+    whose outcomes are driven by the episode as much as by the draws (the pooled ``mcnemar`` then counts one
+    episode several times and its p is too small).
+
+    Per cluster c, s_c = sum over its units of (a - b). Under H0 (a and b exchangeable within each cluster,
+    jointly over its units) each s_c is +|s_c| or -|s_c| with probability 1/2, independently across clusters, so
+    p = P(|sum_c e_c |s_c|| >= |sum_c s_c|), computed exactly by convolving the clusters' two-point laws. With one
+    unit per cluster this is ``mcnemar``'s p. a, b, clusters: ``(U,)``; returns ``McNemar`` with this p.
+    """
+    a, b = _pair(a, b)
+    labels = np.asarray(clusters)
+    if labels.shape != a.shape:
+        raise InvalidValue(f"clusters must label every unit: got {labels.size} labels for {a.size} units")
+    per_cluster = np.zeros(labels.size, dtype=int)
+    np.add.at(per_cluster, np.unique(labels, return_inverse=True)[1].ravel(), a.astype(int) - b.astype(int))
+    sizes = np.abs(per_cluster[per_cluster != 0])
+    total, observed = int(sizes.sum()), abs(int(per_cluster.sum()))
+    law = np.zeros(2 * total + 1)  # law[total + v] = P(sum = v); partial sums never leave [-total, total]
+    law[total] = 1.0
+    for size in sizes:
+        law = 0.5 * (np.roll(law, size) + np.roll(law, -size))
+    p = 1.0 if observed == 0 else min(1.0, float(law[np.abs(np.arange(-total, total + 1)) >= observed].sum()))
+    test = mcnemar(a, b)
+    return McNemar(test.units, test.a_only, test.b_only, test.effect, p)
+
+
+def _tango_score(a_only: int, b_only: int, units: int, d: float) -> float:
+    """Tango's score statistic T(d) for H0: rate(a) - rate(b) = d (decreasing in d; +-inf at the boundary)."""
+    big_b = -a_only - b_only + (2 * units - a_only + b_only) * d
+    c = -b_only * d * (1 - d)
+    q = (math.sqrt(max(big_b**2 - 8 * units * c, 0.0)) - big_b) / (4 * units)  # restricted MLE of P(a fails, b ok)
+    var = units * (2 * q + d * (1 - d))
+    num = a_only - b_only - units * d
+    if var <= 1e-300:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def _score_root(a_only: int, b_only: int, units: int, target: float, low: float, high: float) -> float:
+    """The d in [low, high] where T(d) = target (T decreasing), by bisection to 1e-12."""
+    for _ in range(60):
+        mid = (low + high) / 2
+        if _tango_score(a_only, b_only, units, mid) > target:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def paired_interval(a: Any, b: Any, level: float = 0.95) -> tuple[float, float]:
+    """Tango's score interval at ``level`` for rate(a) - rate(b) on paired outcomes (bool ``(U,)``); see the
+    module docstring for why this method. Returns (low, high) in [-1, 1]."""
+    test = mcnemar(a, b)
+    level = check_float("paired_interval: level", level, minimum=0, maximum=1, strict=True)
+    if level >= 1:
+        raise InvalidValue(f"paired_interval: level must be in (0, 1), got {level}")
+    z = _NORMAL.inv_cdf((1 + level) / 2)
+    args = (test.a_only, test.b_only, test.units)
+    return (_score_root(*args, z, -1.0, test.effect), _score_root(*args, -z, test.effect, 1.0))
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """TOST of ``|rate(a) - rate(b)| < margin``: ``effect``, the ``1 - 2 alpha`` interval (ci_low, ci_high), the
+    TOST ``p`` (the larger one-sided p) and ``equivalent`` (p < alpha, i.e. the interval inside the margin)."""
+    effect: float
+    ci_low: float
+    ci_high: float
+    p: float
+    margin: float
+    alpha: float
+    equivalent: bool
+
+
+def equivalence(a: Any, b: Any, margin: float = 0.10, alpha: float = 0.05) -> Equivalence:
+    """Two one-sided score tests (Tango's statistic) that rate(a) - rate(b) lies inside (-margin, margin).
+
+    a, b: bool ``(U,)`` paired outcomes; margin: the largest difference called "close" (0.10 = 10 points);
+    alpha: level of each one-sided test, so the interval shown is the ``1 - 2 alpha`` (90%) one.
+    """
+    margin = check_float("equivalence: margin", margin, minimum=0, maximum=1, strict=True)
+    alpha = check_float("equivalence: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    test = mcnemar(a, b)
+    args = (test.a_only, test.b_only, test.units)
+    p_low = 1 - _NORMAL.cdf(min(_tango_score(*args, -margin), 40.0))  # H0: d <= -margin
+    p_high = _NORMAL.cdf(max(_tango_score(*args, margin), -40.0))     # H0: d >= margin
+    low, high = paired_interval(a, b, level=1 - 2 * alpha)
+    p = max(p_low, p_high)
+    return Equivalence(test.effect, low, high, p, margin, alpha, bool(p < alpha))
+
+
+def _binomial_pmfs(units: int, p: float) -> np.ndarray:
+    """(U + 1, U + 1) matrix: row m holds the pmf of Bin(m, p) at k = 0..U (zero for k > m)."""
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, units + 1)))])
+    m, k = np.arange(units + 1)[:, None], np.arange(units + 1)[None, :]
+    rest = np.clip(m - k, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_p = np.where(k == 0, 0.0, k * np.log(p)) + np.where(rest == 0, 0.0, rest * np.log1p(-p))
+        out = np.exp(log_fact[m] - log_fact[k] - log_fact[rest] + log_p)
+    return np.where(k <= m, out, 0.0)
+
+
+def _rejections(units: int, alpha: float) -> np.ndarray:
+    """(U + 1, U + 1) bool: with m discordant units, does ``a_only = k`` give exact McNemar p < alpha."""
+    cdf = np.cumsum(_binomial_pmfs(units, 0.5), axis=1)
+    m, k = np.arange(units + 1)[:, None], np.arange(units + 1)[None, :]
+    tail = np.take_along_axis(cdf, np.clip(np.minimum(k, m - k), 0, None), axis=1)
+    return (k <= m) & (2 * tail < alpha)
+
+
+def mcnemar_power(units: int, effect: float, discordance: float | None = None, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided exact McNemar test at ``alpha`` on ``units`` paired units when
+    rate(a) - rate(b) = ``effect`` (its sign does not matter) and a fraction psi = max(discordance, |effect|) of the
+    units is discordant (psi cannot be below |effect|; discordance None means psi = |effect|, every discordant unit
+    one way). The number of discordant units is D ~ Bin(U, psi), and given D, a_only ~ Bin(D, (psi + d) / (2 psi)):
+
+        power = sum_D P(D) P(exact p < alpha | D)
+    """
+    units = check_int("mcnemar_power: units", units, minimum=1)
+    d = abs(check_float("mcnemar_power: effect", effect, minimum=-1, maximum=1))
+    alpha = check_float("mcnemar_power: alpha", alpha, minimum=0, maximum=1, strict=True)
+    psi0 = 0.0 if discordance is None else check_float("mcnemar_power: discordance", discordance, 0, 1)
+    return _power(units, d, psi0, _rejections(units, alpha))
+
+
+def _power(units: int, d: float, psi0: float, reject: np.ndarray) -> float:
+    psi = max(psi0, d)
+    if psi == 0:
+        return 0.0
+    p_discordant = _binomial_pmfs(units, psi)[units]  # (U + 1,) P(D = m)
+    given = (_binomial_pmfs(units, (psi + d) / (2 * psi)) * reject).sum(axis=1)
+    return float(np.sum(p_discordant * given))
+
+
+def min_detectable_effect(units: int, discordance: float | None = None, alpha: float = 0.05,
+                          power: float = 0.8) -> float:
+    """Smallest difference |rate(a) - rate(b)| that the two-sided exact McNemar test at ``alpha`` detects with
+    probability ``power`` on ``units`` paired units, by exact power (``mcnemar_power``; bisection to 1e-6).
+
+    discordance: the fraction of discordant units assumed under the alternative (psi = max(discordance, d)): the
+    observed discordance of a pair, or a planning value; None means psi = d, the most favourable case. Larger
+    discordance means a larger MDE. Returns NaN when even d = 1 is not detectable (U < 6 at alpha 0.05).
+    """
+    units = check_int("min_detectable_effect: units", units, minimum=1)
+    alpha = check_float("min_detectable_effect: alpha", alpha, minimum=0, maximum=1, strict=True)
+    power = check_float("min_detectable_effect: power", power, minimum=0, maximum=1, strict=True)
+    psi0 = 0.0 if discordance is None else check_float("min_detectable_effect: discordance", discordance, 0, 1)
+    reject = _rejections(units, alpha)
+    if _power(units, 1.0, psi0, reject) < power:
+        return math.nan
+    low, high = 0.0, 1.0  # power increases with d (a larger share of the discordant units goes one way)
+    while high - low > 1e-6:
+        mid = (low + high) / 2
+        low, high = (low, mid) if _power(units, mid, psi0, reject) >= power else (mid, high)
+    return high
+
+
+def per_stratum(a: Any, b: Any, strata: Any) -> pd.DataFrame:
+    """One row per stratum (e.g. planner seed): stratum, units, rate_a, rate_b, effect (rate_a - rate_b),
+    a_only, b_only, p (exact McNemar within the stratum), then a row "all" with the pooled test. Shows how much
+    the comparison moves from seed to seed."""
+    a, b = _pair(a, b)
+    labels = np.asarray(strata)
+    if labels.shape != a.shape:
+        raise InvalidValue(f"strata must label every unit: got {labels.size} labels for {a.size} units")
+    rows = []
+    for name, mask in [*((s, labels == s) for s in pd.unique(labels)), ("all", np.ones_like(a))]:
+        t = mcnemar(a[mask], b[mask])
+        rows.append({"stratum": name, "units": t.units, "rate_a": a[mask].mean(), "rate_b": b[mask].mean(),
+                     "effect": t.effect, "a_only": t.a_only, "b_only": t.b_only, "p": t.p})
+    return pd.DataFrame(rows)
+
+
+# ----- rank correlation ---------------------------------------------------------------------------------------------
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based; ties share their mean rank) along the last axis of a 1-D or 2-D array."""
+    flat = np.atleast_2d(x)
+    out = np.empty(flat.shape, dtype=float)
+    for i, row in enumerate(flat):
+        s = np.sort(row)
+        out[i] = (np.searchsorted(s, row, "left") + np.searchsorted(s, row, "right") + 1) / 2
+    return out.reshape(x.shape)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis (NaN where either side is constant)."""
+    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum(-1))
+
+
+def _finite_pair(x: Any, y: Any, field: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise InvalidValue(f"{field}: x and y must be 1-D of one length, got shapes {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's rho on ``n`` finite pairs with its Fisher-z interval (NaN for n <= 3 or |rho| = 1)."""
+    n: int
+    rho: float
+    ci_low: float
+    ci_high: float
+
+
+def spearman(x: Any, y: Any, z: float = 1.96) -> Correlation:
+    """Spearman rank correlation of ``x`` and ``y`` (``(N,)``; non-finite pairs dropped) with an approximate
+    interval from Fisher's z with the Fieller-Hartley-Pearson variance 1.06 / (n - 3)."""
+    x, y = _finite_pair(x, y, "spearman")
+    n = x.size
+    rho = float(_pearson(_ranks(x), _ranks(y))) if n >= 2 else math.nan
+    if n <= 3 or not abs(rho) < 1:
+        return Correlation(n, rho, math.nan, math.nan)
+    half, centre = z * math.sqrt(1.06 / (n - 3)), math.atanh(rho)
+    return Correlation(n, rho, math.tanh(centre - half), math.tanh(centre + half))
 
 
 def rank_correlation(table: pd.DataFrame, x: str, y: str, by: str | Sequence[str], z: float = 1.96) -> pd.DataFrame:
-    """Spearman rank correlation of columns ``x`` and ``y`` per group (pandas, no scipy) with an approximate 95%
-    interval from Fisher's z with the Fieller-Hartley-Pearson variance 1.06 / (n - 3).
-
-    Returns columns ``by``, n, rho, ci_low, ci_high (NaN interval for n <= 3 or |rho| = 1).
-    """
-    by = [by] if isinstance(by, str) else list(by)
-    rows = []
-    for key, g in table.groupby(by, sort=True):
-        # Spearman = Pearson correlation of the (average) ranks; pandas' method="spearman" would need scipy.
-        n, rho = len(g), g[x].rank().corr(g[y].rank())
-        with np.errstate(divide="ignore", invalid="ignore"):
-            half = z * np.sqrt(1.06 / (n - 3)) if n > 3 else np.nan
-            centre = np.arctanh(rho) if abs(rho) < 1 else np.nan
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n": n, "rho": rho,
-                     "ci_low": np.tanh(centre - half), "ci_high": np.tanh(centre + half)})
+    """``spearman`` of columns ``x`` and ``y`` per group of ``by``: columns ``by``, n, rho, ci_low, ci_high."""
+    by = _by(table, by, x, y)
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+             **vars(spearman(g[x].to_numpy(), g[y].to_numpy(), z))} for key, g in table.groupby(by, sort=True)]
     return pd.DataFrame(rows, columns=[*by, "n", "rho", "ci_low", "ci_high"])
 
 
-def at_opt_steps(trace: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per-episode rows of a traced table as if planned with ``opt_steps = k`` (its iteration k - 1).
+def min_detectable_correlation(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |rho| a two-sided Fisher-z test of rho = 0 detects at ``alpha`` with ``power`` on n pairs:
+    tanh((z_(1 - alpha/2) + z_power) sqrt(1.06 / (n - 3))); NaN for n <= 3."""
+    n = check_int("min_detectable_correlation: n", n, minimum=1)
+    if n <= 3:
+        return math.nan
+    return math.tanh((_NORMAL.inv_cdf(1 - alpha / 2) + _NORMAL.inv_cdf(power)) * math.sqrt(1.06 / (n - 3)))
 
-    Raises ValueError when the trace is shorter than ``k`` iterations or ``trace`` has no ``iteration`` column.
+
+@dataclass(frozen=True)
+class CorrelationChange:
+    """rho(a) - rho(b) on the same units: ``effect``, its paired-bootstrap percentile interval and a two-sided
+    bootstrap p (see ``correlation_change``)."""
+    rho_a: float
+    rho_b: float
+    effect: float
+    ci_low: float
+    ci_high: float
+    p: float
+    n_boot: int
+
+
+def correlation_change(xa: Any, ya: Any, xb: Any, yb: Any, level: float = 0.95, n_boot: int = 2000,
+                       seed: int = 0) -> CorrelationChange:
+    """Test a change between two Spearman correlations measured on the SAME units (e.g. final planning loss vs
+    final distance, quantized ``(xa, ya)`` vs FP ``(xb, yb)``, all ``(N,)`` aligned by unit).
+
+    Paired bootstrap: units are resampled with replacement (one ``np.random.default_rng(seed)``, so the result is
+    deterministic), both correlations are recomputed on the same resample (ranks recomputed), and the percentile
+    interval of their difference is returned; p = 2 (k + 1) / (B + 1) with k the resampled differences on the
+    rarer side of 0, B the finite resamples. Units with a non-finite value in any of the four are dropped.
     """
-    if "iteration" not in trace.columns:
-        raise ValueError("at_opt_steps needs a traced table (Setting(trace=True)): it has no 'iteration' column")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"at_opt_steps: k must be an int >= 1, got {k!r}")
-    longest = int(trace["iteration"].max()) + 1
-    if k > longest:
-        raise ValueError(f"k={k} exceeds the traced iterations ({longest})")
-    return trace[trace["iteration"] == k - 1].reset_index(drop=True).assign(opt_steps=k)
-
-
-def per_episode(table: pd.DataFrame, k: int | Mapping[str, int] | None = None) -> pd.DataFrame:
-    """One row per (setting, episode): traced settings at ``opt_steps = min(k, traced iterations)`` (k per env
-    when a mapping, e.g. ``{"wall": 10, "pusht": 30}``; None = their last iteration), untraced ones as they are.
-    Adds ``opt_steps`` (the budget the rows reflect)."""
-    parts = []
-    for _, group in table.groupby("config_key", sort=False):
-        if "iteration" not in group.columns or group["iteration"].isna().all():
-            parts.append(group.assign(opt_steps=group["planner.opt_steps"]))
-            continue
-        longest = int(group["iteration"].max()) + 1
-        want = k[group["env"].iloc[0]] if isinstance(k, Mapping) else k
-        parts.append(at_opt_steps(group, longest if want is None else min(want, longest)))
-    return pd.concat(parts, ignore_index=True)
+    arrays = [np.asarray(v, dtype=float) for v in (xa, ya, xb, yb)]
+    if any(v.ndim != 1 or v.shape != arrays[0].shape for v in arrays):
+        raise InvalidValue(f"correlation_change: xa, ya, xb, yb must be 1-D of one length, got "
+                           f"{[v.shape for v in arrays]}")
+    n_boot = check_int("correlation_change: n_boot", n_boot, minimum=100)
+    level = check_float("correlation_change: level", level, minimum=0, maximum=1, strict=True)
+    keep = np.all([np.isfinite(v) for v in arrays], axis=0)
+    xa, ya, xb, yb = (v[keep] for v in arrays)
+    rho_a, rho_b = spearman(xa, ya).rho, spearman(xb, yb).rho
+    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
+    diffs = _pearson(_ranks(xa[idx]), _ranks(ya[idx])) - _pearson(_ranks(xb[idx]), _ranks(yb[idx]))
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size < n_boot / 2 or not math.isfinite(rho_a - rho_b):
+        return CorrelationChange(rho_a, rho_b, rho_a - rho_b, math.nan, math.nan, math.nan, n_boot)
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    # (count + 1) / (B + 1): a bootstrap p is never 0, its resolution is 1 / B
+    tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
+    p = min(1.0, 2 * (tail + 1) / (diffs.size + 1))
+    return CorrelationChange(rho_a, rho_b, rho_a - rho_b, float(low), float(high), float(p), n_boot)

@@ -243,6 +243,37 @@ def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES) -> 
     return table.assign(env=caches.env_name(setting), steps=steps)
 
 
+# ----- reading traced tables ------------------------------------------------------------------------------------
+
+def at_opt_steps(trace: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per-episode rows of a traced table as if planned with ``opt_steps = k`` (its iteration k - 1).
+
+    Raises ValueError when the trace is shorter than ``k`` iterations or ``trace`` has no ``iteration`` column.
+    """
+    if "iteration" not in trace.columns:
+        raise ValueError("at_opt_steps needs a traced table (Setting(trace=True)): it has no 'iteration' column")
+    check_int("at_opt_steps: k", k, 1)
+    longest = int(trace["iteration"].max()) + 1
+    if k > longest:
+        raise ValueError(f"k={k} exceeds the traced iterations ({longest})")
+    return trace[trace["iteration"] == k - 1].reset_index(drop=True).assign(opt_steps=k)
+
+
+def per_episode(table: pd.DataFrame, k: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+    """One row per (setting, episode): traced settings at ``opt_steps = min(k, traced iterations)`` (k per env
+    when a mapping, e.g. ``{"wall": 10, "pusht": 30}``; None = their last iteration), untraced ones as they are.
+    Adds ``opt_steps`` (the budget the rows reflect)."""
+    parts = []
+    for _, group in table.groupby("config_key", sort=False):
+        if "iteration" not in group.columns or group["iteration"].isna().all():
+            parts.append(group.assign(opt_steps=group["planner.opt_steps"]))
+            continue
+        longest = int(group["iteration"].max()) + 1
+        want = k[group["env"].iloc[0]] if isinstance(k, Mapping) else k
+        parts.append(at_opt_steps(group, longest if want is None else min(want, longest)))
+    return pd.concat(parts, ignore_index=True)
+
+
 # ----- profiles and the notebook setup ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -1,0 +1,210 @@
+"""Every verdict rule on constructed per-unit outcomes, for each of its outcomes (including "not testable")."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wmqlib import verdicts as v
+from wmqlib.validate import InvalidValue
+
+N = 100
+
+
+def units(*spans, n=N):
+    """Outcomes over units 0..n-1: True on each half-open span (start, stop), False elsewhere."""
+    out = np.zeros(n, dtype=bool)
+    for start, stop in spans:
+        out[start:stop] = True
+    return pd.Series(out, index=pd.RangeIndex(n, name="unit"))
+
+
+FP = units((0, 60))          # 60%
+BASE = units((0, 5))         # best trivial baseline 5%
+BASELINES = {"no_action": units(), "straight_line": BASE}
+WEAK_FP = units((0, 8))      # 3 units over the baseline: p 0.25, not decisive
+
+
+def outcome(result):
+    assert isinstance(result, v.Verdict)
+    return result.outcome
+
+
+def test_w8_close_to_fp_each_outcome():
+    assert outcome(v.w8_close_to_fp(FP, FP, BASELINES)) == "reproduced"
+    assert outcome(v.w8_close_to_fp(units((0, 30)), FP, BASELINES)) == "not reproduced"
+    assert outcome(v.w8_close_to_fp(units((10, 66)), FP, BASELINES)) == "inconclusive"
+    assert outcome(v.w8_close_to_fp(WEAK_FP, WEAK_FP, BASELINES)) == "not testable"
+    ceiling = v.w8_close_to_fp(units((0, 98)), units((0, 100)), BASELINES)
+    assert ceiling.outcome == "not testable" and "ceiling" in ceiling.why
+
+
+def test_w4_loses_success_each_outcome():
+    assert outcome(v.w4_loses_success(units((0, 30)), FP, BASELINES)) == "reproduced"
+    assert outcome(v.w4_loses_success(FP, FP, BASELINES)) == "not reproduced"
+    above = v.w4_loses_success(units((0, 80)), FP, BASELINES)
+    assert above.outcome == "not reproduced" and "above" in above.why
+    assert outcome(v.w4_loses_success(units((10, 66)), FP, BASELINES)) == "inconclusive"
+    untestable = v.w4_loses_success(WEAK_FP, WEAK_FP, BASELINES)
+    assert untestable.outcome == "not testable" and "baseline" in untestable.why
+
+
+def test_w3_breaks_planning_each_outcome():
+    assert outcome(v.w3_breaks_planning(units((0, 5)), FP, BASELINES)) == "reproduced"
+    plans = v.w3_breaks_planning(units((0, 30)), FP, BASELINES)
+    assert plans.outcome == "not reproduced" and "still plans" in plans.why
+    assert outcome(v.w3_breaks_planning(FP, FP, BASELINES)) == "not reproduced"
+    # FP 14% is decisively above the 5% baseline (9 units, p 2/512); W3 sits in between, decided neither way
+    fp = units((0, 14))
+    assert outcome(v.w3_breaks_planning(units((0, 5), (14, 18)), fp, BASELINES)) == "inconclusive"
+    assert outcome(v.w3_breaks_planning(units((0, 5)), WEAK_FP, BASELINES)) == "not testable"
+
+
+def test_groups_stabilise_w4_each_outcome():
+    assert outcome(v.groups_stabilise_w4(units((0, 50)), units((0, 20)), FP, BASELINES)) == "reproduced"
+    assert outcome(v.groups_stabilise_w4(units((0, 40)), units((0, 40)), FP, BASELINES)) == "not reproduced"
+    assert outcome(v.groups_stabilise_w4(units((0, 20)), units((0, 50)), FP, BASELINES)) == "not reproduced"
+    assert outcome(v.groups_stabilise_w4(units((0, 30)), units((20, 54)), FP, BASELINES)) == "inconclusive"
+    floor = v.groups_stabilise_w4(units((0, 3)), units((0, 2)), FP, BASELINES)
+    assert floor.outcome == "not testable" and "floor" in floor.why
+
+
+def test_groups_do_not_rescue_w3_each_outcome():
+    assert outcome(v.groups_do_not_rescue_w3(units((0, 10)), units((0, 8)), FP, BASELINES)) == "reproduced"
+    # the issue's case: per-group 32% vs per-channel 2%, 30 units gained and none lost
+    rescued = v.groups_do_not_rescue_w3(units((0, 32)), units((0, 2)), FP, BASELINES)
+    assert rescued.outcome == "not reproduced" and rescued.effect == pytest.approx(0.30) and rescued.p < 1e-8
+    assert outcome(v.groups_do_not_rescue_w3(FP, units((0, 2)), FP, BASELINES)) == "not reproduced"
+    # per-group 56% vs FP 60%: 6 gained, 10 lost - neither equivalent nor decisively below; per-channel the same
+    grouped = units((0, 50), (60, 66))
+    assert outcome(v.groups_do_not_rescue_w3(grouped, grouped, FP, BASELINES)) == "inconclusive"
+    assert outcome(v.groups_do_not_rescue_w3(units((0, 5)), units((0, 2)), WEAK_FP, BASELINES)) == "not testable"
+
+
+def test_encoder_more_sensitive_each_outcome():
+    assert outcome(v.encoder_more_sensitive(units((0, 10)), units((0, 50)), FP, BASELINES)) == "reproduced"
+    assert outcome(v.encoder_more_sensitive(units((0, 40)), units((0, 40)), FP, BASELINES)) == "not reproduced"
+    assert outcome(v.encoder_more_sensitive(units((0, 50)), units((0, 10)), FP, BASELINES)) == "not reproduced"
+    assert outcome(v.encoder_more_sensitive(units((20, 54)), units((0, 30)), FP, BASELINES)) == "inconclusive"
+    full = units((0, 100))
+    assert outcome(v.encoder_more_sensitive(units((0, 98)), full, full, BASELINES)) == "not testable"
+
+
+def test_rounds_do_not_help_low_bits_each_outcome():
+    first, fp_first = units((0, 30)), units((0, 40))
+    assert outcome(v.rounds_do_not_help_low_bits(first, first, fp_first, FP, BASELINES)) == "reproduced"
+    helps = v.rounds_do_not_help_low_bits(first, units((0, 45)), fp_first, FP, BASELINES)
+    assert helps.outcome == "not reproduced" and helps.effect == pytest.approx(0.15)
+    no_fp_gain = v.rounds_do_not_help_low_bits(first, first, FP, FP, BASELINES)
+    assert no_fp_gain.outcome == "inconclusive" and "help neither" in no_fp_gain.why
+    assert outcome(v.rounds_do_not_help_low_bits(first, units((20, 54)), fp_first, FP, BASELINES)) == "inconclusive"
+    floor = v.rounds_do_not_help_low_bits(units((0, 1)), units((0, 2)), fp_first, FP, BASELINES)
+    assert floor.outcome == "not testable" and "floor" in floor.why
+
+
+def test_per_token_no_benefit_each_outcome():
+    same = units((0, 40))
+    assert outcome(v.per_token_no_benefit({"W4A8": (same, same), "W8A8": (units((0, 20)), units((0, 50)))},
+                                          FP, BASELINES)) == "reproduced"
+    better = v.per_token_no_benefit({"W4A8": (same, same), "W4A4": (units((0, 50)), units((0, 20)))}, FP, BASELINES)
+    assert better.outcome == "not reproduced" and "W4A4" in better.comparison and better.effect == pytest.approx(0.3)
+    # one pair undecided (null result): not support
+    assert outcome(v.per_token_no_benefit({"W4A8": (same, same), "W4A4": (units((0, 30)), units((20, 54)))},
+                                          FP, BASELINES)) == "inconclusive"
+    # 10 gained vs 2 lost: p = 2 * 79/4096 = 0.039 < 0.05 alone, but not below the Bonferroni 0.05 / 2
+    gain = (units((0, 40)), units((10, 42)))
+    assert outcome(v.per_token_no_benefit({"W4A4": gain}, FP, BASELINES)) == "not reproduced"
+    assert outcome(v.per_token_no_benefit({"W4A4": gain, "W8A8": (same, same)}, FP, BASELINES)) == "inconclusive"
+    floor = v.per_token_no_benefit({"W4A4": (units((0, 1)), units()), "W6A6": (units(), units())}, FP, BASELINES)
+    assert floor.outcome == "not testable"
+    assert outcome(v.per_token_no_benefit({"W4A8": (same, same)}, WEAK_FP, BASELINES)) == "not testable"
+
+
+def _correlated(x, rng, noise):
+    return pd.Series(x + noise * rng.normal(size=x.size), index=pd.RangeIndex(x.size, name="unit"))
+
+
+def test_loss_stops_predicting_each_outcome():
+    rng = np.random.default_rng(0)
+    fp_loss = pd.Series(rng.normal(size=N), index=pd.RangeIndex(N, name="unit"))
+    fp_dist = _correlated(fp_loss.to_numpy(), rng, 0.3)
+    low_loss = pd.Series(rng.normal(size=N), index=fp_loss.index)
+    unrelated = pd.Series(rng.normal(size=N), index=fp_loss.index)
+    args = (fp_loss, fp_dist, FP, BASELINES)
+    assert outcome(v.loss_stops_predicting(low_loss, unrelated, *args)) == "reproduced"
+    assert outcome(v.loss_stops_predicting(low_loss, _correlated(low_loss.to_numpy(), rng, 0.3), *args)) == \
+        "not reproduced"
+    weakened = v.loss_stops_predicting(low_loss, _correlated(low_loss.to_numpy(), rng, 1.0), *args)
+    assert weakened.outcome == "inconclusive" and weakened.ci_high < 0
+    no_fp = v.loss_stops_predicting(low_loss, unrelated, fp_loss, unrelated, FP, BASELINES)
+    assert no_fp.outcome == "not testable" and "FP's own loss" in no_fp.why
+    assert outcome(v.loss_stops_predicting(low_loss, unrelated, fp_loss, fp_dist, WEAK_FP, BASELINES)) == \
+        "not testable"
+
+
+def test_baselines_broadcast_over_planner_seeds_and_units_must_match():
+    index = pd.MultiIndex.from_product([[0, 1, 2], range(N)], names=["planner_seed", "episode_seed"])
+    fp = pd.Series(np.tile(FP.to_numpy(), 3), index=index)
+    w4 = pd.Series(np.tile(units((0, 30)).to_numpy(), 3), index=index)
+    base = pd.Series(BASE.to_numpy(), index=pd.RangeIndex(N, name="episode_seed"))
+    result = v.w4_loses_success(w4, fp, {"straight_line": base})
+    assert result.outcome == "reproduced" and result.p < 1e-20  # 90 discordant units pooled over 3 seeds
+    with pytest.raises(InvalidValue, match="same units"):
+        v.w4_loses_success(w4.iloc[:-1], fp, {"straight_line": base})
+    with pytest.raises(InvalidValue, match="pd.Series"):
+        v.w4_loses_success(w4.to_numpy(), fp, base)
+
+
+def test_outcomes_selects_one_setting_by_unit():
+    table = pd.DataFrame({"label": ["FP"] * 4 + ["W4"] * 4, "planner_seed": [0, 0, 1, 1] * 2,
+                          "episode_seed": [5, 6] * 4, "success": [1, 1, 1, 0, 0, 1, 0, 0]})
+    w4 = v.outcomes(table, ["planner_seed", "episode_seed"], label="W4")
+    assert w4.tolist() == [0, 1, 0, 0] and w4.index.names == ["planner_seed", "episode_seed"]
+    with pytest.raises(InvalidValue, match="repeat a unit"):
+        v.outcomes(table, ["episode_seed"], label="W4")
+    with pytest.raises(InvalidValue, match="no rows"):
+        v.outcomes(table, ["episode_seed"], label="W2")
+
+
+def test_verdict_table_columns_and_formatting():
+    rows = [v.w4_loses_success(units((0, 30)), FP, BASELINES, comparison="RTN W4 vs FP"),
+            v.w8_close_to_fp(FP, FP, BASELINES)]
+    table = v.verdict_table(rows)
+    assert list(table.columns) == ["finding", "comparison", "effect", "p", "mde", "verdict", "why"]
+    assert table["effect"].tolist() == ["-30 [-40, -22] pts (95%)", "+0 [-4, +4] pts (95%)"]
+    assert table["p"][0] == "1.9e-09"  # 2 * 0.5**30
+    assert table["verdict"].tolist() == ["reproduced", "reproduced"]
+    assert table["mde"][0].endswith(" pts")
+    with pytest.raises(InvalidValue, match="outcome"):
+        v.Verdict("F", "c", 0, 0, 0, 0.95, 1, 0.1, "maybe", "")
+
+
+def test_outcomes_must_be_successes():
+    counts = pd.Series(np.arange(N), index=FP.index)
+    with pytest.raises(InvalidValue, match="per-unit successes"):
+        v.w4_loses_success(counts, FP, BASELINES)
+
+
+def _seeds(*per_seed):
+    """One Series over (planner_seed, unit) from one Series per seed."""
+    return pd.concat({seed: s for seed, s in enumerate(per_seed)}, names=["planner_seed"])
+
+
+def test_every_stratum_needs_the_finding_in_every_seed():
+    fp = _seeds(FP, FP, FP)
+    w4 = _seeds(units((0, 30)), units((0, 30)), units((0, 30)))
+    held = v.every_stratum(v.w4_loses_success, "planner_seed", w4, fp, BASELINES)
+    assert held.outcome == "reproduced" and "3 reproduced" in held.why
+    one_seed_off = _seeds(units((0, 30)), units((0, 30)), FP)  # the third seed: W4 equivalent to FP
+    split = v.every_stratum(v.w4_loses_success, "planner_seed", one_seed_off, fp, BASELINES)
+    assert v.w4_loses_success(one_seed_off, fp, BASELINES).outcome == "reproduced"  # pooled alone says yes
+    assert split.outcome == "inconclusive" and "2 reproduced, 1 not reproduced" in split.why
+    none = v.every_stratum(v.w4_loses_success, "planner_seed", _seeds(FP, FP, units((10, 66))), fp, BASELINES)
+    assert none.outcome == "not reproduced"
+    weak = _seeds(units((0, 7)), units((0, 7)))  # 2 units over the baseline per seed, 4 pooled: p 0.125
+    assert v.every_stratum(v.w4_loses_success, "planner_seed", weak, weak, BASELINES).outcome == "not testable"
+    # Series inside mappings and tuples are split too
+    pairs = {"W4A4": (_seeds(FP, FP), _seeds(FP, FP))}
+    assert v.every_stratum(v.per_token_no_benefit, "planner_seed", pairs, _seeds(FP, FP), BASELINES).outcome == \
+        "reproduced"
+    with pytest.raises(InvalidValue, match="planner_seed"):
+        v.every_stratum(v.w4_loses_success, "planner_seed", FP, FP, BASELINES)

@@ -1,0 +1,447 @@
+"""Verdict rules of the paper's findings: each finding is one named function that can come out either way.
+
+Every rule takes per-unit outcomes of the settings it compares, as ``pd.Series`` of booleans indexed by unit (one
+unit = one (planner seed, episode) pair; build them with ``outcomes``), and returns a frozen :class:`Verdict` with
+one of four outcomes:
+
+    reproduced       the data decide for the finding
+    not reproduced   the data decide against it (a decisive effect the other way, or equivalence where the
+                     finding claims a difference)
+    inconclusive     neither: a null result is never read as support unless an equivalence test says so
+    not testable     FP is not decisively above the best trivial baseline on the same units, or the compared
+                     settings all sit at the floor (success <= ``floor``) or all at the ceiling (>= 1 - floor),
+                     where nothing can move
+
+Shared definitions (``wmqlib.stats``): "decisively" = exact McNemar p < alpha (default 0.05) in the stated
+direction; "equivalent" = TOST at alpha with ``margin`` (default 10 points), i.e. the 90% Tango interval of the
+paired difference inside (-margin, margin). Equivalence is checked before a decisive difference: a difference
+inside the margin is negligible by definition, even when it is decisive. ``effect`` is the key comparison's
+difference in success rate (``a - b`` as its ``comparison`` names them) with its 95% Tango interval, ``p`` its
+exact McNemar p and ``mde`` its minimum detectable effect (alpha, power 0.8, the pair's observed discordance).
+Multiplicity: each rule decides one comparison at alpha, except ``per_token_no_benefit``, which Bonferroni-adjusts
+its "per-token better anywhere" test over its pairs. Baselines without the planner-seed level are repeated for
+every planner seed.
+
+Planner seeds: pooled over seeds, one episode counts once per seed, which overstates the evidence when the episode
+rather than the draws decides its outcome. ``every_stratum(rule, "planner_seed", ...)`` asks the rule to hold for
+every seed separately (each seed's units are distinct episodes); ``stats.clustered_mcnemar`` and
+``stats.per_stratum`` show the clustered p and the seed-to-seed spread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wmqlib import stats
+from wmqlib.validate import InvalidValue, check_float
+
+OUTCOMES = ("reproduced", "not reproduced", "inconclusive", "not testable")
+MARGIN, ALPHA, FLOOR, POWER = 0.10, 0.05, 0.05, 0.8
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One finding judged on one comparison. effect / ci_low / ci_high: difference in success rate (F6: in
+    Spearman's rho) and its interval at ``level``; p: the key test's p; mde: its minimum detectable effect."""
+    finding: str
+    comparison: str
+    effect: float
+    ci_low: float
+    ci_high: float
+    level: float
+    p: float
+    mde: float
+    outcome: str
+    why: str
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise InvalidValue(f"Verdict.outcome must be one of {list(OUTCOMES)}, got {self.outcome!r}")
+
+
+def outcomes(table: pd.DataFrame, units: Sequence[str], value: str = "success", **match: Any) -> pd.Series:
+    """The ``value`` column of the rows of ``table`` whose columns equal ``match``, indexed by ``units`` (e.g.
+    ``("planner_seed", "episode_seed")``) and sorted; InvalidValue when nothing matches or a unit repeats."""
+    rows = table
+    for column, want in match.items():
+        if column not in table.columns:
+            raise InvalidValue(f"outcomes: column {column!r} is not in the table; available: {list(table.columns)}")
+        rows = rows[rows[column] == want]
+    if rows.empty:
+        raise InvalidValue(f"outcomes: no rows with {match}")
+    series = rows.set_index(list(units))[value].sort_index()
+    if not series.index.is_unique:
+        raise InvalidValue(f"outcomes: rows with {match} repeat a unit {list(units)}; select one setting")
+    return series
+
+
+def _align(reference: pd.Series, other: pd.Series, name: str, kind: type = bool) -> np.ndarray:
+    """``other``'s values (as ``kind``) in ``reference``'s unit order; an index with fewer levels (a baseline
+    without planner seeds) is repeated over the missing levels. InvalidValue unless both hold the same units."""
+    if not isinstance(other, pd.Series) or not isinstance(reference, pd.Series):
+        raise InvalidValue(f"{name} must be a pd.Series of per-unit outcomes indexed by unit (see verdicts.outcomes)")
+    index = reference.index
+    extra = [n for n in index.names if n not in other.index.names]
+    if extra and len(extra) < index.nlevels and set(other.index.names) <= set(index.names):
+        index = index.droplevel(extra)
+    if not other.index.is_unique:
+        raise InvalidValue(f"{name} repeats a unit; select one setting")
+    values = other.reindex(index)
+    if values.isna().any() or len(other) != len(index.unique()):
+        raise InvalidValue(f"{name} does not hold the same units as the setting it is compared with "
+                           f"({len(other)} vs {len(index.unique())} units)")
+    if kind is bool and not values.isin([0, 1]).all():
+        raise InvalidValue(f"{name} must hold per-unit successes (True / False or 1 / 0), got "
+                           f"{sorted(set(values.tolist()))[:5]}")
+    return values.to_numpy().astype(kind)
+
+
+def _decisive(test: stats.McNemar, alpha: float, sign: int) -> bool:
+    return test.p < alpha and np.sign(test.effect) == sign
+
+
+def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], cells: Sequence[np.ndarray],
+                alpha: float, floor: float) -> str | None:
+    """Why the finding cannot be judged on these units, or None when it can."""
+    base = baselines if isinstance(baselines, Mapping) else {"baseline": baselines}
+    if not base:
+        raise InvalidValue("baselines must hold at least one trivial baseline")
+    f = _align(fp, fp, "fp")
+    rates = {k: _align(fp, v, f"baselines[{k!r}]").mean() for k, v in base.items()}
+    best = max(rates, key=rates.get)
+    vs = stats.mcnemar(f, _align(fp, base[best], "baseline"))
+    if not _decisive(vs, alpha, +1):
+        return f"FP {f.mean():.0%} is not decisively above the best baseline {best} {rates[best]:.0%} (p {vs.p:.2g})"
+    cell_rates = [np.mean(c) for c in cells]
+    if cell_rates and (all(r <= floor for r in cell_rates) or all(r >= 1 - floor for r in cell_rates)):
+        where = "floor" if cell_rates[0] <= floor else "ceiling"
+        return f"compared settings all at the {where} ({', '.join(f'{r:.0%}' for r in cell_rates)})"
+    return None
+
+
+def _judge(finding: str, comparison: str, a: pd.Series, b: pd.Series, fp: pd.Series,
+           baselines: pd.Series | Mapping[str, pd.Series], alpha: float, margin: float, floor: float,
+           rules: Callable[[stats.McNemar, stats.Equivalence], tuple[str, str]]) -> Verdict:
+    """Shared frame of the pairwise rules: testability, the key McNemar test of a vs b with its 95% interval, its
+    MDE, then ``rules(test, eq)`` -> (outcome, why) with the TOST ``eq`` of a vs b."""
+    alpha = check_float(f"{finding}: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    xa, xb = _align(a, a, "a"), _align(a, b, "b")
+    _align(a, fp, "fp")
+    test = stats.mcnemar(xa, xb)
+    low, high = stats.paired_interval(xa, xb, level=1 - alpha)
+    mde = stats.min_detectable_effect(test.units, test.discordance, alpha, POWER)
+    why = _untestable(fp, baselines, [xa, xb], alpha, floor)
+    if why is None:
+        eq = stats.equivalence(xa, xb, margin, alpha)
+        outcome, why = rules(test, eq)
+    else:
+        outcome = "not testable"
+    return Verdict(finding, comparison, test.effect, low, high, 1 - alpha, test.p, mde, outcome, why)
+
+
+def _equivalent(eq: stats.Equivalence) -> str:
+    return (f"{1 - 2 * eq.alpha:.0%} interval [{eq.ci_low * 100:+.0f}, {eq.ci_high * 100:+.0f}] inside "
+            f"+-{eq.margin * 100:.0f} points")
+
+
+def _numbers(t: stats.McNemar) -> str:
+    return f"{t.effect * 100:+.0f} points, {t.a_only} units gained vs {t.b_only} lost, p {t.p:.2g}"
+
+
+def w8_close_to_fp(w8: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
+                   comparison: str = "W8 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
+                   floor: float = FLOOR) -> Verdict:
+    """F1a "W8 is close to FP": reproduced when W8 and FP are equivalent (TOST within ``margin``); not reproduced
+    when the 90% interval lies wholly outside the margin (decisively farther than the margin); else inconclusive."""
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        if eq.equivalent:
+            return "reproduced", f"equivalent: {_equivalent(eq)}"
+        if eq.ci_low > margin or eq.ci_high < -margin:
+            return "not reproduced", f"decisively farther than {margin:.0%}: {_numbers(t)}"
+        return "inconclusive", f"neither equivalent nor decisively apart: {_numbers(t)}"
+    return _judge("F1a W8 close to FP", comparison, w8, fp, fp, baselines, alpha, margin, floor, rules)
+
+
+def w4_loses_success(w4: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
+                     comparison: str = "W4 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
+                     floor: float = FLOOR) -> Verdict:
+    """F1b "W4 is unstable / loses success": reproduced when W4 is decisively below FP (beyond equivalence); not
+    reproduced when W4 is equivalent to FP or decisively above it; else inconclusive."""
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        if eq.equivalent:
+            return "not reproduced", f"W4 equivalent to FP: {_equivalent(eq)}"
+        if _decisive(t, alpha, -1):
+            return "reproduced", f"W4 decisively below FP: {_numbers(t)}"
+        if _decisive(t, alpha, +1):
+            return "not reproduced", f"W4 decisively above FP: {_numbers(t)}"
+        return "inconclusive", f"no decisive difference, not equivalent: {_numbers(t)}"
+    return _judge("F1b W4 loses success", comparison, w4, fp, fp, baselines, alpha, margin, floor, rules)
+
+
+def w3_breaks_planning(w3: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
+                       comparison: str = "W3 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
+                       floor: float = FLOOR) -> Verdict:
+    """F1c "W3 breaks planning": reproduced when W3 is decisively below FP AND not decisively above the best
+    trivial baseline (planning reduced to what needs no model); not reproduced when W3 is equivalent to FP or
+    decisively above the best baseline (it still plans); else inconclusive."""
+    base = _best_baseline(w3, baselines)
+
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        vs_base = stats.mcnemar(_align(w3, w3, "w3"), base)
+        if eq.equivalent:
+            return "not reproduced", f"W3 equivalent to FP: {_equivalent(eq)}"
+        if _decisive(vs_base, alpha, +1):
+            return "not reproduced", f"W3 still plans: {vs_base.effect * 100:+.0f} points over the best " \
+                                     f"baseline (p {vs_base.p:.2g})"
+        if _decisive(t, alpha, -1):
+            return "reproduced", f"W3 decisively below FP ({_numbers(t)}) and not above the best baseline " \
+                                 f"(p {vs_base.p:.2g})"
+        return "inconclusive", f"W3 not decisively below FP: {_numbers(t)}"
+    return _judge("F1c W3 breaks planning", comparison, w3, fp, fp, baselines, alpha, margin, floor, rules)
+
+
+def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.Series]) -> np.ndarray:
+    base = baselines if isinstance(baselines, Mapping) else {"baseline": baselines}
+    aligned = [_align(reference, v, f"baselines[{k!r}]") for k, v in base.items()]
+    return max(aligned, key=np.mean)
+
+
+def groups_stabilise_w4(grouped: pd.Series, per_channel: pd.Series, fp: pd.Series,
+                        baselines: pd.Series | Mapping[str, pd.Series], comparison: str = "W4 per-group vs per-channel",
+                        alpha: float = ALPHA, margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+    """F2a "group-wise weights stabilise W4": reproduced when per-group W4 is decisively above per-channel W4; not
+    reproduced when they are equivalent or per-group is decisively below; else inconclusive."""
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        if eq.equivalent:
+            return "not reproduced", f"per-group equivalent to per-channel: {_equivalent(eq)}"
+        if _decisive(t, alpha, +1):
+            return "reproduced", f"per-group decisively above per-channel: {_numbers(t)}"
+        if _decisive(t, alpha, -1):
+            return "not reproduced", f"per-group decisively below per-channel: {_numbers(t)}"
+        return "inconclusive", f"no decisive difference, not equivalent: {_numbers(t)}"
+    return _judge("F2a groups stabilise W4", comparison, grouped, per_channel, fp, baselines, alpha, margin, floor,
+                  rules)
+
+
+def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.Series,
+                            baselines: pd.Series | Mapping[str, pd.Series],
+                            comparison: str = "W3 per-group vs per-channel", alpha: float = ALPHA,
+                            margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+    """F2b "group-wise weights do not rescue W3". Not reproduced when per-group W3 is equivalent to FP, or when it
+    is decisively above BOTH per-channel W3 and the best trivial baseline (groups restore planning); reproduced
+    when per-group W3 stays decisively below FP and is not above both; else inconclusive. The effect shown is
+    per-group - per-channel (the comparison where a rescue shows)."""
+    base = _best_baseline(grouped, baselines)
+    g, f = _align(grouped, grouped, "grouped"), _align(grouped, fp, "fp")
+
+    def rules(t: stats.McNemar, _: stats.Equivalence) -> tuple[str, str]:
+        vs_fp, vs_base = stats.mcnemar(g, f), stats.mcnemar(g, base)
+        eq_fp = stats.equivalence(g, f, margin, alpha)
+        if eq_fp.equivalent:
+            return "not reproduced", f"per-group W3 equivalent to FP: {_equivalent(eq_fp)}"
+        if _decisive(t, alpha, +1) and _decisive(vs_base, alpha, +1):
+            return "not reproduced", f"groups restore planning: {_numbers(t)}; {vs_base.effect * 100:+.0f} " \
+                                     f"points over the best baseline (p {vs_base.p:.2g})"
+        if _decisive(vs_fp, alpha, -1):
+            return "reproduced", f"per-group W3 decisively below FP ({_numbers(vs_fp)}); vs per-channel " \
+                                 f"{_numbers(t)}"
+        return "inconclusive", f"per-group W3 neither equivalent to nor decisively below FP: {_numbers(vs_fp)}"
+    return _judge("F2b groups do not rescue W3", comparison, grouped, per_channel, fp, baselines, alpha, margin,
+                  floor, rules)
+
+
+def encoder_more_sensitive(encoder_only: pd.Series, predictor_only: pd.Series, fp: pd.Series,
+                           baselines: pd.Series | Mapping[str, pd.Series],
+                           comparison: str = "encoder-only vs predictor-only", alpha: float = ALPHA,
+                           margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+    """F5 "the encoder is more sensitive than the predictor" (same bits): reproduced when quantizing only the
+    encoder leaves decisively less success than quantizing only the predictor; not reproduced when they are
+    equivalent or encoder-only is decisively above; else inconclusive."""
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        if eq.equivalent:
+            return "not reproduced", f"encoder-only equivalent to predictor-only: {_equivalent(eq)}"
+        if _decisive(t, alpha, -1):
+            return "reproduced", f"encoder-only decisively below predictor-only: {_numbers(t)}"
+        if _decisive(t, alpha, +1):
+            return "not reproduced", f"encoder-only decisively above predictor-only: {_numbers(t)}"
+        return "inconclusive", f"no decisive difference, not equivalent: {_numbers(t)}"
+    return _judge("F5 encoder more sensitive", comparison, encoder_only, predictor_only, fp, baselines, alpha,
+                  margin, floor, rules)
+
+
+def rounds_do_not_help_low_bits(first: pd.Series, last: pd.Series, fp_first: pd.Series, fp_last: pd.Series,
+                                baselines: pd.Series | Mapping[str, pd.Series],
+                                comparison: str = "low-bit last vs first MPC round", alpha: float = ALPHA,
+                                margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+    """F4 "more planning iterations (MPC rounds) do not help at low bits": the quantized model's success after the
+    last round vs after the first (latched per round, same units), FP's own gain as the reference.
+
+    Not reproduced when the quantized gain is decisively positive (more rounds help); reproduced when the gain is
+    equivalent to zero (TOST) while FP's own gain is decisively positive (rounds help FP but not the low-bit
+    model); inconclusive otherwise (including a null gain when FP does not gain decisively either).
+    Testability uses ``fp_last`` against the baselines and the quantized first / last rounds for the floor.
+    """
+    f0, f1 = _align(last, fp_first, "fp_first"), _align(last, fp_last, "fp_last")
+    fp_gain = stats.mcnemar(f1, f0)
+
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        ref = f"FP gains {fp_gain.effect * 100:+.0f} points (p {fp_gain.p:.2g})"
+        if _decisive(t, alpha, +1):
+            return "not reproduced", f"more rounds help the low-bit model: {_numbers(t)}; {ref}"
+        if eq.equivalent and _decisive(fp_gain, alpha, +1):
+            return "reproduced", f"low-bit gain equivalent to 0 ({_equivalent(eq)}) while {ref}"
+        if eq.equivalent:
+            return "inconclusive", f"low-bit gain equivalent to 0 but {ref}, so rounds help neither"
+        return "inconclusive", f"low-bit gain neither decisive nor equivalent to 0: {_numbers(t)}; {ref}"
+    return _judge("F4 rounds do not help low bits", comparison, last, first, fp_last, baselines, alpha, margin,
+                  floor, rules)
+
+
+def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: pd.Series,
+                         baselines: pd.Series | Mapping[str, pd.Series], alpha: float = ALPHA,
+                         margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+    """F3 "per-token activations give no consistent benefit over per-tensor", over several settings at once.
+
+    pairs: name -> (per-token outcomes, per-tensor outcomes) of one method / bit width. Pairs at the floor or
+    ceiling are skipped. Not reproduced when per-token is decisively better in ANY pair (exact McNemar at
+    alpha / k, Bonferroni over the k testable pairs); reproduced when in EVERY testable pair per-token is
+    equivalent to per-tensor or decisively worse; inconclusive otherwise (a null result is not support).
+    The row shows the pair most favourable to per-token (effect = per-token - per-tensor).
+    """
+    if not pairs:
+        raise InvalidValue("per_token_no_benefit: pairs must hold at least one (per-token, per-tensor) pair")
+    judged = {name: _judge("F3", name, tok, ten, fp, baselines, alpha, margin, floor,
+                           lambda t, eq: ("inconclusive", "")) for name, (tok, ten) in pairs.items()}
+    testable = {k: v for k, v in judged.items() if v.outcome != "not testable"}
+    top = max(testable.values() if testable else judged.values(), key=lambda v: (v.effect, -v.p))
+    finding, comparison = "F3 per-token no consistent benefit", f"per-token vs per-tensor: {top.comparison}"
+    if not testable:
+        return Verdict(finding, comparison, top.effect, top.ci_low, top.ci_high, top.level, top.p, top.mde,
+                       "not testable", f"every pair untestable: {top.why}")
+    k = len(testable)
+    better, settled = [], []
+    for name, v in testable.items():
+        tok, ten = pairs[name]
+        xa, xb = _align(tok, tok, name), _align(tok, ten, name)
+        if v.p < alpha / k and v.effect > 0:
+            better.append(name)
+        elif stats.equivalence(xa, xb, margin, alpha).equivalent or (v.p < alpha and v.effect < 0):
+            settled.append(name)
+    counts = f"{len(better)} of {k} pairs favour per-token (p < {alpha / k:.2g}), {len(settled)} equivalent or " \
+             f"favour per-tensor"
+    if better:
+        outcome = "not reproduced"
+    else:
+        outcome = "reproduced" if len(settled) == k else "inconclusive"
+    return Verdict(finding, comparison, top.effect, top.ci_low, top.ci_high, top.level, top.p, top.mde, outcome,
+                   counts)
+
+
+def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.Series, fp_dist: pd.Series,
+                          fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
+                          comparison: str = "rho(loss, distance): low-bit - FP", alpha: float = ALPHA,
+                          n_boot: int = 2000, seed: int = 0) -> Verdict:
+    """F6 "at low bits the planning loss stops predicting success": Spearman's rho between the final planning
+    loss and the final distance to the goal, low-bit vs FP on the same units (``stats.correlation_change``).
+
+    Not testable when FP is not decisively above the best baseline or FP's own rho is not decisively > 0 (the
+    loss does not predict distance even at full precision). Reproduced when the change is decisively negative
+    and the low-bit rho is not decisively > 0; not reproduced when the low-bit rho is decisively > 0 and the
+    change is not decisively negative; inconclusive otherwise. The mde is the smallest rho detectable at n.
+    """
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    values = [_align(low_loss, s, name, float) for name, s in
+              (("low_loss", low_loss), ("low_dist", low_dist), ("fp_loss", fp_loss), ("fp_dist", fp_dist))]
+    change = stats.correlation_change(*values, level=1 - alpha, n_boot=n_boot, seed=seed)
+    rho_low, rho_fp = stats.spearman(*values[:2], z), stats.spearman(*values[2:], z)
+    mde = stats.min_detectable_correlation(rho_low.n, alpha, POWER)
+    rhos = f"rho low-bit {rho_low.rho:.2f} [{rho_low.ci_low:.2f}, {rho_low.ci_high:.2f}], FP {rho_fp.rho:.2f} " \
+           f"[{rho_fp.ci_low:.2f}, {rho_fp.ci_high:.2f}]"
+    why = _untestable(fp, baselines, [], alpha, 0.0)
+    if why is None and not rho_fp.ci_low > 0:
+        why = f"FP's own loss does not decisively predict distance: {rhos}"
+    if why is not None:
+        outcome = "not testable"
+    elif change.ci_high < 0 and not rho_low.ci_low > 0:
+        outcome, why = "reproduced", f"rho drops decisively, low-bit rho not above 0: {rhos}"
+    elif rho_low.ci_low > 0 and not change.ci_high < 0:
+        outcome, why = "not reproduced", f"low-bit loss still predicts distance: {rhos}"
+    else:
+        outcome, why = "inconclusive", f"change {change.effect:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}]: " \
+                                       f"{rhos}"
+    return Verdict("F6 loss stops predicting", comparison, change.effect, change.ci_low, change.ci_high,
+                   1 - alpha, change.p, mde, outcome, why)
+
+
+def _stratum(value: Any, level: str, key: Any) -> Any:
+    """``value`` restricted to one stratum: Series indexed by ``level`` -> that stratum's rows (level dropped);
+    mappings and tuples element-wise; anything else (a baseline without the level, a number) unchanged."""
+    if isinstance(value, pd.Series) and level in (value.index.names or []):
+        return value.xs(key, level=level)
+    if isinstance(value, Mapping):
+        return {k: _stratum(v, level, key) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_stratum(v, level, key) for v in value)
+    return value
+
+
+def _strata(values: Sequence[Any], level: str) -> list[Any]:
+    """The values of index level ``level`` in the first Series found among ``values`` (searched into mappings and
+    tuples); [] when none has it."""
+    for value in values:
+        if isinstance(value, pd.Series) and level in (value.index.names or []):
+            return list(pd.unique(value.index.get_level_values(level)))
+        nested = list(value.values()) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else []
+        found = _strata(nested, level)
+        if found:
+            return found
+    return []
+
+
+def every_stratum(rule: Callable[..., Verdict], level: str, *args: Any, **kwargs: Any) -> Verdict:
+    """A verdict that must hold for every stratum (planner seed): ``rule(*args, **kwargs)`` on all units, and again
+    on each value of the index level ``level`` (e.g. "planner_seed") of the Series arguments, whose units are
+    distinct episodes, so each stratum's test is valid however strongly an episode drives its outcomes.
+
+    Reproduced only when every stratum reproduces; not reproduced when some stratum does and none reproduces;
+    inconclusive otherwise (strata disagree, or one is inconclusive or not testable); not testable when the pooled
+    rule is. Numbers (effect, interval, p, mde) are the pooled ones; ``why`` adds the count per outcome.
+    """
+    pooled = rule(*args, **kwargs)
+    keys = _strata(list(args) + list(kwargs.values()), level)
+    if not keys:
+        raise InvalidValue(f"every_stratum: no Series argument has the index level {level!r}")
+    per = [rule(*_stratum(args, level, k), **_stratum(kwargs, level, k)).outcome for k in keys]
+    counts = ", ".join(f"{per.count(o)} {o}" for o in OUTCOMES if per.count(o))
+    if pooled.outcome == "not testable":
+        outcome = "not testable"
+    elif all(o == "reproduced" for o in per):
+        outcome = "reproduced"
+    elif "not reproduced" in per and "reproduced" not in per:
+        outcome = "not reproduced"
+    else:
+        outcome = "inconclusive"
+    return dataclasses.replace(pooled, outcome=outcome, why=f"{pooled.why}; per {level}: {counts}")
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
+    """The one table a notebook ends with: finding, comparison, effect (points with its interval; F6 in rho),
+    p, mde, verdict, why - one row per verdict, in the order given."""
+    rows = []
+    for v in verdicts:
+        rho = v.finding.startswith("F6")
+        scale, unit = (1, "") if rho else (100, " pts")
+        fmt = "{:+.2f}" if rho else "{:+.0f}"
+        effect = f"{fmt.format(v.effect * scale)} [{fmt.format(v.ci_low * scale)}, " \
+                 f"{fmt.format(v.ci_high * scale)}]{unit} ({v.level:.0%})"
+        mde = f"{v.mde:.2f}" if rho else f"{v.mde * 100:.0f} pts"
+        rows.append({"finding": v.finding, "comparison": v.comparison, "effect": effect, "p": f"{v.p:.2g}",
+                     "mde": mde, "verdict": v.outcome, "why": v.why})
+    return pd.DataFrame(rows, columns=["finding", "comparison", "effect", "p", "mde", "verdict", "why"])
