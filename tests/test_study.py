@@ -181,6 +181,7 @@ def test_run_study_adds_labels_and_reads_back_from_cache(tiny, tmp_path, monkeyp
     assert list(labels["search"]) == ["CEM 12/3", "CEM 12/3", "MPC-GD"]
     assert list(labels["w_bits"]) == [32, 4, 32] and list(labels["a_bits"]) == [32, 16, 32]
     assert list(labels["weights"]) == ["-", "g8", "-"] and list(labels["w_kind"]) == ["-", "per-group", "-"]
+    assert (table["planner_seed"] == 0).all()  # filled in: seed 0 is not part of the keys
 
     def boom(*args, **kwargs):
         raise AssertionError("a cached setting was run again")
@@ -188,6 +189,15 @@ def test_run_study_adds_labels_and_reads_back_from_cache(tiny, tmp_path, monkeyp
     monkeypatch.setattr(st, "run_setting", boom)
     cached = st.run_study(settings, "unit", cache_dir=tmp_path, progress=False, caches=caches)
     pd.testing.assert_frame_equal(cached, table)
+
+
+def test_baseline_outcomes_are_series_by_episode_seed(tiny, caches):
+    s = setting(tiny)
+    out = st.baseline_outcomes(s, caches)
+    assert sorted(out) == ["no_action", "random", "straight_line"]
+    for series in out.values():
+        assert series.index.name == "episode_seed" and list(series.index) == [e.seed for e in caches.episodes(s)]
+        assert series.dtype == bool
 
 
 def test_baselines_use_the_setting_episodes_and_budget(tiny, caches):
@@ -228,8 +238,8 @@ def test_planner_seed_and_objective_change_the_plans_not_the_old_keys(tiny, cach
     a, b = st.run_setting(base, caches), st.run_setting(seeded, caches)
     assert not np.array_equal(a["plan_loss"], b["plan_loss"])  # other draws on the same episodes
     assert list(a["episode_seed"]) == list(b["episode_seed"])
-    assert st.describe(visual)["objective"] == "visual" and st.describe(base)["objective"] == "visual+proprio"
-    assert st.describe(dataclasses.replace(base, objective=ObjectiveConfig(visual_weight=0.0)))["objective"] == "proprio"
+    assert st.describe(visual)["latents"] == "visual" and st.describe(base)["latents"] == "visual+proprio"
+    assert st.describe(dataclasses.replace(base, objective=ObjectiveConfig(visual_weight=0.0)))["latents"] == "proprio"
     with pytest.raises(ValueError, match="planner_seed"):
         dataclasses.replace(base, planner_seed=-1)
     with pytest.raises(TypeError, match="objective must be"):

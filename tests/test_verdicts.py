@@ -208,3 +208,13 @@ def test_every_stratum_needs_the_finding_in_every_seed():
         "reproduced"
     with pytest.raises(InvalidValue, match="planner_seed"):
         v.every_stratum(v.w4_loses_success, "planner_seed", FP, FP, BASELINES)
+
+
+def test_common_restricts_to_shared_units():
+    index = pd.MultiIndex.from_product([[0, 1, 2], [1, 100, 199]], names=["planner_seed", "episode_seed"])
+    fp = pd.Series([True, False, True] * 3, index=index)
+    one_seed = pd.Series([False, False, True], index=index[:3])
+    a, b = v.common(fp, one_seed)
+    assert list(a.index) == list(one_seed.index) and list(a) == [True, False, True]
+    with pytest.raises(InvalidValue, match="share no unit"):
+        v.common(fp, pd.Series([True], index=pd.MultiIndex.from_tuples([(9, 9)], names=index.names)))

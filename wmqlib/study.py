@@ -54,6 +54,7 @@ from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
 SCOPES = ("all", "encoder", "predictor")
+UNITS = ("planner_seed", "episode_seed")  # one paired unit: an episode planned with one planner seed
 PLANNERS = ("CEM", "CEM-protocol", "GD")
 
 
@@ -179,8 +180,8 @@ def describe(setting: Setting) -> dict[str, Any]:
     class), bits ("W4A16"), w_bits, a_bits (32 for FP, 16 for weight-only), weights ("per-channel" | "g32" |
     "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
     "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
-    "CEM 300/30"), opt_steps, planner_seed, objective ("visual+proprio" | "visual" | "proprio") and label, e.g.
-    "RTN W4A16 g32 [predictor]".
+    "CEM 300/30"), opt_steps, latents (what the objective scores: "visual+proprio" | "visual" | "proprio") and
+    label, e.g. "RTN W4A16 g32 [predictor]". (The config columns give planner_seed, 0 where unset.)
     """
     r = setting.recipe
     if r is None:
@@ -198,7 +199,7 @@ def describe(setting: Setting) -> dict[str, Any]:
             "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
             "weights": weights, "w_kind": kind, "acts": acts,
             "planning": planning, "search": planning + sizes, "opt_steps": setting.planner.opt_steps,
-            "planner_seed": setting.planner_seed, "objective": objective_name(setting.objective or ObjectiveConfig()),
+            "latents": objective_name(setting.objective or ObjectiveConfig()),
             "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
 
 
@@ -223,7 +224,18 @@ def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
     table = sweep(list(settings), run_fn, name, cache_dir=cache_dir, recompute=recompute, progress=progress,
                   key_config=caches.identity, provenance=provenance())
     labels = pd.DataFrame([{"config_key": config_key(caches.identity(s)), **describe(s)} for s in settings])
-    return labels.merge(table, on="config_key", how="right", validate="one_to_many")
+    table = labels.merge(table, on="config_key", how="right", validate="one_to_many")
+    # planner_seed 0 is left out of the keys (and so of the config columns): fill it in
+    seeds = table["planner_seed"] if "planner_seed" in table.columns else pd.Series(0, index=table.index)
+    return table.assign(planner_seed=seeds.fillna(0).astype(int))
+
+
+def baseline_outcomes(setting: Setting, caches: Caches = CACHES) -> dict[str, pd.Series]:
+    """Per trivial baseline, its success on the setting's eval episodes (``baseline_table``) as a boolean Series
+    indexed by ``episode_seed``: the ``baselines`` argument of the verdict rules (``wmqlib.verdicts``)."""
+    table = baseline_table(setting, caches=caches)
+    return {name: rows.set_index("seed")["success"].rename_axis("episode_seed").sort_index()
+            for name, rows in table.groupby("baseline", sort=True)}
 
 
 def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict[str, Any]:
@@ -288,6 +300,8 @@ class Profile:
     threads: torch intra-op threads (None = torch's default). always_recompute: ignore cached results (the
         goldens must recompute, or a changed number could hide behind the cache).
     method_options: per method name, recipe fields this profile sets (e.g. fewer OmniQuant epochs for smoke).
+    planner_seeds: the planner seeds the key settings are run with (same episodes, other draws), so the verdicts
+        see how much success moves with CEM's sampling; other settings use the first.
     """
 
     name: str
@@ -302,6 +316,7 @@ class Profile:
     threads: int | None
     always_recompute: bool
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    planner_seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         for name in ("n_evals", "samples", "topk", "trace_steps", "gd_steps", "mpc_rounds", "n_calib"):
@@ -312,6 +327,10 @@ class Profile:
         check_bool("Profile.always_recompute", self.always_recompute)
         for method in self.method_options:
             check_choice("Profile.method_options key", method, sorted(recipe_types()))
+        seeds = check_type("Profile.planner_seeds", self.planner_seeds, (tuple, list), "a tuple of ints >= 0")
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"Profile.planner_seeds must be distinct ints >= 0, at least one, got {seeds!r}")
+        object.__setattr__(self, "planner_seeds", tuple(check_int("Profile.planner_seeds[]", x, 0) for x in seeds))
         CEMConfig(samples=self.samples, topk=self.topk)  # topk <= samples, checked where it is defined
 
     def steps(self, env: str) -> int:
@@ -362,11 +381,12 @@ PROFILES = {
     # iterations - 00_baseline runs that too). On the shipped models 100 / 10 plans about as well as 300 / 30 and
     # success saturates by 10-15 iterations; "paper" below is the protocol, for a GPU.
     "full": Profile("full", n_evals=50, samples=100, topk=10, opt_steps=10, trace_steps=20, gd_steps=1000,
-                    mpc_rounds=3, n_calib=10, threads=None, always_recompute=False),
+                    mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2)),
     "paper": Profile("paper", n_evals=50, samples=300, topk=30, opt_steps=None, trace_steps=50, gd_steps=1000,
-                     mpc_rounds=5, n_calib=10, threads=None, always_recompute=False),
+                     mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2)),
     "smoke": Profile("smoke", n_evals=3, samples=30, topk=5, opt_steps=2, trace_steps=3, gd_steps=3, mpc_rounds=2,
-                     n_calib=2, threads=1, always_recompute=True, method_options={"OmniQuant": {"epochs": 1}}),
+                     n_calib=2, threads=1, always_recompute=True, method_options={"OmniQuant": {"epochs": 1}},
+                     planner_seeds=(0, 1)),
 }
 
 

@@ -82,6 +82,20 @@ def outcomes(table: pd.DataFrame, units: Sequence[str], value: str = "success", 
     return series
 
 
+def common(*series: pd.Series) -> tuple[pd.Series, ...]:
+    """Each Series restricted to the units all of them hold (e.g. an FP run with planner seeds 0-2 against a
+    setting run with seed 0 only), in one sorted order; InvalidValue when they share none."""
+    if not series or not all(isinstance(s, pd.Series) for s in series):
+        raise InvalidValue("common needs pd.Series of per-unit outcomes (see verdicts.outcomes)")
+    shared = series[0].index
+    for s in series[1:]:
+        shared = shared.intersection(s.index)
+    if len(shared) == 0:
+        raise InvalidValue(f"common: the {len(series)} settings share no unit")
+    shared = shared.sort_values()
+    return tuple(s.loc[shared] for s in series)
+
+
 def _align(reference: pd.Series, other: pd.Series, name: str, kind: type = bool) -> np.ndarray:
     """``other``'s values (as ``kind``) in ``reference``'s unit order; an index with fewer levels (a baseline
     without planner seeds) is repeated over the missing levels. InvalidValue unless both hold the same units."""
