@@ -218,3 +218,20 @@ def test_common_restricts_to_shared_units():
     assert list(a.index) == list(one_seed.index) and list(a) == [True, False, True]
     with pytest.raises(InvalidValue, match="share no unit"):
         v.common(fp, pd.Series([True], index=pd.MultiIndex.from_tuples([(9, 9)], names=index.names)))
+
+
+def _units(values):
+    return pd.Series(np.asarray(values, dtype=bool), index=pd.Index(range(len(values)), name="episode_seed"))
+
+
+def test_fp_beats_baselines_every_outcome():
+    n = 40
+    fp = _units([True] * 30 + [False] * 10)
+    none = _units([False] * n)
+    assert v.fp_beats_baselines(fp, {"no_action": none}).outcome == "reproduced"
+    assert v.fp_beats_baselines(fp, {"no_action": none, "line": fp}).outcome == "not reproduced"  # equal to a baseline
+    above = _units([True] * 38 + [False] * 2)
+    assert v.fp_beats_baselines(_units([False] * 20 + [True] * 20), {"line": above}).outcome == "not reproduced"
+    close = _units([True] * 26 + [False] * 14)  # 4 points below FP: neither decisive nor equivalent at n = 40
+    shuffled = _units([True] * 22 + [False] * 4 + [True] * 4 + [False] * 10)
+    assert v.fp_beats_baselines(shuffled, {"line": close}).outcome == "inconclusive"

@@ -25,6 +25,7 @@ from wmqlib.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_
 from wmqlib.models.errors import CheckpointError
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig
+from wmqlib.probe import ProbeFrames, probe_frames
 from wmqlib.quant import Calibration, QuantReport, quantize
 from wmqlib.sweep import canonical, config_key
 from wmqlib.validate import atomic_path
@@ -49,6 +50,7 @@ class Caches:
         self._calibrations: dict[str, Calibration] = {}
         self._fresh: set[str] = set()
         self._episodes: dict[tuple[Any, ...], tuple[Episode, ...]] = {}
+        self._frames: dict[tuple[Any, ...], ProbeFrames] = {}
 
     def checkpoint(self, checkpoint: str | os.PathLike) -> tuple[Path, str, str]:
         """(folder, env, fingerprint) of a wmq checkpoint: a shipped name ("mini-wall") or a wmq folder.
@@ -112,6 +114,14 @@ class Caches:
             self._episodes[key] = tuple(sample_episodes(env, n, seed=setting.seed, split=split,
                                                         goal_H=setting.goal_H, frameskip=key[-1]))
         return list(self._episodes[key])
+
+    def probe_frames(self, setting: Setting, n_traj: int, seed: int, traj_len: int = 20) -> ProbeFrames:
+        """Scripted frames of the setting's env at its model's image size for the state probe (made once)."""
+        env, size = self.env_name(setting), self.model(setting).config.img_size
+        key = (env, n_traj, seed, traj_len, size)
+        if key not in self._frames:
+            self._frames[key] = probe_frames(env, n_traj, traj_len, seed, size)
+        return self._frames[key]
 
     def _calibration_fields(self, setting: Setting) -> dict[str, Any]:
         identity = self.identity(setting)

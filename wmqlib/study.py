@@ -49,6 +49,7 @@ from wmqlib.models import resolve_device
 from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
+from wmqlib.probe import outlier_stats, probe_model
 from wmqlib.quant import Recipe, granularity_from_name, recipe_types
 from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
@@ -165,7 +166,8 @@ def run_setting(setting: Setting, caches: Caches = CACHES, recompute_calibration
     model, report = caches.quantized(setting, recompute_calibration)
     fp, env, eps = caches.model(setting), caches.env(setting), caches.episodes(setting)
     start = time.perf_counter()
-    table = ev.evaluate(model, env, setting.planner, eps, mpc=setting.mpc, trace=setting.trace,
+    table = ev.evaluate(model, env, setting.planner, eps, mpc=setting.mpc, trace=setting.trace and setting.mpc is None,
+                        per_round=setting.trace and setting.mpc is not None,
                         objective=setting.objective or ObjectiveConfig(), seed=setting.planner_seed)
     table = table.rename(columns={"seed": "episode_seed"})  # "seed" is the Setting's (config) column
     seconds = time.perf_counter() - start
@@ -230,6 +232,22 @@ def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
     return table.assign(planner_seed=seeds.fillna(0).astype(int))
 
 
+def probe_table(setting: Setting, n_train: int, n_test: int, caches: Caches = CACHES) -> pd.DataFrame:
+    """``wmqlib.probe.probe_model`` of the setting's (quantized) model: a ridge probe from the visual latent to the
+    success-deciding state, fitted on ``n_train`` scripted trajectories (seed 0) and scored on ``n_test`` others
+    (seed 1); one row per state component with the error over the env's success tolerance, plus env and label."""
+    model, _ = caches.quantized(setting)
+    train, test = caches.probe_frames(setting, n_train, seed=0), caches.probe_frames(setting, n_test, seed=1)
+    return probe_model(model, train, test).assign(env=caches.env_name(setting), label=describe(setting)["label"])
+
+
+def outlier_table(setting: Setting, caches: Caches = CACHES) -> pd.DataFrame:
+    """``wmqlib.probe.outlier_stats`` of the setting's FP model on its calibration capture (FP planning on the
+    calibration episodes): per quantized linear, max_over_median and kurtosis of its input; plus env."""
+    calib = caches.calibration(dataclasses.replace(setting, recipe=None, scope="all"))
+    return outlier_stats(caches.model(setting), calib).assign(env=caches.env_name(setting))
+
+
 def baseline_outcomes(setting: Setting, caches: Caches = CACHES) -> dict[str, pd.Series]:
     """Per trivial baseline, its success on the setting's eval episodes (``baseline_table``) as a boolean Series
     indexed by ``episode_seed``: the ``baselines`` argument of the verdict rules (``wmqlib.verdicts``)."""
@@ -273,10 +291,15 @@ def at_opt_steps(trace: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def per_episode(table: pd.DataFrame, k: int | Mapping[str, int] | None = None) -> pd.DataFrame:
     """One row per (setting, episode): traced settings at ``opt_steps = min(k, traced iterations)`` (k per env
-    when a mapping, e.g. ``{"wall": 10, "pusht": 30}``; None = their last iteration), untraced ones as they are.
+    when a mapping, e.g. ``{"wall": 10, "pusht": 30}``; None = their last iteration), MPC settings at their last
+    round (= the untraced result), untraced ones as they are.
     Adds ``opt_steps`` (the budget the rows reflect)."""
     parts = []
     for _, group in table.groupby("config_key", sort=False):
+        if "round" in group.columns and group["round"].notna().any():  # MPC per round: the final round
+            last = group[group["round"] == group["round"].max()]
+            parts.append(last.assign(opt_steps=last["planner.opt_steps"]).reset_index(drop=True))
+            continue
         if "iteration" not in group.columns or group["iteration"].isna().all():
             parts.append(group.assign(opt_steps=group["planner.opt_steps"]))
             continue
@@ -302,6 +325,8 @@ class Profile:
     method_options: per method name, recipe fields this profile sets (e.g. fewer OmniQuant epochs for smoke).
     planner_seeds: the planner seeds the key settings are run with (same episodes, other draws), so the verdicts
         see how much success moves with CEM's sampling; other settings use the first.
+    probe_trajectories: (training, held-out) scripted trajectories of 21 frames for the state probe (the probe
+        needs a few times more training frames than latent features, 1,024 on the mini models).
     """
 
     name: str
@@ -317,6 +342,7 @@ class Profile:
     always_recompute: bool
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     planner_seeds: tuple[int, ...] = (0,)
+    probe_trajectories: tuple[int, int] = (300, 40)
 
     def __post_init__(self) -> None:
         for name in ("n_evals", "samples", "topk", "trace_steps", "gd_steps", "mpc_rounds", "n_calib"):
@@ -331,6 +357,11 @@ class Profile:
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"Profile.planner_seeds must be distinct ints >= 0, at least one, got {seeds!r}")
         object.__setattr__(self, "planner_seeds", tuple(check_int("Profile.planner_seeds[]", x, 0) for x in seeds))
+        pair = check_type("Profile.probe_trajectories", self.probe_trajectories, (tuple, list), "(train, test)")
+        if len(pair) != 2:
+            raise ValueError(f"Profile.probe_trajectories must be (train, test), got {pair!r}")
+        object.__setattr__(self, "probe_trajectories", (check_int("Profile.probe_trajectories[0]", pair[0], 4),
+                                                        check_int("Profile.probe_trajectories[1]", pair[1], 1)))
         CEMConfig(samples=self.samples, topk=self.topk)  # topk <= samples, checked where it is defined
 
     def steps(self, env: str) -> int:
@@ -357,8 +388,8 @@ class Profile:
         planner: "CEM" (the profile's samples / topk), "CEM-protocol" (DINO-WM's 300 samples / top 30 at the env's
         protocol budget, Wall 10 / PushT 30 iterations, whatever the profile) or "GD"; mpc: closed loop with
         ``mpc_rounds`` rounds. Open-loop CEM is always traced (the trace costs no planning and gives success vs
-        iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; GD and MPC
-        settings are not traced. planner_seed, objective: as in ``Setting``. The checkpoint's env is read (once
+        iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; MPC settings
+        always give one row per round (success vs rounds); open-loop GD is not traced. planner_seed, objective: as in ``Setting``. The checkpoint's env is read (once
         per process) to size the planner.
         """
         check_choice("planner", planner, PLANNERS)
@@ -371,7 +402,7 @@ class Profile:
             "GD": lambda: GDConfig(opt_steps=self.gd_steps)}[planner]()
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
-                       trace=planner != "GD" and not mpc, n_calib=self.n_calib, calib_planner=self.cem(env),
+                       trace=mpc or planner != "GD", n_calib=self.n_calib, calib_planner=self.cem(env),
                        device=device, planner_seed=planner_seed, objective=objective)
 
 
@@ -386,7 +417,7 @@ PROFILES = {
                      mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2)),
     "smoke": Profile("smoke", n_evals=3, samples=30, topk=5, opt_steps=2, trace_steps=3, gd_steps=3, mpc_rounds=2,
                      n_calib=2, threads=1, always_recompute=True, method_options={"OmniQuant": {"epochs": 1}},
-                     planner_seeds=(0, 1)),
+                     planner_seeds=(0, 1), probe_trajectories=(12, 4)),
 }
 
 

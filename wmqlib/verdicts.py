@@ -169,6 +169,28 @@ def _numbers(t: stats.McNemar) -> str:
     return f"{t.effect * 100:+.0f} points, {t.a_only} units gained vs {t.b_only} lost, p {t.p:.2g}"
 
 
+def fp_beats_baselines(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
+                       comparison: str = "FP vs best trivial baseline", alpha: float = ALPHA, margin: float = MARGIN,
+                       floor: float = FLOOR) -> Verdict:
+    """F0, the study's premise (DINO-WM's): planning with the FP model reaches goals the trivial baselines do not.
+    Reproduced when FP is decisively above the best baseline on the same units; not reproduced when FP is
+    equivalent to it or decisively below; inconclusive otherwise. Never "not testable": it is the test of
+    testability every other rule applies first."""
+    alpha = check_float("F0: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    f, base = _align(fp, fp, "fp"), _best_baseline(fp, baselines)
+    test, eq = stats.mcnemar(f, base), stats.equivalence(f, base, margin, alpha)
+    low, high = stats.paired_interval(f, base, level=1 - alpha)
+    mde = stats.min_detectable_effect(test.units, test.discordance, alpha, POWER)
+    if _decisive(test, alpha, +1) and not eq.equivalent:
+        outcome, why = "reproduced", f"FP decisively above the best baseline: {_numbers(test)}"
+    elif eq.equivalent or _decisive(test, alpha, -1):
+        outcome, why = "not reproduced", f"FP no better than the best baseline: {_numbers(test)}"
+    else:
+        outcome, why = "inconclusive", f"no decisive difference: {_numbers(test)}"
+    return Verdict("F0 FP beats trivial baselines", comparison, test.effect, low, high, 1 - alpha, test.p, mde,
+                   outcome, why)
+
+
 def w8_close_to_fp(w8: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                    comparison: str = "W8 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
                    floor: float = FLOOR) -> Verdict:
