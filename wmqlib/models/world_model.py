@@ -9,10 +9,17 @@ The predictor maps a window of at most ``num_hist`` frames to the same shape, ou
 ``rollout`` encodes nothing: it starts from encoded observations (encode them once, even for thousands of
 candidate action sequences) and feeds its own predictions back, replacing the action slice of each predicted
 frame with the next planned action. The proprio latent of a frame is read from its first token, as DINO-WM does.
+
+``compile_rollout()`` makes ``rollout`` run the predictor through ``torch.compile`` (inductor: C++ on the CPU,
+Triton on CUDA). It is off by default: the first calls of every new window shape pay the compilation (seconds to
+minutes), which only pays back over long planning runs. Where compilation fails (no C++ compiler, an unsupported
+Python) the rollout warns once, says why, and runs eager.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +37,9 @@ from wmqlib.models.preprocess import (
 )
 
 STAT_NAMES = ("action_mean", "action_std", "proprio_mean", "proprio_std")
+# torch.compile'd predictors, keyed by the predictor module: never part of a state_dict, a deepcopy or a pickle
+# (a quantized copy compiles its own predictor). A value equal to its key means compilation failed: run eager.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[[torch.Tensor], torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 class WorldModel(nn.Module):
@@ -64,6 +74,7 @@ class WorldModel(nn.Module):
         self.register_buffer("action_std", torch.ones(c.env_action_dim))
         self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
         self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
+        self.rollout_compile: dict[str, Any] | None = None  # torch.compile options of the rollout; None = eager
 
     @classmethod
     def from_state_dict(cls, config: WorldModelConfig, state_dict: dict[str, torch.Tensor], *,
@@ -213,6 +224,43 @@ class WorldModel(nn.Module):
 
     # ----- prediction -----
 
+    def compile_rollout(self, enabled: bool = True, mode: str | None = None, dynamic: bool | None = None
+                        ) -> WorldModel:
+        """Run ``rollout``'s predictor through ``torch.compile(predictor, mode=mode, dynamic=dynamic)``; returns self.
+
+        enabled=False returns to eager. Numerics: the same maths with fused kernels (float reassociation only; the
+        planner-level agreement is tested in tests/test_compile.py). Compilation happens at the first rollout of
+        every new input shape; if it fails, a warning names the reason and the rollout runs eager from then on.
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError(f"WorldModel.compile_rollout: enabled must be True or False, got {enabled!r}")
+        if mode is not None and not isinstance(mode, str):
+            raise TypeError(f"WorldModel.compile_rollout: mode must be a torch.compile mode string or None, got {mode!r}")
+        if dynamic is not None and not isinstance(dynamic, bool):
+            raise TypeError(f"WorldModel.compile_rollout: dynamic must be True, False or None, got {dynamic!r}")
+        self.rollout_compile = {"mode": mode, "dynamic": dynamic} if enabled else None
+        _COMPILED.pop(self.predictor, None)
+        return self
+
+    def _rollout_predict(self, window: torch.Tensor) -> torch.Tensor:
+        """``predictor(window)``, compiled when ``compile_rollout`` asked for it and compilation works."""
+        options = getattr(self, "rollout_compile", None)  # absent on models unpickled from an older wmq
+        if options is None:
+            return self.predictor(window)
+        compiled = _COMPILED.get(self.predictor)
+        if compiled is None:
+            compiled = _COMPILED[self.predictor] = torch.compile(self.predictor, **options)
+        if compiled is self.predictor:
+            return self.predictor(window)
+        try:
+            return compiled(window)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back; a real error recurs in eager
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            warnings.warn(f"WorldModel.rollout: torch.compile is unavailable here ({type(err).__name__}: {reason}); "
+                          "the rollout runs eager", RuntimeWarning, stacklevel=3)
+            _COMPILED[self.predictor] = self.predictor
+            return self.predictor(window)
+
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, T, P, D), T <= num_hist -> (B, T, P, D); frame-causal, output frame t predicts frame t+1."""
         c = self.config
@@ -255,7 +303,7 @@ class WorldModel(nn.Module):
         for step in range(horizon):
             start = max(0, step + 1 - c.num_hist)
             window = z[:, start:step + 1].reshape(b, (step + 1 - start) * p, d)
-            pred = self.predictor(window)[:, -p:]  # (B, P, D): the prediction of frame step+1
+            pred = self._rollout_predict(window)[:, -p:]  # (B, P, D): the prediction of frame step+1
             if step + 1 < horizon:
                 z[:, step + 1, :, :dv + ep] = pred[..., :dv + ep]  # its action slice is the next planned action
             else:
