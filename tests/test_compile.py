@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import wmqlib.models.predictor as predictor
+import wmqlib.models.world_model as world_model
 import wmqlib.quant.qlinear as qlinear
 from wmqlib.models import WorldModel, WorldModelConfig
 from wmqlib.plan import CEMConfig, Objective, cem, make_generators
@@ -138,11 +139,12 @@ def test_compiled_rollout_plans_like_eager(models, setting):
 def test_failed_compilation_warns_once_and_runs_eager(models, monkeypatch):
     model = models["FP"]
 
-    def broken(module, **options):
-        def call(x):
+    def broken(fn, **options):
+        def call(*args):
             raise RuntimeError("no working C++ compiler\nsecond line of the compiler's complaint")
         return call
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(world_model, "_COMPILED", {})  # this process's real compilations are not the broken one
     ref = plan(model)
     try:
         with pytest.warns(RuntimeWarning, match=r"torch.compile is unavailable here \(RuntimeError: no working C\+\+ "

@@ -19,7 +19,6 @@ Python) the rollout warns once, says why, and runs eager.
 from __future__ import annotations
 
 import warnings
-import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -37,9 +36,14 @@ from wmqlib.models.preprocess import (
 )
 
 STAT_NAMES = ("action_mean", "action_std", "proprio_mean", "proprio_std")
-# torch.compile'd predictors, keyed by the predictor module: never part of a state_dict, a deepcopy or a pickle
-# (a quantized copy compiles its own predictor). A value equal to its key means compilation failed: run eager.
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[[torch.Tensor], torch.Tensor]] = weakref.WeakKeyDictionary()
+# torch.compile'd ``module(x)`` calls, one per (mode, dynamic): the module is an argument, so nothing here holds a
+# model (no leak, nothing in a state_dict, a deepcopy or a pickle) and every predictor of one structure shares the
+# compiled code. None marks options whose compilation failed in this process: those rollouts run eager.
+_COMPILED: dict[tuple[str | None, bool | None], Callable[[nn.Module, torch.Tensor], torch.Tensor] | None] = {}
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
 
 
 class WorldModel(nn.Module):
@@ -239,7 +243,6 @@ class WorldModel(nn.Module):
         if dynamic is not None and not isinstance(dynamic, bool):
             raise TypeError(f"WorldModel.compile_rollout: dynamic must be True, False or None, got {dynamic!r}")
         self.rollout_compile = {"mode": mode, "dynamic": dynamic} if enabled else None
-        _COMPILED.pop(self.predictor, None)
         return self
 
     def _rollout_predict(self, window: torch.Tensor) -> torch.Tensor:
@@ -247,18 +250,20 @@ class WorldModel(nn.Module):
         options = getattr(self, "rollout_compile", None)  # absent on models unpickled from an older wmq
         if options is None:
             return self.predictor(window)
-        compiled = _COMPILED.get(self.predictor)
+        key = (options["mode"], options["dynamic"])
+        if key not in _COMPILED:
+            _COMPILED[key] = torch.compile(_call, mode=options["mode"], dynamic=options["dynamic"])
+        compiled = _COMPILED[key]
         if compiled is None:
-            compiled = _COMPILED[self.predictor] = torch.compile(self.predictor, **options)
-        if compiled is self.predictor:
             return self.predictor(window)
         try:
-            return compiled(window)
+            return compiled(self.predictor, window)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back; a real error recurs in eager
-            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            text = str(err).strip()
+            reason = text.splitlines()[0][:300] if text else "no message"
             warnings.warn(f"WorldModel.rollout: torch.compile is unavailable here ({type(err).__name__}: {reason}); "
                           "the rollout runs eager", RuntimeWarning, stacklevel=3)
-            _COMPILED[self.predictor] = self.predictor
+            _COMPILED[key] = None
             return self.predictor(window)
 
     def predict(self, z: torch.Tensor) -> torch.Tensor:
