@@ -18,6 +18,8 @@ round-robin so drift hits them alike):
 3. Planning time of fake-quantized models (RTN W8 weight-only; W8A8 dynamic per-token; W8A8 static per-tensor)
    vs FP, for every speed path in ``--paths`` (see PATHS: the switches of ``wmqlib.models.predictor``,
    ``wmqlib.quant.qlinear.FUSED_ACT_QUANT`` and ``WorldModel.compile_rollout``).
+   ``--chunk-sweep 256,1024,4096`` also times FP and W8A8 per-token planning at several Objective chunk sizes
+   (smaller rollout blocks keep the activations in cache; the study's default is 4096 sequences).
 4. ``--profile NAME [NAME ...]``: one FP setting of that study profile (``profile.setting(checkpoint)``:
    its episodes, CEM sizes and iterations, traced) run by the study's ``run_setting``, and the grid extrapolated as
    ``--settings`` x that time. Stated as what it is: settings that trace longer, run MPC rounds or calibrate cost
@@ -38,7 +40,7 @@ import contextlib
 import importlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +128,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return min(once(fn, device) for _ in range(repeats))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+def interleaved(fns: dict[Hashable, Callable[[], object]], device: torch.device, repeats: int
+                ) -> dict[Hashable, float]:
     """Best time of each function over ``repeats`` round-robin rounds (after one warm-up call each)."""
     for fn in fns.values():
         fn()
@@ -310,6 +313,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
     parser.add_argument("--gemm", type=int, default=2048, help="size n of the n^3 reference GEMM")
     parser.add_argument("--paths", default="after", help=f"comma-separated speed paths of {list(PATHS)}")
+    parser.add_argument("--chunk-sweep", default="", help="comma-separated chunk sizes to time FP and W8A8 "
+                        "per-token planning at (library defaults; smaller blocks keep activations in cache)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the (slow) DINO-WM-style loop")
     parser.add_argument("--profile", nargs="*", default=[], help="study profiles to price (full, paper, smoke)")
     parser.add_argument("--profile-checkpoint", default=None, help="checkpoint of the priced setting (default: --model)")
@@ -408,6 +413,14 @@ def main() -> None:
         print(f"    speed-up of each path over {paths[0]!r}, same model: " + "; ".join(
             f"{path}: " + ", ".join(f"{label} {times[(paths[0], label)] / times[(path, label)]:.2f}x"
                                     for label in recipes) for path in paths[1:]))
+
+    if args.chunk_sweep:
+        chunks = [int(c) for c in args.chunk_sweep.split(",") if c.strip()]
+        sweep = interleaved({(label, chunk): wmq_planner(models[label], start_obs, goal_obs, cfg, chunk, device)
+                             for label in ("FP", "W8A8 per-token") for chunk in chunks}, device, args.repeats)
+        print("\n[3b] planning time (s) by Objective chunk (sequences per rollout call), library defaults")
+        for label in ("FP", "W8A8 per-token"):
+            print(f"    {label:16s}" + "".join(f"  chunk {chunk}: {sweep[(label, chunk)]:.3f}" for chunk in chunks))
 
     if args.profile:
         checkpoint = args.profile_checkpoint or args.model

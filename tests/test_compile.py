@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import wmqlib.models.predictor as predictor
 import wmqlib.models.world_model as world_model
@@ -124,6 +125,7 @@ def test_compiled_rollout_plans_like_eager(models, setting):
     model = models[setting]
     with switches(False, **REFERENCE):
         ref = plan(model)
+    graphs = counters["stats"]["unique_graphs"]
     try:
         with switches(True), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -133,6 +135,7 @@ def test_compiled_rollout_plans_like_eager(models, setting):
     fallback = [str(w.message) for w in caught if "torch.compile is unavailable" in str(w.message)]
     if fallback:
         pytest.skip(fallback[0])
+    assert counters["stats"]["unique_graphs"] > graphs  # this model's rollout really ran compiled code
     assert_same_plan(got, ref)
 
 

@@ -18,7 +18,8 @@ can measure before / after in one run and the tests can check that every path ag
 - ``ADDITIVE_MASK``: pass the mask as a cached float ``0 / -inf`` tensor (what SDPA turns a boolean mask into on
   every call) instead of the boolean one; same values.
 - ``INPLACE_RESIDUAL``: ``x = branch(x).add_(x)`` instead of ``branch(x) + x``: one activation-sized allocation
-  fewer per residual, same bits.
+  fewer per residual, same bits. The branch output is written after the branch returns, so a forward hook on an
+  ``Attention`` / ``FeedForward`` that keeps its output must keep a clone (wmq's hooks are pre-hooks on inputs).
 """
 
 from __future__ import annotations

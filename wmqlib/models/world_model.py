@@ -252,6 +252,10 @@ class WorldModel(nn.Module):
             return self.predictor(window)
         key = (options["mode"], options["dynamic"])
         if key not in _COMPILED:
+            # Every (model structure, window shape) is one more compiled graph of ``_call``: FP, weight-only, W8A8
+            # per-token and per-tensor copies and 1..num_hist-frame windows exceed dynamo's default of 8, past
+            # which it would silently run eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             _COMPILED[key] = torch.compile(_call, mode=options["mode"], dynamic=options["dynamic"])
         compiled = _COMPILED[key]
         if compiled is None:
