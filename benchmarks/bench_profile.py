@@ -49,7 +49,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import wmqlib.plan.objective as objective_module
 from bench_plan import PATHS, build_model, observations, parse_paths, range_seeds, speed_path
-from wmqlib.envs import make_env
+from wmqlib.envs import make_env, sample_episodes
 from wmqlib.models.predictor import Attention
 from wmqlib.plan import CEMConfig, Objective, cem, encode_observations, make_generators
 from wmqlib.quant import RTN, ActQuantizer, PerChannel, PerTensor, PerToken, QuantLinear, ScaledActivation
@@ -163,9 +163,7 @@ def main() -> None:
     model, origin = build_model(args.model, device)
     cfg = CEMConfig(horizon=args.horizon, samples=args.samples, topk=args.topk, opt_steps=args.opt_steps)
     env = make_env(model.config.env, render_size=model.config.img_size)
-    start_obs, goal_obs = observations(model, args.episodes)
-    from wmqlib.envs import sample_episodes  # the states behind the observations of bench_plan.observations
-
+    start_obs, goal_obs = observations(model, args.episodes)  # rendered from the same episodes as `states`
     eps = sample_episodes(model.config.env, args.episodes, seed=99)
     states = tuple(np.stack([getattr(ep, f) for ep in eps]) for f in ("start_state", "goal_state"))
     with torch.no_grad(), capture_calibration(model, max_tokens=256, max_sequences=0) as calib:

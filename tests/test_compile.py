@@ -59,7 +59,8 @@ def start_and_goal(model: WorldModel) -> tuple[dict, dict]:
 
     def encoded() -> dict:
         visual = torch.rand(EPISODES, 1, 3, c.img_size, c.img_size, generator=g) * 2 - 1
-        return model.encode_obs(visual, torch.randn(EPISODES, 1, c.proprio_dim, generator=g))
+        proprio = torch.randn(EPISODES, 1, c.proprio_dim, generator=g)
+        return model.encode_obs(visual.to(model.device), proprio.to(model.device))
     with torch.no_grad():
         return encoded(), encoded()
 
@@ -82,8 +83,8 @@ def plan(model: WorldModel) -> tuple[torch.Tensor, torch.Tensor]:
     """CEM plans (iters, E, H, Da) and losses (iters, E) for the fixed episodes and generators."""
     start, goal = start_and_goal(model)
     with torch.no_grad():
-        result = cem(Objective(model, start, goal), CEM, make_generators([11, 12]), model.action_dim)
-    return result.plans, result.losses
+        result = cem(Objective(model, start, goal), CEM, make_generators([11, 12], model.device), model.action_dim)
+    return result.plans.cpu(), result.losses.cpu()
 
 
 def assert_same_plan(got: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -136,6 +137,22 @@ def test_compiled_rollout_plans_like_eager(models, setting):
     if fallback:
         pytest.skip(fallback[0])
     assert counters["stats"]["unique_graphs"] > graphs  # this model's rollout really ran compiled code
+    assert_same_plan(got, ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_fast_and_compiled_paths_plan_like_eager_on_cuda(models, setting):
+    model = models[setting].to("cuda")
+    try:
+        with switches(False, **REFERENCE):
+            ref = plan(model)
+        with switches(True):
+            assert_same_plan(plan(model), ref)  # SDPA kernels, additive mask, fused fake quant
+            got = plan(model.compile_rollout())  # inductor / Triton
+    finally:
+        model.compile_rollout(False).to("cpu")
     assert_same_plan(got, ref)
 
 
