@@ -59,7 +59,8 @@ from wmqlib.quant import RTN, PerChannel, PerTensor, PerToken, capture_calibrati
 # out-of-place residuals, the unfused activation fake-quant chain, eager); "after" is the default of the library.
 PATHS: dict[str, dict[str, object]] = {
     "before": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=False, compile=False),
-    "fused-fq": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=True, compile=False),
+    "fused-fq": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=True,
+                     compile=False),
     "after": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True, FUSED_ACT_QUANT=True, compile=False),
     "compiled": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True, FUSED_ACT_QUANT=True, compile=True),
     "math-attention": dict(ATTENTION="math", ADDITIVE_MASK=True, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=False,
@@ -317,7 +318,8 @@ def main() -> None:
                         "per-token planning at (library defaults; smaller blocks keep activations in cache)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the (slow) DINO-WM-style loop")
     parser.add_argument("--profile", nargs="*", default=[], help="study profiles to price (full, paper, smoke)")
-    parser.add_argument("--profile-checkpoint", default=None, help="checkpoint of the priced setting (default: --model)")
+    parser.add_argument("--profile-checkpoint", default=None,
+                        help="checkpoint of the priced setting (default: --model)")
     parser.add_argument("--profile-episodes", type=int, default=None, help="episodes of the priced setting "
                         "(default: the profile's n_evals, 50 in full and paper)")
     parser.add_argument("--settings", type=int, default=None, help="settings in the profile's grid, to extrapolate")
@@ -389,7 +391,8 @@ def main() -> None:
                       for k in peaks_before) + f"  -> reference fp32 {peak / 1e9:.1f} GFLOP/s")
     print(f"\n[2] predictor FLOPs per CEM iteration (FlopCounterMode, attention included): "
           f"{flops_call / 1e9:.2f} GFLOP ({len(shapes)} linear calls, e.g. rows x in x out = {shapes[0]})")
-    print(f"    matmul peak, same shapes:    {same_shape / 1e9:8.1f} GFLOP/s = {same_shape / peak:.1%} of the large GEMM")
+    print(f"    matmul peak, same shapes:    {same_shape / 1e9:8.1f} GFLOP/s = {same_shape / peak:.1%} of the large "
+          "GEMM")
     for path in paths:
         achieved = flops_call * calls / times[(path, "FP")]
         print(f"    [{path}] achieved during planning: {achieved / 1e9:8.1f} GFLOP/s (whole planning time, encoder "

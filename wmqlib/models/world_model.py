@@ -230,8 +230,9 @@ class WorldModel(nn.Module):
 
     def compile_rollout(self, enabled: bool = True, mode: str | None = None, dynamic: bool | None = None
                         ) -> WorldModel:
-        """Run ``rollout``'s predictor through ``torch.compile(predictor, mode=mode, dynamic=dynamic)``; returns self.
+        """Run ``rollout``'s predictor through ``torch.compile(..., mode=mode, dynamic=dynamic)``; returns self.
 
+        One compiled ``predictor(window)`` call serves every model of the same structure (its copies included).
         enabled=False returns to eager. Numerics: the same maths with fused kernels (float reassociation only; the
         planner-level agreement is tested in tests/test_compile.py). Compilation happens at the first rollout of
         every new input shape; if it fails, a warning names the reason and the rollout runs eager from then on.
@@ -239,7 +240,8 @@ class WorldModel(nn.Module):
         if not isinstance(enabled, bool):
             raise TypeError(f"WorldModel.compile_rollout: enabled must be True or False, got {enabled!r}")
         if mode is not None and not isinstance(mode, str):
-            raise TypeError(f"WorldModel.compile_rollout: mode must be a torch.compile mode string or None, got {mode!r}")
+            raise TypeError(f"WorldModel.compile_rollout: mode must be a torch.compile mode string or None, "
+                            f"got {mode!r}")
         if dynamic is not None and not isinstance(dynamic, bool):
             raise TypeError(f"WorldModel.compile_rollout: dynamic must be True, False or None, got {dynamic!r}")
         self.rollout_compile = {"mode": mode, "dynamic": dynamic} if enabled else None
