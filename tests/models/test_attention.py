@@ -97,3 +97,15 @@ def test_later_frames_never_change_earlier_outputs_on_any_path(restore_switches)
             a, b = model(x), model(y)
         torch.testing.assert_close(a[:, :2 * P], b[:, :2 * P], atol=1e-6, rtol=0)
         assert not torch.allclose(a[:, 2 * P:], b[:, 2 * P:])
+
+
+def test_additive_mask_gives_sdpa_the_same_bits_as_the_boolean_one(restore_switches):
+    torch.manual_seed(2)
+    attention = Attention(dim=16, heads=2, dim_head=8, num_patches=P).eval()
+    x = randn(5, 3 * P, 16, seed=9)
+    outs = []
+    for additive in (False, True):
+        predictor.ADDITIVE_MASK = additive
+        with torch.no_grad():
+            outs.append(attention(x))
+    assert torch.equal(outs[0], outs[1])
