@@ -1,16 +1,31 @@
-"""Planning speed: wmq's batched CEM vs a DINO-WM-style loop, predictor FLOP/s vs matmul peak, quantized vs FP.
+"""Planning speed against references measured in the same run: a large GEMM, the DINO-WM loop, and FP planning.
 
-    python benchmarks/bench_plan.py --device auto --model mini-wall --episodes 8 --opt-steps 3
+    python benchmarks/bench_plan.py --device cpu --model mini-wall --episodes 8 --opt-steps 3
+    python benchmarks/bench_plan.py --paths before,after,compiled          # before / after the speed switches
+    python benchmarks/bench_plan.py --profile full --settings 120          # price of one setting, and of the grid
 
-Three measurements, every ratio taken within this one run on this machine:
+Time nothing else while it runs: every ratio is taken within this run, but load from another process still moves
+the planning and the references by different amounts. Measurements (best of ``--repeats``, variants interleaved
+round-robin so drift hits them alike):
 
+0. The machine's reference: FLOP/s of one large square fp32 GEMM (``--gemm``, 2048^3), timed before and after the
+   planning (both printed; the higher is the reference). On CUDA also TF32 and bf16.
 1. CEM planning of N episodes: wmq (all episodes in one batched planner, start and goal encoded once) vs a
-   DINO-WM-style loop (one episode at a time, the start frame re-encoded for every sample at every iteration, as
-   the released planner does). Same model, same CEM settings. Goal: >= 5x.
-2. Predictor FLOP/s achieved during wmq planning (FLOPs counted by torch's FlopCounterMode on one objective call)
-   vs the matmul throughput measured on exactly the predictor's linear-layer shapes. Goal: >= 50%.
+   DINO-WM-style loop (one episode at a time, the start frame re-encoded for every sample at every iteration).
+2. Predictor FLOP/s achieved during planning (FLOPs counted by FlopCounterMode on one objective call, times the
+   calls of a run, over the whole planning time) vs the large-GEMM peak, and vs matmuls of exactly the predictor's
+   linear shapes (the "same-shape" figure: what these small matrices can reach at best).
 3. Planning time of fake-quantized models (RTN W8 weight-only; W8A8 dynamic per-token; W8A8 static per-tensor)
-   vs FP. Goals: weight-only <= 1.05x, W8A8 <= 1.5x.
+   vs FP, for every speed path in ``--paths`` (see PATHS: the switches of ``wmqlib.models.predictor``,
+   ``wmqlib.quant.qlinear.FUSED_ACT_QUANT`` and ``WorldModel.compile_rollout``).
+   ``--chunk-sweep 256,1024,4096`` also times FP and W8A8 per-token planning at several Objective chunk sizes
+   (smaller rollout blocks keep the activations in cache; the study's default is 4096 sequences).
+4. ``--profile NAME [NAME ...]``: one FP setting of that study profile (``profile.setting(checkpoint)``:
+   its episodes, CEM sizes and iterations, traced) run by the study's ``run_setting``, and the grid extrapolated as
+   ``--settings`` x that time. Stated as what it is: settings that trace longer, run MPC rounds or calibrate cost
+   more than this one, so the extrapolation is a floor for such grids.
+
+The goal lines (issue 14) end in "ok" or "MISSED"; a goal that needs a GPU says so on a CPU.
 
 --model takes a checkpoint name or path (load_world_model), a wmqlib.train preset name ("mini-wall", "mini-pusht",
 "tiny": random weights at the shipped size when no checkpoint is present), "dinowm-wall" / "dinowm-pusht" (paper
@@ -21,9 +36,10 @@ but the compute per plan is the same as with trained ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +47,47 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import wmqlib.models.predictor as predictor_module
+import wmqlib.quant.qlinear as qlinear_module
 from wmqlib.envs import make_env, sample_episodes
 from wmqlib.models import WorldModel, WorldModelConfig, available_checkpoints, dinowm_config, load_world_model
 from wmqlib.plan import CEMConfig, Objective, cem, encode_observations, latent_mse, make_generators
 from wmqlib.quant import RTN, PerChannel, PerTensor, PerToken, capture_calibration, quantize
+
+# Speed paths: values of the switches. "before" is the code before issue 14's changes (SDPA with a boolean mask,
+# out-of-place residuals, the unfused activation fake-quant chain, eager); "after" is the default of the library.
+PATHS: dict[str, dict[str, object]] = {
+    "before": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=False, compile=False),
+    "fused-fq": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=True,
+                     compile=False),
+    "after": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True, FUSED_ACT_QUANT=True, compile=False),
+    "compiled": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True, FUSED_ACT_QUANT=True, compile=True),
+    "math-attention": dict(ATTENTION="math", ADDITIVE_MASK=True, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=False,
+                           compile=False),
+}
+GOALS = {"predictor / large-GEMM peak": 0.75, "W8 weight-only / FP": 1.02, "W8A8 per-token / FP": 1.2,
+         "W8A8 per-tensor / FP": 1.2, "batched / loop (GPU, mini size)": 5.0}
+
+
+@contextlib.contextmanager
+def speed_path(name: str, models: list[nn.Module]) -> Iterator[None]:
+    """Set the switches of ``PATHS[name]`` (and compile the models' rollouts if asked); restore them afterwards."""
+    path = PATHS[name]
+    saved = ({k: getattr(predictor_module, k) for k in ("ATTENTION", "ADDITIVE_MASK", "INPLACE_RESIDUAL")},
+             qlinear_module.FUSED_ACT_QUANT)
+    try:
+        for key in ("ATTENTION", "ADDITIVE_MASK", "INPLACE_RESIDUAL"):
+            setattr(predictor_module, key, path[key])
+        qlinear_module.FUSED_ACT_QUANT = path["FUSED_ACT_QUANT"]
+        for model in models:
+            model.compile_rollout(bool(path["compile"]))
+        yield
+    finally:
+        for key, value in saved[0].items():
+            setattr(predictor_module, key, value)
+        qlinear_module.FUSED_ACT_QUANT = saved[1]
+        for model in models:
+            model.compile_rollout(False)
 
 
 def build_model(spec: str, device: torch.device) -> tuple[WorldModel, str]:
@@ -60,17 +113,50 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def once(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time in seconds of one call."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``repeats`` calls after one warm-up call."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
+    return min(once(fn, device) for _ in range(repeats))
+
+
+def interleaved(fns: dict[Hashable, Callable[[], object]], device: torch.device, repeats: int
+                ) -> dict[Hashable, float]:
+    """Best time of each function over ``repeats`` round-robin rounds (after one warm-up call each)."""
+    for fn in fns.values():
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], once(fn, device))
     return best
+
+
+def gemm_peaks(device: torch.device, n: int, repeats: int) -> dict[str, float]:
+    """FLOP/s of an n x n x n matmul: fp32 always; on CUDA also TF32 and bf16 (2 n^3 FLOPs per call)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen, device=device) for _ in range(2))
+    kinds = {"fp32": (torch.float32, False)}
+    if device.type == "cuda":
+        kinds |= {"tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
+    peaks = {}
+    for label, (dtype, tf32) in kinds.items():
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            x, y = a.to(dtype), b.to(dtype)
+            peaks[label] = 2 * n**3 / timed(lambda: torch.mm(x, y), device, repeats)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+    return peaks
 
 
 def observations(model: WorldModel, n: int) -> tuple[dict, dict]:
@@ -152,6 +238,56 @@ def matmul_peak(shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: 
     return flops / timed(run, device, repeats)
 
 
+def goal_line(label: str, value: float, unit: str = "x", gpu_only: bool = False, device: torch.device | None = None
+              ) -> str:
+    """``label  value  (goal <= / >= target)  ok | MISSED`` for a goal of GOALS."""
+    target = GOALS[label]
+    at_least = label.startswith(("predictor", "batched"))
+    met = value >= target if at_least else value <= target
+    shown = f"{value:8.1%}" if unit == "%" else f"{value:8.3f}x"
+    goal = f"{'>=' if at_least else '<='} {target:.0%}" if unit == "%" else f"{'>=' if at_least else '<='} {target}x"
+    verdict = "ok" if met else "MISSED"
+    if gpu_only and device is not None and device.type != "cuda":
+        verdict = "(GPU goal; report only)"
+    return f"    GOAL {label:34s} {shown}  (goal {goal})  {verdict}"
+
+
+def profile_rows(names: list[str], checkpoint: str, device: torch.device, settings: int | None, episodes: int | None
+                 ) -> None:
+    """[4] Time one FP setting of each profile with the study's run_setting; extrapolate the grid."""
+    from wmqlib import study
+
+    print(f"\n[4] study cost per profile (one FP setting of checkpoint {checkpoint}, run by {study.__name__}"
+          ".run_setting; extrapolated, not measured, beyond it)")
+    for name in names:
+        profile = study.make_profile(name, n_evals=episodes)
+        setting = profile.setting(checkpoint, device=str(device))
+        steps = setting.planner.opt_steps
+        sync(device)
+        t0 = time.perf_counter()
+        table = study.run_setting(setting)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        planning = float(table["seconds"].iloc[0])  # run_setting's own clock: planning and scoring only
+        per = seconds / (setting.n_evals * steps)
+        print(f"    profile {name:6s} 1 setting = {setting.n_evals} episodes x CEM {setting.planner.samples}/"
+              f"{setting.planner.topk} x {steps} iterations (traced): {seconds:8.1f} s wall, of which "
+              f"{planning:.1f} s planning and scoring ({per * 1e3:.1f} ms per episode-iteration)")
+        print(f"        each extra {setting.n_evals} episodes per setting adds {seconds:.0f} s per setting; an MPC "
+              f"setting of R rounds costs about R x this (one replanning per round)")
+        if settings is not None:
+            print(f"        grid of {settings} settings like this one: {settings * seconds / 3600:6.2f} h "
+                  f"(a floor when the grid holds longer traces, MPC or calibrated methods)")
+
+
+def parse_paths(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PATHS]
+    if not names or unknown:
+        raise SystemExit(f"--paths must be a comma-separated list of {list(PATHS)}, got {text!r}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
@@ -163,9 +299,20 @@ def main() -> None:
     parser.add_argument("--opt-steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights dtype")
     parser.add_argument("--chunk", type=int, default=4096, help="max sequences per rollout call (wmq)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (best is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+    parser.add_argument("--gemm", type=int, default=2048, help="size n of the n^3 reference GEMM")
+    parser.add_argument("--paths", default="after", help=f"comma-separated speed paths of {list(PATHS)}")
+    parser.add_argument("--chunk-sweep", default="", help="comma-separated chunk sizes to time FP and W8A8 "
+                        "per-token planning at (library defaults; smaller blocks keep activations in cache)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the (slow) DINO-WM-style loop")
+    parser.add_argument("--profile", nargs="*", default=[], help="study profiles to price (full, paper, smoke)")
+    parser.add_argument("--profile-checkpoint", default=None,
+                        help="checkpoint of the priced setting (default: --model)")
+    parser.add_argument("--profile-episodes", type=int, default=None, help="episodes of the priced setting "
+                        "(default: the profile's n_evals, 50 in full and paper)")
+    parser.add_argument("--settings", type=int, default=None, help="settings in the profile's grid, to extrapolate")
     args = parser.parse_args()
+    paths = parse_paths(args.paths)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -175,49 +322,102 @@ def main() -> None:
     cfg = CEMConfig(horizon=args.horizon, samples=args.samples, topk=args.topk, opt_steps=args.opt_steps)
     c = model.config
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}")
-    print(f"model {args.model}: {origin}; {c.num_patches} tokens, predictor {c.predictor_depth}x"
-          f"{c.predictor_heads}x{c.predictor_dim_head} mlp {c.predictor_mlp_dim}, latent {c.latent_dim}, "
-          f"encoder {c.encoder_depth}x{c.encoder_dim}")
-    print(f"CEM: {args.episodes} episodes x {cfg.samples} samples x {cfg.opt_steps} iterations, horizon {cfg.horizon}")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"model {args.model}: {origin}; {c.num_patches} tokens x {c.num_hist} frames, predictor "
+          f"{c.predictor_depth}x{c.predictor_heads}x{c.predictor_dim_head} mlp {c.predictor_mlp_dim}, latent "
+          f"{c.latent_dim}, encoder {c.encoder_depth}x{c.encoder_dim}")
+    print(f"CEM: {args.episodes} episodes x {cfg.samples} samples x {cfg.opt_steps} iterations, horizon {cfg.horizon}; "
+          f"speed paths {paths}")
     start_obs, goal_obs = observations(model, args.episodes)
 
-    # 1. batched vs DINO-WM-style loop
+    # 0. the machine's reference, before the planning
+    peaks_before = gemm_peaks(device, args.gemm, args.repeats)
+
+    # 1. batched vs DINO-WM-style loop (library defaults)
     t_wmq = timed(wmq_planner(model, start_obs, goal_obs, cfg, args.chunk, device), device, args.repeats)
     print(f"\n[1] wmq batched planning:        {t_wmq:8.3f} s  ({t_wmq / args.episodes * 1e3:.1f} ms/episode)")
     if not args.skip_loop:
         t_loop = timed(dinowm_loop(model, start_obs, goal_obs, cfg, device), device, 1)
         print(f"    DINO-WM-style loop:          {t_loop:8.3f} s  ({t_loop / args.episodes * 1e3:.1f} ms/episode)")
-        print(f"    speed-up batched / loop:     {t_loop / t_wmq:8.2f} x   (goal >= 5x)")
+        print(goal_line("batched / loop (GPU, mini size)", t_loop / t_wmq, gpu_only=True, device=device))
 
-    # 2. predictor FLOP/s during planning vs matmul peak at the same shapes
+    # 3. fake-quantized planning vs FP on every speed path (interleaved)
     with torch.no_grad():
         objective = Objective(model, encode_observations(model, start_obs), encode_observations(model, goal_obs),
                               chunk=args.chunk)
     actions = torch.randn(args.episodes, cfg.samples, cfg.horizon, model.action_dim, device=device)
-    flops_call, shapes = predictor_flops_and_shapes(model, objective, actions)
-    calls = cfg.opt_steps + 1 / cfg.samples  # a full call per iteration + the final loss of E plans (1 sample)
-    achieved = flops_call * calls / t_wmq
-    peak = matmul_peak(shapes, model.dtype, device, args.repeats)
-    print(f"\n[2] predictor FLOPs per CEM iteration (FlopCounterMode, attention included): "
-          f"{flops_call / 1e9:.2f} GFLOP ({len(shapes)} linear calls, e.g. rows x in x out = {shapes[0]})")
-    print(f"    achieved during planning:    {achieved / 1e9:8.1f} GFLOP/s (whole planning time, encoder included)")
-    print(f"    matmul peak, same shapes:    {peak / 1e9:8.1f} GFLOP/s")
-    print(f"    achieved / peak:             {achieved / peak:8.1%}   (goal >= 50%)")
-
-    # 3. fake-quantized planning vs FP
     with torch.no_grad(), capture_calibration(model, max_tokens=256, max_sequences=0) as calib:
         encode_observations(model, start_obs)  # encoder ranges
         objective(actions[:, :8])  # predictor ranges
-    recipes = {"W8 weight-only (RTN per-channel)": (RTN(8, PerChannel()), None),
-               "W8A8 dynamic per-token": (RTN(8, PerChannel(), a_bits=8, a_granularity=PerToken()), None),
-               "W8A8 static per-tensor": (RTN(8, PerChannel(), a_bits=8, a_granularity=PerTensor()), calib)}
-    print(f"\n[3] planning time vs FP ({t_wmq:.3f} s):")
-    for label, (recipe, calibration) in recipes.items():
-        qmodel, _ = quantize(model, recipe, calibration)
-        t_q = timed(wmq_planner(qmodel, start_obs, goal_obs, cfg, args.chunk, device), device, args.repeats)
-        goal = "<= 1.05" if recipe.a_bits is None else "<= 1.5"
-        print(f"    {label:34s} {t_q:8.3f} s  ratio {t_q / t_wmq:6.3f}  (goal {goal})")
+    recipes = {"FP": (None, None),
+               "W8 weight-only": (RTN(8, PerChannel()), None),
+               "W8A8 per-token": (RTN(8, PerChannel(), a_bits=8, a_granularity=PerToken()), None),
+               "W8A8 per-tensor": (RTN(8, PerChannel(), a_bits=8, a_granularity=PerTensor()), calib)}
+    models = {label: model if recipe is None else quantize(model, recipe, calibration)[0]
+              for label, (recipe, calibration) in recipes.items()}
+    times: dict[tuple[str, str], float] = {}
+    for path in paths:
+        with speed_path(path, list(models.values())):
+            if PATHS[path]["compile"]:  # compile outside the timing; report what it cost
+                first = {label: once(wmq_planner(m, start_obs, goal_obs, cfg, args.chunk, device), device)
+                         for label, m in models.items()}
+                print(f"\n    [{path}] first (compiling) runs: "
+                      + ", ".join(f"{label} {t:.1f} s" for label, t in first.items()))
+            best = interleaved({label: wmq_planner(m, start_obs, goal_obs, cfg, args.chunk, device)
+                                for label, m in models.items()}, device, args.repeats)
+        times.update({(path, label): t for label, t in best.items()})
+
+    # 2. predictor FLOP/s during planning vs the large GEMM and the same-shape matmuls
+    flops_call, shapes = predictor_flops_and_shapes(model, objective, actions)
+    calls = cfg.opt_steps + 1 / cfg.samples  # a full call per iteration + the final loss of E plans (1 sample)
+    same_shape = matmul_peak(shapes, model.dtype, device, args.repeats)
+    peaks_after = gemm_peaks(device, args.gemm, args.repeats)
+    peak = max(peaks_before["fp32"], peaks_after["fp32"])
+    print(f"\n[0] large-GEMM reference ({args.gemm}^3): "
+          + "; ".join(f"{k} {peaks_before[k] / 1e9:.1f} before / {peaks_after[k] / 1e9:.1f} after GFLOP/s"
+                      for k in peaks_before) + f"  -> reference fp32 {peak / 1e9:.1f} GFLOP/s")
+    print(f"\n[2] predictor FLOPs per CEM iteration (FlopCounterMode, attention included): "
+          f"{flops_call / 1e9:.2f} GFLOP ({len(shapes)} linear calls, e.g. rows x in x out = {shapes[0]})")
+    print(f"    matmul peak, same shapes:    {same_shape / 1e9:8.1f} GFLOP/s = {same_shape / peak:.1%} of the large "
+          "GEMM")
+    for path in paths:
+        achieved = flops_call * calls / times[(path, "FP")]
+        print(f"    [{path}] achieved during planning: {achieved / 1e9:8.1f} GFLOP/s (whole planning time, encoder "
+              f"included) = {achieved / same_shape:.1%} of same-shape")
+        print(goal_line("predictor / large-GEMM peak", achieved / peak, unit="%"))
+        if device.type == "cuda" and model.dtype == torch.bfloat16:
+            print(f"    [{path}] vs bf16 GEMM peak: {achieved / max(peaks_before['bf16'], peaks_after['bf16']):.1%}")
+        elif device.type == "cuda":
+            print(f"    [{path}] vs TF32 GEMM peak: {achieved / max(peaks_before['tf32'], peaks_after['tf32']):.1%}")
+
+    print("\n[3] planning time per speed path (s), and ratios to FP on the same path")
+    print(f"    {'path':16s}" + "".join(f"{label:>18s}" for label in recipes))
+    for path in paths:
+        print(f"    {path:16s}" + "".join(f"{times[(path, label)]:18.3f}" for label in recipes))
+    for path in paths:
+        fp = times[(path, "FP")]
+        print(f"    [{path}]")
+        for label in ("W8 weight-only", "W8A8 per-token", "W8A8 per-tensor"):
+            print(goal_line(f"{label} / FP", times[(path, label)] / fp))
+    if len(paths) > 1:
+        print(f"    speed-up of each path over {paths[0]!r}, same model: " + "; ".join(
+            f"{path}: " + ", ".join(f"{label} {times[(paths[0], label)] / times[(path, label)]:.2f}x"
+                                    for label in recipes) for path in paths[1:]))
+
+    if args.chunk_sweep:
+        chunks = [int(c) for c in args.chunk_sweep.split(",") if c.strip()]
+        sweep = interleaved({(label, chunk): wmq_planner(models[label], start_obs, goal_obs, cfg, chunk, device)
+                             for label in ("FP", "W8A8 per-token") for chunk in chunks}, device, args.repeats)
+        print("\n[3b] planning time (s) by Objective chunk (sequences per rollout call), library defaults")
+        for label in ("FP", "W8A8 per-token"):
+            print(f"    {label:16s}" + "".join(f"  chunk {chunk}: {sweep[(label, chunk)]:.3f}" for chunk in chunks))
+
+    if args.profile:
+        checkpoint = args.profile_checkpoint or args.model
+        if checkpoint not in available_checkpoints() and not Path(checkpoint).is_dir():
+            raise SystemExit(f"--profile needs a wmq checkpoint (--profile-checkpoint or --model), got {checkpoint!r}")
+        profile_rows(args.profile, checkpoint, device, args.settings, args.profile_episodes)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,47 @@ def test_invalid_activation_quantizers_raise():
         ActQuantizer(QuantSpec(8, PerTensor(), symmetric=True))
     with pytest.raises(ValueError, match="asymmetric PerTensor\\(\\) or PerToken\\(\\) spec"):
         ActQuantizer(QuantSpec(8, PerChannel()))
+
+
+def _hostile(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Activations with a loud outlier, a constant row (zero-width range) and values on rounding ties."""
+    x = randn(*shape, seed=seed) * 3
+    x[0, 0, 0] = 1e9  # beyond 2^24 quanta: clips either way
+    x[0, 1] = 0.25  # constant token: scale falls back to SCALE_EPS-widened range
+    x[1, 0, :4] = torch.tensor([0.5, -0.5, 1.5, 2.5]) * (8 / 255)  # exact ties of an 8-bit grid
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("granularity", [PerTensor(), PerToken()], ids=["per-tensor", "per-token"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_inference_chain_is_bit_identical_to_the_previous_chain(monkeypatch, bits, granularity, dtype):
+    import wmqlib.quant.qlinear as qlinear
+
+    spec = QuantSpec(bits, granularity, role="activation")
+    act = ActQuantizer(spec, -1.3, 2.7) if isinstance(granularity, PerTensor) else ActQuantizer(spec)
+    x = _hostile((3, 5, 24), dtype, seed=bits)
+    with torch.no_grad():
+        monkeypatch.setattr(qlinear, "FUSED_ACT_QUANT", False)
+        before = act(x)
+        monkeypatch.setattr(qlinear, "FUSED_ACT_QUANT", True)
+        after = act(x)
+    assert after.dtype == dtype and torch.equal(after, before)
+    assert torch.equal(x, _hostile((3, 5, 24), dtype, seed=bits))  # the input is never written to
+    lo, hi = (torch.tensor(-1.3), torch.tensor(2.7)) if isinstance(granularity, PerTensor) else (None, None)
+    assert torch.equal(after, fake_quantize(x, spec, lo, hi))  # and to the differentiable primitive
+
+
+def test_fused_chain_keeps_nan_and_inf_where_the_previous_chain_does(monkeypatch):
+    import wmqlib.quant.qlinear as qlinear
+
+    x = randn(2, 8)
+    x[0, 3], x[1, 5] = float("nan"), float("inf")
+    for act in (ActQuantizer(A8_STATIC, -2.0, 2.0), ActQuantizer(A4_TOKEN)):
+        with torch.no_grad():
+            monkeypatch.setattr(qlinear, "FUSED_ACT_QUANT", False)
+            before = act(x)
+            monkeypatch.setattr(qlinear, "FUSED_ACT_QUANT", True)
+            after = act(x)
+        assert torch.equal(after.isnan(), before.isnan())
+        assert torch.equal(after.nan_to_num(), before.nan_to_num())

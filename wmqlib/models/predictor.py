@@ -8,7 +8,18 @@ State-dict keys match the released ``models.vit.ViTPredictor`` exactly: ``pos_em
     x = attention(x) + x;  x = feedforward(x) + x
 
 The frame-causal mask (frame i sees every token of frames <= i) is derived from the input length and the tokens
-per frame, built on the input's device and cached per (length, device); it is never part of the state_dict.
+per frame, built on the input's device and cached per (length, device, dtype); it is never part of the state_dict.
+
+Switches (module attributes, read at every call; the defaults are the fast path, the others exist so a benchmark
+can measure before / after in one run and the tests can check that every path agrees):
+
+- ``ATTENTION``: ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"math"`` (DINO-WM's explicit
+  ``softmax(q k^T / sqrt(d) + mask) v``); they agree to float reassociation.
+- ``ADDITIVE_MASK``: pass the mask as a cached float ``0 / -inf`` tensor (what SDPA turns a boolean mask into on
+  every call) instead of the boolean one; same values.
+- ``INPLACE_RESIDUAL``: ``x = branch(x).add_(x)`` instead of ``branch(x) + x``: one activation-sized allocation
+  fewer per residual, same bits. The branch output is written after the branch returns, so a forward hook on an
+  ``Attention`` / ``FeedForward`` that keeps its output must keep a clone (wmq's hooks are pre-hooks on inputs).
 """
 
 from __future__ import annotations
@@ -16,6 +27,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ATTENTION = "sdpa"
+ATTENTION_IMPLS = ("sdpa", "math")
+ADDITIVE_MASK = True
+INPLACE_RESIDUAL = True
 
 
 def frame_causal_mask(num_tokens: int, tokens_per_frame: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -39,30 +55,49 @@ class Attention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
-        self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # boolean
+        self._additive: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}  # 0 / -inf, from _masks
 
-    def mask(self, num_tokens: int, device: torch.device) -> torch.Tensor | None:
-        """Cached frame-causal mask for ``num_tokens`` tokens on ``device``; None for one frame (full attention)."""
+    def mask(self, num_tokens: int, device: torch.device, dtype: torch.dtype = torch.bool) -> torch.Tensor | None:
+        """Cached frame-causal mask ``(N, N)`` for ``num_tokens`` tokens on ``device``; None for one frame.
+
+        dtype: ``torch.bool`` (True = may attend) or a float dtype (additive: 0 where allowed, -inf elsewhere).
+        """
         if num_tokens % self.num_patches:
             raise ValueError(
                 f"Attention: {num_tokens} tokens is not a whole number of {self.num_patches}-token frames"
             )
         if num_tokens == self.num_patches:
             return None  # a single frame attends fully; no mask lets SDPA pick its fastest kernel
-        key = (num_tokens, device)
+        key = (num_tokens, torch.device(device))
         if key not in self._masks:
             self._masks[key] = frame_causal_mask(num_tokens, self.num_patches, device)
-        return self._masks[key]
+        allowed = self._masks[key]
+        if dtype == torch.bool:
+            return allowed
+        if (*key, dtype) not in self._additive:
+            self._additive[(*key, dtype)] = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(
+                ~allowed, float("-inf"))
+        return self._additive[(*key, dtype)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) with N a multiple of num_patches -> (B, N, dim)."""
+        if ATTENTION not in ATTENTION_IMPLS:
+            raise ValueError(f"predictor.ATTENTION must be one of {list(ATTENTION_IMPLS)}, got {ATTENTION!r}")
         b, n, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2],
-            attn_mask=self.mask(n, x.device),
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, heads, N, dim_head); SDPA's default scale is dim_head ** -0.5, as in DINO-WM
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, dim_head) each
+        additive = ADDITIVE_MASK or ATTENTION == "math"
+        mask = self.mask(n, x.device, x.dtype if additive else torch.bool)
+        p_drop = self.dropout if self.training else 0.0
+        if ATTENTION == "sdpa":
+            # SDPA's default scale is dim_head ** -0.5, as in DINO-WM
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
+        else:
+            scores = q @ k.transpose(-2, -1) * self.dim_head**-0.5  # (B, heads, N, N)
+            if mask is not None:
+                scores = scores + mask
+            out = F.dropout(scores.softmax(dim=-1), p_drop, self.training) @ v  # (B, heads, N, dim_head)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
@@ -103,8 +138,12 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim)."""
         for attention, feedforward in self.layers:
-            x = attention(x) + x
-            x = feedforward(x) + x
+            if INPLACE_RESIDUAL:  # the branch output is a fresh tensor nothing else holds; x itself is not written
+                x = attention(x).add_(x)
+                x = feedforward(x).add_(x)
+            else:
+                x = attention(x) + x
+                x = feedforward(x) + x
         return self.norm(x)
 
 

@@ -9,11 +9,17 @@ The predictor maps a window of at most ``num_hist`` frames to the same shape, ou
 ``rollout`` encodes nothing: it starts from encoded observations (encode them once, even for thousands of
 candidate action sequences) and feeds its own predictions back, replacing the action slice of each predicted
 frame with the next planned action. The proprio latent of a frame is read from its first token, as DINO-WM does.
+
+``compile_rollout()`` makes ``rollout`` run the predictor through ``torch.compile`` (inductor: C++ on the CPU,
+Triton on CUDA). It is off by default: the first calls of every new window shape pay the compilation (seconds to
+minutes), which only pays back over long planning runs. Where compilation fails (no C++ compiler, an unsupported
+Python) the rollout warns once, says why, and runs eager.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +42,14 @@ STAT_NAMES = ("action_mean", "action_std", "proprio_mean", "proprio_std")
 # by hydra.yaml): 2^27 elements, 512 MiB in float32, 13x DINO-WM's decoder.
 MAX_FRESH_ELEMENTS = 1 << 27
 MAX_STATS_FILE_BYTES = 1 << 20
+# torch.compile'd ``module(x)`` calls, one per (mode, dynamic): the module is an argument, so nothing here holds a
+# model (no leak, nothing in a state_dict, a deepcopy or a pickle) and every predictor of one structure shares the
+# compiled code. None marks options whose compilation failed in this process: those rollouts run eager.
+_COMPILED: dict[tuple[str | None, bool | None], Callable[[nn.Module, torch.Tensor], torch.Tensor] | None] = {}
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
 
 
 class WorldModel(nn.Module):
@@ -70,6 +84,7 @@ class WorldModel(nn.Module):
         self.register_buffer("action_std", torch.ones(c.env_action_dim))
         self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
         self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
+        self.rollout_compile: dict[str, Any] | None = None  # torch.compile options of the rollout; None = eager
 
     @classmethod
     def from_state_dict(cls, config: WorldModelConfig, state_dict: dict[str, torch.Tensor], *,
@@ -229,6 +244,50 @@ class WorldModel(nn.Module):
 
     # ----- prediction -----
 
+    def compile_rollout(self, enabled: bool = True, mode: str | None = None, dynamic: bool | None = None
+                        ) -> WorldModel:
+        """Run ``rollout``'s predictor through ``torch.compile(..., mode=mode, dynamic=dynamic)``; returns self.
+
+        One compiled ``predictor(window)`` call serves every model of the same structure (its copies included).
+        enabled=False returns to eager. Numerics: the same maths with fused kernels (float reassociation only; the
+        planner-level agreement is tested in tests/test_compile.py). Compilation happens at the first rollout of
+        every new input shape; if it fails, a warning names the reason and the rollout runs eager from then on.
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError(f"WorldModel.compile_rollout: enabled must be True or False, got {enabled!r}")
+        if mode is not None and not isinstance(mode, str):
+            raise TypeError(f"WorldModel.compile_rollout: mode must be a torch.compile mode string or None, "
+                            f"got {mode!r}")
+        if dynamic is not None and not isinstance(dynamic, bool):
+            raise TypeError(f"WorldModel.compile_rollout: dynamic must be True, False or None, got {dynamic!r}")
+        self.rollout_compile = {"mode": mode, "dynamic": dynamic} if enabled else None
+        return self
+
+    def _rollout_predict(self, window: torch.Tensor) -> torch.Tensor:
+        """``predictor(window)``, compiled when ``compile_rollout`` asked for it and compilation works."""
+        options = getattr(self, "rollout_compile", None)  # absent on models unpickled from an older wmq
+        if options is None:
+            return self.predictor(window)
+        key = (options["mode"], options["dynamic"])
+        if key not in _COMPILED:
+            # Every (model structure, window shape) is one more compiled graph of ``_call``: FP, weight-only, W8A8
+            # per-token and per-tensor copies and 1..num_hist-frame windows exceed dynamo's default of 8, past
+            # which it would silently run eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            _COMPILED[key] = torch.compile(_call, mode=options["mode"], dynamic=options["dynamic"])
+        compiled = _COMPILED[key]
+        if compiled is None:
+            return self.predictor(window)
+        try:
+            return compiled(self.predictor, window)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back; a real error recurs in eager
+            text = str(err).strip()
+            reason = text.splitlines()[0][:300] if text else "no message"
+            warnings.warn(f"WorldModel.rollout: torch.compile is unavailable here ({type(err).__name__}: {reason}); "
+                          "the rollout runs eager", RuntimeWarning, stacklevel=3)
+            _COMPILED[key] = None
+            return self.predictor(window)
+
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, T, P, D), T <= num_hist -> (B, T, P, D); frame-causal, output frame t predicts frame t+1."""
         c = self.config
@@ -271,7 +330,7 @@ class WorldModel(nn.Module):
         for step in range(horizon):
             start = max(0, step + 1 - c.num_hist)
             window = z[:, start:step + 1].reshape(b, (step + 1 - start) * p, d)
-            pred = self.predictor(window)[:, -p:]  # (B, P, D): the prediction of frame step+1
+            pred = self._rollout_predict(window)[:, -p:]  # (B, P, D): the prediction of frame step+1
             if step + 1 < horizon:
                 z[:, step + 1, :, :dv + ep] = pred[..., :dv + ep]  # its action slice is the next planned action
             else:

@@ -1,0 +1,192 @@
+"""Planner-level parity of the fast paths: SDPA vs explicit attention, additive vs boolean mask, in-place residuals,
+fused activation fake-quant, and ``WorldModel.compile_rollout`` (torch.compile) - each against the eager reference,
+for FP and for W8A8 with per-token and per-tensor activations.
+
+The check is what planning sees: CEM (fixed per-episode generators) on a tiny random world model whose predictor
+window holds three frames (so the frame-causal mask is used). Plans and per-iteration losses must agree within 1e-5
+(float32). Tests that compile are marked ``slow`` (inductor needs tens of seconds on a small CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import wmqlib.models.predictor as predictor
+import wmqlib.models.world_model as world_model
+import wmqlib.quant.qlinear as qlinear
+from wmqlib.models import WorldModel, WorldModelConfig
+from wmqlib.plan import CEMConfig, Objective, cem, make_generators
+from wmqlib.quant import RTN, PerChannel, PerTensor, PerToken, capture_calibration, quantize
+
+TINY = dict(
+    env="pusht", proprio_dim=4, num_hist=3, frameskip=2, env_action_dim=2,
+    img_size=16, patch_size=4, grid_size=2, encoder_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32,
+    encoder_pos_grid=2, predictor_depth=2, predictor_heads=2, predictor_dim_head=8, predictor_mlp_dim=32,
+    predictor_dropout=0.0, proprio_emb_dim=3, action_emb_dim=5,
+    decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8,
+)
+CEM = CEMConfig(horizon=4, samples=12, topk=3, opt_steps=3)
+EPISODES = 2
+SETTINGS = ["FP", "W8A8 per-token", "W8A8 per-tensor"]
+REFERENCE = {"ATTENTION": "math", "ADDITIVE_MASK": False, "INPLACE_RESIDUAL": False}  # the eager, DINO-WM-style path
+
+
+@contextlib.contextmanager
+def switches(fused: bool, **attention: object) -> Iterator[None]:
+    """Set the module switches of the predictor and the activation quantizer, restoring them afterwards."""
+    saved = {name: getattr(predictor, name) for name in attention}, qlinear.FUSED_ACT_QUANT
+    try:
+        for name, value in attention.items():
+            setattr(predictor, name, value)
+        qlinear.FUSED_ACT_QUANT = fused
+        yield
+    finally:
+        for name, value in saved[0].items():
+            setattr(predictor, name, value)
+        qlinear.FUSED_ACT_QUANT = saved[1]
+
+
+def start_and_goal(model: WorldModel) -> tuple[dict, dict]:
+    """Encoded random observations of EPISODES episodes: (E, 1, P, Dv) visual and (E, 1, Ep) proprio latents."""
+    g = torch.Generator().manual_seed(7)
+    c = model.config
+
+    def encoded() -> dict:
+        visual = torch.rand(EPISODES, 1, 3, c.img_size, c.img_size, generator=g) * 2 - 1
+        proprio = torch.randn(EPISODES, 1, c.proprio_dim, generator=g)
+        return model.encode_obs(visual.to(model.device), proprio.to(model.device))
+    with torch.no_grad():
+        return encoded(), encoded()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, WorldModel]:
+    """FP and two W8A8 copies of the predictor of one tiny model (static ranges calibrated on FP rollouts)."""
+    fp = WorldModel(WorldModelConfig(**TINY), seed=5).eval()
+    start, goal = start_and_goal(fp)
+    actions = torch.randn(EPISODES, 6, CEM.horizon, fp.action_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), capture_calibration(fp, max_tokens=64, max_sequences=0) as calib:
+        Objective(fp, start, goal)(actions)
+    token = RTN(8, PerChannel(), a_bits=8, a_granularity=PerToken())
+    tensor = RTN(8, PerChannel(), a_bits=8, a_granularity=PerTensor())
+    return {"FP": fp, "W8A8 per-token": quantize(fp, token, scope="predictor")[0],
+            "W8A8 per-tensor": quantize(fp, tensor, calib, scope="predictor")[0]}
+
+
+def plan(model: WorldModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """CEM plans (iters, E, H, Da) and losses (iters, E) for the fixed episodes and generators."""
+    start, goal = start_and_goal(model)
+    with torch.no_grad():
+        result = cem(Objective(model, start, goal), CEM, make_generators([11, 12], model.device), model.action_dim)
+    return result.plans.cpu(), result.losses.cpu()
+
+
+def assert_same_plan(got: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> None:
+    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-5)
+
+
+FAST_PATHS = {
+    "sdpa": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False),
+    "sdpa+additive mask": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=False),
+    "sdpa+additive+inplace (default)": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True),
+}
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("path", list(FAST_PATHS))
+@pytest.mark.parametrize("fused", [False, True], ids=["chain", "fused"])
+def test_fast_paths_plan_like_the_eager_reference(models, setting, path, fused):
+    with switches(False, **REFERENCE):
+        ref = plan(models[setting])
+    with switches(fused, **FAST_PATHS[path]):
+        got = plan(models[setting])
+    assert_same_plan(got, ref)
+    assert bool(torch.isfinite(ref[1]).all()) and ref[1].std() > 0  # a real search, not a degenerate one
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_fused_fake_quant_plans_bit_identically(models, setting):
+    with switches(False):
+        before = plan(models[setting])
+    with switches(True):
+        after = plan(models[setting])
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_compiled_rollout_plans_like_eager(models, setting):
+    model = models[setting]
+    with switches(False, **REFERENCE):
+        ref = plan(model)
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        with switches(True), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = plan(model.compile_rollout())
+    finally:
+        model.compile_rollout(False)
+    fallback = [str(w.message) for w in caught if "torch.compile is unavailable" in str(w.message)]
+    if fallback:
+        pytest.skip(fallback[0])
+    assert counters["stats"]["unique_graphs"] > graphs  # this model's rollout really ran compiled code
+    assert_same_plan(got, ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_fast_and_compiled_paths_plan_like_eager_on_cuda(models, setting):
+    model = models[setting].to("cuda")
+    try:
+        with switches(False, **REFERENCE):
+            ref = plan(model)
+        with switches(True):
+            assert_same_plan(plan(model), ref)  # SDPA kernels, additive mask, fused fake quant
+            got = plan(model.compile_rollout())  # inductor / Triton
+    finally:
+        model.compile_rollout(False).to("cpu")
+    assert_same_plan(got, ref)
+
+
+def test_failed_compilation_warns_once_and_runs_eager(models, monkeypatch):
+    model = models["FP"]
+
+    def broken(fn, **options):
+        def call(*args):
+            raise RuntimeError("no working C++ compiler\nsecond line of the compiler's complaint")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(world_model, "_COMPILED", {})  # this process's real compilations are not the broken one
+    ref = plan(model)
+    try:
+        with pytest.warns(RuntimeWarning, match=r"torch.compile is unavailable here \(RuntimeError: no working C\+\+ "
+                                                r"compiler\); the rollout runs eager"):
+            got = plan(model.compile_rollout(mode="max-autotune"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = plan(model)  # the failure is remembered: no second warning, still eager
+    finally:
+        model.compile_rollout(False)
+    assert torch.equal(got[0], ref[0]) and torch.equal(again[1], ref[1])
+
+
+def test_compile_rollout_checks_its_arguments_and_switches_back(models):
+    model = models["FP"]
+    assert model.rollout_compile is None
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        model.compile_rollout("yes")
+    with pytest.raises(TypeError, match="mode must be a torch.compile mode string"):
+        model.compile_rollout(mode=3)
+    with pytest.raises(TypeError, match="dynamic must be True, False or None"):
+        model.compile_rollout(dynamic="auto")
+    assert model.compile_rollout(mode="reduce-overhead").rollout_compile == {"mode": "reduce-overhead", "dynamic": None}
+    assert model.compile_rollout(False).rollout_compile is None
+    assert "rollout_compile" not in str(model.state_dict().keys())
