@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wmqlib.quant import (
-    AWQ, OMSE, REFERENCE_METHODS, RTN, OmniQuant, PerChannel, PerGroup, PerToken, SmoothQuant, quantwm_reference,
+    AWQ, OMSE, REFERENCE_METHODS, RTN, OmniQuant, PerChannel, PerGroup, PerToken, SmoothQuant, is_quantwm_reference,
+    quantwm_reference,
 )
 
 
@@ -36,3 +37,11 @@ def test_bad_method_and_fields_name_the_allowed_values():
         quantwm_reference("GPTQ", 4)
     with pytest.raises(ValueError, match="RTN.w_bits must be an int in 2..8"):
         quantwm_reference("RTN", 1)
+
+
+def test_is_quantwm_reference_tells_the_rows_apart():
+    for method in REFERENCE_METHODS:
+        assert is_quantwm_reference(quantwm_reference(method, 4, PerGroup(32), a_bits=8, a_granularity=PerToken()))
+    assert not any(is_quantwm_reference(r) for r in (RTN(4), OMSE(4), AWQ(4), SmoothQuant(4), OmniQuant(4)))
+    off = AWQ(4, PerChannel(), w_symmetric=True, w_full_range=True, scale_targets=("fc1",))  # clip_qk off
+    assert not is_quantwm_reference(off)

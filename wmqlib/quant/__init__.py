@@ -19,7 +19,7 @@ from .calibration import Calibration, capture_calibration
 from .omniquant import OmniQuant
 from .omse import OMSE
 from .points import QuantPoints, ScalePair, Unit, find_points
-from .quantwm import REFERENCE_METHODS, quantwm_reference
+from .quantwm import REFERENCE_METHODS, is_quantwm_reference, quantwm_reference
 from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
 from .recipe import Recipe, register
 from .report import QuantReport, sqnr_db
@@ -31,6 +31,7 @@ __all__ = [
     "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
     "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "Recipe",
     "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",
-    "fake_quantize", "find_points", "load_params", "qparams", "quantize", "quantwm_reference", "register",
+    "fake_quantize", "find_points", "is_quantwm_reference", "load_params", "qparams", "quantize", "quantwm_reference",
+    "register",
     "save_params", "scale_shape", "search_params", "sqnr_db",
 ]

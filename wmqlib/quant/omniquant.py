@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmqlib.validate import check_choice
+
 from .calibration import Calibration
 from .checks import check_bool, check_float, check_int
 from .fold import set_module
@@ -86,8 +88,7 @@ class OmniQuant(Recipe):
         check_float(self.let_lr, "OmniQuant.let_lr", 0.0, 10.0, low_open=True)
         check_int(self.batch_size, "OmniQuant.batch_size", 1)
         check_float(self.alpha, "OmniQuant.alpha", 0.0, 1.0)
-        if self.let_shift not in LET_SHIFTS:
-            raise ValueError(f"OmniQuant.let_shift must be one of {list(LET_SHIFTS)}, got {self.let_shift!r}")
+        check_choice("OmniQuant.let_shift", self.let_shift, LET_SHIFTS)
         check_int(self.seed, "OmniQuant.seed", 0)
 
 

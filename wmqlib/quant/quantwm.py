@@ -118,3 +118,12 @@ def quantwm_reference(method: str, w_bits: int, w_granularity: Granularity = Per
     if method == "SmoothQuant":
         return SmoothQuant(**common, alpha=0.5)
     return OmniQuant(**common, epochs=0, lwc=False, let=True, let_shift="zero", alpha=0.5)
+
+
+def is_quantwm_reference(recipe: Recipe) -> bool:
+    """True when ``recipe`` is exactly ``quantwm_reference`` of its method, bits, granularities (a table's "QuantWM
+    reference" column; ``Recipe.label`` alone does not tell the two configurations apart)."""
+    method = type(recipe).__name__
+    if method not in REFERENCE_METHODS:
+        return False
+    return recipe == quantwm_reference(method, recipe.w_bits, recipe.w_granularity, recipe.a_bits, recipe.a_granularity)
