@@ -37,8 +37,8 @@ class MPCConfig:
     replay: how the executor reaches the state after a round: True = replay every action taken so far from the
         episode's start state (DINO-WM's evaluator); False = execute only this round's actions from the state the
         last round ended in.  The two agree wherever re-entering a state is exact (Wall); in PushT re-entering
-        restarts the physics (one extra 10 ms tick, contacts forgotten).  ``mpc`` passes it on, the executor
-        (``wmqlib.evaluate``) honours it.
+        restarts the physics (one extra 10 ms tick, contacts forgotten).  ``mpc`` always hands the executor
+        this round's actions; the executor (``wmqlib.evaluate``) keeps what was taken before and honours the flag.
     """
 
     max_rounds: int = 5
