@@ -20,8 +20,9 @@ model with these naming conventions works, and the search is a pure function of 
 Differences to the reference world-model code: it searches scales only on LN2 -> fc1 (``scale_targets=("fc1",)``
 reproduces that), measures the scale search on the MLP's output, clips q / k rows (``clip_qk=True`` reproduces
 that) and falls back to per-channel clipping when ``in_features % group != 0``; here ragged groups are searched
-as they are.  ``wmqlib.quant.quantwm_reference("AWQ", ...)`` gives the reference configuration.  The v -> proj pair is used only when the qkv linear is quantized by the same recipe.
-With ``PerTensor()`` weights the clip search is skipped.  Weights default to asymmetric with a zero point, g128.
+as they are.  ``wmqlib.quant.quantwm_reference("AWQ", ...)`` gives the reference configuration.
+The v -> proj pair is used only when the qkv linear is quantized by the same recipe.  With ``PerTensor()`` weights
+the clip search is skipped.  Weights default to asymmetric with a zero point, g128.
 """
 
 from __future__ import annotations
