@@ -10,7 +10,7 @@ from torch import nn
 
 from wmqlib.envs import Episode, make_env, sample_episodes
 from wmqlib.envs.wall import wall_step
-from wmqlib.evaluate import BASELINES, EPISODE_COLUMNS, baselines, collect_calibration, evaluate
+from wmqlib.evaluate import BASELINES, EPISODE_COLUMNS, ROUND_COLUMNS, baselines, collect_calibration, evaluate
 from wmqlib.models import WorldModel, WorldModelConfig
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, Objective, PlanningModel, encode_observations
 
@@ -148,6 +148,104 @@ def test_trace_iteration_k_equals_a_run_with_k_plus_1_steps(env, episodes):
     np.testing.assert_allclose(at2["plan_loss"], short["plan_loss"], rtol=1e-5)
     last = trace[trace.iteration == FAST_CEM.opt_steps - 1].reset_index(drop=True)
     np.testing.assert_array_equal(last["episode_success"], last["success"])  # open loop: last iteration = outcome
+
+
+SLOW_MPC = MPCConfig(max_rounds=4, execute_steps=1)  # one model step per round: successes spread over rounds
+
+
+def _final_round_equals(rows: pd.DataFrame, table: pd.DataFrame) -> None:
+    last = rows[rows["round"] == rows["round"].max()].reset_index(drop=True)
+    for col in ("episode", "seed", "success", "state_dist", "plan_loss", "nan"):
+        np.testing.assert_array_equal(last[col].to_numpy(), table[col].to_numpy(), err_msg=col)  # bit for bit
+    np.testing.assert_array_equal(last["episode_success"].to_numpy(), table["success"].to_numpy())
+
+
+def test_per_round_rows_are_latched_monotone_and_end_at_the_untraced_result(env, episodes):
+    oracle = OracleWall(env)
+    rows = evaluate(oracle, env, FAST_CEM, episodes, mpc=SLOW_MPC, per_round=True)
+    table = evaluate(oracle, env, FAST_CEM, episodes, mpc=SLOW_MPC)
+    assert list(rows.columns) == list(ROUND_COLUMNS) and len(rows) == 8 * 4
+    assert set(rows["round"]) == {1, 2, 3, 4}
+    wide = rows.pivot(index="episode", columns="round", values="success").to_numpy()
+    assert (np.diff(wide.astype(int), axis=1) >= 0).all()  # latched: once a success, always a success
+    assert wide[:, 0].sum() < wide[:, -1].sum()  # this setting does improve over rounds
+    planned = rows.pivot(index="episode", columns="round", values="planned").to_numpy()
+    assert planned[:, 0].all()
+    # an episode is planned in round r exactly when it had not succeeded after round r - 1
+    np.testing.assert_array_equal(planned[:, 1:], ~wide[:, :-1])
+    np.testing.assert_array_equal(planned.sum(axis=1), table["rounds"])
+    _final_round_equals(rows, table)
+    # round r of a run with R rounds is the final result of a run with r rounds
+    two = evaluate(oracle, env, FAST_CEM, episodes, mpc=MPCConfig(max_rounds=2, execute_steps=1))
+    at2 = rows[rows["round"] == 2].reset_index(drop=True)
+    for col in ("success", "state_dist", "plan_loss"):
+        np.testing.assert_array_equal(at2[col].to_numpy(), two[col].to_numpy(), err_msg=col)
+
+
+def test_per_round_with_nan_and_open_loop(env, episodes):
+    model = NaNWall(env)
+    rows = evaluate(model, env, FAST_CEM, episodes, mpc=MPCConfig(max_rounds=2), per_round=True)
+    _final_round_equals(rows, evaluate(model, env, FAST_CEM, episodes, mpc=MPCConfig(max_rounds=2)))
+    nan = rows.pivot(index="episode", columns="round", values="nan").to_numpy()
+    assert nan.any() and (np.diff(nan.astype(int), axis=1) >= 0).all() and not rows.loc[rows.nan, "success"].any()
+    one = evaluate(OracleWall(env), env, FAST_CEM, episodes, per_round=True)  # open loop = one round
+    assert set(one["round"]) == {1} and one["planned"].all()
+    _final_round_equals(one, evaluate(OracleWall(env), env, FAST_CEM, episodes))
+    with pytest.raises(ValueError, match="trace=True .* per_round=True"):
+        evaluate(model, env, FAST_CEM, episodes, trace=True, per_round=True)
+
+
+class RecordingEnv:
+    """The Wall env, recording every ``rollout_actions`` call (start states, raw actions)."""
+
+    def __init__(self, env) -> None:
+        self.env, self.calls = env, []
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def rollout_actions(self, states, actions):
+        self.calls.append((np.array(states), np.array(actions)))
+        return self.env.rollout_actions(states, actions)
+
+
+def test_replay_executes_every_action_so_far_from_the_start(env, episodes):
+    """DINO-WM's evaluator: round r replays all r rounds' actions from the start state (``MPCConfig.replay``)."""
+    starts = np.stack([ep.start_state for ep in episodes])
+    steps = 5  # one model step of frameskip 5 per round
+    tables = {}
+    for replay in (True, False):
+        rec = RecordingEnv(env)
+        tables[replay] = evaluate(OracleWall(env), rec, FAST_CEM, episodes,
+                                  mpc=MPCConfig(max_rounds=3, execute_steps=1, replay=replay), per_round=True)
+        planned = tables[replay].pivot(index="episode", columns="round", values="planned").to_numpy()
+        calls = rec.calls  # only the executor runs the env (no trace here)
+        assert len(calls) == planned.any(axis=0).sum()
+        for r, (states, actions) in enumerate(calls):
+            active = np.flatnonzero(planned[:, r])
+            if replay:
+                np.testing.assert_array_equal(states, starts[active])
+                assert actions.shape[1] == (r + 1) * steps
+                if r:  # the earlier rounds' actions are replayed unchanged
+                    prev = calls[r - 1][1][np.isin(np.flatnonzero(planned[:, r - 1]), active)]
+                    np.testing.assert_array_equal(actions[:, :r * steps], prev)
+            else:
+                assert actions.shape[1] == steps
+                if r:
+                    assert not np.array_equal(states, starts[active])
+    # on the Wall re-entering a state is exact, so both semantics give the same run bit for bit
+    pd.testing.assert_frame_equal(tables[True], tables[False])
+
+
+def test_pusht_reentry_differs_from_replay():
+    """Why replay matters on PushT: re-entering a state restarts the physics with one extra 10 ms tick."""
+    pusht = make_env("pusht", render_size=8)
+    ep = sample_episodes("pusht", 1, seed=99)[0]
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, size=(1, 10, 2))
+    replayed = pusht.rollout_actions(ep.start_state[None], actions)
+    resumed = pusht.rollout_actions(pusht.rollout_actions(ep.start_state[None], actions[:, :5]), actions[:, 5:])
+    assert not np.array_equal(replayed, resumed)
+    assert np.abs(replayed[0, :2] - resumed[0, :2]).max() < 15  # the agent ends up close, not at the same point
 
 
 def test_batched_evaluation_equals_one_episode_at_a_time(env, episodes):

@@ -11,10 +11,19 @@ environment's batched ``rollout_actions`` and scores the final states with ``eva
     nan            the model produced NaN/inf (plan, loss or latents); such episodes count as failed and their
                    non-finite plans are replaced by "no action" so evaluation always continues
 
-With ``trace=True`` the plan after EVERY planner iteration k of the first planning round is executed open-loop
-(all H steps, from the start state) in one batched ``rollout_actions`` call, so a success-vs-iterations curve up to
-opt_steps costs one planning run. Because the planners draw their noise iteration by iteration, the plan of
-iteration k equals the final plan of a run with opt_steps = k + 1.
+Two iteration axes, both free (no extra planning):
+
+- ``trace=True`` (CEM / GD iterations, open loop): the plan after EVERY planner iteration k of the first planning
+  round is executed open-loop (all H steps, from the start state) in one batched ``rollout_actions`` call. Because
+  the planners draw their noise iteration by iteration, the plan of iteration k equals the final plan of a run with
+  opt_steps = k + 1.
+- ``per_round=True`` (MPC rounds, closed loop; the paper's "planning iterations"): one row per (episode, round
+  r = 1..max_rounds) with the success latched after r rounds (as the protocol counts it), the state distance after
+  r rounds and the planning loss of the episode's latest plan. Round r of a run with max_rounds = R equals the
+  final result of a run with max_rounds = r; the last round equals the untraced table bit for bit.
+
+Between MPC rounds the executor follows ``MPCConfig.replay``: by default it replays every action taken so far from
+the episode's start state, as DINO-WM's evaluator does.
 """
 
 from __future__ import annotations
@@ -34,9 +43,11 @@ from wmqlib.plan import (
 )
 from wmqlib.plan import mpc as run_mpc
 from wmqlib.quant import Calibration, capture_calibration
+from wmqlib.validate import check_bool
 
 EPISODE_COLUMNS = ("episode", "seed", "success", "state_dist", "visual_dist", "proprio_dist", "plan_loss",
                    "rounds", "nan")
+ROUND_COLUMNS = ("episode", "seed", "round", "planned", "success", "state_dist", "plan_loss", "nan", "episode_success")
 SEED_STRIDE = 1_000_003  # keeps generator seeds of different `seed` values apart for any realistic episode seed
 
 
@@ -100,7 +111,8 @@ def _score(model: PlanningModel, env: Any, states: np.ndarray, goals: np.ndarray
 
 def evaluate(model: PlanningModel, env: Any, planner: PlannerConfig, episodes: Sequence[Any],
              mpc: MPCConfig | None = None, trace: bool = False, objective: ObjectiveConfig = ObjectiveConfig(),
-             chunk: int = 4096, render_size: int | None = None, seed: int = 0) -> pd.DataFrame:
+             chunk: int = 4096, render_size: int | None = None, seed: int = 0, per_round: bool = False
+             ) -> pd.DataFrame:
     """Plan every episode with ``model`` and score the result in ``env``.
 
     model: a PlanningModel (WorldModel, a quantized copy, ...); planning runs on its device and dtype.
@@ -111,13 +123,23 @@ def evaluate(model: PlanningModel, env: Any, planner: PlannerConfig, episodes: S
     objective: planning objective settings. chunk: max sequences per model rollout call.
     render_size: observation size fed to the model (default env.render_size).
     seed: planner seed; episode e's generator is seeded with ``episodes[e].seed + 1_000_003 * seed``.
-    Returns a DataFrame with EPISODE_COLUMNS (one row per episode) or, traced, columns episode, seed, iteration,
-    plan_loss, success, state_dist, visual_dist, proprio_dist, nan, episode_success (the episode's final outcome).
+    per_round: return one row per (episode, MPC round) instead of one per episode (not with ``trace``).
+    Returns a DataFrame with EPISODE_COLUMNS (one row per episode); traced, columns episode, seed, iteration,
+    plan_loss, success, state_dist, visual_dist, proprio_dist, nan, episode_success (the episode's final outcome);
+    per round, ROUND_COLUMNS: round 1..max_rounds, planned (the episode was planned in that round; False once it
+    has succeeded), success (latched), state_dist and plan_loss after that round (carried over once the episode
+    stopped), nan (the run produced NaN/inf by then), episode_success (the final outcome).
     """
     if not isinstance(planner, (CEMConfig, GDConfig)):
         raise TypeError(f"planner must be a CEMConfig or GDConfig, got {type(planner).__name__}")
     if mpc is not None and not isinstance(mpc, MPCConfig):
         raise TypeError(f"mpc must be an MPCConfig or None, got {type(mpc).__name__}")
+    check_bool("evaluate trace", trace)
+    check_bool("evaluate per_round", per_round)
+    if trace and per_round:
+        raise ValueError("evaluate: trace=True (rows per CEM/GD iteration) and per_round=True (rows per MPC round) "
+                         "are two views of different runs; ask for one")
+    mpc = mpc or MPCConfig(max_rounds=1)
     starts, goals, seeds = _episode_states(env, episodes)
     size = env.render_size if render_size is None else render_size
     device, _ = model_device_dtype(model)
@@ -128,6 +150,8 @@ def evaluate(model: PlanningModel, env: Any, planner: PlannerConfig, episodes: S
         generators = make_generators([s + SEED_STRIDE * seed for s in seeds], device)
         states = starts.copy()
         nan = np.zeros(n_ep, dtype=bool)
+        taken = np.zeros((n_ep, 0, env.action_dim))  # raw env actions executed so far (for replay)
+        rounds_seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per round: (episodes, dist, nan so far)
 
         def plan_fn(index: Tensor, init: Tensor | None):
             i = index.numpy()
@@ -136,26 +160,73 @@ def evaluate(model: PlanningModel, env: Any, planner: PlannerConfig, episodes: S
             return plan(cost_fn, planner, [generators[j] for j in i], model.action_dim, init=init, device=device)
 
         def execute_fn(index: Tensor, actions: Tensor) -> np.ndarray:
+            nonlocal taken
             i = index.numpy()
             raw, finite = _to_env_actions(model, actions)
             nan[i] |= ~finite
-            states[i] = env.rollout_actions(states[i], raw)
-            reached, _ = env.eval_state(goals[i], states[i])
+            if mpc.replay:  # every action so far from the start (episodes that stopped get zeros, never executed)
+                block = np.zeros((n_ep,) + raw.shape[1:])
+                block[i] = raw
+                taken = np.concatenate([taken, block], axis=1)
+                states[i] = env.rollout_actions(starts[i], taken[i])
+            else:
+                states[i] = env.rollout_actions(states[i], raw)
+            reached, dist = env.eval_state(goals[i], states[i])
+            rounds_seen.append((i, np.asarray(dist, dtype=np.float64), nan[i].copy()))
             return np.asarray(reached, dtype=bool) & ~nan[i]
 
-        outcome = run_mpc(plan_fn, execute_fn, n_ep, mpc or MPCConfig(max_rounds=1))
+        outcome = run_mpc(plan_fn, execute_fn, n_ep, mpc)
         for index, result in outcome.history:
             nan[index.numpy()] |= ~torch.isfinite(result.losses).all(dim=0).cpu().numpy()
         final = _score(model, env, states, goals, goal_obs, z_goal, size)
-        nan |= ~np.isfinite(final["visual_dist"])
+        scored_nan = ~np.isfinite(final["visual_dist"])
+        nan |= scored_nan
         success = outcome.success.numpy() & ~nan
         if trace:
             return _trace(model, env, outcome.history[0][1], starts, goals, goal_obs, z_goal, size, seeds, success)
+        if per_round:
+            return _per_round(outcome, rounds_seen, mpc.max_rounds, scored_nan, seeds, success)
     return pd.DataFrame({
         "episode": np.arange(n_ep), "seed": seeds, "success": success, "state_dist": final["state_dist"],
         "visual_dist": final["visual_dist"], "proprio_dist": final["proprio_dist"],
         "plan_loss": outcome.final_loss.numpy().astype(np.float64), "rounds": outcome.rounds.numpy(), "nan": nan,
     }, columns=list(EPISODE_COLUMNS))
+
+
+def _per_round(outcome: Any, rounds_seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_rounds: int,
+               scored_nan: np.ndarray, seeds: list[int], episode_success: np.ndarray) -> pd.DataFrame:
+    """One row per (episode, round 1..max_rounds) from the MPC outcome and the executor's per-round records.
+
+    An episode's values after its last planned round are carried over (it no longer moves). ``nan`` at round r is
+    what was known after r rounds: non-finite plans (executor) and planning losses up to r, plus a non-finite
+    encoding of the final state from the episode's last round on (that state is its state from then on), so
+    success stays monotone in r and round max_rounds equals the untraced table.
+    """
+    n_ep = len(seeds)
+    last_round = outcome.rounds.numpy()  # rounds each episode was planned in (>= 1)
+    dist = np.full(n_ep, np.nan)
+    loss = np.full(n_ep, np.nan)
+    nan = np.zeros(n_ep, dtype=bool)
+    tables = []
+    for r in range(max_rounds):
+        planned = np.zeros(n_ep, dtype=bool)
+        if r < len(rounds_seen):
+            index, round_dist, round_nan = rounds_seen[r]
+            result = outcome.history[r][1]
+            planned[index] = True
+            dist[index] = round_dist
+            loss[index] = result.final_loss.detach().float().cpu().numpy().astype(np.float64)
+            nan[index] |= round_nan | ~torch.isfinite(result.losses).all(dim=0).cpu().numpy()
+            latched = outcome.success_per_round[r].numpy()
+        else:  # every episode had succeeded: nothing changes any more
+            latched = outcome.success_per_round[-1].numpy()
+        nan_now = nan | (scored_nan & (r + 1 >= last_round))
+        tables.append(pd.DataFrame({
+            "episode": np.arange(n_ep), "seed": seeds, "round": r + 1, "planned": planned,
+            "success": latched & ~nan_now, "state_dist": dist.copy(), "plan_loss": loss.copy(), "nan": nan_now,
+            "episode_success": episode_success,
+        }, columns=list(ROUND_COLUMNS)))
+    return pd.concat(tables).sort_values(["episode", "round"], ignore_index=True)
 
 
 def _trace(model: PlanningModel, env: Any, result: Any, starts: np.ndarray, goals: np.ndarray, goal_obs: dict,

@@ -36,6 +36,15 @@ def test_success_is_latched_and_finished_episodes_stop():
     assert [c[0].tolist() for c in calls] == [[0, 1, 2], [1, 2], [1, 2], [2]]
     torch.testing.assert_close(res.final_loss, torch.tensor([0.0, 2.0, 3.0]))
     assert len(res.history) == 4 and res.history[0][1].plan.shape == (3, 4, 2)
+    # success after each round, latched: episode 0 from round 1, episode 1 from round 3, episode 2 never
+    assert res.success_per_round.tolist() == [[True, False, False], [True, False, False], [True, True, False],
+                                              [True, True, False]]
+    assert torch.equal(res.success_per_round[-1], res.success)
+
+
+def test_success_per_round_stops_with_the_loop():
+    res = mpc(_constant_planner([]), lambda e, a: torch.ones(len(e), dtype=torch.bool), 2, MPCConfig(max_rounds=5))
+    assert res.success_per_round.shape == (1, 2) and res.success_per_round.all()  # all done after round 1
 
 
 def test_execute_steps_and_warm_start_pass_the_rest_of_the_plan():
@@ -64,3 +73,6 @@ def test_no_warm_start_and_bad_config():
         MPCConfig(max_rounds=0)
     with pytest.raises(TypeError, match="warm_start"):
         MPCConfig(warm_start="yes")
+    with pytest.raises(TypeError, match="MPCConfig.replay must be True or False"):
+        MPCConfig(replay=1)
+    assert MPCConfig().replay  # DINO-WM's evaluator replays from the start by default

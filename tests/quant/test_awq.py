@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmqlib.quant import AWQ, RTN, PerChannel, PerGroup, capture_calibration, quantize, search_params
+from wmqlib.quant import AWQ, RTN, PerChannel, PerGroup, capture_calibration, quantize, quantwm_reference, search_params
 from wmqlib.quant.spec import group_minmax
 
 from .toy import DinoBlock
@@ -67,6 +67,28 @@ def test_reference_mode_searches_only_fc1(toy_model, calibration):
     assert sorted(params) == sorted(f"{n}.input_scale" for n in (
         "encoder.blocks.0.mlp.fc1", "encoder.blocks.1.mlp.fc1",
         "predictor.transformer.layers.0.1.net.1", "predictor.transformer.layers.1.1.net.1"))
+
+
+def test_quantwm_reference_scales_only_ln2_to_fc1_and_clips_query_key_rows(salient_block):
+    block, calib, x = salient_block
+    recipe = quantwm_reference("AWQ", 3)
+    params = search_params(block, recipe, calib)
+    scales = {k for k in params if k.endswith(".input_scale")}
+    assert scales == {"mlp.fc1.input_scale"}  # LN1 -> qkv, v -> proj, GELU -> fc2 keep scale 1 (absent)
+    assert {k for k in params if k.endswith(".weight_hi")} == {f"{n}.weight_hi" for n in (
+        "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}  # every linear is clipped
+    w = block.attn.qkv.weight.detach()  # no scale folded into qkv
+    amax = w.abs().amax(dim=1)
+    hi, lo = params["attn.qkv.weight_hi"].flatten(), params["attn.qkv.weight_lo"].flatten()
+    assert bool((torch.maximum(hi, -lo)[:64] < amax[:64] - 1e-6).any())  # q / k rows clipped too (clip_qk)
+    qblock, _ = quantize(block, recipe, calib)
+    assert torch.equal(qblock.norm1.weight, block.norm1.weight) and torch.equal(qblock.norm1.bias, block.norm1.bias)
+    torch.testing.assert_close(qblock.norm2.weight, block.norm2.weight / params["mlp.fc1.input_scale"])
+    default = search_params(block, AWQ(3, PerChannel(), w_symmetric=True, w_full_range=True, scale_targets=("fc1",)),
+                            calib)
+    torch.testing.assert_close(default["attn.qkv.weight_hi"][:64], w.amax(dim=1, keepdim=True)[:64])  # skipped
+    rtn, _ = quantize(block, quantwm_reference("RTN", 3))
+    assert block_mse(block, qblock, x) < block_mse(block, rtn, x)  # on the same (full, symmetric) grid
 
 
 def test_v_pair_needs_the_qkv_linear_in_the_same_recipe(toy_model, calibration):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmqlib.quant import Calibration, OmniQuant, PerGroup, PerToken, capture_calibration, quantize, search_params
+from wmqlib.quant import (
+    Calibration, OmniQuant, PerGroup, PerTensor, PerToken, SmoothQuant, capture_calibration, quantize,
+    quantwm_reference, search_params,
+)
 
 
 def unit_mse(model, qmodel, calibration) -> dict[str, float]:
@@ -48,6 +51,31 @@ def test_epochs_zero_is_the_untrained_initialisation(toy_model, calibration):
 
     _, hi = group_minmax(w, PerGroup(16))
     torch.testing.assert_close(params["encoder.blocks.0.mlp.fc2.weight_hi"], torch.sigmoid(torch.tensor(4.0)) * hi)
+
+
+@pytest.mark.parametrize("a_bits,a_granularity", [(None, None), (8, PerTensor())])
+def test_quantwm_reference_at_0_epochs_is_its_initialisation_smoothquant(toy_model, calibration, eval_inputs,
+                                                                         a_bits, a_granularity):
+    """QuantWM's OmniQuant (0 epochs, LET shift 0, LWC without effect, symmetric) = SmoothQuant (alpha 0.5)."""
+    omni = quantwm_reference("OmniQuant", 4, a_bits=a_bits, a_granularity=a_granularity)
+    smooth = quantwm_reference("SmoothQuant", 4, a_bits=a_bits, a_granularity=a_granularity)
+    assert omni.epochs == 0 and omni.w_symmetric and omni.w_full_range and not omni.lwc
+    params, reference = search_params(toy_model, omni, calibration), search_params(toy_model, smooth, calibration)
+    shifts = {k: v for k, v in params.items() if k.endswith(".input_shift")}
+    assert shifts and all(torch.equal(v, torch.zeros_like(v)) for v in shifts.values())
+    rest = {k: v for k, v in params.items() if k not in shifts}
+    assert rest.keys() == reference.keys() and all(torch.equal(rest[k], reference[k]) for k in rest)
+    with torch.no_grad():
+        got = quantize(toy_model, omni, calibration)[0](eval_inputs)
+        want = quantize(toy_model, smooth, calibration)[0](eval_inputs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # only a zero bias on to_qkv differs
+
+
+def test_let_shift_zero_starts_from_zero(toy_model, calibration):
+    params = search_params(toy_model, OmniQuant(4, epochs=0, let_shift="zero"), calibration, scope="predictor")
+    mid = search_params(toy_model, OmniQuant(4, epochs=0), calibration, scope="predictor")
+    key = "predictor.transformer.layers.0.1.net.1.input_shift"
+    assert torch.equal(params[key], torch.zeros_like(params[key])) and bool(mid[key].abs().max() > 0)
 
 
 def test_deterministic(toy_model, calibration):

@@ -64,6 +64,8 @@ def test_activation_bits_need_a_granularity():
     (lambda: AWQ(4, n_grid=0), "AWQ.n_grid must be an int >= 1"),
     (lambda: AWQ(4, max_shrink=1.0), r"AWQ.max_shrink must be a number in \[0.0, 0.999\]"),
     (lambda: AWQ(4, search_tokens=0), "AWQ.search_tokens must be an int >= 1"),
+    (lambda: AWQ(4, clip_qk=1), "AWQ.clip_qk must be True or False"),
+    (lambda: OmniQuant(4, let_shift="mean"), r"OmniQuant.let_shift must be one of \['midrange', 'zero'\]"),
     (lambda: OmniQuant(4, lwc=False, let=False), "OmniQuant needs lwc=True or let=True"),
     (lambda: OmniQuant(4, epochs=-1), "OmniQuant.epochs must be an int >= 0"),
     (lambda: OmniQuant(4, lwc_lr=0.0), r"OmniQuant.lwc_lr must be a number in \(0.0, 10.0\]"),
@@ -78,7 +80,8 @@ def test_valid_recipes_and_defaults():
     assert RTN(4).weight_spec.symmetric and RTN(4).act_spec is None and RTN(4).label == "W4A16"
     awq = AWQ(4)
     assert awq.w_granularity == PerGroup(128) and not awq.w_symmetric and awq.needs_calibration
-    assert OmniQuant(4).epochs > 0 and not OmniQuant(4).w_symmetric
+    assert OmniQuant(4).epochs > 0 and not OmniQuant(4).w_symmetric and OmniQuant(4).let_shift == "midrange"
+    assert not awq.clip_qk and not RTN(4).w_full_range  # wmq's defaults; quantwm_reference sets them
     w4a8 = SmoothQuant(4, a_bits=8, a_granularity=PerTensor())
     assert w4a8.static_activations and w4a8.label == "W4A8" and w4a8.act_spec.role == "activation"
     assert RTN(8, a_bits=16, a_granularity=PerToken()).act_spec is None  # 16-bit activations stay FP

@@ -7,7 +7,9 @@ import warnings
 import pytest
 import torch
 
-from wmqlib.quant import RTN, PerChannel, PerGroup, QuantLinear, QuantSpec, fake_quantize, qparams, quantize
+from wmqlib.quant import (
+    RTN, PerChannel, PerGroup, QuantLinear, QuantSpec, fake_quantize, qparams, quantize, quantwm_reference,
+)
 from wmqlib.quant.spec import group_minmax
 
 with warnings.catch_warnings():
@@ -69,3 +71,27 @@ def test_rtn_16_bits_leaves_the_model_function_unchanged(toy_model, eval_inputs)
     qmodel, report = quantize(toy_model, RTN(16))
     assert torch.equal(qmodel(eval_inputs), toy_model(eval_inputs))
     assert report.effective_bits == 16 and (report.table["weight_mse"] == 0).all()
+
+
+def test_reference_grid_is_max_over_7_5_at_4_bits():
+    """By hand: max|w| = 1.5, so s = 1.5 / 7.5 = 0.2 and codes run -8..7; the narrow grid has s = 1.5 / 7."""
+    w = torch.tensor([[1.5, -1.5, 0.7, 0.2, -0.05]])
+    full = quantwm_reference("RTN", 4).weight_spec
+    # w / s = 7.5, -7.5, 3.5, 1, -0.25 -> round half to even 8, -8, 4, 1, 0 -> clamp to [-8, 7] -> 7, -8, 4, 1, 0
+    torch.testing.assert_close(fake_quantize(w, full), torch.tensor([[1.4, -1.6, 0.8, 0.2, 0.0]]))
+    # narrow: w / s = 7, -7, 3.27, 0.93, -0.23 -> 7, -7, 3, 1, 0
+    torch.testing.assert_close(fake_quantize(w, RTN(4).weight_spec), torch.tensor([[7, -7, 3, 1, 0]]) * 1.5 / 7)
+    scale, _ = qparams(w.amin(1), w.amax(1), quantwm_reference("RTN", 3).weight_spec)
+    torch.testing.assert_close(scale, torch.tensor([1.5 / 3.5]))  # max/3.5 at 3 bits
+
+
+def test_reference_rtn_quantizes_the_model_on_the_full_grid(toy_model):
+    qmodel, _ = quantize(toy_model, quantwm_reference("RTN", 4))
+    name = "encoder.blocks.0.mlp.fc1"
+    w = toy_model.get_submodule(name).weight.detach()
+    got = qmodel.get_submodule(name).weight.detach()
+    step = w.abs().amax(dim=1, keepdim=True) / 7.5
+    codes = got / step
+    torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)  # on the grid of max|w| / 7.5
+    assert int(codes.round().min()) >= -8 and int(codes.round().max()) <= 7
+    assert (codes.round() == -8).any()  # the full grid's extra code is used

@@ -4,7 +4,10 @@ The loop owns only the control logic - which episodes are still running, how muc
 success latched once reached, the round limit, warm starts. Planning and execution enter as callables, so the
 environment stays out of ``wmqlib.plan`` (``wmqlib.evaluate`` supplies an env-backed ``execute``).
 DINO-WM's MPC: execute the first ``n_taken_actions`` steps, warm-start the next plan with the unexecuted rest,
-stop an episode once it has succeeded.
+stop an episode once it has succeeded.  Its evaluator executes a round by replaying EVERY action taken so far from
+the episode's start state (``MPCConfig.replay``, honoured by the executor, since only it knows the environment);
+success after each round is latched and kept per round (``MPCResult.success_per_round``), the iteration axis of the
+paper's "more planning iterations" findings.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wmqlib.plan.base import PlanResult, check_int
+from wmqlib.plan.base import PlanResult
+from wmqlib.validate import check_bool, check_int
 
 PlanFn = Callable[[Tensor, Tensor | None], PlanResult]
 """``plan_fn(episodes (A,) long, init (A, h, Da) | None) -> PlanResult`` for the A still-running episodes."""
@@ -30,18 +34,24 @@ class MPCConfig:
     max_rounds: planning rounds per episode at most (Wall protocol: 50; the published FP rerun: 5).
     execute_steps: model steps of each plan executed before replanning; None = the whole plan.
     warm_start: seed the next round's plan with the unexecuted rest of the current one (as DINO-WM does).
+    replay: how the executor reaches the state after a round: True = replay every action taken so far from the
+        episode's start state (DINO-WM's evaluator); False = execute only this round's actions from the state the
+        last round ended in.  The two agree wherever re-entering a state is exact (Wall); in PushT re-entering
+        restarts the physics (one extra 10 ms tick, contacts forgotten).  ``mpc`` always hands the executor
+        this round's actions; the executor (``wmqlib.evaluate``) keeps what was taken before and honours the flag.
     """
 
     max_rounds: int = 5
     execute_steps: int | None = None
     warm_start: bool = True
+    replay: bool = True
 
     def __post_init__(self) -> None:
-        check_int("MPCConfig", "max_rounds", self.max_rounds, 1)
+        check_int("MPCConfig.max_rounds", self.max_rounds, 1)
         if self.execute_steps is not None:
-            check_int("MPCConfig", "execute_steps", self.execute_steps, 1)
-        if not isinstance(self.warm_start, bool):
-            raise TypeError(f"MPCConfig.warm_start must be True or False, got {self.warm_start!r}")
+            check_int("MPCConfig.execute_steps", self.execute_steps, 1)
+        check_bool("MPCConfig.warm_start", self.warm_start)
+        check_bool("MPCConfig.replay", self.replay)
 
 
 @dataclass(frozen=True)
@@ -52,12 +62,15 @@ class MPCResult:
     rounds: (E,) long, planning rounds each episode used.
     final_loss: (E,) float32 planning loss of each episode's last plan.
     history: per round, (episodes planned (A,) long, their PlanResult); round 0 holds every episode.
+    success_per_round: (R, E) bool, the latched success after rounds 1..R (R = rounds run, <= max_rounds; the
+        loop stops early once every episode succeeded); ``success_per_round[-1]`` equals ``success``.
     """
 
     success: Tensor
     rounds: Tensor
     final_loss: Tensor
     history: list[tuple[Tensor, PlanResult]]
+    success_per_round: Tensor
 
 
 def mpc(plan_fn: PlanFn, execute_fn: ExecuteFn, n_episodes: int, cfg: MPCConfig = MPCConfig()) -> MPCResult:
@@ -68,12 +81,13 @@ def mpc(plan_fn: PlanFn, execute_fn: ExecuteFn, n_episodes: int, cfg: MPCConfig 
     """
     if not isinstance(cfg, MPCConfig):
         raise TypeError(f"cfg must be an MPCConfig, got {type(cfg).__name__}")
-    check_int("mpc", "n_episodes", n_episodes, 1)
+    check_int("mpc n_episodes", n_episodes, 1)
     success = torch.zeros(n_episodes, dtype=torch.bool)
     rounds = torch.zeros(n_episodes, dtype=torch.long)
     final_loss = torch.full((n_episodes,), float("nan"))
     leftover: Tensor | None = None  # (E, h, Da) unexecuted rest of every episode's last plan
     history: list[tuple[Tensor, PlanResult]] = []
+    per_round: list[Tensor] = []
     for _ in range(cfg.max_rounds):
         active = torch.nonzero(~success).flatten()
         if active.numel() == 0:
@@ -93,4 +107,6 @@ def mpc(plan_fn: PlanFn, execute_fn: ExecuteFn, n_episodes: int, cfg: MPCConfig 
                 leftover = torch.zeros(n_episodes, horizon - steps, result.plan.shape[2], device=result.plan.device)
             leftover[active] = result.plan[:, steps:]
         history.append((active, result))
-    return MPCResult(success=success, rounds=rounds, final_loss=final_loss, history=history)
+        per_round.append(success.clone())
+    return MPCResult(success=success, rounds=rounds, final_loss=final_loss, history=history,
+                     success_per_round=torch.stack(per_round))

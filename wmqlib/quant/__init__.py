@@ -10,6 +10,7 @@ One primitive (``fake_quantize(x, QuantSpec(bits, granularity, symmetric))``), o
 
 The default quantization points (block linears and their inputs) are defined in ``points``.  A search returns a
 plain dict of tensors (``search_params``) that ``save_params`` stores and ``apply_params`` re-applies.
+``quantwm_reference(method, w_bits, ...)`` gives the paper code's (QuantWM's) configuration of each method.
 """
 
 from .api import apply_params, assign_recipes, load_params, quantize, save_params, search_params
@@ -18,6 +19,7 @@ from .calibration import Calibration, capture_calibration
 from .omniquant import OmniQuant
 from .omse import OMSE
 from .points import QuantPoints, ScalePair, Unit, find_points
+from .quantwm import REFERENCE_METHODS, is_quantwm_reference, quantwm_reference
 from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
 from .recipe import Recipe, recipe_types, register
 from .report import QuantReport, sqnr_db
@@ -29,7 +31,9 @@ from .spec import (
 
 __all__ = [
     "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
-    "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "Recipe", "ScalePair", "ScaledActivation",
-    "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration", "fake_quantize", "find_points", "granularity_from_name",
-    "load_params", "qparams", "quantize", "recipe_types", "register", "save_params", "scale_shape", "search_params", "sqnr_db",
+    "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "Recipe",
+    "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",
+    "fake_quantize", "find_points", "granularity_from_name", "is_quantwm_reference", "load_params", "qparams",
+    "quantize", "quantwm_reference", "recipe_types", "register", "save_params", "scale_shape", "search_params",
+    "sqnr_db",
 ]

@@ -8,7 +8,8 @@
 2. Clip search, per output channel / group of every linear after the scales are folded: clip to
    ``[max(min, -m), min(max, m)]`` with ``m = max|w| (1 - i / n_grid)`` for ``i < max_shrink * n_grid`` and keep
    the best per group.  Query / key rows of the fused qkv are skipped (as llm-awq skips q_proj / k_proj): their
-   error is amplified by the softmax and not measured by a linear-output loss.
+   error is amplified by the softmax and not measured by a linear-output loss.  ``clip_qk=True`` clips them too,
+   as the reference world-model code does (its name filter looks for q / k projections and misses the fused qkv).
 
 The loss (our choice, documented): the mean squared error of the OUTPUT OF THE AFFECTED LINEAR over up to
 ``search_tokens`` calibration rows (the reservoir sample), ``||X W^T - (X / s) Q(W diag(s))^T||^2``; for the clip
@@ -17,9 +18,11 @@ scale search on the output of the whole block: with the linear-output loss units
 model with these naming conventions works, and the search is a pure function of weights and calibration rows.
 
 Differences to the reference world-model code: it searches scales only on LN2 -> fc1 (``scale_targets=("fc1",)``
-reproduces that) and falls back to per-channel clipping when ``in_features % group != 0``; here ragged groups
-are searched as they are.  The v -> proj pair is used only when the qkv linear is quantized by the same recipe.
-With ``PerTensor()`` weights the clip search is skipped.  Weights default to asymmetric with a zero point, g128.
+reproduces that), measures the scale search on the MLP's output, clips q / k rows (``clip_qk=True`` reproduces
+that) and falls back to per-channel clipping when ``in_features % group != 0``; here ragged groups are searched
+as they are.  ``wmqlib.quant.quantwm_reference("AWQ", ...)`` gives the reference configuration.
+The v -> proj pair is used only when the qkv linear is quantized by the same recipe.  With ``PerTensor()`` weights
+the clip search is skipped.  Weights default to asymmetric with a zero point, g128.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class AWQ(Recipe):
     Attributes:
         scale_targets: roles (subset of "qkv", "proj", "fc1", "fc2") whose input scales are searched.
         clip: run the clipping search after the scale search.
+        clip_qk: also clip the query / key rows of a fused qkv linear (the reference code does; llm-awq does not).
         n_grid: grid size of both searches (20 in llm-awq), >= 1.
         max_shrink: the clip search tries shrinks ``i / n_grid < max_shrink`` (0.5 in llm-awq), in [0, 1).
         search_tokens: calibration rows used per linear (at most the calibration's ``max_tokens``), >= 1.
@@ -57,6 +61,7 @@ class AWQ(Recipe):
     w_symmetric: bool = False
     scale_targets: tuple[str, ...] = ROLES
     clip: bool = True
+    clip_qk: bool = False
     n_grid: int = 20
     max_shrink: float = 0.5
     search_tokens: int = 1024
@@ -68,6 +73,7 @@ class AWQ(Recipe):
         if not isinstance(self.scale_targets, tuple) or not set(self.scale_targets) <= set(ROLES):
             raise ValueError(f"AWQ.scale_targets must be a tuple of roles from {ROLES}, got {self.scale_targets!r}")
         check_bool(self.clip, "AWQ.clip")
+        check_bool(self.clip_qk, "AWQ.clip_qk")
         check_int(self.n_grid, "AWQ.n_grid", 1)
         check_float(self.max_shrink, "AWQ.max_shrink", 0.0, 0.999)
         check_int(self.search_tokens, "AWQ.search_tokens", 1)
@@ -140,7 +146,7 @@ def search_awq(model: nn.Module, recipe: AWQ, names: list[str], points: QuantPoi
                 w = w.clone()
                 w[-scales[pair.linear].numel():] /= scales[pair.linear][:, None]
         lo, hi = group_minmax(w, spec.granularity)
-        skip = 2 * w.shape[0] // 3 if points.role(name) == "qkv" else 0
+        skip = 2 * w.shape[0] // 3 if points.role(name) == "qkv" and not recipe.clip_qk else 0
         lo[skip:], hi[skip:] = search_clip(x, w[skip:], spec, recipe.n_grid, recipe.max_shrink)
         out[f"{name}.weight_lo"], out[f"{name}.weight_hi"] = lo, hi
     return out

@@ -5,7 +5,7 @@
 - LET: for every linear fed by a LayerNorm (qkv, fc1), ``X' = (X - d) / s`` and ``W' = W diag(s)``,
   ``b' = b + W d``; the LayerNorm absorbs ``s`` and ``d`` at the end (``fold``).  ``s`` starts from the
   SmoothQuant scale (``alpha``, raw per-channel max ``|X|``) and ``d`` from the channel mid-range
-  ``(max + min) / 2``.
+  ``(max + min) / 2`` (OmniQuant's code) or from 0 (``let_shift="zero"``, the reference world-model code).
 - Training, unit by unit (``points``: ``blocks.{i}``, ``layers.{i}.0``, ``layers.{i}.1``): minimise the MSE
   between the FP unit's and the quantized unit's outputs on the calibration's captured unit inputs with AdamW
   (weight decay 0; lr ``lwc_lr`` for LWC, ``let_lr`` for LET), in mini-batches of equal-length sequences.
@@ -13,7 +13,10 @@
 
 Choices, documented:
 - ``epochs`` defaults to 10 (the OmniQuant repository uses 10-20).  The world-model reference code defaults to 0
-  epochs, i.e. it silently trains nothing; ``epochs=0`` reproduces that (LET init + LWC init only).
+  epochs, i.e. it silently trains nothing; ``epochs=0`` reproduces that (LET init + LWC init only).  There the LWC
+  factors are switched on after the quantization ranges are fixed, so they have no effect, and the LET shift
+  starts at 0: with 0 epochs its OmniQuant is SmoothQuant (alpha 0.5).  ``quantwm_reference("OmniQuant", ...)``
+  (``lwc=False, let_shift="zero", epochs=0``, symmetric weights) reproduces that exactly.
   Cost: ``epochs * n_sequences / batch_size`` optimizer steps per unit, each about three unit forwards; with
   the default 32 sequences that is 80 steps per unit.  ``benchmarks/bench_quant.py --omniquant`` measures it: 90 s
   on one CPU core for its toy model (8 units of 196 tokens, 192 / 204 wide), i.e. about 11 s per unit.
@@ -31,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmqlib.validate import check_choice
+
 from .calibration import Calibration
 from .checks import check_bool, check_float, check_int
 from .fold import set_module
@@ -40,6 +45,7 @@ from .smoothquant import smooth_scale
 from .spec import PerTensor, QuantSpec, fake_quantize, group_minmax, scale_shape
 
 LWC_INIT = 4.0
+LET_SHIFTS = ("midrange", "zero")
 MIN_SCALE = 1e-5
 
 
@@ -53,6 +59,8 @@ class OmniQuant(Recipe):
         lwc_lr, let_lr: AdamW learning rates (OmniQuant's defaults 1e-2 and 5e-3), > 0.
         batch_size: sequences per optimizer step, >= 1.
         alpha: SmoothQuant migration strength of LET's initial scale, in [0, 1].
+        let_shift: LET's initial shift: "midrange" (the channel's ``(max + min) / 2``, OmniQuant) or "zero"
+            (the reference world-model code).
         seed: seed of the mini-batch order.
     """
 
@@ -64,6 +72,7 @@ class OmniQuant(Recipe):
     let_lr: float = 5e-3
     batch_size: int = 4
     alpha: float = 0.5
+    let_shift: str = "midrange"
     seed: int = 0
 
     needs_calibration = True
@@ -79,6 +88,7 @@ class OmniQuant(Recipe):
         check_float(self.let_lr, "OmniQuant.let_lr", 0.0, 10.0, low_open=True)
         check_int(self.batch_size, "OmniQuant.batch_size", 1)
         check_float(self.alpha, "OmniQuant.alpha", 0.0, 1.0)
+        check_choice("OmniQuant.let_shift", self.let_shift, LET_SHIFTS)
         check_int(self.seed, "OmniQuant.seed", 0)
 
 
@@ -160,7 +170,8 @@ def train_unit(model: nn.Module, unit: Unit, recipe: OmniQuant, names: list[str]
         let_init = None
         if recipe.let and pair is not None and pair.kind == "norm":
             lo, hi = calibration.channel_range(name)
-            let_init = (smooth_scale(calibration.absmax(name), linear.weight, recipe.alpha), ((lo + hi) / 2).to(device))
+            shift = (lo + hi) / 2 if recipe.let_shift == "midrange" else torch.zeros_like(lo)
+            let_init = (smooth_scale(calibration.absmax(name), linear.weight, recipe.alpha), shift.to(device))
         trained[name] = _OmniLinear(linear, recipe.weight_spec, recipe.act_spec, recipe.lwc, let_init,
                                     calibration.channel_range(name)).to(device)
         set_module(q_unit, name[len(unit.name) + 1:], trained[name])
