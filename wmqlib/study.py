@@ -50,7 +50,7 @@ from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
 from wmqlib.probe import outlier_stats, probe_model
-from wmqlib.quant import Recipe, granularity_from_name, recipe_types
+from wmqlib.quant import Recipe, granularity_from_name, is_quantwm_reference, recipe_types
 from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
@@ -181,7 +181,8 @@ def describe(setting: Setting) -> dict[str, Any]:
     """Readable columns of a setting (the config columns keep the full detail): method ("FP" or the recipe's
     class), bits ("W4A16"), w_bits, a_bits (32 for FP, 16 for weight-only), weights ("per-channel" | "g32" |
     "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
-    "per-token"), planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
+    "per-token"), configuration ("wmq" defaults | "QuantWM": ``wmqlib.quant.quantwm_reference`` | "-" for FP),
+    planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
     "CEM 300/30"), opt_steps, latents (what the objective scores: "visual+proprio" | "visual" | "proprio") and
     label, e.g. "RTN W4A16 g32 [predictor]". (The config columns give planner_seed, 0 where unset.)
     """
@@ -196,10 +197,12 @@ def describe(setting: Setting) -> dict[str, Any]:
     if setting.mpc is not None:
         planning = f"MPC-{planning}"
     sizes = f" {setting.planner.samples}/{setting.planner.topk}" if isinstance(setting.planner, CEMConfig) else ""
-    label = "FP" if r is None else " ".join([type(r).__name__, r.label, weights] + ([acts] if acts != "-" else []))
+    configuration = "-" if r is None else "QuantWM" if is_quantwm_reference(r) else "wmq"
+    label = "FP" if r is None else " ".join([type(r).__name__, r.label, weights] + ([acts] if acts != "-" else []) +
+                                            (["(QuantWM)"] if configuration == "QuantWM" else []))
     return {"method": "FP" if r is None else type(r).__name__, "bits": "FP" if r is None else r.label,
             "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
-            "weights": weights, "w_kind": kind, "acts": acts,
+            "weights": weights, "w_kind": kind, "acts": acts, "configuration": configuration,
             "planning": planning, "search": planning + sizes, "opt_steps": setting.planner.opt_steps,
             "latents": objective_name(setting.objective or ObjectiveConfig()),
             "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
