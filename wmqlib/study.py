@@ -36,8 +36,9 @@ import platform
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -317,20 +318,39 @@ def describe(setting: Setting) -> dict[str, Any]:
 
 def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
               cache_dir: str | os.PathLike = RESULTS_DIR, progress: bool = True,
-              caches: Caches | None = None) -> pd.DataFrame:
+              caches: Caches | None = None, executor: Executor | str | None = None) -> pd.DataFrame:
     """``sweep(settings, run_setting, name)`` with the readable ``describe`` columns in front.
 
     Results are cached as ``<cache_dir>/<name>/<key>.json``, calibrations under ``<cache_dir>/calibration``
     (``caches`` None: the process's ``CACHES`` when ``cache_dir`` is the default, else caches of that folder);
     recompute=True reruns every setting and recollects its calibration (once per process).
+    executor: None runs the settings here, one after another; a ``concurrent.futures.Executor`` or a spec
+    ("local:N", "dask://HOST:PORT"; see ``wmqlib.cluster``) runs one task per uncached setting, each worker process
+    with its own caches (``run_setting_in``) of the same calibration folder. A setting that raises is reported and
+    the others go on; ``wmqlib.sweep.SweepError`` then names every failed setting.
     """
     if caches is None:
         caches = CACHES if Path(cache_dir) == RESULTS_DIR else Caches(Path(cache_dir) / "calibration")
-    run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
+    if executor is None:
+        run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
+    else:
+        run_fn = partial(run_setting_in, calib_dir=str(caches.calib_dir), recompute_calibration=recompute)
     table = sweep(list(settings), run_fn, name, cache_dir=cache_dir, recompute=recompute, progress=progress,
-                  key_config=caches.identity, provenance=provenance())
+                  key_config=caches.identity, provenance=provenance, executor=executor,
+                  label=lambda s: f"{s.checkpoint}: {describe(s)['label']}, {describe(s)['search']}")
     labels = pd.DataFrame([{"config_key": config_key(caches.identity(s)), **describe(s)} for s in settings])
     return labels.merge(table, on="config_key", how="right", validate="one_to_many")
+
+
+def run_setting_in(setting: Setting, calib_dir: str, recompute_calibration: bool = False) -> pd.DataFrame:
+    """``run_setting`` with this process's caches for calibration folder ``calib_dir`` (``CACHES`` for the
+    default one): the task a worker process runs, picklable, so no driver cache travels with it."""
+    return run_setting(setting, _process_caches(calib_dir), recompute_calibration)
+
+
+@cache
+def _process_caches(calib_dir: str) -> Caches:
+    return CACHES if Path(calib_dir) == CACHES.calib_dir else Caches(calib_dir)
 
 
 def provenance() -> dict[str, Any]:

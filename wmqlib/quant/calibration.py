@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from wmqlib.validate import atomic_path
+
 from .checks import check_int
 from .points import find_points
 
@@ -191,8 +193,8 @@ class Calibration:
             "linears": json.dumps(self.linears),
             "units": json.dumps({n: len(s.sequences) for n, s in self._units.items()}),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        with atomic_path(path) as tmp:  # whole or absent: worker processes may load it while another writes it
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod
