@@ -244,6 +244,7 @@ def tiny(tmp_path_factory) -> str:
 @pytest.mark.slow
 def test_run_study_on_two_workers_equals_the_serial_run(tmp_path, tiny, scheduler):
     from wmqlib import study as st
+    from wmqlib.models import CheckpointError
     from wmqlib.plan import CEMConfig
     from wmqlib.quant import AWQ, RTN, PerChannel
 
@@ -255,3 +256,5 @@ def test_run_study_on_two_workers_equals_the_serial_run(tmp_path, tiny, schedule
     pd.testing.assert_frame_equal(here.drop(columns="seconds"), there.drop(columns="seconds"))
     assert set(there["provenance.threads"]) == {1}
     assert len(list((tmp_path / "dask" / "calibration").glob("*.safetensors"))) == 1  # AWQ's, by a worker
+    with pytest.raises(CheckpointError, match="has weights .*, the driver's have 0000"):  # a stale copy there
+        st.run_setting_in(settings[0], str(tmp_path / "dask" / "calibration"), {tiny: "0" * 16})

@@ -334,7 +334,9 @@ def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
     if executor is None:
         run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
     else:
-        run_fn = partial(run_setting_in, calib_dir=str(caches.calib_dir), recompute_calibration=recompute)
+        weights = {s.checkpoint: caches.checkpoint(s.checkpoint)[2] for s in settings}
+        run_fn = partial(run_setting_in, calib_dir=str(caches.calib_dir), weights=weights,
+                         recompute_calibration=recompute)
     table = sweep(list(settings), run_fn, name, cache_dir=cache_dir, recompute=recompute, progress=progress,
                   key_config=caches.identity, provenance=provenance, executor=executor,
                   label=lambda s: f"{s.checkpoint}: {describe(s)['label']}, {describe(s)['search']}")
@@ -342,10 +344,20 @@ def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
     return labels.merge(table, on="config_key", how="right", validate="one_to_many")
 
 
-def run_setting_in(setting: Setting, calib_dir: str, recompute_calibration: bool = False) -> pd.DataFrame:
+def run_setting_in(setting: Setting, calib_dir: str, weights: Mapping[str, str],
+                   recompute_calibration: bool = False) -> pd.DataFrame:
     """``run_setting`` with this process's caches for calibration folder ``calib_dir`` (``CACHES`` for the
-    default one): the task a worker process runs, picklable, so no driver cache travels with it."""
-    return run_setting(setting, _process_caches(calib_dir), recompute_calibration)
+    default one): the task a worker process runs, picklable, so no driver cache travels with it.
+
+    weights: checkpoint -> the driver's weights fingerprint (the results' key); CheckpointError when this
+    process finds other weights under that name or path, so a stale copy never fills the driver's cache.
+    """
+    caches = _process_caches(calib_dir)
+    folder, _, sha = caches.checkpoint(setting.checkpoint)
+    if sha != weights[setting.checkpoint]:
+        raise CheckpointError(f"checkpoint {setting.checkpoint!r} ({folder}) on {platform.node()} has weights "
+                              f"{sha}, the driver's have {weights[setting.checkpoint]}; copy the same files there")
+    return run_setting(setting, caches, recompute_calibration)
 
 
 @cache
