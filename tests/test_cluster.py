@@ -119,6 +119,23 @@ def test_executor_results_are_written_in_completion_order_table_in_config_order(
     assert [p.stem for p in written] == [config_key(c) for c in reversed(CONFIGS)]
 
 
+def test_progress_counts_cached_and_finished_configs(tmp_path, capsys):
+    sweep(CONFIGS[:2], rows, "bar", cache_dir=tmp_path, progress=False)
+    with ThreadPoolExecutor(2) as pool:
+        sweep(CONFIGS, rows, "bar", cache_dir=tmp_path, executor=pool)
+    err = capsys.readouterr().err
+    assert "2/6" in err and "6/6" in err  # starts at the cached count, ends with every config
+
+
+def test_serial_sweep_imports_no_dask(tmp_path):
+    code = ("import sys; from wmqlib.sweep import sweep; "
+            f"sweep([1, 2], lambda c: {{'y': c}}, 'plain', cache_dir={str(tmp_path)!r}, progress=False); "
+            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_failing_config_serially_is_reported_the_others_finish(tmp_path):
     with pytest.warns(RuntimeWarning, match="failed"), pytest.raises(SweepError) as err:
         sweep(CONFIGS, failing_rows, "fail", cache_dir=tmp_path, progress=False, label=lambda c: c["method"])
