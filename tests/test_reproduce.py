@@ -95,6 +95,23 @@ def test_notebook_parameters_names_undeclared_parameters(tmp_path):
         reproduce.notebook_parameters(path, "full", "cpu", ["wall"])
 
 
+def test_notebook_parameters_passes_executor_only_when_given_and_declared(tmp_path):
+    path = write_notebook(tmp_path / "00_a.ipynb", PARAMS + "\nexecutor = None")
+    assert "executor" not in reproduce.notebook_parameters(path, "full", "cpu", None)
+    assert reproduce.notebook_parameters(path, "full", "cpu", None, "local:2")["executor"] == "local:2"
+    plain = write_notebook(tmp_path / "01_b.ipynb", PARAMS)
+    with pytest.raises(ReproduceError, match=r"01_b.ipynb: .* does not declare executor"):
+        reproduce.notebook_parameters(plain, "full", "cpu", None, "dask://sched:8786")
+
+
+def test_a_bad_executor_spec_fails_before_running(tmp_path, capsys):
+    write_notebook(tmp_path / "00_a.ipynb", PARAMS + "\nexecutor = None")
+    argv = ["--notebooks", str(tmp_path), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    assert reproduce.main(argv + ["--executor", "local:zero"]) == 2
+    assert "--executor: executor must be 'local:N'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_resolve_checkpoints_makes_existing_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpt").mkdir()

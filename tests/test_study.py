@@ -12,7 +12,7 @@ from wmqlib import study as st
 from wmqlib.caches import Caches
 from wmqlib.envs import Wall
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
-from wmqlib.quant import AWQ, RTN, OmniQuant, PerChannel, PerGroup, PerTensor, PerToken, SmoothQuant
+from wmqlib.quant import RTN, PerGroup
 from wmqlib.sweep import config_key
 from wmqlib.train import PRESETS
 
@@ -49,27 +49,6 @@ def test_group_size_rejects_bad_width(bad):
         st.group_size_for(bad)
 
 
-def test_recipe_builds_each_method_from_names():
-    assert st.make_recipe("RTN", 4) == RTN(4, PerChannel())
-    assert st.make_recipe("AWQ", 3, "per-group", 32) == AWQ(3, PerGroup(32))
-    sq = st.make_recipe("SmoothQuant", 8, a_bits=8, a_granularity="per-tensor")
-    assert sq == SmoothQuant(8, PerChannel(), a_bits=8, a_granularity=PerTensor())
-    om = st.make_recipe("OmniQuant", 4, a_bits=4, a_granularity="per-token", epochs=0)
-    assert isinstance(om, OmniQuant) and om.epochs == 0 and om.a_granularity == PerToken()
-
-
-@pytest.mark.parametrize("args, match", [
-    (("GPTQ", 4), "method must be one of"),
-    (("RTN", 4, "per-row"), "w_granularity must be"),
-    (("RTN", 4, "per-group"), "needs a group_size"),
-    (("RTN", 4, "per-channel", None, 8, "per-channel"), "a_granularity must be"),
-    (("RTN", 9), "w_bits"),
-])
-def test_recipe_rejects_bad_names(args, match):
-    with pytest.raises(ValueError, match=match):
-        st.make_recipe(*args)
-
-
 def test_make_profile_overrides_and_ignores_none():
     p = st.make_profile("smoke", n_evals=None, samples=40)
     assert p.n_evals == st.PROFILES["smoke"].n_evals and p.samples == 40
@@ -95,7 +74,8 @@ def test_profile_setting_sizes_everything(tiny):
     assert short.trace and short.planner.opt_steps == p.steps("wall")  # open-loop CEM is always traced
     gd = p.setting(tiny, device="cpu", planner="GD", mpc=True)
     assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
-    assert not gd.trace
+    assert gd.trace  # MPC settings give one row per round
+    assert not p.setting(tiny, device="cpu", planner="GD").trace  # open-loop GD is not traced
     with pytest.raises(ValueError, match=r"planner must be one of \['CEM', 'CEM-protocol', 'GD'\]"):
         p.setting(tiny, planner="MPPI")
     with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib.sweep import canonical, config_key, flatten_config, sweep
+from wmqlib.sweep import SweepError, canonical, config_key, flatten_config, sweep
 
 # Shared by this process and the child that gets killed: five configs and a deterministic run function.
 SWEEP_SOURCE = '''
@@ -138,7 +138,7 @@ def test_sweep_bad_input(tmp_path):
         config_key({"model": object()})
     with pytest.raises(ValueError, match="collide"):
         sweep([{"bits": 4}], lambda cfg: {"bits": 5}, "d", cache_dir=tmp_path, progress=False)
-    with pytest.raises(TypeError, match="run_fn must return"):
+    with pytest.raises(SweepError, match="run_fn must return"), pytest.warns(RuntimeWarning, match="failed"):
         sweep([{"x": 4}], lambda cfg: 3.0, "d", cache_dir=tmp_path, progress=False)
 
 

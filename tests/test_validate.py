@@ -35,8 +35,15 @@ def test_invalid_value_is_both_type_and_value_error():
 def test_check_float():
     assert check_float("lr", 1, 0, strict=True) == 1.0
     for bad in (0, float("nan"), float("inf"), True, "1", 2.5):
-        with pytest.raises(InvalidValue, match=r"lr must be a finite number > 0 and <= 2"):
+        with pytest.raises(InvalidValue, match=r"lr must be a number in \(0, 2\]"):
             check_float("lr", bad, 0, 2, strict=True)
+
+
+def test_check_float_one_bound():
+    with pytest.raises(InvalidValue, match=r"x must be a finite number >= 0, got -1"):
+        check_float("x", -1, 0)
+    with pytest.raises(InvalidValue, match=r"x must be a finite number <= 1, got nan"):
+        check_float("x", float("nan"), maximum=1)
 
 
 def test_check_bool_choice_type():

@@ -4,11 +4,12 @@ The runner finds ``notebooks/[0-9][0-9]_*.ipynb`` by pattern (sorted by name, ne
 selected notebook before executing any of them, then executes them one by one and stops at the first failure.
 
 Parameters. Every notebook has one cell tagged ``parameters`` holding plain literals. The runner always passes
-``profile`` and ``device``, and ``checkpoint`` only when ``--checkpoint`` is given; each passed name must be declared
-in the notebook's parameters cell (papermill would otherwise inject a variable nothing reads, so a checkpoint could
-be silently ignored). A checkpoint that exists as a path is passed as an absolute path, anything else (a short name
-such as ``mini-wall``) as given. A notebook whose declared ``checkpoint`` default is a list receives a list; any
-other notebook takes exactly one checkpoint.
+``profile`` and ``device``, ``checkpoint`` only when ``--checkpoint`` is given and ``executor`` (a Dask spec,
+``local:N`` or ``dask://HOST:PORT``, see ``wmqlib.cluster``) only when ``--executor`` is; each passed name must be
+declared in the notebook's parameters cell (papermill would otherwise inject a variable nothing reads, so a
+checkpoint could be silently ignored). A checkpoint that exists as a path is passed as an absolute path, anything
+else (a short name such as ``mini-wall``) as given. A notebook whose declared ``checkpoint`` default is a list
+receives a list; any other notebook takes exactly one checkpoint.
 
 Profiles: the study's table (``wmqlib.study.PROFILES``: ``full``, ``paper``, ``smoke``). Each executed notebook is
 written back in place, except for ``smoke``, written to ``tests/notebooks`` (the golden notebooks that
@@ -131,9 +132,11 @@ def declared_parameters(path: str | Path) -> dict[str, object]:
 
 
 def notebook_parameters(
-    path: Path, profile: str, device: str, checkpoints: Sequence[str] | None
+    path: Path, profile: str, device: str, checkpoints: Sequence[str] | None, executor: str | None = None
 ) -> dict[str, object]:
     """Build the papermill parameters for one notebook, checked against its parameters cell.
+
+    ``executor`` (a spec string) is passed only when given, like the checkpoints.
 
     Raises ReproduceError naming the notebook and every parameter it does not declare, or when several
     checkpoints are given to a notebook whose ``checkpoint`` is a single value.
@@ -150,6 +153,8 @@ def notebook_parameters(
             )
         else:
             parameters["checkpoint"] = checkpoints[0]
+    if executor is not None:
+        parameters["executor"] = executor
     missing = [name for name in parameters if name not in declared]
     if missing:
         raise ReproduceError(
@@ -164,6 +169,22 @@ def resolve_checkpoints(checkpoints: Sequence[str] | None) -> list[str] | None:
     if not checkpoints:
         return None
     return [str(Path(c).resolve()) if Path(c).exists() else c for c in checkpoints]
+
+
+def check_executor(spec: str | None) -> None:
+    """Fail early on a malformed ``--executor`` spec, or one given where Dask distributed is not installed."""
+    if spec is None:
+        return
+    import importlib.util
+
+    from wmqlib.cluster import parse_spec
+
+    try:
+        parse_spec(spec)
+    except ValueError as err:
+        raise ReproduceError(f"--executor: {err}")
+    if importlib.util.find_spec("distributed") is None:
+        raise ReproduceError(f"--executor {spec}: Dask distributed is not installed; pip install 'wmq[cluster]'")
 
 
 def kernel_interpreter(kernel_name: str) -> str:
@@ -293,6 +314,11 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoint parameter (a path, or a shipped model name); a notebook must declare it",
     )
     parser.add_argument(
+        "--executor", metavar="SPEC",
+        help="run each notebook's settings on a Dask cluster: local:N (N worker processes here) or "
+             "dask://HOST:PORT (a running scheduler); a notebook must declare it (default: serial, in the kernel)",
+    )
+    parser.add_argument(
         "--notebooks", type=Path, default=DEFAULT_NOTEBOOKS, help="folder of NN_name.ipynb (default notebooks)"
     )
     parser.add_argument(
@@ -323,12 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems, plan = [], []
         for path in notebooks:
             try:
-                plan.append((path, notebook_parameters(path, args.profile, device, checkpoints)))
+                plan.append((path, notebook_parameters(path, args.profile, device, checkpoints, args.executor)))
             except ReproduceError as err:
                 problems.append(str(err))
         if problems:
             raise ReproduceError("\n".join(problems))
         check_device(device)
+        check_executor(args.executor)
         interpreter = kernel_interpreter(args.kernel)
     except ReproduceError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,12 @@ from wmqlib import evaluate as ev
 from wmqlib.caches import CACHES, Caches, provenance
 from wmqlib.envs import env_class
 from wmqlib.models import resolve_device
+from wmqlib.models.errors import CheckpointError
 from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
 from wmqlib.probe import outlier_stats, probe_model
-from wmqlib.quant import Recipe, granularity_from_name, is_quantwm_reference, recipe_types
+from wmqlib.quant import Recipe, is_quantwm_reference, recipe_from_names, recipe_types
 from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
@@ -70,23 +73,6 @@ def default_group_size(checkpoint: str | os.PathLike) -> int:
     """``group_size_for`` the checkpoint's encoder width (32 for the shipped mini models, 128 for DINO-WM)."""
     folder = CACHES.checkpoint(checkpoint)[0]
     return group_size_for(int(read_checkpoint_config(folder)["config"]["encoder_dim"]))
-
-
-def make_recipe(method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
-                a_bits: int | None = None, a_granularity: str | None = None, **options: Any) -> Recipe:
-    """A quantization recipe from plain names (as a notebook's parameters cell holds them).
-
-    method: a registered method (``wmqlib.quant.recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, ...);
-    w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
-    weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
-    method's dataclass (e.g. ``epochs`` for OmniQuant). Validated by the recipe.
-    """
-    methods = recipe_types()
-    check_choice("method", method, sorted(methods))
-    w_gran = granularity_from_name(w_granularity, "weight", group_size, "w_granularity")
-    a_gran = None if a_granularity is None else granularity_from_name(a_granularity, "activation",
-                                                                      field="a_granularity")
-    return methods[method](w_bits=w_bits, w_granularity=w_gran, a_bits=a_bits, a_granularity=a_gran, **options)
 
 
 @dataclass(frozen=True)
@@ -216,23 +202,54 @@ def objective_name(objective: ObjectiveConfig) -> str:
 
 def run_study(settings: Sequence[Setting], name: str, recompute: bool = False,
               cache_dir: str | os.PathLike = RESULTS_DIR, progress: bool = True,
-              caches: Caches | None = None) -> pd.DataFrame:
+              caches: Caches | None = None, executor: Executor | str | None = None) -> pd.DataFrame:
     """``sweep(settings, run_setting, name)`` with the readable ``describe`` columns in front.
 
     Results are cached as ``<cache_dir>/<name>/<key>.json``, calibrations under ``<cache_dir>/calibration``
     (``caches`` None: the process's ``CACHES`` when ``cache_dir`` is the default, else caches of that folder);
     recompute=True reruns every setting and recollects its calibration (once per process).
+    executor: None runs the settings here, one after another; a ``concurrent.futures.Executor`` or a spec
+    ("local:N", "dask://HOST:PORT"; see ``wmqlib.cluster``) runs one task per uncached setting, each worker process
+    with its own caches (``run_setting_in``) of the same calibration folder. A setting that raises is reported and
+    the others go on; ``wmqlib.sweep.SweepError`` then names every failed setting.
     """
     if caches is None:
         caches = CACHES if Path(cache_dir) == RESULTS_DIR else Caches(Path(cache_dir) / "calibration")
-    run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
+    if executor is None:
+        run_fn = partial(run_setting, caches=caches, recompute_calibration=recompute)
+    else:
+        weights = {s.checkpoint: caches.checkpoint(s.checkpoint)[2] for s in settings}
+        run_fn = partial(run_setting_in, calib_dir=str(caches.calib_dir), weights=weights,
+                         recompute_calibration=recompute)
     table = sweep(list(settings), run_fn, name, cache_dir=cache_dir, recompute=recompute, progress=progress,
-                  key_config=caches.identity, provenance=provenance())
+                  key_config=caches.identity, provenance=provenance, executor=executor,
+                  label=lambda s: f"{s.checkpoint}: {describe(s)['label']}, {describe(s)['search']}")
     labels = pd.DataFrame([{"config_key": config_key(caches.identity(s)), **describe(s)} for s in settings])
     table = labels.merge(table, on="config_key", how="right", validate="one_to_many")
     # planner_seed 0 is left out of the keys (and so of the config columns): fill it in
     seeds = table["planner_seed"] if "planner_seed" in table.columns else pd.Series(0, index=table.index)
     return table.assign(planner_seed=seeds.fillna(0).astype(int))
+
+
+def run_setting_in(setting: Setting, calib_dir: str, weights: Mapping[str, str],
+                   recompute_calibration: bool = False) -> pd.DataFrame:
+    """``run_setting`` with this process's caches for calibration folder ``calib_dir`` (``CACHES`` for the
+    default one): the task a worker process runs, picklable, so no driver cache travels with it.
+
+    weights: checkpoint -> the driver's weights fingerprint (the results' key); CheckpointError when this
+    process finds other weights under that name or path, so a stale copy never fills the driver's cache.
+    """
+    caches = _process_caches(calib_dir)
+    folder, _, sha = caches.checkpoint(setting.checkpoint)
+    if sha != weights[setting.checkpoint]:
+        raise CheckpointError(f"checkpoint {setting.checkpoint!r} ({folder}) on {platform.node()} has weights "
+                              f"{sha}, the driver's have {weights[setting.checkpoint]}; copy the same files there")
+    return run_setting(setting, caches, recompute_calibration)
+
+
+@cache
+def _process_caches(calib_dir: str) -> Caches:
+    return CACHES if Path(calib_dir) == CACHES.calib_dir else Caches(calib_dir)
 
 
 def probe_table(setting: Setting, n_train: int, n_test: int, caches: Caches = CACHES) -> pd.DataFrame:
@@ -378,8 +395,8 @@ class Profile:
 
     def recipe(self, method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
                a_bits: int | None = None, a_granularity: str | None = None) -> Recipe:
-        """``make_recipe(...)`` with this profile's options for the method."""
-        return make_recipe(method, w_bits, w_granularity, group_size, a_bits, a_granularity,
+        """``recipe_from_names(...)`` with this profile's options for the method."""
+        return recipe_from_names(method, w_bits, w_granularity, group_size, a_bits, a_granularity,
                            **self.method_options.get(method, {}))
 
     def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,

@@ -15,10 +15,14 @@ a file that fails its checksum is moved aside to ``<key>.json.corrupt``, reporte
 The returned table is always read back from the cache files, so a resumed sweep returns exactly the table an
 uninterrupted one would. Temporary files left by a killed run (``<key>.json.<pid>.tmp`` of a process that no longer
 runs) are removed when a sweep starts on the folder.
+
+Configurations run one by one in this process, or as tasks of a ``concurrent.futures.Executor`` (or a Dask cluster,
+``"local:2"`` / ``"dask://HOST:PORT"``, see ``wmqlib.cluster``) whose results come back: only this process writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -26,7 +30,9 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, as_completed
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,22 +166,88 @@ def _table(config: Any, rows: pd.DataFrame, key: str) -> pd.DataFrame:
     return out
 
 
+class SweepError(RuntimeError):
+    """Configurations whose run raised; every other configuration finished and is cached.
+
+    failures: ``{key: (label, exception)}`` in config order (label: the caller's ``label(config)``, else "").
+    """
+
+    def __init__(self, name: str, failures: dict[str, tuple[str, BaseException]], total: int) -> None:
+        self.failures = failures
+        super().__init__(f"sweep {name!r}: {len(failures)} of {total} configurations failed (the others are "
+                         f"cached; rerun to retry only these):" + "".join(
+                             f"\n  {key}{f' ({label})' if label else ''}: {type(err).__name__}: {err}"
+                             for key, (label, err) in failures.items()))
+
+
+def _task(run_fn: Callable[[Any], RunResult], provenance: Any, config: Any) -> tuple[RunResult, Mapping[str, Any]]:
+    """What one executor task runs: the result and, when ``provenance`` is a function, where it was computed."""
+    return run_fn(config), provenance() if callable(provenance) else (provenance or {})  # after the run
+
+
+def _outcomes(executor: Executor | None, task: Callable[[Any], Any], jobs: dict[int, Any]
+              ) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """(index, result, None) or (index, None, error) per job as each finishes; leaving early cancels the rest."""
+    if executor is None:
+        for i, config in jobs.items():
+            try:
+                yield i, task(config), None
+            except Exception as err:  # reported by sweep; KeyboardInterrupt still stops the run
+                yield i, None, err
+        return
+    futures = {executor.submit(task, config): i for i, config in jobs.items()}
+    try:
+        for future in as_completed(futures):
+            error = future.exception()
+            yield futures[future], None if error else future.result(), error
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+@contextlib.contextmanager
+def _opened(executor: Executor | str | None, idle: bool) -> Iterator[Executor | None]:
+    """The executor itself, or the Dask cluster a spec string names, opened for the sweep (unless ``idle``: nothing
+    to run) and closed after it."""
+    if isinstance(executor, str):
+        from wmqlib.cluster import open_executor, parse_spec  # Dask itself is imported only to open a cluster
+
+        parse_spec(executor)
+        with contextlib.nullcontext() if idle else open_executor(executor) as opened:
+            yield opened
+    elif executor is None or isinstance(executor, Executor):
+        yield executor
+    else:
+        raise TypeError(f"executor must be None, a concurrent.futures.Executor or a spec string, got "
+                        f"{type(executor).__name__}")
+
+
 def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
           cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False, progress: bool = True,
           key_config: Callable[[Any], Any] | None = None,
-          provenance: Mapping[str, Any] | None = None) -> pd.DataFrame:
+          provenance: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+          executor: Executor | str | None = None, label: Callable[[Any], str] | None = None) -> pd.DataFrame:
     """Run ``run_fn(config)`` for every configuration not cached yet and return all rows as one tidy table.
 
     configs: dataclasses / dicts / scalars (see ``canonical``); duplicates are an error.
-    run_fn: config -> DataFrame, dict (one row) or list of dicts; must be deterministic in the config.
+    run_fn: config -> DataFrame, dict (one row) or list of dicts; must be deterministic in the config (and, with an
+        executor, picklable: a top-level function or a ``functools.partial`` of one).
     name: sweep name, a folder under ``cache_dir`` (letters, digits, ``._-``).
     recompute: rerun every configuration and replace its cache file.
     key_config: config -> what its cache key and config columns are made of (default: the config itself); called
         once per config, before anything runs.
     provenance: scalars recorded with every result computed now (e.g. the torch version, thread count and CPU),
         returned as ``provenance.<name>`` columns, so a table computed elsewhere is recognisable; never part of
-        the key (missing in files written without it).
-    Returns: columns ``config_key``, the flattened key config, then run_fn's columns; rows in config order.
+        the key (missing in files written without it). A function () -> scalars is called where each result is
+        computed (on the worker), after the run.
+    executor: None runs the configs one after another in this process; a ``concurrent.futures.Executor`` gets one
+        task per uncached config; a spec string "local:N" / "dask://HOST:PORT" opens a Dask cluster for this call
+        (``wmqlib.cluster``). Results come back here and are written in completion order, by this process only.
+    label: config -> a readable name, used in failure reports next to the key.
+    A config whose run raises is reported (a RuntimeWarning) and the others go on; then SweepError names every
+    failed config (the finished ones stay cached). The progress bar counts finished configs.
+    Returns: columns ``config_key``, the flattened key config, then run_fn's columns; rows in config order, read
+    back from the cache files (so the same for any executor and for a resumed run).
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"name must be letters, digits, '.', '_' or '-' (a folder name), got {name!r}")
@@ -189,27 +261,40 @@ def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
     folder = Path(cache_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(folder)
-    tables = []
-    bar = tqdm(total=len(configs), desc=name, disable=not progress, unit="config")
-    for config, identity, key in zip(configs, identities, keys):
-        path = folder / f"{key}.json"
-        rows = None
+    paths = [folder / f"{key}.json" for key in keys]
+    rows: dict[int, pd.DataFrame] = {}
+    for i, (path, identity, key) in enumerate(zip(paths, identities, keys)):
         if path.exists() and not recompute:
             try:
-                rows = _read(path, key, identity)
+                rows[i] = _read(path, key, identity)
             except ValueError as err:
                 aside = path.with_name(path.name + ".corrupt")
                 os.replace(path, aside)
                 warnings.warn(f"sweep {name!r}: corrupt cache file {path} ({err}); moved to {aside.name} and "
                               f"recomputing", RuntimeWarning, stacklevel=2)
-        if rows is None:
-            payload = _payload(key, identity, _rows(run_fn(config), key), provenance or {})
-            atomic_write(path, _dumps({"payload": payload, "sha256": hashlib.sha256(_dumps(payload).encode())
-                                       .hexdigest()}))
-            rows = _read(path, key, identity)
-        tables.append(_table(identity, rows, key))
-        bar.update(1)
+    jobs = {i: configs[i] for i in range(len(configs)) if i not in rows}
+    failures: dict[int, BaseException] = {}
+    bar = tqdm(total=len(configs), initial=len(rows), desc=name, disable=not progress, unit="config")
+    with _opened(executor, idle=not jobs) as opened:
+        for i, outcome, error in _outcomes(opened, partial(_task, run_fn, provenance), jobs):
+            if error is None:
+                try:  # a result that cannot be stored (bad types) fails its config like a raising run
+                    payload = _payload(keys[i], identities[i], _rows(outcome[0], keys[i]), outcome[1])
+                    atomic_write(paths[i], _dumps({"payload": payload,
+                                                   "sha256": hashlib.sha256(_dumps(payload).encode()).hexdigest()}))
+                    rows[i] = _read(paths[i], keys[i], identities[i])
+                except Exception as err:
+                    error = err
+            if error is not None:
+                failures[i] = error
+                shown = f" ({label(configs[i])})" if label is not None else ""
+                warnings.warn(f"sweep {name!r}: config {keys[i]}{shown} failed ({type(error).__name__}: {error}); "
+                              f"going on with the others", RuntimeWarning, stacklevel=2)
+            bar.update(1)
     bar.close()
-    if not tables:
+    if failures:
+        report = {keys[i]: (label(configs[i]) if label is not None else "", failures[i]) for i in sorted(failures)}
+        raise SweepError(name, report, len(configs)) from failures[min(failures)]
+    if not configs:
         return pd.DataFrame(columns=["config_key"])
-    return pd.concat(tables, ignore_index=True)
+    return pd.concat([_table(identities[i], rows[i], keys[i]) for i in range(len(configs))], ignore_index=True)

@@ -49,9 +49,11 @@ def check_float(field: str, value: object, minimum: float | None = None, maximum
                 strict: bool = False) -> float:
     """``value`` as a finite float in ``[minimum, maximum]`` (``(minimum, maximum]`` when ``strict``), else
     InvalidValue naming ``field``. Ints are accepted, bools and NaN / inf are not."""
-    low = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
-    high = "" if maximum is None else f" <= {maximum}"
-    what = f"{field} must be a finite number{low}{' and' if low and high else ''}{high}"
+    if minimum is not None and maximum is not None:
+        what = f"{field} must be a number in {'(' if strict else '['}{minimum}, {maximum}]"
+    else:
+        low = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+        what = f"{field} must be a finite number{low}{'' if maximum is None else f' <= {maximum}'}"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InvalidValue(f"{what}, got {value!r}")
     x = float(value)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wmqlib.quant import AWQ, OMSE, RTN, OmniQuant, PerChannel, PerGroup, PerTensor, PerToken, SmoothQuant
+from wmqlib.quant import (
+    AWQ, OMSE, RTN, OmniQuant, PerChannel, PerGroup, PerTensor, PerToken, SmoothQuant, recipe_from_names,
+)
 
 RECIPES = [RTN, OMSE, AWQ, SmoothQuant, OmniQuant]
 
@@ -86,3 +88,24 @@ def test_valid_recipes_and_defaults():
     assert w4a8.static_activations and w4a8.label == "W4A8" and w4a8.act_spec.role == "activation"
     assert RTN(8, a_bits=16, a_granularity=PerToken()).act_spec is None  # 16-bit activations stay FP
     assert RTN(4) == RTN(4, PerChannel()) and hash(RTN(4)) == hash(RTN(4, PerChannel()))
+
+
+def test_recipe_builds_each_method_from_names():
+    assert recipe_from_names("RTN", 4) == RTN(4, PerChannel())
+    assert recipe_from_names("AWQ", 3, "per-group", 32) == AWQ(3, PerGroup(32))
+    sq = recipe_from_names("SmoothQuant", 8, a_bits=8, a_granularity="per-tensor")
+    assert sq == SmoothQuant(8, PerChannel(), a_bits=8, a_granularity=PerTensor())
+    om = recipe_from_names("OmniQuant", 4, a_bits=4, a_granularity="per-token", epochs=0)
+    assert isinstance(om, OmniQuant) and om.epochs == 0 and om.a_granularity == PerToken()
+
+
+@pytest.mark.parametrize("args, match", [
+    (("GPTQ", 4), "method must be one of"),
+    (("RTN", 4, "per-row"), "w_granularity must be"),
+    (("RTN", 4, "per-group"), "needs a group_size"),
+    (("RTN", 4, "per-channel", None, 8, "per-channel"), "a_granularity must be"),
+    (("RTN", 9), "w_bits"),
+])
+def test_recipe_rejects_bad_names(args, match):
+    with pytest.raises(ValueError, match=match):
+        recipe_from_names(*args)

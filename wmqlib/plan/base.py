@@ -76,27 +76,3 @@ def check_generators(generators: Sequence[torch.Generator], device: torch.device
                 f"generator on {g.device.type!r} but planning on {device.type!r}: build them with "
                 f"make_generators(seeds, device={str(device)!r})"
             )
-
-
-def check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    """Raise TypeError/ValueError naming ``owner.name`` unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value}")
-
-
-def check_float(owner: str, name: str, value: object, minimum: float, strict: bool = False) -> None:
-    """Raise TypeError/ValueError naming ``owner.name`` unless ``value`` is a finite real > (or >=) ``minimum``."""
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}.{name} must be a real number {bound}, got {value!r} ({type(value).__name__})")
-    ok = value > minimum if strict else value >= minimum
-    if not ok or value != value or value == float("inf"):
-        raise ValueError(f"{owner}.{name} must be a finite real number {bound}, got {value}")
-
-
-def check_choice(owner: str, name: str, value: object, allowed: Sequence[str]) -> None:
-    """Raise ValueError naming ``owner.name`` and the allowed values unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{owner}.{name} must be one of {list(allowed)}, got {value!r}")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wmqlib.plan.base import CostFn, PlanResult, check_float, check_generators, check_int, randn_per_episode
+from wmqlib.plan.base import CostFn, PlanResult, check_generators, randn_per_episode
+from wmqlib.validate import check_float, check_int
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,11 @@ class CEMConfig:
     var_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("CEMConfig", "horizon", self.horizon, 1)
-        check_int("CEMConfig", "samples", self.samples, 2)
-        check_int("CEMConfig", "topk", self.topk, 2)
-        check_int("CEMConfig", "opt_steps", self.opt_steps, 1)
-        check_float("CEMConfig", "var_scale", self.var_scale, 0.0, strict=True)
+        check_int("CEMConfig.horizon", self.horizon, 1)
+        check_int("CEMConfig.samples", self.samples, 2)
+        check_int("CEMConfig.topk", self.topk, 2)
+        check_int("CEMConfig.opt_steps", self.opt_steps, 1)
+        check_float("CEMConfig.var_scale", self.var_scale, 0.0, strict=True)
         if self.topk > self.samples:
             raise ValueError(f"CEMConfig.topk must be <= samples ({self.samples}), got {self.topk}")
 
@@ -63,7 +64,7 @@ def cem(cost_fn: CostFn, cfg: CEMConfig, generators: Sequence[torch.Generator], 
     """
     if not isinstance(cfg, CEMConfig):
         raise TypeError(f"cfg must be a CEMConfig, got {type(cfg).__name__}")
-    check_int("cem", "action_dim", action_dim, 1)
+    check_int("cem.action_dim", action_dim, 1)
     dev = torch.device(device) if device is not None else generators[0].device if generators else torch.device("cpu")
     check_generators(generators, dev)
     n_ep, horizon, n_samp = len(generators), cfg.horizon, cfg.samples

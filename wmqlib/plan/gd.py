@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wmqlib.plan.base import (
-    CostFn, PlanResult, check_choice, check_float, check_generators, check_int, randn_per_episode,
-)
+from wmqlib.plan.base import CostFn, PlanResult, check_generators, randn_per_episode
+from wmqlib.validate import check_choice, check_float, check_int
 
 OPTIMIZERS = ("sgd", "adam")
 INITS = ("randn", "zeros")
@@ -53,14 +52,14 @@ class GDConfig:
     var_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("GDConfig", "horizon", self.horizon, 1)
-        check_int("GDConfig", "opt_steps", self.opt_steps, 1)
-        check_float("GDConfig", "lr", self.lr, 0.0, strict=True)
-        check_float("GDConfig", "action_noise", self.action_noise, 0.0)
-        check_choice("GDConfig", "optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("GDConfig", "init", self.init, INITS)
-        check_int("GDConfig", "samples", self.samples, 1)
-        check_float("GDConfig", "var_scale", self.var_scale, 0.0, strict=True)
+        check_int("GDConfig.horizon", self.horizon, 1)
+        check_int("GDConfig.opt_steps", self.opt_steps, 1)
+        check_float("GDConfig.lr", self.lr, 0.0, strict=True)
+        check_float("GDConfig.action_noise", self.action_noise, 0.0)
+        check_choice("GDConfig.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("GDConfig.init", self.init, INITS)
+        check_int("GDConfig.samples", self.samples, 1)
+        check_float("GDConfig.var_scale", self.var_scale, 0.0, strict=True)
 
 
 def _best(actions: Tensor, cost: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,7 +104,7 @@ def gd(cost_fn: CostFn, cfg: GDConfig, generators: Sequence[torch.Generator], ac
     """
     if not isinstance(cfg, GDConfig):
         raise TypeError(f"cfg must be a GDConfig, got {type(cfg).__name__}")
-    check_int("gd", "action_dim", action_dim, 1)
+    check_int("gd.action_dim", action_dim, 1)
     dev = torch.device(device) if device is not None else generators[0].device if generators else torch.device("cpu")
     check_generators(generators, dev)
     n_ep, shape = len(generators), (cfg.samples, cfg.horizon, action_dim)

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from wmqlib import validate
-from wmqlib.plan.base import check_int
 
 Latents = dict[str, Tensor]
 """``{"visual": (B, T, P, Dv), "proprio": (B, T, Ep)}`` as returned by ``encode_obs`` and ``rollout``."""
@@ -89,7 +88,7 @@ def encode_observations(model: PlanningModel, obs: Mapping[str, object], chunk: 
     Runs ``prepare_obs`` + ``encode_obs`` in chunks of at most ``chunk`` images (the encoder dominates memory).
     """
     _check_model(model)
-    check_int("encode_observations", "chunk", chunk, 1)
+    validate.check_int("encode_observations.chunk", chunk, 1)
     if "visual" not in obs or "proprio" not in obs:
         raise ValueError(f"obs must have keys 'visual' and 'proprio', got {sorted(obs)}")
     device, dtype = model_device_dtype(model)
@@ -169,7 +168,7 @@ class Objective:
     def __init__(self, model: PlanningModel, start: Latents, goal: Latents,
                  cfg: ObjectiveConfig = ObjectiveConfig(), chunk: int = 4096) -> None:
         _check_model(model)
-        check_int("Objective", "chunk", chunk, 1)
+        validate.check_int("Objective.chunk", chunk, 1)
         if not isinstance(cfg, ObjectiveConfig):
             raise TypeError(f"cfg must be an ObjectiveConfig, got {type(cfg).__name__}")
         n_start, n_goal = start["visual"].shape[0], goal["visual"].shape[0]

@@ -21,7 +21,7 @@ from .omse import OMSE
 from .points import QuantPoints, ScalePair, Unit, find_points
 from .quantwm import REFERENCE_METHODS, is_quantwm_reference, quantwm_reference
 from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
-from .recipe import Recipe, recipe_types, register
+from .recipe import Recipe, recipe_from_names, recipe_types, register
 from .report import QuantReport, sqnr_db
 from .rtn import RTN
 from .smoothquant import SmoothQuant
@@ -30,6 +30,7 @@ from .spec import (
 )
 
 __all__ = [
+    "recipe_from_names",
     "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
     "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "Recipe",
     "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .checks import check_bool, check_float, check_int
+from wmqlib.validate import check_bool, check_float, check_int
 from .points import ROLES, QuantPoints
 from .recipe import Recipe, register
 from .spec import Granularity, PerGroup, PerTensor, QuantSpec, fake_quantize, group_minmax, split_groups
@@ -72,11 +72,11 @@ class AWQ(Recipe):
         super().__post_init__()
         if not isinstance(self.scale_targets, tuple) or not set(self.scale_targets) <= set(ROLES):
             raise ValueError(f"AWQ.scale_targets must be a tuple of roles from {ROLES}, got {self.scale_targets!r}")
-        check_bool(self.clip, "AWQ.clip")
-        check_bool(self.clip_qk, "AWQ.clip_qk")
-        check_int(self.n_grid, "AWQ.n_grid", 1)
-        check_float(self.max_shrink, "AWQ.max_shrink", 0.0, 0.999)
-        check_int(self.search_tokens, "AWQ.search_tokens", 1)
+        check_bool("AWQ.clip", self.clip)
+        check_bool("AWQ.clip_qk", self.clip_qk)
+        check_int("AWQ.n_grid", self.n_grid, 1)
+        check_float("AWQ.max_shrink", self.max_shrink, 0.0, 0.999)
+        check_int("AWQ.search_tokens", self.search_tokens, 1)
 
 
 def search_scale(x: Tensor, w: Tensor, x_absmean: Tensor, spec: QuantSpec, n_grid: int) -> Tensor:

@@ -34,8 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from wmqlib.models.errors import CheckpointError
+from wmqlib.validate import atomic_path
 
-from .checks import check_int
+from wmqlib.validate import check_int
 from .points import find_points
 
 FORMAT = "wmq-calibration-1"
@@ -83,9 +84,9 @@ class Calibration:
     """
 
     def __init__(self, max_tokens: int = 1024, max_sequences: int = 32, seed: int = 0) -> None:
-        check_int(max_tokens, "max_tokens", 1)
-        check_int(max_sequences, "max_sequences", 0)
-        check_int(seed, "seed", 0)
+        check_int("max_tokens", max_tokens, 1)
+        check_int("max_sequences", max_sequences, 0)
+        check_int("seed", seed, 0)
         self.max_tokens, self.max_sequences, self.seed = max_tokens, max_sequences, seed
         self.generator = torch.Generator().manual_seed(seed)
         self._linears: dict[str, _LinearStats] = {}
@@ -193,8 +194,8 @@ class Calibration:
             "linears": json.dumps(self.linears),
             "units": json.dumps({n: len(s.sequences) for n, s in self._units.items()}),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        with atomic_path(path) as tmp:  # whole or absent: worker processes may load it while another writes it
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from wmqlib.validate import check_choice
 
 from .calibration import Calibration
-from .checks import check_bool, check_float, check_int
+from wmqlib.validate import check_bool, check_float, check_int
 from .fold import set_module
 from .points import QuantPoints, Unit
 from .recipe import Recipe, register
@@ -79,17 +79,17 @@ class OmniQuant(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bool(self.lwc, "OmniQuant.lwc")
-        check_bool(self.let, "OmniQuant.let")
+        check_bool("OmniQuant.lwc", self.lwc)
+        check_bool("OmniQuant.let", self.let)
         if not (self.lwc or self.let):
             raise ValueError("OmniQuant needs lwc=True or let=True (with both off it is RTN: use RTN)")
-        check_int(self.epochs, "OmniQuant.epochs", 0)
-        check_float(self.lwc_lr, "OmniQuant.lwc_lr", 0.0, 10.0, low_open=True)
-        check_float(self.let_lr, "OmniQuant.let_lr", 0.0, 10.0, low_open=True)
-        check_int(self.batch_size, "OmniQuant.batch_size", 1)
-        check_float(self.alpha, "OmniQuant.alpha", 0.0, 1.0)
+        check_int("OmniQuant.epochs", self.epochs, 0)
+        check_float("OmniQuant.lwc_lr", self.lwc_lr, 0.0, 10.0, strict=True)
+        check_float("OmniQuant.let_lr", self.let_lr, 0.0, 10.0, strict=True)
+        check_int("OmniQuant.batch_size", self.batch_size, 1)
+        check_float("OmniQuant.alpha", self.alpha, 0.0, 1.0)
         check_choice("OmniQuant.let_shift", self.let_shift, LET_SHIFTS)
-        check_int(self.seed, "OmniQuant.seed", 0)
+        check_int("OmniQuant.seed", self.seed, 0)
 
 
 class _OmniLinear(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .checks import check_float, check_int
+from wmqlib.validate import check_float, check_int
 from .points import QuantPoints
 from .recipe import Recipe, register
 from .spec import QuantSpec, fake_quantize, group_minmax, group_sum
@@ -35,8 +35,8 @@ class OMSE(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_float(self.clip_min, "OMSE.clip_min", 0.0, 1.0, low_open=True)
-        check_int(self.clip_steps, "OMSE.clip_steps", 2)
+        check_float("OMSE.clip_min", self.clip_min, 0.0, 1.0, strict=True)
+        check_int("OMSE.clip_steps", self.clip_steps, 2)
 
 
 def mse_clip_range(w: Tensor, spec: QuantSpec, ratios: Tensor) -> tuple[Tensor, Tensor]:

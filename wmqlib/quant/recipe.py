@@ -19,14 +19,17 @@ It reads (never modifies) ``model`` and returns a plain dict keyed ``"<linear na
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .checks import check_bool
+from wmqlib.validate import check_bool, check_choice
 from .points import QuantPoints
-from .spec import PASS_THROUGH_BITS, Granularity, PerChannel, PerTensor, PerToken, QuantSpec, check_bits, check_granularity
+from .spec import (
+    PASS_THROUGH_BITS, Granularity, PerChannel, PerTensor, PerToken, QuantSpec, check_bits, check_granularity,
+    granularity_from_name,
+)
 
 SearchFn = Callable[[nn.Module, "Recipe", list[str], QuantPoints, Optional[Calibration]], dict[str, Tensor]]
 QUANTITIES = ("input_scale", "input_shift", "weight_lo", "weight_hi", "act_lo", "act_hi")
@@ -70,8 +73,8 @@ class Recipe:
         name = type(self).__name__
         check_bits(self.w_bits, f"{name}.w_bits")
         check_granularity(self.w_granularity, "weight", f"{name}.w_granularity")
-        check_bool(self.w_symmetric, f"{name}.w_symmetric")
-        check_bool(self.w_full_range, f"{name}.w_full_range")
+        check_bool(f"{name}.w_symmetric", self.w_symmetric)
+        check_bool(f"{name}.w_full_range", self.w_full_range)
         if self.w_full_range and not self.w_symmetric:
             raise ValueError(f"{name}.w_full_range applies to symmetric weights only (w_symmetric=True)")
         if self.a_bits is None:
@@ -113,3 +116,20 @@ def recipe_types() -> dict[str, type[Recipe]]:
     """The registered methods by class name ({"RTN": RTN, "AWQ": AWQ, ...}): the one list of methods, filled by
     ``@register``, so a new method module is found without being named anywhere else."""
     return {recipe_type.__name__: recipe_type for recipe_type in SEARCHES}
+
+
+def recipe_from_names(method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
+                a_bits: int | None = None, a_granularity: str | None = None, **options: Any) -> Recipe:
+    """A quantization recipe from plain names (as a notebook's parameters cell holds them).
+
+    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, ...);
+    w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
+    weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
+    method's dataclass (e.g. ``epochs`` for OmniQuant). Validated by the recipe.
+    """
+    methods = recipe_types()
+    check_choice("method", method, sorted(methods))
+    w_gran = granularity_from_name(w_granularity, "weight", group_size, "w_granularity")
+    a_gran = None if a_granularity is None else granularity_from_name(a_granularity, "activation",
+                                                                      field="a_granularity")
+    return methods[method](w_bits=w_bits, w_granularity=w_gran, a_bits=a_bits, a_granularity=a_gran, **options)

@@ -14,7 +14,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from .calibration import Calibration
-from .checks import check_float
+from wmqlib.validate import check_float
 from .points import QuantPoints
 from .recipe import Recipe, register
 
@@ -31,7 +31,7 @@ class SmoothQuant(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_float(self.alpha, "SmoothQuant.alpha", 0.0, 1.0)
+        check_float("SmoothQuant.alpha", self.alpha, 0.0, 1.0)
 
 
 def smooth_scale(act_absmax: Tensor, weight: Tensor, alpha: float) -> Tensor:

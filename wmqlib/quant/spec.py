@@ -36,7 +36,7 @@ from typing import ClassVar, Optional, Union
 import torch
 from torch import Tensor
 
-from .checks import check_bool
+from wmqlib.validate import check_bool
 
 PASS_THROUGH_BITS = 16
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, PASS_THROUGH_BITS)
@@ -134,8 +134,8 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "QuantSpec.bits")
-        check_bool(self.symmetric, "QuantSpec.symmetric")
-        check_bool(self.full_range, "QuantSpec.full_range")
+        check_bool("QuantSpec.symmetric", self.symmetric)
+        check_bool("QuantSpec.full_range", self.full_range)
         if self.role is not None and self.role not in _ROLES:
             raise ValueError(f"QuantSpec.role must be 'weight', 'activation' or None, got {self.role!r}")
         if self.role is not None:
