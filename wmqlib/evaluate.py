@@ -37,6 +37,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from wmqlib.envs import Episode, WmqEnv
+from wmqlib.models import WorldModel
 from wmqlib.plan import (
     CEMConfig, GDConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel,
     encode_observations, make_generators, model_device_dtype, plan,
@@ -109,7 +111,7 @@ def _score(model: PlanningModel, env: Any, states: np.ndarray, goals: np.ndarray
             "visual_dist": visual.astype(np.float64), "proprio_dist": proprio}
 
 
-def evaluate(model: PlanningModel, env: Any, planner: PlannerConfig, episodes: Sequence[Any],
+def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes: Sequence[Episode],
              mpc: MPCConfig | None = None, trace: bool = False, objective: ObjectiveConfig = ObjectiveConfig(),
              chunk: int = 4096, render_size: int | None = None, seed: int = 0, per_round: bool = False
              ) -> pd.DataFrame:
@@ -273,7 +275,7 @@ def _straight_line(env: Any, starts: np.ndarray, goals: np.ndarray, steps: int) 
     return np.repeat(action[:, None], steps, axis=1)
 
 
-def baselines(env: Any, episodes: Sequence[Any], steps: int, seed: int = 0,
+def baselines(env: WmqEnv, episodes: Sequence[Episode], steps: int, seed: int = 0,
               kinds: Sequence[str] = BASELINES) -> pd.DataFrame:
     """Model-free reference plans on the same episodes, executed open-loop for ``steps`` env steps.
 
@@ -306,7 +308,7 @@ def baselines(env: Any, episodes: Sequence[Any], steps: int, seed: int = 0,
     return pd.concat(tables, ignore_index=True)
 
 
-def collect_calibration(model: PlanningModel, env: Any, episodes: Sequence[Any], planner: PlannerConfig,
+def collect_calibration(model: PlanningModel, env: WmqEnv, episodes: Sequence[Episode], planner: PlannerConfig,
                         mpc_rounds: int = 2, max_tokens: int = 1024, max_sequences: int = 32, seed: int = 0,
                         **evaluate_kwargs: Any) -> Calibration:
     """Calibration statistics from full-precision planning, the reference protocol: FP planning on the
@@ -332,7 +334,7 @@ def collect_calibration(model: PlanningModel, env: Any, episodes: Sequence[Any],
 # ----- what the model sees and imagines (model level; the study wraps these per setting) ---------------------------
 
 @torch.no_grad()
-def encoder_error(fp_model: Any, model: PlanningModel, env: Any, episodes: Sequence[Any]) -> float:
+def encoder_error(fp_model: WorldModel, model: PlanningModel, env: WmqEnv, episodes: Sequence[Episode]) -> float:
     """Relative squared error of the visual latents of the episodes' start and goal frames, ``model`` vs the FP
     ``fp_model``: sum ||z_q - z_fp||^2 / sum ||z_fp||^2 (0 when the encoder is untouched; ~1 or more when it
     collapsed). Frames are rendered at ``fp_model.config.img_size``."""
@@ -349,7 +351,7 @@ def _images(x: Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def imagine(model: PlanningModel, fp_model: Any, env: Any, episode: Any, planner: PlannerConfig,
+def imagine(model: PlanningModel, fp_model: WorldModel, env: WmqEnv, episode: Episode, planner: PlannerConfig,
             seed: int = 0, objective: ObjectiveConfig = ObjectiveConfig()) -> dict[str, np.ndarray]:
     """What ``model`` sees and imagines for one episode, one frame per model step.
 

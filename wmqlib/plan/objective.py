@@ -32,7 +32,7 @@ Latents = dict[str, Tensor]
 
 @runtime_checkable
 class PlanningModel(Protocol):
-    """The part of ``wmqlib.models.WorldModel`` that planning and evaluation use (a subset of CONTRACTS.md).
+    """The part of ``wmqlib.models.WorldModel`` that planning and evaluation use (the methods listed here).
 
     Anything implementing it can be planned with: the real world model, a fake-quantized copy, or a test oracle.
     """

@@ -1,6 +1,6 @@
 """Which modules are quantized: the ONE place that defines the default quantization points.
 
-Following the reference code (../shared/reference/quantization.md, "What the reference code quantizes"), the
+Following the paper's released code (QuantWM in huawei-noah/noah-research: linear layers only), the
 quantization points are the four linears of every transformer block and their inputs:
 
 =====================  ===========================  ===========================

@@ -1,7 +1,7 @@
 """QuantWM's configuration of each method, as wmq recipes: the "QuantWM reference" rows of the study.
 
-QuantWM is the code released with the paper (huawei-noah/noah-research, ``QuantWM``; facts in
-../shared/reference/quantization.md, read from its code, not run).  ``quantwm_reference(method, w_bits, ...)``
+QuantWM is the code released with the paper (huawei-noah/noah-research, folder ``QuantWM``; its choices were read
+from its code, not run).  ``quantwm_reference(method, w_bits, ...)``
 returns the recipe that reproduces its choices as far as a wmq recipe can express them; wmq's own defaults
 (``RTN(4)``, ``AWQ(4)``, ...) differ where the table below says so.  Use both side by side: the defaults are what
 the method papers and their maintained code do, the reference is what the paper's numbers were produced with.

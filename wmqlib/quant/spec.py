@@ -1,6 +1,6 @@
 """The one quantization primitive: granularity types, ``QuantSpec`` and ``fake_quantize``.
 
-Number formats (see ../shared/reference/quantization.md, "Quantizer math conventions"):
+Number formats (the conventions of torchao and PyTorch's observers; QuantWM's full-range grid is ``full_range``):
 
 - Asymmetric ``b`` bits: the range ``[lo, hi]`` is first widened to contain 0 (so zero is exact, as in torchao
   and PyTorch observers), then ``s = (hi - lo) / (2^b - 1)``, ``z = clamp(round(-lo / s), 0, 2^b - 1)``,
