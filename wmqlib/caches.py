@@ -1,7 +1,7 @@
 """The study's caches as one object: what a run derives from a checkpoint, and what settings share.
 
 ``Caches`` holds, per process: the checkpoint facts a setting implies (folder, env, weights fingerprint: building a
-``wmqlib.study.Setting`` reads no file, a run asks these), the FP models, the last few quantized copies, the
+``wmqlib.setting.Setting`` reads no file, a run asks these), the FP models, the last few quantized copies, the
 calibrations (in memory and as ``<calib_dir>/<key>.safetensors``, written atomically) and the episodes. ``CACHES``
 is the process's instance, which the notebooks' calls share. ``provenance()`` says where results are computed.
 """
@@ -14,7 +14,7 @@ import os
 import platform
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -26,12 +26,11 @@ from wmqlib.models.errors import CheckpointError
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig
 from wmqlib.probe import ProbeFrames, probe_frames
+from wmqlib.setting import Setting
 from wmqlib.quant import Calibration, QuantReport, quantize
 from wmqlib.sweep import canonical, config_key
 from wmqlib.validate import atomic_path
 
-if TYPE_CHECKING:
-    from wmqlib.study import Setting
 
 CALIB_MPC_ROUNDS = 2  # the reference protocol: FP planning for 2 MPC iterations on the calibration seeds
 MODEL_CACHE_SIZE = 4  # quantized copies kept in memory (imagined rollouts re-use the model a table came from)

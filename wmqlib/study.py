@@ -4,13 +4,10 @@
     setting = S.profile.setting("mini-wall", recipe=S.profile.recipe("RTN", 4, "per-group", 32), scope="predictor")
     table = run_study([setting, ...], S.results)                  # = sweep(settings, run_setting, ...)
 
-A ``Setting`` names everything a number depends on: the checkpoint, the quantization recipe and its scope, the
-planner, MPC, the evaluation episodes (``n_evals`` episodes of the "eval" split, ``seed``, ``goal_H``), whether to
-trace every planner iteration, the calibration set and the device. Building one reads no file: what the
-checkpoint implies (its environment and a fingerprint of its weights, so a retrained model never reuses stale
-cached rows) is derived when a run needs it, by the study's ``wmqlib.caches.Caches``, which also hold the loaded
-models, their quantized copies, the calibrations (in memory and on disk under ``data/results/calibration/``) and the
-episodes.
+A ``Setting`` (``wmqlib.setting``) names everything a number depends on; building one reads no file. What its
+checkpoint implies (the environment and a fingerprint of the weights, so a retrained model never reuses stale cached
+rows) is derived when a run needs it by ``wmqlib.caches.Caches``, which also hold the loaded models, their quantized
+copies, the calibrations (in memory and on disk under ``data/results/calibration/``) and the episodes.
 ``run_setting`` quantizes with ``wmqlib.quant.quantize`` (calibrating first when the recipe needs it: FP CEM
 planning on ``n_calib`` "calib"-split episodes for 2 MPC rounds, the reference protocol), evaluates on the eval
 episodes and adds the report's effective bits. Planner randomness: episode e's generator is seeded with the
@@ -46,8 +43,8 @@ import torch
 
 from wmqlib import evaluate as ev
 from wmqlib.caches import CACHES, Caches, provenance
+from wmqlib.setting import Setting
 from wmqlib.envs import env_class
-from wmqlib.models import resolve_device
 from wmqlib.models.errors import CheckpointError
 from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.paths import RESULTS_DIR
@@ -57,7 +54,6 @@ from wmqlib.quant import Recipe, is_quantwm_reference, recipe_from_names, recipe
 from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
-SCOPES = ("all", "encoder", "predictor")
 UNITS = ("planner_seed", "episode_seed")  # one paired unit: an episode planned with one planner seed
 PLANNERS = ("CEM", "CEM-protocol", "GD")
 
@@ -73,72 +69,6 @@ def default_group_size(checkpoint: str | os.PathLike) -> int:
     """``group_size_for`` the checkpoint's encoder width (32 for the shipped mini models, 128 for DINO-WM)."""
     folder = CACHES.checkpoint(checkpoint)[0]
     return group_size_for(int(read_checkpoint_config(folder)["config"]["encoder_dim"]))
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One point of the study; frozen, validated, and (with what its checkpoint implies) the cache key of its results.
-
-    checkpoint: shipped model name ("mini-wall", "mini-pusht") or a wmq checkpoint folder.
-    recipe: a ``wmqlib.quant`` recipe, or None for the full-precision model.
-    scope: "all" | "encoder" | "predictor": which quantization points get the recipe (FP needs "all").
-    planner: CEMConfig or GDConfig. mpc: MPCConfig, or None for open-loop (plan once, execute the whole plan).
-    n_evals: evaluation episodes ("eval" split); seed: episode seed (DINO-WM: 99, >= 2); goal_H: goal horizon in
-        model steps. trace: one row per (episode, planner iteration) of the first planning round.
-    n_calib: calibration episodes ("calib" split, same seed); calib_planner: the FP CEM planner of the calibration
-        run (None: ``planner`` if it is a CEMConfig, else CEM with the env's protocol budget).
-    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; stored resolved, so CPU and GPU results
-        never share a cache entry.
-    planner_seed: the planner's noise (``wmqlib.evaluate.evaluate``'s ``seed``): same episodes, other draws; several
-        seeds of one setting measure how much success moves with CEM's sampling and float noise.
-    objective: the planning objective (None: DINO-WM's, visual + proprio latent MSE of the last frame);
-        ``ObjectiveConfig(alpha=0)`` plans on the visual latent only, ``ObjectiveConfig(visual_weight=0)`` on proprio.
-    planner_seed 0 and objective None are left out of the cache key, so results computed before these fields
-    existed keep their keys.
-    """
-
-    checkpoint: str
-    recipe: Recipe | None = None
-    scope: str = "all"
-    planner: CEMConfig | GDConfig = CEMConfig(opt_steps=10)
-    mpc: MPCConfig | None = None
-    n_evals: int = 50
-    seed: int = 99
-    goal_H: int = 5
-    trace: bool = False
-    n_calib: int = 10
-    calib_planner: CEMConfig | None = None
-    device: str = "auto"
-    planner_seed: int = 0
-    objective: ObjectiveConfig | None = None
-
-    def __post_init__(self) -> None:
-        check_type("Setting.checkpoint", self.checkpoint, (str, os.PathLike), "a shipped model name or a path")
-        object.__setattr__(self, "checkpoint", str(self.checkpoint))
-        if self.recipe is not None:
-            check_type("Setting.recipe", self.recipe, Recipe,
-                       f"a wmqlib.quant recipe ({', '.join(sorted(recipe_types()))}) or None")
-        check_choice("Setting.scope", self.scope, SCOPES)
-        if self.recipe is None and self.scope != "all":
-            raise ValueError(f"Setting.scope must be 'all' for the full-precision model (recipe=None), got "
-                             f"{self.scope!r}")
-        check_type("Setting.planner", self.planner, (CEMConfig, GDConfig), "a CEMConfig or GDConfig")
-        if self.mpc is not None:
-            check_type("Setting.mpc", self.mpc, MPCConfig, "an MPCConfig or None")
-        check_int("Setting.n_evals", self.n_evals, 1)
-        check_int("Setting.seed", self.seed, 2)
-        check_int("Setting.goal_H", self.goal_H, 1)
-        check_int("Setting.n_calib", self.n_calib, 1)
-        check_bool("Setting.trace", self.trace)
-        if self.calib_planner is None and isinstance(self.planner, CEMConfig):
-            object.__setattr__(self, "calib_planner", self.planner)
-        if self.calib_planner is not None:
-            check_type("Setting.calib_planner", self.calib_planner, CEMConfig, "a CEMConfig or None")
-        check_type("Setting.device", self.device, str, "a string ('auto', 'cpu', 'cuda', 'cuda:N')")
-        object.__setattr__(self, "device", str(resolve_device(self.device)))
-        check_int("Setting.planner_seed", self.planner_seed, 0)
-        if self.objective is not None:
-            check_type("Setting.objective", self.objective, ObjectiveConfig, "an ObjectiveConfig or None")
 
 
 # ----- running settings -------------------------------------------------------------------------------------------
