@@ -1,14 +1,11 @@
 """Reading torch pickle files without running code from them, in bounded time and memory.
 
 DINO-WM checkpoints are ``torch.save`` dumps of whole pickled modules, so a plain ``torch.load`` imports the
-original source tree and runs whatever the pickle names. ``load_pickled_checkpoint`` instead
-
-1. checks the container first: only torch's zip format (torch >= 1.6) is read; the legacy formats (a bare pickle
+original source tree and runs whatever the pickle names. ``load_pickled_checkpoint`` instead 1. checks the container first: only torch's zip format (torch >= 1.6) is read; the legacy formats (a bare pickle
    stream, or the tar archive of torch < 0.4) are refused before any byte is unpickled, and so is a zip whose
    members are compressed, symbolic links, outside one top folder or larger than the file;
 2. unpickles through ``RestrictedUnpickler``: every global the file names is resolved BY NAME against an
    allowlist, before anything is imported (a refused name never triggers an import):
-
    - the released model classes, torch.nn layers, optimizers, grad scalers and accelerate state become inert
      ``PickledObject`` stand-ins that only record their pickled state (no constructor, no library code runs);
    - torch's tensor-rebuild functions, ``torch.device``/``torch.Size``/dtypes, ``OrderedDict``/``defaultdict``
@@ -17,16 +14,15 @@ original source tree and runs whatever the pickle names. ``load_pickled_checkpoi
    - ``builtins.getattr`` applied to a pickled module for ``forward`` / ``_original_forward`` (how a run
      trained through accelerate with mixed precision pickles its patched forwards) gives an inert
      ``PickledMethod``; any other use of ``getattr`` is refused;
-
    and any other global raises ``UnsafeCheckpointError`` naming it before it can be called;
 3. checks what came out: nesting at most ``MAX_DEPTH`` levels, no function left as data (what a BUILD trick on an
    allowlisted function leaves; the torch functions handed out are per-file wrappers, so such a trick never
    changes them), and no tensor that views more elements than its storage holds (an expanded view a later copy
    would blow up).
 
-Whatever else goes wrong (truncation, malformed persistent ids, exhausted memory, ...) ends in a
-``CheckpointError`` naming the file. Tensors saved on CUDA are mapped to the requested device.
-``module_state_dict`` then reads a state_dict out of a stand-in module tree, iteratively and with the same bounds.
+Whatever else goes wrong (truncation, malformed persistent ids, exhausted memory, ...) ends in a ``CheckpointError``
+naming the file. Tensors saved on CUDA are mapped to the requested device. ``module_state_dict`` then reads a
+state_dict out of a stand-in module tree, iteratively and with the same bounds.
 """
 
 from __future__ import annotations
