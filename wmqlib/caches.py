@@ -24,7 +24,7 @@ from wmqlib.models import WorldModel, load_world_model, resolve_checkpoint
 from wmqlib.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
 from wmqlib.models.errors import CheckpointError
 from wmqlib.paths import RESULTS_DIR
-from wmqlib.plan import CEMConfig
+from wmqlib.plan import CEMConfig, MPCConfig
 from wmqlib.probe import ProbeFrames, probe_frames
 from wmqlib.setting import Setting
 from wmqlib.quant import Calibration, QuantReport, quantize
@@ -126,7 +126,8 @@ class Caches:
         identity = self.identity(setting)
         return {"model_sha": identity["model_sha"], "env": identity["env"], "n_calib": setting.n_calib,
                 "seed": setting.seed, "goal_H": setting.goal_H, "planner": self.calib_planner(setting),
-                "mpc_rounds": CALIB_MPC_ROUNDS, "device": setting.device}
+                "mpc_rounds": CALIB_MPC_ROUNDS, "mpc": MPCConfig(max_rounds=CALIB_MPC_ROUNDS),
+                "device": setting.device}  # the MPCConfig keys the round semantics (replay from the start)
 
     def calibration(self, setting: Setting, recompute: bool = False) -> Calibration:
         """FP-planning calibration of ``setting``'s model, cached in memory and on disk (written atomically).
