@@ -183,7 +183,7 @@ def _hydra_float(hydra: dict[str, Any], dotted: str, source: str | Path, default
     except InvalidValue as error:
         raise CheckpointError(f"{source}: {error}") from None
     if value >= 1.0:
-        raise CheckpointError(f"{source}: {dotted} must be a finite number >= 0 and < 1, got {value}")
+        raise CheckpointError(f"{source}: {dotted} must be a number in [0, 1), got {value}")
     return value
 
 
