@@ -79,3 +79,25 @@ def test_episodes_are_read_only_and_compare_by_value():
     assert copy == episode and hash(copy) == hash(episode)
     moved = Episode(episode.start_state + 1, episode.goal_state, episode.seed, episode.env)
     assert moved != episode
+
+
+def test_the_scripted_sampler_is_wmqs_first_one():
+    from wmqlib.envs.base import EPISODE_STREAM
+    from wmqlib.envs.policies import pusht_trajectory
+
+    episode = sample_episodes("pusht", 2, seed=99, sampler="scripted")[1]
+    rng = np.random.default_rng([EPISODE_STREAM, 100])
+    states, actions = pusht_trajectory(rng, 50)
+    offset = int(rng.integers(0, 26))
+    np.testing.assert_array_equal(episode.start_state, states[offset])
+    np.testing.assert_array_equal(episode.actions, actions[offset:offset + 25])
+
+
+def test_demo_windows_ask_for_less_block_travel_than_scripted_ones():
+    def travel(sampler):
+        episodes = sample_episodes("pusht", 10, seed=99, sampler=sampler)
+        return np.median([np.hypot(*(e.goal_state[2:4] - e.start_state[2:4])) for e in episodes])
+
+    assert travel("demo") < 0.5 * travel("scripted")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sample_episodes("wall", 1, sampler="demo")
