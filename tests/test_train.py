@@ -63,13 +63,12 @@ def test_the_architecture_is_one_nested_world_model_config():
 
     cfg = PRESETS["mini-pusht-v2"]
     assert cfg.model.proprio_dim == env_class("pusht").proprio_dim == 4 and cfg.env == "pusht"
-    assert cfg.model.num_hist == env_class("pusht").num_hist == 3
     assert PRESETS["mini-wall"].model.proprio_dim == 2 and cfg.model_config() is cfg.model
     with pytest.raises(ValueError, match="encoder_dim"):  # the architecture's own validation still applies
         dataclasses.replace(cfg, model=cfg.model.replace(encoder_heads=3))
     # num_hist 3 needs windows of 4 frames 5 env steps apart
     with pytest.raises(ValueError, match=r"traj_len \(15\) must be >= .* = 20"):
-        dataclasses.replace(cfg, traj_len=15)
+        dataclasses.replace(cfg, traj_len=15, model=cfg.model.replace(num_hist=env_class("pusht").num_hist))
 
 
 def test_cli_rejects_contradicting_env_and_preset(capsys):
@@ -140,3 +139,16 @@ def test_rollout_finetune_stage_trains_only_the_predictor_side(tiny_run, tmp_pat
 def test_rollout_steps_and_finetune_steps_go_together():
     with pytest.raises(ValueError, match="rollout_steps and finetune_steps"):
         dataclasses.replace(PRESETS["tiny"], rollout_steps=1)
+
+
+def test_foreground_and_state_losses_shape_only_the_encoder_stage(tiny_run, tmp_path):
+    root, model = tiny_run
+    cfg = dataclasses.replace(PRESETS["tiny"], foreground_weight=5.0, state_weight=1.0)
+    shaped = train(cfg, tmp_path / "shaped", progress=False, evaluate_fp=False, data_dir=root / "data")
+    assert set(shaped.state_dict()) == set(model.state_dict())  # the state read-out is not saved
+    changed = [n for n, p in shaped.state_dict().items() if n.startswith("encoder.")
+               and not torch.equal(p, model.state_dict()[n])]
+    assert changed  # a different encoder objective gives a different encoder
+    again = train(cfg, tmp_path / "again", progress=False, evaluate_fp=False, data_dir=root / "data")
+    for (name, a), (_, b) in zip(shaped.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name

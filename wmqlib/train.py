@@ -68,6 +68,9 @@ class TrainConfig:
         peak learning rates encoder_lr / predictor_lr (cosine decay, 5% warm-up), weight_decay;
         foreground_weight: 0 = plain pixel MSE for the autoencoder; w > 0 weights pixels that differ from the
         data's background (the per-pixel median frame) 1 + w times, so small moving objects count;
+        state_weight: 0 = reconstruction alone; w > 0 adds w times the MSE of a linear read-out (trained with the
+        encoder, then discarded) from the flattened visual tokens to the z-scored ``state_features`` of the env
+        (the parts of the state that decide success), so the latent carries the state linearly;
         rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss to a
         second predictor stage of finetune_steps steps at peak rate finetune_lr (drawn from a generator seeded
         seed + 1, so the first stage's result does not depend on it).
@@ -84,6 +87,7 @@ class TrainConfig:
     encoder_batch: int = 64
     encoder_lr: float = 1e-3
     foreground_weight: float = 0.0
+    state_weight: float = 0.0
     predictor_steps: int = 6000
     predictor_batch: int = 128
     predictor_lr: float = 1e-3
@@ -146,10 +150,11 @@ PRESETS: dict[str, TrainConfig] = {
     # the first shipped PushT model: the exploratory pusher's data, num_hist 1, teacher forcing only
     "mini-pusht": TrainConfig(model=small_model("pusht"), n_traj=600, traj_len=50, data_policy="pusher",
                               eval_opt_steps=30),
-    "mini-pusht-v2": TrainConfig(model=small_model("pusht", num_hist=3), n_traj=300, traj_len=100,
-                                 data_policy="mixed", encoder_steps=3000, foreground_weight=20.0,
-                                 predictor_steps=3000, predictor_batch=64, rollout_steps=3, finetune_steps=800,
-                                 finetune_lr=3e-4, eval_opt_steps=30),
+    # demonstrations mixed with the pusher, an encoder objective that weights the moving objects and reads the state
+    # out linearly, and the rollout fine-tune; num_hist stays 1 (PushT has no momentum: frame + proprio is the state)
+    "mini-pusht-v2": TrainConfig(model=small_model("pusht"), n_traj=300, traj_len=100, data_policy="mixed",
+                                 encoder_steps=3000, foreground_weight=20.0, state_weight=1.0, predictor_steps=5000,
+                                 rollout_steps=3, finetune_steps=1000, eval_opt_steps=30),
     # seconds-long end-to-end smoke recipe for tests
     "tiny": TrainConfig(model=small_model("wall", img_size=32, patch_size=8, grid_size=4, encoder_dim=16,
                                           encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32, predictor_depth=1,
@@ -218,23 +223,40 @@ def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, 
     """Train encoder + decoder as an autoencoder on single frames; returns per-step losses.
 
     The loss is the pixel MSE of ``decode(encode(x))``, weighted by :func:`foreground_weights` when
-    ``cfg.foreground_weight > 0`` (normalised by the batch's mean weight, so it stays an MSE in scale).
+    ``cfg.foreground_weight > 0`` (normalised by the batch's mean weight, so it stays an MSE in scale), plus
+    ``cfg.state_weight`` times the MSE of a linear state read-out from the tokens when that is > 0 (the read-out is
+    built from a generator seeded ``cfg.seed + 2`` and is not part of the saved model).
     """
     frames = torch.from_numpy(data.frames.reshape(-1, *data.frames.shape[2:])).to(model.device)  # (N*(T+1), H, W, 3)
     proprio = torch.zeros(cfg.encoder_batch, 1, model.config.proprio_dim, device=model.device)
     background = torch.from_numpy(background_frame(data.frames.reshape(-1, *data.frames.shape[2:]), cfg.seed))
     background = background.to(model.device)
+    features = env_class(cfg.env).state_features(data.states.reshape(-1, data.states.shape[-1]))  # (N*(T+1), F)
+    features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-6)
+    targets = torch.from_numpy(features.astype(np.float32)).to(model.device)
+    c = model.config
+    readout = torch.nn.Linear(c.num_patches * c.encoder_dim, targets.shape[1]).to(model.device)
+    with torch.no_grad():  # seeded here, so the global torch generator is left alone
+        init = torch.Generator().manual_seed(cfg.seed + 2)
+        readout.weight.copy_(torch.randn(readout.weight.shape, generator=init) / math.sqrt(readout.in_features))
+        readout.bias.zero_()
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
         x = _frames_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
-        tokens = model.encode_obs(x, proprio)["visual"]
-        if not cfg.foreground_weight:
-            return F.mse_loss(model.decode(tokens), x)
-        w = foreground_weights(frames[idx], background, cfg.foreground_weight)  # (B, 1, 1, H, W)
-        return (w * (model.decode(tokens) - x) ** 2).mean() / w.mean()
+        tokens = model.encode_obs(x, proprio)["visual"]  # (B, 1, P, Dv)
+        if cfg.foreground_weight:
+            w = foreground_weights(frames[idx], background, cfg.foreground_weight)  # (B, 1, 1, H, W)
+            loss = (w * (model.decode(tokens) - x) ** 2).mean() / w.mean()
+        else:
+            loss = F.mse_loss(model.decode(tokens), x)
+        if cfg.state_weight:
+            loss = loss + cfg.state_weight * F.mse_loss(readout(tokens.flatten(1)), targets[idx])
+        return loss
 
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    if cfg.state_weight:
+        params += list(readout.parameters())
     return _fit(params, loss_fn, cfg.encoder_steps, cfg.encoder_lr, cfg.weight_decay, gen, "encoder (autoencoder)",
                 progress)
 

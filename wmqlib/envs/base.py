@@ -167,6 +167,12 @@ class WmqEnv(gym.Env, abc.ABC):
         """Training trajectories of data policy ``policy``: states float64 (n_traj, traj_len + 1, S) and raw
         actions float64 (n_traj, traj_len, 2); the same arguments give the same arrays."""
 
+    @classmethod
+    @abc.abstractmethod
+    def state_features(cls, states: np.ndarray) -> np.ndarray:
+        """The parts of states (..., S) that decide success, as features a regression can fit: (..., F) float64
+        (angles as sin / cos)."""
+
     def data_summary(self, states: np.ndarray) -> dict[str, float]:
         """Facts about training states (N, T+1, S) worth recording in a dataset's meta (default: none)."""
         return {}

@@ -204,6 +204,12 @@ class PushT(WmqEnv):
         return states[offset], goal, segment
 
     @classmethod
+    def state_features(cls, states: np.ndarray) -> np.ndarray:
+        """Agent x, y, block x, y, sin and cos of the block angle: (..., 6)."""
+        states = np.asarray(states, dtype=np.float64)
+        return np.concatenate([states[..., :4], np.sin(states[..., 4:5]), np.cos(states[..., 4:5])], axis=-1)
+
+    @classmethod
     def collect_trajectories(cls, n_traj: int, traj_len: int, seed: int, policy: str = "mixed",
                              progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Trajectory i from its own generator (seed, i): ``"pusher"`` the exploratory pusher

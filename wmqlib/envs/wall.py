@@ -267,6 +267,11 @@ class Wall(WmqEnv):
         start, actions = wall_walks(np.random.default_rng([DATA_STREAM, seed]), n_traj, traj_len, sim.layout)
         return sim.rollout_states(start, actions), actions
 
+    @classmethod
+    def state_features(cls, states: np.ndarray) -> np.ndarray:
+        """The dot position x, y: (..., 2)."""
+        return np.asarray(states, dtype=np.float64)[..., :2].copy()
+
     def data_summary(self, states: np.ndarray) -> dict[str, float]:
         """The fraction of trajectories that change side of the wall."""
         return {"crossed_fraction": float(self.crossed(states).mean())}
