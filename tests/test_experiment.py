@@ -111,7 +111,7 @@ def test_profile_setting_sizes_everything(tiny):
 
 
 def test_default_group_size_reads_the_encoder_width(tiny):
-    assert ex.default_group_size(tiny) == ex.group_size_for(PRESETS["tiny"].encoder_dim) == 8
+    assert ex.default_group_size(tiny) == ex.group_size_for(PRESETS["tiny"].model.encoder_dim) == 8
 
 
 # ----- Setting -----

@@ -416,7 +416,8 @@ def fp_planning_summary(model: WorldModel, cfg: TrainConfig, progress: bool = Tr
 
     t0 = time.perf_counter()
     planner = CEMConfig(opt_steps=cfg.eval_opt_steps)
-    episodes = sample_episodes(cfg.env, cfg.eval_episodes, seed=99, split="eval", goal_H=5, frameskip=cfg.model.frameskip)
+    episodes = sample_episodes(cfg.env, cfg.eval_episodes, seed=99, split="eval", goal_H=5,
+                               frameskip=cfg.model.frameskip)
     table = evaluate(model, make_env(cfg.env, render_size=cfg.img_size), planner, episodes)
     k, n = int(table["success"].sum()), len(table)
     low, high = wilson_interval(k, n)
