@@ -41,7 +41,7 @@ def test_setting_reads_no_file_and_the_caches_derive_env_and_fingerprint(tiny, c
     assert identity["env"] == "wall" and len(identity["model_sha"]) == 16
     assert s.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert s.calib_planner == s.planner  # a CEM planner calibrates with itself
-    assert caches.calib_planner(st.Setting(tiny, planner=GDConfig())) == CEMConfig(opt_steps=Wall.protocol_opt_steps)
+    assert caches.calib_planner(st.Setting(tiny, planner=GDConfig())) == CEMConfig(opt_steps=Wall.plan_opt_steps)
     assert config_key(caches.identity(st.Setting(tiny))) == config_key(identity)
     assert caches.identity(dataclasses.replace(s, n_evals=7))["model_sha"] == identity["model_sha"]
 

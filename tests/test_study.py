@@ -81,12 +81,12 @@ def test_profile_setting_sizes_everything(tiny):
     with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
         p.setting(tiny, planner="GD", long=True)
     protocol = p.setting(tiny, device="cpu", planner="CEM-protocol")
-    assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=Wall.protocol_opt_steps)
+    assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=Wall.plan_opt_steps)
     assert protocol.trace and protocol.calib_planner == short.calib_planner
 
 
 def test_default_group_size_reads_the_encoder_width(tiny):
-    assert st.default_group_size(tiny) == st.group_size_for(PRESETS["tiny"].encoder_dim) == 8
+    assert st.default_group_size(tiny) == st.group_size_for(PRESETS["tiny"].model.encoder_dim) == 8
 
 
 # ----- Setting -----
@@ -240,3 +240,22 @@ def test_per_episode_reads_each_traced_setting_at_its_budget():
     assert list(out["success"]) == [False, True, True, True, True, False]
     last = st.per_episode(table)
     assert list(last["opt_steps"]) == [3, 3, 2, 2, 7, 7] and list(last["success"][:2]) == [True, True]
+
+
+def test_setup_resolves_samplers_and_settings_carry_them(tiny, capsys):
+    S = st.setup("smoke", [tiny], device="cpu")
+    assert S.samplers == {"wall": "random_state"} and "episodes: {'wall': 'random_state'}" in capsys.readouterr().out
+    assert S.setting(tiny).sampler == "random_state"
+    with pytest.raises(ValueError, match=r"samplers names envs \['pusht'\]"):
+        st.setup("smoke", [tiny], samplers={"pusht": "demo"})
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        st.setup("smoke", [tiny], samplers={"wall": "demo"})
+
+
+def test_sampler_is_keyed_unless_it_is_the_unkeyed_one(tiny, caches):
+    base = setting(tiny)
+    assert "sampler" not in caches.identity(base)  # Wall's only sampler: results from before keep their keys
+    assert config_key(caches.identity(dataclasses.replace(base, sampler="random_state"))) == \
+        config_key(caches.identity(base))
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        caches.identity(dataclasses.replace(base, sampler="demo"))

@@ -23,7 +23,8 @@ def test_tiny_pipeline_writes_a_loadable_checkpoint_with_a_model_card(tiny_run):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     card = json.loads((root / "tiny" / "card.json").read_text())
-    assert card["recipe"]["env"] == "wall"
+    assert card["recipe"]["model"]["env"] == "wall" and card["recipe"]["model"] == PRESETS["tiny"].model.to_dict()
+    assert TrainConfig.from_dict(card["recipe"]) == PRESETS["tiny"]
     fp = card["fp_planning"]
     assert fp["episodes"] == 2 and 0 <= fp["successes"] <= 2
     assert fp["ci95"][0] <= fp["success_rate"] <= fp["ci95"][1]
@@ -46,15 +47,28 @@ def test_the_normalisation_statistics_come_from_the_dataset(tiny_run):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("env", "maze", "env must be one of"),
-    ("n_traj", -1, "n_traj must be a non-negative int"),
-    ("encoder_lr", float("nan"), "encoder_lr must be a finite float"),
+    ("n_traj", -1, "TrainConfig.n_traj must be an int >= 0"),
+    ("encoder_lr", float("nan"), "TrainConfig.encoder_lr must be"),
     ("traj_len", 5, r"traj_len \(5\) must be >= .* = 10"),
-    ("encoder_heads", 3, "encoder_dim"),
+    ("data_policy", "demo", "data policy must be one of .*'walks'"),
+    ("model", {"env": "wall"}, "TrainConfig.model must be a WorldModelConfig"),
 ])
 def test_invalid_recipes_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(PRESETS["tiny"], **{field: value})
+
+
+def test_the_architecture_is_one_nested_world_model_config():
+    from wmqlib.envs.base import env_class
+
+    cfg = PRESETS["mini-pusht-v2"]
+    assert cfg.model.proprio_dim == env_class("pusht").proprio_dim == 4 and cfg.env == "pusht"
+    assert PRESETS["mini-wall"].model.proprio_dim == 2 and cfg.model_config() is cfg.model
+    with pytest.raises(ValueError, match="encoder_dim"):  # the architecture's own validation still applies
+        dataclasses.replace(cfg, model=cfg.model.replace(encoder_heads=3))
+    # num_hist 3 needs windows of 4 frames 5 env steps apart
+    with pytest.raises(ValueError, match=r"traj_len \(15\) must be >= .* = 20"):
+        dataclasses.replace(cfg, traj_len=15, model=cfg.model.replace(num_hist=env_class("pusht").num_hist))
 
 
 def test_cli_rejects_contradicting_env_and_preset(capsys):
@@ -66,12 +80,18 @@ def test_cli_rejects_contradicting_env_and_preset(capsys):
 def test_cli_overrides_are_typed_and_checked(capsys):
     from wmqlib.train import parse_overrides
 
-    assert parse_overrides(["predictor_steps=9", "encoder_lr=5e-4", "env=pusht"]) == {
-        "predictor_steps": 9, "encoder_lr": 5e-4, "env": "pusht"}
+    from wmqlib.train import apply_overrides
+
+    parsed = parse_overrides(["predictor_steps=9", "encoder_lr=5e-4", "model.encoder_dim=32", "data_policy=walks"])
+    assert parsed == {"predictor_steps": 9, "encoder_lr": 5e-4, "data_policy": "walks", "model": {"encoder_dim": 32}}
+    cfg = apply_overrides(PRESETS["tiny"], parsed)
+    assert cfg.model.encoder_dim == 32 and cfg.predictor_steps == 9 and cfg.model.img_size == 32
     with pytest.raises(ValueError, match="FIELD one of"):
         parse_overrides(["no_such_field=1"])
+    with pytest.raises(ValueError, match="FIELD one of"):
+        parse_overrides(["encoder_dim=32"])  # architecture fields live under model.
     with pytest.raises(ValueError, match="needs a int"):
-        parse_overrides(["predictor_steps=many"])
+        parse_overrides(["model.num_hist=many"])
 
 
 def test_the_model_card_says_how_to_regenerate_the_model():
@@ -80,9 +100,26 @@ def test_the_model_card_says_how_to_regenerate_the_model():
     from wmqlib.train import regenerate_command
 
     assert regenerate_command(PRESETS["mini-wall"], Path("out")) == "python -m wmqlib.train --preset mini-wall --out out"
-    changed = dataclasses.replace(PRESETS["mini-wall"], predictor_steps=7, seed=3)
+    base = PRESETS["mini-wall"]
+    changed = dataclasses.replace(base, predictor_steps=7, seed=3, model=base.model.replace(num_hist=2))
     assert regenerate_command(changed, Path("o")) == (
-        "python -m wmqlib.train --preset mini-wall --set seed=3 --set predictor_steps=7 --out o")
+        "python -m wmqlib.train --preset mini-wall --set seed=3 --set predictor_steps=7 --set model.num_hist=2 "
+        "--out o")
+
+
+def test_foreground_weights_single_out_what_moves():
+    import numpy as np
+
+    from wmqlib.train import background_frame, foreground_weights
+
+    frames = np.full((9, 4, 4, 3), 255, np.uint8)
+    frames[:, 0, 0] = 0  # drawn in every frame: background
+    for k in range(9):
+        frames[k, 1 + k % 3, 2] = (0, 0, 255)  # a moving blue dot
+    bg = background_frame(frames)
+    assert bg[0, 0].tolist() == [0, 0, 0] and bg[2, 2].tolist() == [255, 255, 255]
+    w = foreground_weights(torch.from_numpy(frames[:1]), torch.from_numpy(bg), 4.0)
+    assert w.shape == (1, 1, 1, 4, 4) and w[0, 0, 0, 1, 2] == 5.0 and w.sum() == 16 + 4.0
 
 
 def test_rollout_finetune_stage_trains_only_the_predictor_side(tiny_run, tmp_path):
@@ -102,3 +139,16 @@ def test_rollout_finetune_stage_trains_only_the_predictor_side(tiny_run, tmp_pat
 def test_rollout_steps_and_finetune_steps_go_together():
     with pytest.raises(ValueError, match="rollout_steps and finetune_steps"):
         dataclasses.replace(PRESETS["tiny"], rollout_steps=1)
+
+
+def test_foreground_and_state_losses_shape_only_the_encoder_stage(tiny_run, tmp_path):
+    root, model = tiny_run
+    cfg = dataclasses.replace(PRESETS["tiny"], foreground_weight=5.0, state_weight=1.0)
+    shaped = train(cfg, tmp_path / "shaped", progress=False, evaluate_fp=False, data_dir=root / "data")
+    assert set(shaped.state_dict()) == set(model.state_dict())  # the state read-out is not saved
+    changed = [n for n, p in shaped.state_dict().items() if n.startswith("encoder.")
+               and not torch.equal(p, model.state_dict()[n])]
+    assert changed  # a different encoder objective gives a different encoder
+    again = train(cfg, tmp_path / "again", progress=False, evaluate_fp=False, data_dir=root / "data")
+    for (name, a), (_, b) in zip(shaped.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name

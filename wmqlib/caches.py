@@ -82,8 +82,10 @@ class Caches:
         """What identifies the setting's results: its fields (``calib_planner`` resolved) plus ``env`` and
         ``model_sha`` (the weights fingerprint). Its ``config_key`` names the cached result file."""
         _, env, sha = self.checkpoint(setting.checkpoint)
-        resolved = canonical(dataclasses.replace(setting, calib_planner=self.calib_planner(setting)))
-        for name, unset in (("planner_seed", 0), ("objective", None)):  # keys of results from before the field
+        resolved = canonical(dataclasses.replace(setting, calib_planner=self.calib_planner(setting),
+                                                 sampler=self.sampler(setting)))
+        unkeyed = (("planner_seed", 0), ("objective", None), ("sampler", env_class(env).unkeyed_sampler))
+        for name, unset in unkeyed:  # keys of results from before the field
             if resolved[name] == unset:
                 del resolved[name]
         return {**resolved, "env": env, "model_sha": sha}
@@ -91,7 +93,12 @@ class Caches:
     def calib_planner(self, setting: Setting) -> CEMConfig:
         """The FP CEM planner of the setting's calibration run: its own, else CEM with the env's protocol budget."""
         return setting.calib_planner or CEMConfig(horizon=setting.planner.horizon,
-                                                  opt_steps=env_class(self.env_name(setting)).protocol_opt_steps)
+                                                  opt_steps=env_class(self.env_name(setting)).plan_opt_steps)
+
+    def sampler(self, setting: Setting) -> str:
+        """The setting's episode sampler resolved against its env (None = the env's default); ValueError naming the
+        env's samplers for an unknown one."""
+        return env_class(self.env_name(setting)).check_sampler(setting.sampler)
 
     def model(self, setting: Setting) -> WorldModel:
         """The full-precision model of ``setting`` in eval mode on its device (loaded once per weights and device)."""
@@ -108,10 +115,11 @@ class Caches:
         """The setting's episodes of ``split`` ("eval": n_evals, "calib": n_calib), drawn once per process."""
         n = setting.n_evals if split == "eval" else setting.n_calib
         env = self.env_name(setting)
-        key = (env, n, setting.seed, split, setting.goal_H, self.model(setting).config.frameskip)
+        frameskip, sampler = self.model(setting).config.frameskip, self.sampler(setting)
+        key = (env, n, setting.seed, split, setting.goal_H, frameskip, sampler)
         if key not in self._episodes:
             self._episodes[key] = tuple(sample_episodes(env, n, seed=setting.seed, split=split,
-                                                        goal_H=setting.goal_H, frameskip=key[-1]))
+                                                        goal_H=setting.goal_H, frameskip=frameskip, sampler=sampler))
         return list(self._episodes[key])
 
     def probe_frames(self, setting: Setting, n_traj: int, seed: int, traj_len: int = 20) -> ProbeFrames:
@@ -125,6 +133,7 @@ class Caches:
     def _calibration_fields(self, setting: Setting) -> dict[str, Any]:
         identity = self.identity(setting)
         return {"model_sha": identity["model_sha"], "env": identity["env"], "n_calib": setting.n_calib,
+                "sampler": self.sampler(setting),
                 "seed": setting.seed, "goal_H": setting.goal_H, "planner": self.calib_planner(setting),
                 "mpc_rounds": CALIB_MPC_ROUNDS, "mpc": MPCConfig(max_rounds=CALIB_MPC_ROUNDS),
                 "device": setting.device}  # the MPCConfig keys the round semantics (replay from the start)

@@ -35,8 +35,11 @@ class Setting:
         seeds of one setting measure how much success moves with CEM's sampling and float noise.
     objective: the planning objective (None: DINO-WM's, visual + proprio latent MSE of the last frame);
         ``ObjectiveConfig(alpha=0)`` plans on the visual latent only, ``ObjectiveConfig(visual_weight=0)`` on proprio.
-    planner_seed 0 and objective None are left out of the cache key, so results computed before these fields
-    existed keep their keys.
+    sampler: how the evaluation and calibration episodes are drawn, one of the env class's ``episode_samplers``
+        (None: its ``default_sampler``; PushT: "demo" windows of held-out demonstrations as DINO-WM's goals,
+        "scripted" the exploratory pusher's).
+    planner_seed 0, objective None and the env's ``unkeyed_sampler`` are left out of the cache key, so results
+    computed before these fields existed keep their keys.
     """
 
     checkpoint: str
@@ -53,6 +56,7 @@ class Setting:
     device: str = "auto"
     planner_seed: int = 0
     objective: ObjectiveConfig | None = None
+    sampler: str | None = None
 
     def __post_init__(self) -> None:
         check_type("Setting.checkpoint", self.checkpoint, (str, os.PathLike), "a shipped model name or a path")
@@ -81,3 +85,5 @@ class Setting:
         check_int("Setting.planner_seed", self.planner_seed, 0)
         if self.objective is not None:
             check_type("Setting.objective", self.objective, ObjectiveConfig, "an ObjectiveConfig or None")
+        if self.sampler is not None:
+            check_type("Setting.sampler", self.sampler, str, "an episode sampler's name or None")

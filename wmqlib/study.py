@@ -316,7 +316,7 @@ class Profile:
 
     def steps(self, env: str) -> int:
         """CEM iterations of an untraced setting in ``env``."""
-        return env_class(env).protocol_opt_steps if self.opt_steps is None else self.opt_steps
+        return env_class(env).plan_opt_steps if self.opt_steps is None else self.opt_steps
 
     def cem(self, env: str, trace: bool = False) -> CEMConfig:
         """The CEM planner: ``trace_steps`` iterations when traced, else ``steps(env)``."""
@@ -331,7 +331,7 @@ class Profile:
 
     def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
-                planner_seed: int = 0, objective: ObjectiveConfig | None = None,
+                planner_seed: int = 0, objective: ObjectiveConfig | None = None, sampler: str | None = None,
                 caches: Caches = CACHES) -> Setting:
         """A ``Setting`` sized by this profile.
 
@@ -348,12 +348,12 @@ class Profile:
         env = caches.checkpoint(checkpoint)[1]
         chosen: CEMConfig | GDConfig = {
             "CEM": lambda: self.cem(env, trace=long),
-            "CEM-protocol": lambda: CEMConfig(opt_steps=env_class(env).protocol_opt_steps),
+            "CEM-protocol": lambda: CEMConfig(opt_steps=env_class(env).plan_opt_steps),
             "GD": lambda: GDConfig(opt_steps=self.gd_steps)}[planner]()
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
                        trace=mpc or planner != "GD", n_calib=self.n_calib, calib_planner=self.cem(env),
-                       device=device, planner_seed=planner_seed, objective=objective)
+                       device=device, planner_seed=planner_seed, objective=objective, sampler=sampler)
 
 
 PROFILES = {
@@ -385,8 +385,8 @@ def make_profile(name: str, **overrides: Any) -> Profile:
 @dataclass(frozen=True)
 class Setup:
     """What a notebook's first cell needs: the profile, the checkpoints and their envs, the CEM budget per env
-    (``{"wall": 10, ...}``), the results cache name (``<results_name>-<profile>``), whether to recompute, device
-    and episode seed."""
+    (``{"wall": 10, ...}``), the results cache name (``<results_name>-<profile>``), whether to recompute, device,
+    episode seed and the episode sampler per env (``{"pusht": "demo", ...}``)."""
 
     profile: Profile
     checkpoints: tuple[str, ...]
@@ -396,23 +396,33 @@ class Setup:
     recompute: bool
     device: str
     seed: int
+    samplers: dict[str, str]
 
     def setting(self, checkpoint: str, **kwargs: Any) -> Setting:
-        """``profile.setting(checkpoint, device, seed, **kwargs)``."""
-        return self.profile.setting(checkpoint, self.device, self.seed, **kwargs)
+        """``profile.setting(checkpoint, device, seed, sampler=<the env's>, **kwargs)``."""
+        env = self.envs[self.checkpoints.index(str(checkpoint))]
+        return self.profile.setting(checkpoint, self.device, self.seed, **{"sampler": self.samplers[env], **kwargs})
 
 
 def setup(profile: str, checkpoint: str | Sequence[str], device: str = "auto", seed: int = 99,
-          results_name: str = "study", recompute: bool = False, **sizes: Any) -> Setup:
+          results_name: str = "study", recompute: bool = False, samplers: Mapping[str, str] | None = None,
+          **sizes: Any) -> Setup:
     """The one call that starts every notebook: the profile with the parameters cell's sizes (None = the
-    profile's), torch's thread count fixed, the envs of the checkpoints, the budget; prints what it chose."""
+    profile's), torch's thread count fixed, the envs of the checkpoints, the budget, the episode sampler per env
+    (``samplers``: env -> name; an env left out uses its class's default); prints what it chose."""
     P = make_profile(profile, **sizes)
     if P.threads is not None:  # results depend on the reduction order, so the goldens run with a fixed count
         torch.set_num_threads(P.threads)
     checkpoints = (checkpoint,) if isinstance(checkpoint, (str, os.PathLike)) else tuple(checkpoint)
     envs = tuple(CACHES.checkpoint(ck)[1] for ck in checkpoints)
+    chosen = dict(samplers or {})
+    unknown = sorted(set(chosen) - set(envs))
+    if unknown:
+        raise ValueError(f"samplers names envs {unknown} that no checkpoint is for; the checkpoints' envs: {list(envs)}")
     S = Setup(P, tuple(str(c) for c in checkpoints), envs, {env: P.steps(env) for env in envs},
-              f"{results_name}-{P.name}", bool(recompute) or P.always_recompute, device, seed)
+              f"{results_name}-{P.name}", bool(recompute) or P.always_recompute, device, seed,
+              {env: env_class(env).check_sampler(chosen.get(env)) for env in envs})
     print(P)
-    print("budget:", S.budget, "| long traces:", P.trace_steps, "iterations | results:", S.results)
+    print("budget:", S.budget, "| long traces:", P.trace_steps, "iterations | episodes:", S.samplers, "| results:",
+          S.results)
     return S

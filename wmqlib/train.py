@@ -37,48 +37,57 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wmqlib.envs import TrajectoryData, generate_dataset
+from wmqlib.envs.base import env_class
 from wmqlib.models import WorldModel, WorldModelConfig, resolve_device, save_world_model
 from wmqlib.paths import DATASETS_DIR
+from wmqlib.validate import atomic_write, check_float, check_int, check_type
+
+
+def small_model(env: str, **changes: Any) -> WorldModelConfig:
+    """The shipped models' DINO-WM-shaped architecture (64 px frames, 16 tokens of 64 features, a 3-layer predictor)
+    for ``env``, with its proprio size from the env class and ``changes`` applied (e.g. ``num_hist=3``)."""
+    sizes: dict[str, Any] = dict(
+        env=env, proprio_dim=env_class(env).proprio_dim, num_hist=1, frameskip=5, img_size=64, patch_size=16,
+        grid_size=4, encoder_dim=64, encoder_depth=4, encoder_heads=4, encoder_mlp_dim=256, encoder_pos_grid=4,
+        predictor_depth=3, predictor_heads=4, predictor_dim_head=16, predictor_mlp_dim=256, predictor_dropout=0.0,
+        predictor_emb_dropout=0.0, decoder_channel=32, decoder_res_blocks=1, decoder_res_channel=16,
+        decoder_n_embed=16)
+    sizes.update(changes)
+    return WorldModelConfig(**sizes)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training recipe: data, architecture and optimisation; validated on construction.
+    """One training recipe: the architecture (a ``WorldModelConfig``), data and optimisation; validated on
+    construction.
 
-    Data: env ("wall" | "pusht"), n_traj trajectories of traj_len env steps, rendered at img_size px.
-    Architecture: the WorldModelConfig fields patch_size, grid_size, encoder_*, predictor_*, num_hist, frameskip,
-        decoder_channel / decoder_res_blocks / decoder_res_channel (see wmqlib.models.WorldModelConfig).
+    model: the world model to train (its env, img_size, num_hist and frameskip also set the data and the windows).
+    Data: n_traj trajectories of traj_len env steps of the env's data policy ``data_policy`` (None = the env class's
+        ``default_data_policy``), rendered at ``model.img_size`` px.
     Optimisation: encoder_steps / predictor_steps AdamW steps at batch sizes encoder_batch / predictor_batch and
         peak learning rates encoder_lr / predictor_lr (cosine decay, 5% warm-up), weight_decay;
+        foreground_weight: 0 = plain pixel MSE for the autoencoder; w > 0 weights pixels that differ from the
+        data's background (the per-pixel median frame) 1 + w times, so small moving objects count;
+        state_weight: 0 = reconstruction alone; w > 0 adds w times the MSE of a linear read-out (trained with the
+        encoder, then discarded) from the flattened visual tokens to the z-scored ``state_features`` of the env
+        (the parts of the state that decide success), so the latent carries the state linearly;
         rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss to a
         second predictor stage of finetune_steps steps at peak rate finetune_lr (drawn from a generator seeded
         seed + 1, so the first stage's result does not depend on it).
-    Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5) with eval_opt_steps iterations.
+    Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5, the env's default sampler) with eval_opt_steps
+        iterations.
     """
 
-    env: str
+    model: WorldModelConfig
     seed: int = 0
     n_traj: int = 1000
     traj_len: int = 25
-    img_size: int = 64
-    patch_size: int = 16
-    grid_size: int = 4
-    encoder_dim: int = 64
-    encoder_depth: int = 4
-    encoder_heads: int = 4
-    encoder_mlp_dim: int = 256
-    predictor_depth: int = 3
-    predictor_heads: int = 4
-    predictor_dim_head: int = 16
-    predictor_mlp_dim: int = 256
-    num_hist: int = 1
-    frameskip: int = 5
-    decoder_channel: int = 32
-    decoder_res_blocks: int = 1
-    decoder_res_channel: int = 16
+    data_policy: str | None = None
     encoder_steps: int = 3000
     encoder_batch: int = 64
     encoder_lr: float = 1e-3
+    foreground_weight: float = 0.0
+    state_weight: float = 0.0
     predictor_steps: int = 6000
     predictor_batch: int = 128
     predictor_lr: float = 1e-3
@@ -90,46 +99,69 @@ class TrainConfig:
     eval_opt_steps: int = 10
 
     def __post_init__(self) -> None:
-        if self.env not in ("wall", "pusht"):
-            raise ValueError(f"TrainConfig.env must be one of ('wall', 'pusht'), got {self.env!r}")
+        check_type("TrainConfig.model", self.model, WorldModelConfig, "a WorldModelConfig")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"TrainConfig.{f.name} must be a non-negative int, got {value!r}")
-            if f.type == "float" and not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-                raise ValueError(f"TrainConfig.{f.name} must be a finite float >= 0, got {value!r}")
+            if f.type == "int":
+                check_int(f"TrainConfig.{f.name}", value, minimum=0)
+            elif f.type == "float":
+                check_float(f"TrainConfig.{f.name}", value, minimum=0.0)
+        if self.data_policy is not None:
+            env_class(self.env).check_data_policy(self.data_policy)
         if bool(self.rollout_steps) != bool(self.finetune_steps):
             raise ValueError("TrainConfig.rollout_steps and finetune_steps must be both 0 (teacher forcing only) or "
                              f"both > 0, got {self.rollout_steps} and {self.finetune_steps}")
-        window = (max(self.num_hist, self.rollout_steps) + 1) * self.frameskip
+        window = (max(self.model.num_hist, self.rollout_steps) + 1) * self.model.frameskip
         if self.traj_len < window:
-            raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(num_hist, rollout_steps) + 1) "
-                             f"* frameskip = {window} to hold one training window")
-        self.model_config()  # the architecture fields are validated by WorldModelConfig
+            raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(model.num_hist, rollout_steps) "
+                             f"+ 1) * model.frameskip = {window} to hold one training window")
+
+    @property
+    def env(self) -> str:
+        """The environment the model is trained on (``model.env``)."""
+        return self.model.env
+
+    @property
+    def img_size(self) -> int:
+        """Frame side of the data in pixels (``model.img_size``)."""
+        return self.model.img_size
 
     def model_config(self) -> WorldModelConfig:
-        """The architecture this recipe trains."""
-        return WorldModelConfig(
-            env=self.env, proprio_dim=2 if self.env == "wall" else 4, num_hist=self.num_hist,
-            frameskip=self.frameskip, img_size=self.img_size, patch_size=self.patch_size, grid_size=self.grid_size,
-            encoder_dim=self.encoder_dim, encoder_depth=self.encoder_depth, encoder_heads=self.encoder_heads,
-            encoder_mlp_dim=self.encoder_mlp_dim, encoder_pos_grid=self.grid_size,
-            predictor_depth=self.predictor_depth, predictor_heads=self.predictor_heads,
-            predictor_dim_head=self.predictor_dim_head, predictor_mlp_dim=self.predictor_mlp_dim,
-            predictor_dropout=0.0, predictor_emb_dropout=0.0, decoder_channel=self.decoder_channel,
-            decoder_res_blocks=self.decoder_res_blocks, decoder_res_channel=self.decoder_res_channel,
-            decoder_n_embed=16)
+        """The architecture this recipe trains (``self.model``)."""
+        return self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``model`` is the architecture's own dict."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of ``to_dict``; unknown keys raise ValueError naming them and the allowed ones."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(f"TrainConfig got unknown fields {unknown}; allowed: {allowed}")
+        return cls(**{**data, "model": WorldModelConfig.from_dict(data["model"])})
 
 
 PRESETS: dict[str, TrainConfig] = {
-    "mini-wall": TrainConfig(env="wall", n_traj=1000, traj_len=25, rollout_steps=3, finetune_steps=1500),
-    "mini-pusht": TrainConfig(env="pusht", n_traj=600, traj_len=50, eval_opt_steps=30),
+    "mini-wall": TrainConfig(model=small_model("wall"), n_traj=1000, traj_len=25, rollout_steps=3,
+                             finetune_steps=1500),
+    # the first shipped PushT model: the exploratory pusher's data, num_hist 1, teacher forcing only
+    "mini-pusht": TrainConfig(model=small_model("pusht"), n_traj=600, traj_len=50, data_policy="pusher",
+                              eval_opt_steps=30),
+    # demonstrations mixed with the pusher, an encoder objective that weights the moving objects and reads the state
+    # out linearly, and the rollout fine-tune; num_hist stays 1 (PushT has no momentum: frame + proprio is the state)
+    "mini-pusht-v2": TrainConfig(model=small_model("pusht"), n_traj=300, traj_len=100, data_policy="mixed",
+                                 encoder_steps=3000, foreground_weight=20.0, state_weight=1.0, predictor_steps=5000,
+                                 rollout_steps=3, finetune_steps=1000, eval_opt_steps=30),
     # seconds-long end-to-end smoke recipe for tests
-    "tiny": TrainConfig(env="wall", n_traj=8, traj_len=10, img_size=32, patch_size=8, grid_size=4, encoder_dim=16,
-                        encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32, predictor_depth=1, predictor_heads=2,
-                        predictor_dim_head=8, predictor_mlp_dim=32, decoder_channel=8, decoder_res_channel=4,
-                        encoder_steps=3, encoder_batch=8, predictor_steps=3, predictor_batch=8, eval_episodes=2,
-                        eval_opt_steps=1),
+    "tiny": TrainConfig(model=small_model("wall", img_size=32, patch_size=8, grid_size=4, encoder_dim=16,
+                                          encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32, predictor_depth=1,
+                                          predictor_heads=2, predictor_dim_head=8, predictor_mlp_dim=32,
+                                          decoder_channel=8, decoder_res_channel=4),
+                        n_traj=8, traj_len=10, encoder_steps=3, encoder_batch=8, predictor_steps=3,
+                        predictor_batch=8, eval_episodes=2, eval_opt_steps=1),
 }
 
 
@@ -165,19 +197,66 @@ def _frames_to_visual(frames: torch.Tensor) -> torch.Tensor:
     return frames.movedim(-1, -3).float() / 127.5 - 1.0
 
 
+BACKGROUND_SAMPLE = 1024  # frames whose per-pixel median is the background
+FOREGROUND_THRESHOLD = 24  # uint8 levels: a pixel further than this (any channel) from the background is foreground
+
+
+def background_frame(frames: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The per-pixel median of up to ``BACKGROUND_SAMPLE`` frames drawn by ``seed``: uint8 (H, W, 3).
+
+    frames: uint8 (N, H, W, 3). Whatever is drawn in every frame (walls, the goal T) is background; the moving
+    objects (the dot, the agent, the block) are not, as long as each pixel is free of them in most frames.
+    """
+    idx = np.random.default_rng(seed).choice(len(frames), min(len(frames), BACKGROUND_SAMPLE), replace=False)
+    return np.median(frames[np.sort(idx)], axis=0).astype(np.uint8)
+
+
+def foreground_weights(frames: torch.Tensor, background: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, 1, H, W): 1 + ``weight`` where a frame uint8 (B, H, W, 3) differs from
+    ``background`` uint8 (H, W, 3) by more than ``FOREGROUND_THRESHOLD`` in some channel, else 1."""
+    differs = (frames.int() - background.int()).abs().amax(dim=-1) > FOREGROUND_THRESHOLD  # (B, H, W)
+    return (1.0 + weight * differs.float())[:, None, None]
+
+
 def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
                      progress: bool = True) -> list[float]:
-    """Train encoder + decoder as an autoencoder on single frames (pixel MSE); returns per-step losses."""
+    """Train encoder + decoder as an autoencoder on single frames; returns per-step losses.
+
+    The loss is the pixel MSE of ``decode(encode(x))``, weighted by :func:`foreground_weights` when
+    ``cfg.foreground_weight > 0`` (normalised by the batch's mean weight, so it stays an MSE in scale), plus
+    ``cfg.state_weight`` times the MSE of a linear state read-out from the tokens when that is > 0 (the read-out is
+    built from a generator seeded ``cfg.seed + 2`` and is not part of the saved model).
+    """
     frames = torch.from_numpy(data.frames.reshape(-1, *data.frames.shape[2:])).to(model.device)  # (N*(T+1), H, W, 3)
     proprio = torch.zeros(cfg.encoder_batch, 1, model.config.proprio_dim, device=model.device)
+    background = torch.from_numpy(background_frame(data.frames.reshape(-1, *data.frames.shape[2:]), cfg.seed))
+    background = background.to(model.device)
+    features = env_class(cfg.env).state_features(data.states.reshape(-1, data.states.shape[-1]))  # (N*(T+1), F)
+    features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-6)
+    targets = torch.from_numpy(features.astype(np.float32)).to(model.device)
+    c = model.config
+    readout = torch.nn.Linear(c.num_patches * c.encoder_dim, targets.shape[1]).to(model.device)
+    with torch.no_grad():  # seeded here, so the global torch generator is left alone
+        init = torch.Generator().manual_seed(cfg.seed + 2)
+        readout.weight.copy_(torch.randn(readout.weight.shape, generator=init) / math.sqrt(readout.in_features))
+        readout.bias.zero_()
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
         x = _frames_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
-        tokens = model.encode_obs(x, proprio)["visual"]
-        return F.mse_loss(model.decode(tokens), x)
+        tokens = model.encode_obs(x, proprio)["visual"]  # (B, 1, P, Dv)
+        if cfg.foreground_weight:
+            w = foreground_weights(frames[idx], background, cfg.foreground_weight)  # (B, 1, 1, H, W)
+            loss = (w * (model.decode(tokens) - x) ** 2).mean() / w.mean()
+        else:
+            loss = F.mse_loss(model.decode(tokens), x)
+        if cfg.state_weight:
+            loss = loss + cfg.state_weight * F.mse_loss(readout(tokens.flatten(1)), targets[idx])
+        return loss
 
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    if cfg.state_weight:
+        params += list(readout.parameters())
     return _fit(params, loss_fn, cfg.encoder_steps, cfg.encoder_lr, cfg.weight_decay, gen, "encoder (autoencoder)",
                 progress)
 
@@ -250,9 +329,15 @@ def finetune_rollout(model: WorldModel, data: TrajectoryData, latents: torch.Ten
     return train_predictor(model, data, latents, stage, gen, progress)
 
 
+def data_policy(cfg: TrainConfig) -> str:
+    """The data policy a recipe uses: its own, or the env class's default."""
+    return env_class(cfg.env).check_data_policy(cfg.data_policy)
+
+
 def dataset_path(cfg: TrainConfig, data_dir: str | Path = DATASETS_DIR) -> Path:
     """Where a recipe's dataset is cached (regenerated deterministically when missing)."""
-    return Path(data_dir) / f"{cfg.env}-n{cfg.n_traj}-t{cfg.traj_len}-s{cfg.seed}-{cfg.img_size}px.npz"
+    return Path(data_dir) / (f"{cfg.env}-{data_policy(cfg)}-n{cfg.n_traj}-t{cfg.traj_len}-s{cfg.seed}-"
+                             f"{cfg.img_size}px.npz")
 
 
 def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp: bool = True,
@@ -269,7 +354,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     gen = torch.Generator().manual_seed(cfg.seed)
     path = dataset_path(cfg, data_dir)
     if not path.exists():
-        generate_dataset(cfg.env, cfg.n_traj, cfg.traj_len, cfg.seed, cfg.img_size, path, progress=progress)
+        generate_dataset(cfg.env, cfg.n_traj, cfg.traj_len, cfg.seed, cfg.img_size, path, progress=progress,
+                         policy=data_policy(cfg))
     data = TrajectoryData.load(path)
     t_data = time.perf_counter() - t0
 
@@ -294,7 +380,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     t_tune = time.perf_counter() - t0 - t_data - t_enc - t_pred
 
     card: dict[str, Any] = {
-        "recipe": dataclasses.asdict(cfg),
+        "recipe": cfg.to_dict(),
         "architecture": model.config.to_dict(),
         "parameters": {name: sum(p.numel() for p in getattr(model, name).parameters())
                        for name in ("encoder", "predictor", "action_encoder", "proprio_encoder", "decoder")},
@@ -310,7 +396,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
-    model.provenance = {"trained_by": "wmqlib.train", "recipe": dataclasses.asdict(cfg)}
+    model.provenance = {"trained_by": "wmqlib.train", "recipe": cfg.to_dict()}
     if evaluate_fp:
         card["fp_planning"] = fp_planning_summary(model, cfg, progress)
     card["seconds"]["total"] = round(time.perf_counter() - t0, 1)
@@ -330,7 +416,8 @@ def fp_planning_summary(model: WorldModel, cfg: TrainConfig, progress: bool = Tr
 
     t0 = time.perf_counter()
     planner = CEMConfig(opt_steps=cfg.eval_opt_steps)
-    episodes = sample_episodes(cfg.env, cfg.eval_episodes, seed=99, split="eval", goal_H=5, frameskip=cfg.frameskip)
+    episodes = sample_episodes(cfg.env, cfg.eval_episodes, seed=99, split="eval", goal_H=5,
+                               frameskip=cfg.model.frameskip)
     table = evaluate(model, make_env(cfg.env, render_size=cfg.img_size), planner, episodes)
     k, n = int(table["success"].sum()), len(table)
     low, high = wilson_interval(k, n)
@@ -341,18 +428,20 @@ def fp_planning_summary(model: WorldModel, cfg: TrainConfig, progress: bool = Tr
 
 def write_model_card(card: dict[str, Any], out: Path) -> None:
     """Write card.json (machine-readable) and MODEL_CARD.md (the same facts for readers) into ``out``."""
-    (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
     r, fp = card["recipe"], card.get("fp_planning")
+    env, m = r["model"]["env"], r["model"]
     lines = [
         f"# {out.name}", "",
-        f"A small DINO-WM-architecture world model of the {r['env']} environment, trained by `wmqlib.train` "
+        f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` "
         f"(seed {r['seed']}). Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then "
         "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE"
         + (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss." if r.get("rollout_steps")
            else "."), "",
         "| item | value |", "| --- | --- |",
-        f"| data | {r['n_traj']} scripted trajectories x {r['traj_len']} steps at {r['img_size']} px |",
-        f"| tokens | {card['architecture']['grid_size'] ** 2} per frame, patch {r['patch_size']} |",
+        f"| data | {r['n_traj']} scripted trajectories ({card['data'].get('policy', 'scripted')}) x {r['traj_len']} "
+        f"steps at {m['img_size']} px |",
+        f"| tokens | {m['grid_size'] ** 2} per frame, patch {m['patch_size']}, num_hist {m['num_hist']} |",
         *(f"| {k} parameters | {v:,} |" for k, v in card["parameters"].items()),
         f"| encoder loss (first -> last 100 mean) | {card['losses']['encoder_first']:.4g} -> "
         f"{card['losses']['encoder_last100']:.4g} |",
@@ -372,35 +461,56 @@ def write_model_card(card: dict[str, Any], out: Path) -> None:
                      f"{fp['mean_state_dist']:.2f} |")
         lines.append(f"| planner | CEM {fp['planner']} |")
     lines += ["", *(f"- {note}" for note in card.get("notes", [])),
-              "", f"Regenerate: `{regenerate_command(TrainConfig(**r), out)}`."]
-    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+              "", f"Regenerate: `{regenerate_command(TrainConfig.from_dict(r), out)}`."]
+    atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
 
 
 def regenerate_command(cfg: TrainConfig, out: Path) -> str:
-    """The CLI call that retrains ``cfg``: its preset's name, plus ``--set`` for every field that differs."""
+    """The CLI call that retrains ``cfg``: its preset's name, plus ``--set`` for every field that differs from the
+    env's ``mini-<env>`` preset (``--set model.<field>=...`` for the architecture)."""
     name = next((n for n, p in PRESETS.items() if p == cfg), None)
     if name is not None:
         return f"python -m wmqlib.train --preset {name} --out {out}"
     base = PRESETS[f"mini-{cfg.env}"]
     changed = [f"--set {f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
-               if getattr(cfg, f.name) != getattr(base, f.name)]
+               if f.name != "model" and getattr(cfg, f.name) != getattr(base, f.name)]
+    changed += [f"--set model.{f.name}={getattr(cfg.model, f.name)}" for f in dataclasses.fields(cfg.model)
+                if getattr(cfg.model, f.name) != getattr(base.model, f.name)]
     return " ".join([f"python -m wmqlib.train --preset mini-{cfg.env}", *changed, f"--out {out}"])
 
 
+_KINDS = {"int": int, "float": float, "str": str, "str | None": str}
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["predictor_steps=9000", "encoder_lr=5e-4"]`` -> typed TrainConfig field values; unknown fields raise."""
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    """``["predictor_steps=9000", "model.encoder_dim=128"]`` -> typed values: ``{"predictor_steps": 9000,
+    "model": {"encoder_dim": 128}}``; unknown fields raise ValueError naming the allowed ones."""
+    top = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "model"}
+    nested = {f"model.{f.name}": f.type for f in dataclasses.fields(WorldModelConfig)}
+    fields = {**top, **nested}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in fields:
             raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
-        kind = {"int": int, "float": float}.get(fields[name], str)
+        kind = _KINDS[fields[name]]
         try:
-            out[name] = kind(value)
+            typed = kind(value)
         except ValueError:
             raise ValueError(f"--set {name} needs a {kind.__name__}, got {value!r}") from None
+        if name in nested:
+            out.setdefault("model", {})[name.removeprefix("model.")] = typed
+        else:
+            out[name] = typed
     return out
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """``cfg`` with the values of :func:`parse_overrides` applied (validated)."""
+    changes = {k: v for k, v in overrides.items() if k != "model"}
+    if "model" in overrides:
+        changes["model"] = cfg.model.replace(**overrides["model"])
+    return dataclasses.replace(cfg, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override one TrainConfig field of the preset (repeatable), e.g. --set predictor_steps=9000")
+                        help="override one TrainConfig field of the preset (repeatable), e.g. --set predictor_steps=9000"
+                             " or --set model.encoder_dim=128")
     parser.add_argument("--no-eval", action="store_true", help="skip the FP planning evaluation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -423,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     try:
-        cfg = dataclasses.replace(cfg, **parse_overrides(args.set))
+        cfg = apply_overrides(cfg, parse_overrides(args.set))
     except ValueError as error:
         parser.error(str(error))
     train(cfg, args.out, progress=not args.quiet, evaluate_fp=not args.no_eval, device=args.device)

@@ -106,3 +106,16 @@ def test_bad_paths_and_files_are_reported(tmp_path):
     with pytest.raises(ValueError, match="not a wmq dataset: missing arrays"):
         TrajectoryData.load(tmp_path / "other.npz")
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_pusht_data_policies_mix_the_pusher_into_demonstrations():
+    from wmqlib.envs import collect_trajectories
+
+    mixed_states, mixed_actions = collect_trajectories("pusht", 4, 12, seed=5, progress=False, policy="mixed")
+    pusher_states, _ = collect_trajectories("pusht", 4, 12, seed=5, progress=False, policy="pusher")
+    demo_states, _ = collect_trajectories("pusht", 4, 12, seed=5, progress=False, policy="demo")
+    np.testing.assert_array_equal(mixed_states[3], pusher_states[3])  # every 4th trajectory: the pusher
+    np.testing.assert_array_equal(mixed_states[:3], demo_states[:3])
+    assert not np.array_equal(demo_states[3], pusher_states[3])
+    with pytest.raises(ValueError, match="data policy must be one of"):
+        collect_trajectories("wall", 2, 5, seed=0, policy="demo")

@@ -56,15 +56,17 @@ def test_wall_episodes_are_the_released_sampler_draws():
         assert episode.actions is None and (start[0] < 32) != (goal[0] < 32)
 
 
-def test_pusht_goals_are_reached_by_replaying_the_episode_actions():
+@pytest.mark.parametrize("sampler", ["scripted", "demo"])
+def test_pusht_goals_are_reached_by_replaying_the_episode_actions(sampler):
     env = make_env("pusht")
-    episodes = sample_episodes("pusht", 3, seed=99, goal_H=2, frameskip=5)
+    episodes = sample_episodes("pusht", 3 if sampler == "scripted" else 8, seed=99, goal_H=2, frameskip=5,
+                               sampler=sampler)
     for episode in episodes:
         assert episode.start_state.shape == episode.goal_state.shape == (7,) and episode.actions.shape == (10, 2)
         final = env.rollout_actions(episode.start_state[None], episode.actions[None])[0]
         np.testing.assert_array_equal(final, episode.goal_state)
     block_moves = [np.hypot(*(e.goal_state[2:4] - e.start_state[2:4])) for e in episodes]
-    assert max(block_moves) > 5.0  # the scripted pusher moves the block in the segment
+    assert max(block_moves) > 5.0  # both policies move the block in some windows
 
 
 def test_episodes_are_read_only_and_compare_by_value():
@@ -77,3 +79,25 @@ def test_episodes_are_read_only_and_compare_by_value():
     assert copy == episode and hash(copy) == hash(episode)
     moved = Episode(episode.start_state + 1, episode.goal_state, episode.seed, episode.env)
     assert moved != episode
+
+
+def test_the_scripted_sampler_is_wmqs_first_one():
+    from wmqlib.envs.base import EPISODE_STREAM
+    from wmqlib.envs.policies import pusht_trajectory
+
+    episode = sample_episodes("pusht", 2, seed=99, sampler="scripted")[1]
+    rng = np.random.default_rng([EPISODE_STREAM, 100])
+    states, actions = pusht_trajectory(rng, 50)
+    offset = int(rng.integers(0, 26))
+    np.testing.assert_array_equal(episode.start_state, states[offset])
+    np.testing.assert_array_equal(episode.actions, actions[offset:offset + 25])
+
+
+def test_demo_windows_ask_for_less_block_travel_than_scripted_ones():
+    def travel(sampler):
+        episodes = sample_episodes("pusht", 10, seed=99, sampler=sampler)
+        return np.median([np.hypot(*(e.goal_state[2:4] - e.start_state[2:4])) for e in episodes])
+
+    assert travel("demo") < 0.5 * travel("scripted")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sample_episodes("wall", 1, sampler="demo")

@@ -11,4 +11,5 @@ from wmqlib.envs.episodes import Episode, episode_seeds, sample_episodes  # noqa
 from wmqlib.envs.dataset import TrajectoryData, TrajectoryWindows, collect_trajectories, generate_dataset  # noqa: E402
 
 __all__ = ["Episode", "PushT", "TrajectoryData", "TrajectoryWindows", "Wall", "WallLayout", "WmqEnv",
-           "collect_trajectories", "env_class", "env_names", "episode_seeds", "generate_dataset", "make_env", "sample_episodes"]
+           "collect_trajectories", "env_class", "env_names", "episode_seeds", "generate_dataset", "make_env",
+           "sample_episodes"]

@@ -20,6 +20,9 @@ MIN_RENDER_SIZE, MAX_RENDER_SIZE = 8, 1024
 _RESIZE_CHUNK = 256  # images per interpolate call: bounds the float32 copy (~65 MB at 224 px)
 
 _REGISTRY: dict[str, type["WmqEnv"]] = {}
+# Mixed into the generators of training data and of planning episodes, so the two streams never coincide.
+DATA_STREAM = 0x44415441
+EPISODE_STREAM = 0x45504953
 
 
 def register_env(cls: type["WmqEnv"]) -> type["WmqEnv"]:
@@ -34,19 +37,17 @@ def env_names() -> tuple[str, ...]:
 
 
 def env_class(name: str) -> type["WmqEnv"]:
-    """The environment class registered as ``name``: its class attributes are the env's facts (dims, budgets)."""
-    if not isinstance(name, str) or name not in _REGISTRY:
+    """The class registered as ``name`` (``"wall"`` or ``"pusht"``): its per-env facts without building an env."""
+    if not isinstance(name, str):
+        raise TypeError(f"env name must be a str, one of {env_names()}; got {type(name).__name__}")
+    if name not in _REGISTRY:
         raise ValueError(f"unknown env {name!r}; allowed: {env_names()}")
     return _REGISTRY[name]
 
 
 def make_env(name: str, **kwargs: Any) -> "WmqEnv":
     """Build the environment called ``name`` (``"wall"`` or ``"pusht"``) with constructor ``kwargs``."""
-    if not isinstance(name, str):
-        raise TypeError(f"env name must be a str, one of {env_names()}; got {type(name).__name__}")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown env {name!r}; allowed: {env_names()}")
-    return _REGISTRY[name](**kwargs)
+    return env_class(name)(**kwargs)
 
 
 def check_render_size(size: Any, field: str = "render_size") -> int:
@@ -117,8 +118,67 @@ class WmqEnv(gym.Env, abc.ABC):
     state_dim: ClassVar[int]
     proprio_dim: ClassVar[int]
     action_dim: ClassVar[int] = 2
-    protocol_opt_steps: ClassVar[int]  # DINO-WM's CEM iterations in this env (its planning budget)
     _extra_reset_options: ClassVar[frozenset[str]] = frozenset()
+
+    # ---- per-env facts of DINO-WM's protocol and of wmq's data (class attributes, read via env_class(name)) ------
+    #: CEM iterations of the protocol's planner (300 samples, top 30, horizon 5).
+    plan_opt_steps: ClassVar[int]
+    #: MPC planning rounds per episode at most in the protocol.
+    mpc_max_rounds: ClassVar[int]
+    #: frames of history DINO-WM's predictor sees (its released num_hist).
+    num_hist: ClassVar[int]
+    #: DINO-WM's predictor embedding dropout for this env.
+    predictor_emb_dropout: ClassVar[float]
+    #: success tolerance of each state component that decides success, in that component's units.
+    success_tolerances: ClassVar[dict[str, float]]
+    #: names :meth:`sample_episode` accepts, and the one the protocol uses.
+    episode_samplers: ClassVar[tuple[str, ...]]
+    default_sampler: ClassVar[str]
+    #: the sampler every result cached before samplers were named used: left out of the study's result keys, so
+    #: those results keep their keys (any other sampler is part of the key).
+    unkeyed_sampler: ClassVar[str]
+    #: names :meth:`collect_trajectories` accepts, and the one training data use.
+    data_policies: ClassVar[tuple[str, ...]]
+    default_data_policy: ClassVar[str]
+
+    @classmethod
+    def check_sampler(cls, sampler: str | None) -> str:
+        """``sampler`` (None = ``default_sampler``) if this env has it, else a ValueError naming the allowed ones."""
+        sampler = cls.default_sampler if sampler is None else sampler
+        if sampler not in cls.episode_samplers:
+            raise ValueError(f"sampler must be one of {cls.episode_samplers} for env {cls.name!r}, got {sampler!r}")
+        return sampler
+
+    @classmethod
+    def check_data_policy(cls, policy: str | None) -> str:
+        """``policy`` (None = ``default_data_policy``) if this env has it, else a ValueError naming the allowed."""
+        policy = cls.default_data_policy if policy is None else policy
+        if policy not in cls.data_policies:
+            raise ValueError(f"data policy must be one of {cls.data_policies} for env {cls.name!r}, got {policy!r}")
+        return policy
+
+    @classmethod
+    @abc.abstractmethod
+    def sample_episode(cls, seed: int, sampler: str, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One planning task by episode seed: start (S,), goal (S,) and the feasible raw actions (horizon, 2) that
+        reach the goal, or None when the sampler draws the goal directly. ``horizon``: env steps of the window."""
+
+    @classmethod
+    @abc.abstractmethod
+    def collect_trajectories(cls, n_traj: int, traj_len: int, seed: int, policy: str,
+                             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Training trajectories of data policy ``policy``: states float64 (n_traj, traj_len + 1, S) and raw
+        actions float64 (n_traj, traj_len, 2); the same arguments give the same arrays."""
+
+    @classmethod
+    @abc.abstractmethod
+    def state_features(cls, states: np.ndarray) -> np.ndarray:
+        """The parts of states (..., S) that decide success, as features a regression can fit: (..., F) float64
+        (angles as sin / cos)."""
+
+    def data_summary(self, states: np.ndarray) -> dict[str, float]:
+        """Facts about training states (N, T+1, S) worth recording in a dataset's meta (default: none)."""
+        return {}
 
     def __init__(self, render_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         super().__init__()

@@ -19,11 +19,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from wmqlib.envs import policies
-from wmqlib.envs.base import check_int, check_render_size, env_names, make_env
+from wmqlib.envs.base import DATA_STREAM, check_int, check_render_size, env_class, env_names, make_env
+from wmqlib.validate import atomic_path
 
 FORMAT_VERSION = 1
-DATA_STREAM = 0x44415441  # mixed into dataset generators so they never coincide with episode streams
+__all__ = ["DATA_STREAM", "FORMAT_VERSION", "TrajectoryData", "TrajectoryWindows", "collect_trajectories",
+           "generate_dataset"]
 _ARRAYS = ("frames", "actions", "proprio", "states", "action_mean", "action_std", "proprio_mean", "proprio_std")
 _RENDER_BATCH = 64  # trajectories rendered per progress-bar update
 
@@ -102,43 +103,35 @@ class TrajectoryData:
         return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
 
 
-def collect_trajectories(env: str, n_traj: int, traj_len: int, seed: int,
-                         progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def collect_trajectories(env: str, n_traj: int, traj_len: int, seed: int, progress: bool = True,
+                         policy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scripted trajectories: states float64 (n_traj, traj_len + 1, S) and raw actions float64 (n_traj, traj_len, 2).
 
-    Wall: :func:`wmqlib.envs.policies.wall_walks` (half of them seek the door), one generator for the batch.
-    PushT: :func:`wmqlib.envs.policies.pusht_trajectory`, trajectory i with its own generator (seed, i).
+    ``policy``: one of the env class's ``data_policies`` (None = its ``default_data_policy``); see its
+    ``collect_trajectories`` (Wall: door-using random walks; PushT: demonstrations, the exploratory pusher, or a mix).
     """
-    if env == "wall":
-        rng = np.random.default_rng([DATA_STREAM, seed])
-        sim = make_env("wall")
-        start, actions = policies.wall_walks(rng, n_traj, traj_len, sim.layout)
-        return sim.rollout_states(start, actions), actions
-    sim = make_env(env)
-    states = np.empty((n_traj, traj_len + 1, sim.state_dim))
-    actions = np.empty((n_traj, traj_len, 2))
-    for i in tqdm(range(n_traj), desc=f"{env} trajectories", disable=not progress):
-        states[i], actions[i] = policies.pusht_trajectory(np.random.default_rng([DATA_STREAM, seed, i]), traj_len, sim)
-    return states, actions
+    cls = env_class(env)
+    return cls.collect_trajectories(n_traj, traj_len, seed, cls.check_data_policy(policy), progress)
 
 
 def generate_dataset(env: str, n_traj: int, traj_len: int, seed: int, img_size: int, path: str | os.PathLike,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, policy: str | None = None) -> Path:
     """Generate, render and save a dataset; returns the npz path (written atomically: a crash leaves no file).
 
-    env: "wall" or "pusht"; traj_len: actions per trajectory (frames T+1); img_size: frame side in pixels.
-    The same arguments give the same arrays on every machine.
+    env: "wall" or "pusht"; traj_len: actions per trajectory (frames T+1); img_size: frame side in pixels;
+    policy: the data policy (None = the env's default). The same arguments give the same arrays on every machine.
     """
     if env not in env_names():
         raise ValueError(f"env must be one of {env_names()}, got {env!r}")
     check_int("n_traj", n_traj, 2)
     check_int("traj_len", traj_len, 1)
     check_int("seed", seed, 0)
+    policy = env_class(env).check_data_policy(policy)
     renderer = make_env(env, render_size=check_render_size(img_size, "img_size"))
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"path must end in .npz, got {path}")
-    states, actions = collect_trajectories(env, n_traj, traj_len, seed, progress)
+    states, actions = collect_trajectories(env, n_traj, traj_len, seed, progress, policy)
     frames = np.empty((n_traj, traj_len + 1, img_size, img_size, 3), dtype=np.uint8)
     for lo in tqdm(range(0, n_traj, _RENDER_BATCH), desc=f"{env} frames", disable=not progress):
         batch = states[lo:lo + _RENDER_BATCH]
@@ -152,14 +145,11 @@ def generate_dataset(env: str, n_traj: int, traj_len: int, seed: int, img_size: 
         if np.any(stats[f"{name}_std"] == 0):
             raise ValueError(f"{name} has zero variance in some dimension; generate more or longer trajectories")
     meta = {"format_version": FORMAT_VERSION, "env": env, "n_traj": n_traj, "traj_len": traj_len, "seed": seed,
-            "img_size": img_size}
-    if env == "wall":
-        meta["crossed_fraction"] = float(renderer.crossed(states).mean())
+            "img_size": img_size, "policy": policy, **renderer.data_summary(states)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez_compressed(tmp, frames=frames, actions=actions, proprio=proprio, states=states, env=np.array(env),
-                        meta=np.array(json.dumps(meta)), **stats)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy adds no ".npz" to its name
+        np.savez_compressed(fh, frames=frames, actions=actions, proprio=proprio, states=states, env=np.array(env),
+                            meta=np.array(json.dumps(meta)), **stats)
     return path
 
 

@@ -1,14 +1,16 @@
 """Planning episodes (start state, goal state) drawn by seed, following DINO-WM's evaluation protocol.
 
 Episode k of a split uses seed ``seed * k + 1`` (``"eval"``) or ``seed * k + 2`` (``"calib"``), k = 0 .. n-1, the
-released ``eval_seed`` rule, so evaluation and calibration never share an episode when ``seed >= 2``.
+released ``eval_seed`` rule, so evaluation and calibration never share an episode when ``seed >= 2``. Each env
+class draws its own episodes (``WmqEnv.sample_episode``) with one of its named samplers (``episode_samplers``,
+default ``default_sampler``):
 
-- Wall: start and goal from the environment's random-state sampler (:func:`wmqlib.envs.wall.random_start_goal`)
-  with the episode seed, as DINO-WM's ``goal_source: random_state`` does; the released evaluation episodes.
-- PushT: as DINO-WM's ``goal_source: dset``, the goal is reached by replaying a ``frameskip * goal_H``-action
-  segment of a held-out trajectory from the segment's first state. The held-out trajectory is a 2x longer run of
-  the scripted pusher (:class:`wmqlib.envs.policies.PushTPusher`) seeded by the episode seed; the segment offset is
-  drawn from the same generator. The replayed actions ride along as ``Episode.actions`` (a feasible plan).
+- Wall ``"random_state"``: start and goal from the released random-state sampler, as DINO-WM's ``goal_source:
+  random_state`` does; the released evaluation episodes.
+- PushT ``"demo"`` (default): as DINO-WM's ``goal_source: dset``, the goal is reached by replaying a
+  ``frameskip * goal_H``-action window of a held-out demonstration (the scripted demonstrator pushing the T into
+  the goal pose) from the window's first state. ``"scripted"``: the same from a run of the exploratory pusher
+  (wmq's first sampler, much harder windows). The replayed actions ride along as ``Episode.actions``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from wmqlib.envs import pusht, wall
-from wmqlib.envs.base import check_int, env_names
-from wmqlib.envs.policies import pusht_trajectory
+from wmqlib.envs.base import EPISODE_STREAM, check_int, env_class, env_names
 
 SPLIT_OFFSETS = {"eval": 1, "calib": 2}
-EPISODE_STREAM = 0x45504953  # mixed into PushT episode generators so they never coincide with dataset streams
+__all__ = ["EPISODE_STREAM", "Episode", "SPLIT_OFFSETS", "episode_seeds", "sample_episodes"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,27 +70,22 @@ def episode_seeds(n: int, seed: int = 99, split: str = "eval") -> list[int]:
 
 
 def sample_episodes(env: str, n: int, seed: int = 99, split: str = "eval", goal_H: int = 5,
-                    frameskip: int = 5) -> list[Episode]:
+                    frameskip: int = 5, sampler: str | None = None) -> list[Episode]:
     """``n`` episodes of ``env`` ("wall" or "pusht") for ``split``; the same arguments give the same episodes.
 
     goal_H (model steps) and frameskip (env steps per model step) set the PushT replay length ``goal_H *
-    frameskip``; Wall goals do not depend on them (the released sampler draws them directly).
+    frameskip``; Wall goals do not depend on them (the released sampler draws them directly). ``sampler``: one of
+    the env class's ``episode_samplers`` (None = its ``default_sampler``).
     """
     if env not in env_names():
         raise ValueError(f"env must be one of {env_names()}, got {env!r}")
+    cls = env_class(env)
     seeds = episode_seeds(n, seed, split)
     check_int("goal_H", goal_H, 1)
     check_int("frameskip", frameskip, 1)
-    if env == "wall":
-        return [Episode(*wall.random_start_goal(s), seed=s, env=env, split=split) for s in seeds]
-    horizon = goal_H * frameskip
-    sim = pusht.PushT()
+    sampler = cls.check_sampler(sampler)
     episodes = []
     for s in seeds:
-        rng = np.random.default_rng([EPISODE_STREAM, s])
-        states, actions = pusht_trajectory(rng, 2 * horizon, sim)
-        offset = int(rng.integers(0, horizon + 1))
-        segment = actions[offset:offset + horizon]
-        goal = sim.rollout_actions(states[offset][None], segment[None])[0]
-        episodes.append(Episode(states[offset], goal, seed=s, env=env, split=split, actions=segment))
+        start, goal, actions = cls.sample_episode(s, sampler, goal_H * frameskip)
+        episodes.append(Episode(start, goal, seed=s, env=env, split=split, actions=actions))
     return episodes

@@ -29,7 +29,7 @@ import pymunk
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from wmqlib.envs.base import WmqEnv, register_env, resize_images
+from wmqlib.envs.base import DATA_STREAM, EPISODE_STREAM, WmqEnv, register_env, resize_images
 
 WINDOW = 512
 SIM_HZ, CONTROL_HZ = 100, 10
@@ -41,6 +41,9 @@ ACTION_LIMIT = 1.0
 AGENT_RADIUS = 15.0
 GOAL_POSE = (256.0, 256.0, math.pi / 4)
 SUCCESS_POS, SUCCESS_ANGLE = 20.0, math.pi / 9
+DEMO_MAX_LEN = 300  # control steps a held-out demonstration may take at most
+_DEMO_TAG = 0x44454D4F  # separates the demonstration streams from the scripted pusher's
+_PUSHER_EVERY = 4  # "mixed" data: every 4th trajectory comes from the exploratory pusher
 _SCALE, _LENGTH = 30.0, 4.0
 T_BAR = ((-_LENGTH * _SCALE / 2, _SCALE), (_LENGTH * _SCALE / 2, _SCALE), (_LENGTH * _SCALE / 2, 0.0),
          (-_LENGTH * _SCALE / 2, 0.0))
@@ -163,7 +166,73 @@ class PushT(WmqEnv):
     name = "pusht"
     state_dim = 7
     proprio_dim = 4
-    protocol_opt_steps = 30
+    plan_opt_steps = 30
+    mpc_max_rounds = 30
+    num_hist = 3
+    predictor_emb_dropout = 0.0
+    success_tolerances = {"agent_position": SUCCESS_POS, "block_position": SUCCESS_POS, "block_angle": SUCCESS_ANGLE}
+    episode_samplers = ("demo", "scripted")
+    default_sampler = "demo"
+    unkeyed_sampler = "scripted"
+    data_policies = ("demo", "pusher", "mixed")
+    default_data_policy = "mixed"
+
+    @classmethod
+    def sample_episode(cls, seed: int, sampler: str = "demo",
+                       horizon: int = 25) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """DINO-WM's ``goal_source: dset``: the goal is reached by replaying a ``horizon``-action segment of a
+        held-out trajectory from the segment's first state; the segment's actions come back as a feasible plan.
+
+        ``"demo"``: the held-out trajectory is a demonstration (:func:`wmqlib.envs.policies.pusht_demonstration`)
+        from the release's reset distribution that ends once the T is in place (at least ``horizon`` and at most
+        ``DEMO_MAX_LEN`` steps); the segment starts anywhere in it. ``"scripted"``: a ``2 * horizon``-step run of
+        the exploratory pusher, the segment starting in its first ``horizon + 1`` steps (wmq's first sampler).
+        """
+        from wmqlib.envs.policies import pusht_demonstration, pusht_trajectory
+
+        sampler = cls.check_sampler(sampler)
+        sim = cls()
+        if sampler == "scripted":
+            rng = np.random.default_rng([EPISODE_STREAM, seed])
+            states, actions = pusht_trajectory(rng, 2 * horizon, sim)
+            offset = int(rng.integers(0, horizon + 1))
+        else:
+            rng = np.random.default_rng([EPISODE_STREAM, _DEMO_TAG, seed])
+            states, actions = pusht_demonstration(rng, max(DEMO_MAX_LEN, horizon), sim, min_len=horizon)
+            offset = int(rng.integers(0, len(actions) - horizon + 1))
+        segment = actions[offset:offset + horizon]
+        goal = sim.rollout_actions(states[offset][None], segment[None])[0]
+        return states[offset], goal, segment
+
+    @classmethod
+    def state_features(cls, states: np.ndarray) -> np.ndarray:
+        """Agent x, y, block x, y, sin and cos of the block angle: (..., 6)."""
+        states = np.asarray(states, dtype=np.float64)
+        return np.concatenate([states[..., :4], np.sin(states[..., 4:5]), np.cos(states[..., 4:5])], axis=-1)
+
+    @classmethod
+    def collect_trajectories(cls, n_traj: int, traj_len: int, seed: int, policy: str = "mixed",
+                             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Trajectory i from its own generator (seed, i): ``"pusher"`` the exploratory pusher
+        (:func:`wmqlib.envs.policies.pusht_trajectory`), ``"demo"`` the demonstrator
+        (:func:`wmqlib.envs.policies.pusht_demonstration`), ``"mixed"`` the pusher for every 4th trajectory
+        (i = 3, 7, ...) and the demonstrator for the others."""
+        from tqdm.auto import tqdm
+
+        from wmqlib.envs.policies import pusht_demonstration, pusht_trajectory
+
+        policy = cls.check_data_policy(policy)
+        sim = cls()
+        states = np.empty((n_traj, traj_len + 1, cls.state_dim))
+        actions = np.empty((n_traj, traj_len, 2))
+        for i in tqdm(range(n_traj), desc=f"pusht {policy} trajectories", disable=not progress):
+            pusher = policy == "pusher" or (policy == "mixed" and i % _PUSHER_EVERY == _PUSHER_EVERY - 1)
+            if pusher:
+                states[i], actions[i] = pusht_trajectory(np.random.default_rng([DATA_STREAM, seed, i]), traj_len, sim)
+            else:
+                rng = np.random.default_rng([DATA_STREAM, _DEMO_TAG, seed, i])
+                states[i], actions[i] = pusht_demonstration(rng, traj_len, sim)
+        return states, actions
 
     def __init__(self, render_size: int = 64, antialias: bool = True, render_mode: str | None = "rgb_array") -> None:
         if not isinstance(antialias, bool):

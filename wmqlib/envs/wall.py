@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from wmqlib.envs.base import WmqEnv, as_float_array, register_env, resize_images
+from wmqlib.envs.base import DATA_STREAM, WmqEnv, as_float_array, register_env, resize_images
 
 IMG_SIZE = 65
 BORDER_LO, BORDER_HI = 4.0, 60.0  # border wall pixels: border_wall_loc - 1 and img_size - border_wall_loc
@@ -236,8 +236,46 @@ class Wall(WmqEnv):
     name = "wall"
     state_dim = 2
     proprio_dim = 2
-    protocol_opt_steps = 10
     _extra_reset_options = frozenset({"layout"})
+    plan_opt_steps = 10
+    mpc_max_rounds = 50
+    num_hist = 1
+    predictor_emb_dropout = 0.1
+    success_tolerances = {"position": SUCCESS_RADIUS}
+    episode_samplers = ("random_state",)
+    default_sampler = "random_state"
+    unkeyed_sampler = "random_state"
+    data_policies = ("walks",)
+    default_data_policy = "walks"
+
+    @classmethod
+    def sample_episode(cls, seed: int, sampler: str = "random_state",
+                       horizon: int = 25) -> tuple[np.ndarray, np.ndarray, None]:
+        """The released ``generate_random_state(seed)`` start and goal (DINO-WM's ``goal_source: random_state``);
+        ``horizon`` does not matter (the goal is drawn directly)."""
+        cls.check_sampler(sampler)
+        return (*random_start_goal(seed), None)
+
+    @classmethod
+    def collect_trajectories(cls, n_traj: int, traj_len: int, seed: int, policy: str = "walks",
+                             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Random walks that use the door (:func:`wmqlib.envs.policies.wall_walks`, half of them seek the door),
+        one generator for the batch."""
+        from wmqlib.envs.policies import wall_walks
+
+        cls.check_data_policy(policy)
+        sim = cls()
+        start, actions = wall_walks(np.random.default_rng([DATA_STREAM, seed]), n_traj, traj_len, sim.layout)
+        return sim.rollout_states(start, actions), actions
+
+    @classmethod
+    def state_features(cls, states: np.ndarray) -> np.ndarray:
+        """The dot position x, y: (..., 2)."""
+        return np.asarray(states, dtype=np.float64)[..., :2].copy()
+
+    def data_summary(self, states: np.ndarray) -> dict[str, float]:
+        """The fraction of trajectories that change side of the wall."""
+        return {"crossed_fraction": float(self.crossed(states).mean())}
 
     def __init__(self, render_size: int = 64, wall_x: int = 32, door_y: int = 30,
                  render_mode: str | None = "rgb_array") -> None:
