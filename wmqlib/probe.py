@@ -48,9 +48,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from wmqlib.envs import collect_trajectories, env_names, make_env
-from wmqlib.envs import pusht as _pusht
-from wmqlib.envs import wall as _wall
+from wmqlib.envs import collect_trajectories, env_class, env_names, make_env
 from wmqlib.plan import PlanningModel, encode_observations
 from wmqlib.quant import Calibration, find_points
 from wmqlib.validate import check_choice, check_float, check_int, check_type
@@ -90,23 +88,10 @@ class StateComponent:
         return self.unit == "deg"
 
 
-# The success tests these tolerances come from: Wall ||goal - cur|| < SUCCESS_RADIUS; PushT ||goal[:4] - cur[:4]|| <
-# SUCCESS_POS and wrapped angle difference < SUCCESS_ANGLE (see wmqlib.envs.wall / pusht ``_success_and_distance``).
-_COMPONENTS: dict[str, tuple[StateComponent, ...]] = {
-    "wall": (StateComponent("agent_x", 0, "px", _wall.SUCCESS_RADIUS),
-             StateComponent("agent_y", 1, "px", _wall.SUCCESS_RADIUS)),
-    "pusht": (StateComponent("agent_x", 0, "px", _pusht.SUCCESS_POS),
-              StateComponent("agent_y", 1, "px", _pusht.SUCCESS_POS),
-              StateComponent("block_x", 2, "px", _pusht.SUCCESS_POS),
-              StateComponent("block_y", 3, "px", _pusht.SUCCESS_POS),
-              StateComponent("block_angle", 4, "deg", math.degrees(_pusht.SUCCESS_ANGLE))),
-}
-
-
 def state_components(env: str) -> tuple[StateComponent, ...]:
     """The state components that decide success in ``env`` ("wall" | "pusht"), with their tolerances."""
-    check_choice("env", env, tuple(_COMPONENTS))
-    return _COMPONENTS[env]
+    check_choice("env", env, env_names())
+    return tuple(StateComponent(*component) for component in env_class(env).success_components)
 
 
 def state_targets(states: np.ndarray, components: tuple[StateComponent, ...]) -> np.ndarray:

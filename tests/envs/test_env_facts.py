@@ -1,6 +1,5 @@
 """Per-env facts live on the env classes, reached through the env registry."""
 
-import math
 
 import pytest
 
@@ -25,8 +24,11 @@ def test_protocol_facts_match_dino_wm():
         released = dinowm_config(name)
         assert cls.num_hist == released.num_hist and cls.proprio_dim == released.proprio_dim
         assert cls.predictor_emb_dropout == released.predictor_emb_dropout
-    assert Wall.success_tolerances == {"position": 4.5}
-    assert PushT.success_tolerances == {"agent_position": 20.0, "block_position": 20.0, "block_angle": math.pi / 9}
+    assert Wall.success_components == (("agent_x", 0, "px", 4.5), ("agent_y", 1, "px", 4.5))
+    assert [c[:3] for c in PushT.success_components] == [("agent_x", 0, "px"), ("agent_y", 1, "px"), ("block_x", 2, "px"),
+                                                         ("block_y", 3, "px"), ("block_angle", 4, "deg")]
+    assert [c[3] for c in PushT.success_components] == pytest.approx([20.0] * 4 + [20.0])  # pi / 9 rad = 20 degrees
+    assert Wall.released_normalization is None and len(PushT.released_normalization["proprio_mean"]) == 4
 
 
 @pytest.mark.parametrize("cls", [Wall, PushT])

@@ -41,7 +41,7 @@ def test_from_dict_names_unknown_fields(tiny_config: WorldModelConfig) -> None:
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"env": "maze"}, r"env must be one of \('wall', 'pusht'\)"),
+    ({"env": "maze"}, r"env must be one of \('pusht', 'wall'\)"),
     ({"num_hist": 0}, "num_hist must be a positive int"),
     ({"patch_size": 2.5}, "patch_size must be a positive int"),
     ({"frameskip": True}, "frameskip must be a positive int"),
@@ -61,5 +61,5 @@ def test_frozen(tiny_config: WorldModelConfig) -> None:
 
 
 def test_dinowm_config_unknown_env() -> None:
-    with pytest.raises(ValueError, match=r"env must be one of \['pusht', 'wall'\]"):
+    with pytest.raises(ValueError, match=r"env must be one of \('pusht', 'wall'\)"):
         dinowm_config("point_maze")

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from wmqlib.models import CheckpointError, load_world_model, save_world_model
-from wmqlib.models.dinowm import RELEASED_NORMALIZATION
+from wmqlib.envs import PushT
 from wmqlib.models.safe_pickle import PickledMethod, load_pickled_checkpoint
 
 
@@ -52,7 +52,7 @@ def test_loads_strictly_and_reproduces_the_fixture_modules(released: dict) -> No
     torch.testing.assert_close(decoded, expected["decoder"], atol=1e-5, rtol=1e-5)
     encoder = model.encoder.state_dict()
     assert all(torch.equal(encoder[k], v) for k, v in released["dinov2"].items())
-    stats = RELEASED_NORMALIZATION["pusht"]
+    stats = PushT.released_normalization
     torch.testing.assert_close(model.proprio_mean, torch.tensor(stats["proprio_mean"]))
     visual = torch.rand(1, 1, 3, s["img_size"], s["img_size"]) * 2 - 1
     with torch.no_grad():
@@ -92,7 +92,7 @@ def test_mismatched_dinov2_weights_fail_with_shapes(released: dict, make_dinov2_
 def test_missing_hydra_and_unknown_env(copy: Path, released: dict) -> None:
     edit_hydra(copy, env__name="point_maze")
     with pytest.raises(ValueError, match=r"env.name is 'point_maze'; wmq supports released models for envs "
-                                         r"\('wall', 'pusht'\)"):
+                                         r"\('pusht', 'wall'\)"):
         load_world_model(copy, dinov2_weights=released["dinov2_path"])
     (copy / "hydra.yaml").unlink()
     with pytest.raises(CheckpointError, match="missing .*hydra.yaml: a released DINO-WM folder holds hydra.yaml"):
@@ -160,7 +160,7 @@ def test_partial_normalization_is_filled_from_the_checkpoint_or_refused(copy: Pa
                                                                        tmp_path: Path) -> None:
     """One rule for both paths: given statistics win, the checkpoint's own fill the rest, none at all is an error."""
     model = load_world_model(copy, dinov2_weights=released["dinov2_path"], normalization={"action_mean": [1.0, 2.0]})
-    published = RELEASED_NORMALIZATION["pusht"]
+    published = PushT.released_normalization
     assert model.action_mean.tolist() == [1.0, 2.0]
     torch.testing.assert_close(model.proprio_std, torch.tensor(published["proprio_std"]))  # not silently 1
     assert model.provenance["normalization"] == ("action_mean: given by the caller; action_std, proprio_mean, "

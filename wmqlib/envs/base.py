@@ -129,8 +129,12 @@ class WmqEnv(gym.Env, abc.ABC):
     num_hist: ClassVar[int]
     #: DINO-WM's predictor embedding dropout for this env.
     predictor_emb_dropout: ClassVar[float]
-    #: success tolerance of each state component that decides success, in that component's units.
-    success_tolerances: ClassVar[dict[str, float]]
+    #: the state components that decide success: (name, state column, unit "px" | "deg", tolerance in that unit),
+    #: as the env's success test uses them (the state probe scores against these).
+    success_components: ClassVar[tuple[tuple[str, int, str, float], ...]]
+    #: DINO-WM's published z-score statistics of a released model for this env (action_mean / action_std /
+    #: proprio_mean / proprio_std), or None where it publishes none.
+    released_normalization: ClassVar[dict[str, tuple[float, ...]] | None] = None
     #: names :meth:`sample_episode` accepts, and the one the protocol uses.
     episode_samplers: ClassVar[tuple[str, ...]]
     default_sampler: ClassVar[str]

@@ -170,7 +170,15 @@ class PushT(WmqEnv):
     mpc_max_rounds = 30
     num_hist = 3
     predictor_emb_dropout = 0.0
-    success_tolerances = {"agent_position": SUCCESS_POS, "block_position": SUCCESS_POS, "block_angle": SUCCESS_ANGLE}
+    success_components = (("agent_x", 0, "px", SUCCESS_POS), ("agent_y", 1, "px", SUCCESS_POS),
+                          ("block_x", 2, "px", SUCCESS_POS), ("block_y", 3, "px", SUCCESS_POS),
+                          ("block_angle", 4, "deg", math.degrees(SUCCESS_ANGLE)))
+    released_normalization = {  # DINO-WM's PushT dataset statistics (its actions are rel_actions / 100)
+        "action_mean": (-0.0087, 0.0068),
+        "action_std": (0.2019, 0.2002),
+        "proprio_mean": (236.6155, 264.5674, -2.93032027, 2.54307914),
+        "proprio_std": (101.1202, 87.0112, 74.84556075, 74.14009094),
+    }
     episode_samplers = ("demo", "scripted")
     default_sampler = "demo"
     unkeyed_sampler = "scripted"

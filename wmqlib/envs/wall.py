@@ -241,7 +241,7 @@ class Wall(WmqEnv):
     mpc_max_rounds = 50
     num_hist = 1
     predictor_emb_dropout = 0.1
-    success_tolerances = {"position": SUCCESS_RADIUS}
+    success_components = (("agent_x", 0, "px", SUCCESS_RADIUS), ("agent_y", 1, "px", SUCCESS_RADIUS))
     episode_samplers = ("random_state",)
     default_sampler = "random_state"
     unkeyed_sampler = "random_state"

@@ -8,14 +8,14 @@ reads the shipped models by short name, wmq checkpoint folders and released DINO
 from wmqlib.models.checkpoint import (
     available_checkpoints, load_world_model, resolve_checkpoint, resolve_device, save_world_model,
 )
-from wmqlib.models.config import ENV_NAMES, WorldModelConfig, dinowm_config
+from wmqlib.models.config import WorldModelConfig, dinowm_config
 from wmqlib.models.errors import CheckpointError, NonFiniteWeightsWarning, UnsafeCheckpointError
 from wmqlib.models.predictor import frame_causal_mask
 from wmqlib.models.preprocess import stack_frameskip, unstack_frameskip
 from wmqlib.models.world_model import STAT_NAMES, WorldModel
 
 __all__ = [
-    "ENV_NAMES", "STAT_NAMES", "CheckpointError", "NonFiniteWeightsWarning", "UnsafeCheckpointError", "WorldModel",
+    "STAT_NAMES", "CheckpointError", "NonFiniteWeightsWarning", "UnsafeCheckpointError", "WorldModel",
     "WorldModelConfig", "available_checkpoints", "dinowm_config", "frame_causal_mask", "load_world_model",
     "resolve_checkpoint", "resolve_device", "save_world_model", "stack_frameskip", "unstack_frameskip",
 ]

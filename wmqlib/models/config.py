@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-ENV_NAMES = ("wall", "pusht")
+from wmqlib.envs import env_class, env_names
+
 
 # Decoder upsampling factor -> strides of its two upsampling stacks (each stack supports 2x or 4x, as in DINO-WM's
 # VQ-VAE decoder; the released models use (4, 4) for 14 -> 224).
@@ -37,7 +38,7 @@ class WorldModelConfig:
     """Sizes of a DINO-WM world model; validated on construction. Defaults are the paper's sizes.
 
     Data:
-        env: environment name, one of ``ENV_NAMES``.
+        env: environment name, one of ``wmqlib.envs.env_names()``.
         proprio_dim: raw proprioception size (Wall 2, PushT 4).
         num_hist: frames of history the predictor sees (its window; PushT 3, Wall 1).
         frameskip: env steps per model step; a model-step action stacks ``frameskip`` env actions.
@@ -87,8 +88,8 @@ class WorldModelConfig:
     decoder_n_embed: int = 2048
 
     def __post_init__(self) -> None:
-        if self.env not in ENV_NAMES:
-            raise ValueError(f"WorldModelConfig.env must be one of {ENV_NAMES}, got {self.env!r}")
+        if self.env not in env_names():
+            raise ValueError(f"WorldModelConfig.env must be one of {env_names()}, got {self.env!r}")
         for name in _INT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -158,13 +159,11 @@ class WorldModelConfig:
 def dinowm_config(env: str) -> WorldModelConfig:
     """The paper-size DINO-WM config of a released model: ViT-S/14 encoder, 196 tokens, 404-wide predictor.
 
-    PushT: proprio 4, num_hist 3, emb_dropout 0; Wall: proprio 2, num_hist 1, emb_dropout 0.1; frameskip 5 for both.
+    The per-env facts (proprio width, num_hist, embedding dropout) come from the env class; frameskip 5.
     """
-    presets = {
-        "pusht": dict(proprio_dim=4, num_hist=3, predictor_emb_dropout=0.0),
-        "wall": dict(proprio_dim=2, num_hist=1, predictor_emb_dropout=0.1),
-    }
-    if env not in presets:
-        raise ValueError(f"dinowm_config: env must be one of {sorted(presets)}, got {env!r}")
-    return WorldModelConfig(env=env, frameskip=5, **presets[env])
+    if env not in env_names():
+        raise ValueError(f"dinowm_config: env must be one of {env_names()}, got {env!r}")
+    facts = env_class(env)
+    return WorldModelConfig(env=env, frameskip=5, proprio_dim=facts.proprio_dim, num_hist=facts.num_hist,
+                            predictor_emb_dropout=facts.predictor_emb_dropout)
 

@@ -25,21 +25,13 @@ from typing import Any
 import torch
 import yaml
 
-from wmqlib.models.config import ENV_NAMES, WorldModelConfig
+from wmqlib.envs import env_class, env_names
+from wmqlib.models.config import WorldModelConfig
 from wmqlib.models.errors import CheckpointError
 from wmqlib.models.safe_pickle import load_pickled_checkpoint, load_tensor_dict, module_state_dict
 from wmqlib.models.world_model import WorldModel, merge_normalization, read_normalization
 from wmqlib.validate import InvalidValue, check_choice, check_float, check_int
 
-# Published DINO-WM z-score constants (PushT dataset actions are rel_actions / 100). Wall's come from its dataset.
-RELEASED_NORMALIZATION: dict[str, dict[str, tuple[float, ...]]] = {
-    "pusht": {
-        "action_mean": (-0.0087, 0.0068),
-        "action_std": (0.2019, 0.2002),
-        "proprio_mean": (236.6155, 264.5674, -2.93032027, 2.54307914),
-        "proprio_std": (101.1202, 87.0112, 74.84556075, 74.14009094),
-    },
-}
 # Pickled classes expected at the top of each checkpoint entry; None = the entry is optional.
 RELEASED_PARTS = {
     "predictor": "models.vit.ViTPredictor",
@@ -192,25 +184,26 @@ def released_env(hydra: dict[str, Any], source: str | Path = "hydra.yaml") -> st
     allowed ones."""
     name = _field(hydra, "env.name", source=source)
     try:
-        return check_choice("env.name", name, ENV_NAMES)
+        return check_choice("env.name", name, env_names())
     except InvalidValue:
         shown = repr(name) if isinstance(name, str) and len(name) < 80 else f"a {type(name).__name__}"
         raise CheckpointError(f"{source} env.name is {shown}; wmq supports released models for envs "
-                              f"{ENV_NAMES}") from None
+                              f"{env_names()}") from None
 
 
 def released_normalization(env: str) -> tuple[dict[str, Any] | None, str]:
     """The statistics a released model of ``env`` carries (DINO-WM's published constants) and their source, or
     (None, "") when DINO-WM publishes none (Wall)."""
-    if env not in RELEASED_NORMALIZATION:
+    published = env_class(env).released_normalization
+    if published is None:
         return None, ""
-    return dict(RELEASED_NORMALIZATION[env]), "DINO-WM published constants"
+    return dict(published), "DINO-WM published constants"
 
 
 def _missing_stats_hint(env: str) -> str:
     return (f"released {env!r} models need normalization={{'action_mean', 'action_std', 'proprio_mean', "
             f"'proprio_std'}} computed over its training dataset (DINO-WM publishes constants only for "
-            f"{sorted(RELEASED_NORMALIZATION)}); e.g. the action_mean/... fields of wmqlib.envs.TrajectoryData")
+            f"{[e for e in env_names() if env_class(e).released_normalization]}); e.g. the action_mean/... fields of wmqlib.envs.TrajectoryData")
 
 
 def load_dinov2(path: str | Path | None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
