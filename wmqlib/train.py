@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import platform
 import sys
@@ -36,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wmqlib.envs import TrajectoryData, generate_dataset
-from wmqlib.envs.base import env_class
+from wmqlib.card import fp_planning_summary, write_model_card
+from wmqlib.envs import TrajectoryData, env_class, env_names, generate_dataset
 from wmqlib.models import WorldModel, WorldModelConfig, resolve_device, save_world_model
 from wmqlib.paths import DATASETS_DIR
-from wmqlib.validate import atomic_write, check_float, check_int, check_type
+from wmqlib.validate import check_float, check_int, check_type
 
 
 def small_model(env: str, **changes: Any) -> WorldModelConfig:
@@ -398,71 +397,13 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     }
     model.provenance = {"trained_by": "wmqlib.train", "recipe": cfg.to_dict()}
     if evaluate_fp:
-        card["fp_planning"] = fp_planning_summary(model, cfg, progress)
+        card["fp_planning"] = fp_planning_summary(model, cfg.env, cfg.eval_episodes, cfg.eval_opt_steps)
     card["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     out = Path(out)
     model = model.cpu()
     save_world_model(model, out)
-    write_model_card(card, out)
+    write_model_card(card, out, regenerate_command(cfg, out))
     return model
-
-
-def fp_planning_summary(model: WorldModel, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """FP CEM planning on the DINO-WM protocol episodes (seed 99, goal_H 5): success with its Wilson 95% interval."""
-    from wmqlib.evaluate import evaluate
-    from wmqlib.envs import make_env, sample_episodes
-    from wmqlib.plan import CEMConfig
-    from wmqlib.stats import wilson_interval
-
-    t0 = time.perf_counter()
-    planner = CEMConfig(opt_steps=cfg.eval_opt_steps)
-    episodes = sample_episodes(cfg.env, cfg.eval_episodes, seed=99, split="eval", goal_H=5,
-                               frameskip=cfg.model.frameskip)
-    table = evaluate(model, make_env(cfg.env, render_size=cfg.img_size), planner, episodes)
-    k, n = int(table["success"].sum()), len(table)
-    low, high = wilson_interval(k, n)
-    return {"planner": dataclasses.asdict(planner), "episodes": n, "successes": k, "success_rate": k / n,
-            "ci95": [round(low, 4), round(high, 4)], "mean_state_dist": float(table["state_dist"].mean()),
-            "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def write_model_card(card: dict[str, Any], out: Path) -> None:
-    """Write card.json (machine-readable) and MODEL_CARD.md (the same facts for readers) into ``out``."""
-    atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
-    r, fp = card["recipe"], card.get("fp_planning")
-    env, m = r["model"]["env"], r["model"]
-    lines = [
-        f"# {out.name}", "",
-        f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` "
-        f"(seed {r['seed']}). Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then "
-        "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE"
-        + (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss." if r.get("rollout_steps")
-           else "."), "",
-        "| item | value |", "| --- | --- |",
-        f"| data | {r['n_traj']} scripted trajectories ({card['data'].get('policy', 'scripted')}) x {r['traj_len']} "
-        f"steps at {m['img_size']} px |",
-        f"| tokens | {m['grid_size'] ** 2} per frame, patch {m['patch_size']}, num_hist {m['num_hist']} |",
-        *(f"| {k} parameters | {v:,} |" for k, v in card["parameters"].items()),
-        f"| encoder loss (first -> last 100 mean) | {card['losses']['encoder_first']:.4g} -> "
-        f"{card['losses']['encoder_last100']:.4g} |",
-        f"| predictor loss (first -> last 100 mean) | {card['losses']['predictor_first']:.4g} -> "
-        f"{card['losses']['predictor_last100']:.4g} |",
-        *([f"| rollout fine-tune loss, {r['rollout_steps']} steps (first -> last 100 mean) | "
-           f"{card['losses']['finetune_first']:.4g} -> {card['losses']['finetune_last100']:.4g} |"]
-          if card["losses"].get("finetune_first") is not None else []),
-        f"| time (s): data / encoder / predictor / rollout fine-tune / total incl. evaluation | "
-        f"{card['seconds']['data']} / {card['seconds']['encoder']} / {card['seconds']['predictor']} / "
-        f"{card['seconds'].get('finetune', 0)} / {card['seconds']['total']} "
-        f"({card['threads']} threads, {card.get('device', 'cpu')}, torch {card['torch']}) |",
-    ]
-    if fp:
-        lines.append(f"| FP CEM success ({fp['episodes']} episodes, seed 99, goal_H 5) | {fp['success_rate']:.0%} "
-                     f"(95% CI {fp['ci95'][0]:.0%}-{fp['ci95'][1]:.0%}), mean state distance "
-                     f"{fp['mean_state_dist']:.2f} |")
-        lines.append(f"| planner | CEM {fp['planner']} |")
-    lines += ["", *(f"- {note}" for note in card.get("notes", [])),
-              "", f"Regenerate: `{regenerate_command(TrainConfig.from_dict(r), out)}`."]
-    atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
 
 
 def regenerate_command(cfg: TrainConfig, out: Path) -> str:
@@ -516,7 +457,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wmqlib.train", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default: mini-<env>)")
-    parser.add_argument("--env", choices=("wall", "pusht"), help="environment (when no preset is given)")
+    parser.add_argument("--env", choices=env_names(), help="environment (when no preset is given)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

@@ -1,0 +1,71 @@
+"""A shipped model's card: FP planning on the protocol episodes, and card.json / MODEL_CARD.md from the facts of
+its training (``wmqlib.train`` gathers them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from wmqlib.envs import make_env, sample_episodes
+from wmqlib.evaluate import evaluate
+from wmqlib.models import WorldModel
+from wmqlib.plan import CEMConfig
+from wmqlib.stats import wilson_interval
+from wmqlib.validate import atomic_write
+
+
+def fp_planning_summary(model: WorldModel, env: str, n_episodes: int, opt_steps: int) -> dict[str, Any]:
+    """FP CEM 300/30 planning with ``opt_steps`` iterations on ``n_episodes`` of the DINO-WM protocol episodes
+    (seed 99, goal_H 5, the env's default sampler): success with its Wilson 95% interval, mean final distance."""
+    t0 = time.perf_counter()
+    planner = CEMConfig(opt_steps=opt_steps)
+    episodes = sample_episodes(env, n_episodes, seed=99, split="eval", goal_H=5, frameskip=model.config.frameskip)
+    table = evaluate(model, make_env(env, render_size=model.config.img_size), planner, episodes)
+    k, n = int(table["success"].sum()), len(table)
+    low, high = wilson_interval(k, n)
+    return {"planner": dataclasses.asdict(planner), "episodes": n, "successes": k, "success_rate": k / n,
+            "ci95": [round(low, 4), round(high, 4)], "mean_state_dist": float(table["state_dist"].mean()),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
+    """Write card.json (machine-readable) and MODEL_CARD.md (the same facts for readers) into ``out``;
+    ``regenerate`` is the command that retrains the model."""
+    atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+    r, fp = card["recipe"], card.get("fp_planning")
+    env, m = r["model"]["env"], r["model"]
+    lines = [
+        f"# {out.name}", "",
+        f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` "
+        f"(seed {r['seed']}). Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then "
+        "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE"
+        + (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss." if r.get("rollout_steps")
+           else "."), "",
+        "| item | value |", "| --- | --- |",
+        f"| data | {r['n_traj']} scripted trajectories ({card['data'].get('policy', 'scripted')}) x {r['traj_len']} "
+        f"steps at {m['img_size']} px |",
+        f"| tokens | {m['grid_size'] ** 2} per frame, patch {m['patch_size']}, num_hist {m['num_hist']} |",
+        *(f"| {k} parameters | {v:,} |" for k, v in card["parameters"].items()),
+        f"| encoder loss (first -> last 100 mean) | {card['losses']['encoder_first']:.4g} -> "
+        f"{card['losses']['encoder_last100']:.4g} |",
+        f"| predictor loss (first -> last 100 mean) | {card['losses']['predictor_first']:.4g} -> "
+        f"{card['losses']['predictor_last100']:.4g} |",
+        *([f"| rollout fine-tune loss, {r['rollout_steps']} steps (first -> last 100 mean) | "
+           f"{card['losses']['finetune_first']:.4g} -> {card['losses']['finetune_last100']:.4g} |"]
+          if card["losses"].get("finetune_first") is not None else []),
+        f"| time (s): data / encoder / predictor / rollout fine-tune / total incl. evaluation | "
+        f"{card['seconds']['data']} / {card['seconds']['encoder']} / {card['seconds']['predictor']} / "
+        f"{card['seconds'].get('finetune', 0)} / {card['seconds']['total']} "
+        f"({card['threads']} threads, {card.get('device', 'cpu')}, torch {card['torch']}) |",
+    ]
+    if fp:
+        lines.append(f"| FP CEM success ({fp['episodes']} episodes, seed 99, goal_H 5) | {fp['success_rate']:.0%} "
+                     f"(95% CI {fp['ci95'][0]:.0%}-{fp['ci95'][1]:.0%}), mean state distance "
+                     f"{fp['mean_state_dist']:.2f} |")
+        lines.append(f"| planner | CEM {fp['planner']} |")
+    lines += ["", *(f"- {note}" for note in card.get("notes", [])),
+              "", f"Regenerate: `{regenerate}`."]
+    atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
