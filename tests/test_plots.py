@@ -132,3 +132,13 @@ def test_frame_strip_shapes_and_label_check():
     assert len(fig.axes) == 8
     with pytest.raises(ValueError, match="labels"):
         plots.frame_strip([real], ["a", "b"])
+
+
+def test_curves_of_a_nonnegative_quantity_start_at_zero():
+    table = pd.DataFrame({"bits": [3, 4, 8, 32] * 2, "error": [4.29, 4.35, 4.35, 4.35, 0.06, 0.06, 0.06, 0.06],
+                          "env": ["pusht"] * 4 + ["wall"] * 4})
+    grid = plots.curves(table, x="bits", y="error", col="env")
+    for ax in grid.axes.flat:
+        low, high = ax.get_ylim()
+        assert -0.02 <= low <= 0 and high > 0  # rates keep a sliver below 0 so lines at 0 show
+    plt.close(grid.figure)

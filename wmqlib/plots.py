@@ -218,7 +218,8 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
     baselines / reference: as in ``success_bars`` (trivial baselines as grey lines; FP as a near-black line with
         its band when it is not one of the ``hue`` curves; a hue level named "FP" is drawn near-black too).
     xlabel: name the axis ("CEM iterations", "MPC rounds"); ylabel: default "success rate (95% interval)" for
-        success_rate, else ``y``. Linear axes start at 0 and end a little above the highest value drawn.
+        success_rate, else ``y``. Linear axes of non-negative data start at 0 and end a little above the highest
+        value drawn.
     """
     _check_columns("table", table, [x, y, hue, col, *(band or ())])
     _check_columns("baselines", baselines, ["baseline", "success_rate"])
@@ -244,6 +245,8 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
             ax.set_yscale("log")
         elif min(sub[y], default=0) >= 0 and max(drawn, default=0) <= 1:  # a rate: fit it
             _fit_ylim(ax, drawn, lines=True)
+        elif min(sub[y], default=0) >= 0:  # a non-negative quantity: from 0, so a flat line looks flat
+            ax.set_ylim(0, max(drawn, default=1) * 1.08)
     grid.set_axis_labels(xlabel or x, ylabel or ("success rate (95% interval)" if y == "success_rate" else y))
     _legend(grid, hue, legend)
     if title:

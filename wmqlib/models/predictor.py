@@ -30,8 +30,10 @@ from torch import nn
 
 ATTENTION = "sdpa"
 ATTENTION_IMPLS = ("sdpa", "math")
-ADDITIVE_MASK = True
-INPLACE_RESIDUAL = True
+# Off: measured alone on the 2-core CPU (benchmarks/bench_plan.py --paths fused-fq,after), the additive cached mask
+# and the in-place residual did not pay (FP 0.97x of the path without them); same bits either way.
+ADDITIVE_MASK = False
+INPLACE_RESIDUAL = False
 
 
 def frame_causal_mask(num_tokens: int, tokens_per_frame: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -29,8 +29,10 @@ from torch import Tensor, nn
 from .spec import PerTensor, PerToken, QuantSpec, fake_quantize, qparams
 
 # Inference-time activation fake quant: True = the fused chain (module docstring), False = the previous chain.
-# Both give bit-identical values (tests/quant/test_qlinear.py); the switch exists for before/after benchmarks.
-FUSED_ACT_QUANT = True
+# Both give bit-identical values (tests/quant/test_qlinear.py). Off: measured alone on the 2-core CPU
+# (benchmarks/bench_plan.py --paths before,fused-fq), the fused chain planned W8A8 per-token 0.81x and per-tensor
+# 0.88x as fast as the previous one, so it does not pay here; the switch stays for the GPU measurement.
+FUSED_ACT_QUANT = False
 
 
 class ActQuantizer(nn.Module):
