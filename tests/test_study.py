@@ -248,7 +248,7 @@ def test_setup_resolves_samplers_and_settings_carry_them(tiny, capsys):
     assert S.setting(tiny).sampler == "random_state"
     with pytest.raises(ValueError, match=r"samplers names envs \['pusht'\]"):
         st.setup("smoke", [tiny], samplers={"pusht": "demo"})
-    with pytest.raises(ValueError, match="sampler must be one of"):
+    with pytest.raises(ValueError, match="sampler .*must be one of"):
         st.setup("smoke", [tiny], samplers={"wall": "demo"})
 
 
@@ -257,5 +257,5 @@ def test_sampler_is_keyed_unless_it_is_the_unkeyed_one(tiny, caches):
     assert "sampler" not in caches.identity(base)  # Wall's only sampler: results from before keep their keys
     assert config_key(caches.identity(dataclasses.replace(base, sampler="random_state"))) == \
         config_key(caches.identity(base))
-    with pytest.raises(ValueError, match="sampler must be one of"):
+    with pytest.raises(ValueError, match="sampler .*must be one of"):
         caches.identity(dataclasses.replace(base, sampler="demo"))

@@ -35,9 +35,9 @@ def test_protocol_facts_match_dino_wm():
 def test_samplers_and_data_policies_are_named_and_checked(cls):
     assert cls.default_sampler in cls.episode_samplers and cls.default_data_policy in cls.data_policies
     assert cls.check_sampler(None) == cls.default_sampler and cls.check_data_policy(None) == cls.default_data_policy
-    with pytest.raises(ValueError, match=f"sampler must be one of .* for env '{cls.name}', got 'nope'"):
+    with pytest.raises(ValueError, match=rf"sampler \(env '{cls.name}'\) must be one of .*, got 'nope'"):
         cls.check_sampler("nope")
-    with pytest.raises(ValueError, match=f"data policy must be one of .* for env '{cls.name}', got 'nope'"):
+    with pytest.raises(ValueError, match=rf"data policy \(env '{cls.name}'\) must be one of .*, got 'nope'"):
         cls.check_data_policy("nope")
 
 

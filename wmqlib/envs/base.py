@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
+from wmqlib.validate import check_choice
+
 MIN_RENDER_SIZE, MAX_RENDER_SIZE = 8, 1024
 _RESIZE_CHUNK = 256  # images per interpolate call: bounds the float32 copy (~65 MB at 224 px)
 
@@ -148,18 +150,14 @@ class WmqEnv(gym.Env, abc.ABC):
     @classmethod
     def check_sampler(cls, sampler: str | None) -> str:
         """``sampler`` (None = ``default_sampler``) if this env has it, else a ValueError naming the allowed ones."""
-        sampler = cls.default_sampler if sampler is None else sampler
-        if sampler not in cls.episode_samplers:
-            raise ValueError(f"sampler must be one of {cls.episode_samplers} for env {cls.name!r}, got {sampler!r}")
-        return sampler
+        return cls.default_sampler if sampler is None else check_choice(f"sampler (env {cls.name!r})", sampler,
+                                                                        cls.episode_samplers)
 
     @classmethod
     def check_data_policy(cls, policy: str | None) -> str:
         """``policy`` (None = ``default_data_policy``) if this env has it, else a ValueError naming the allowed."""
-        policy = cls.default_data_policy if policy is None else policy
-        if policy not in cls.data_policies:
-            raise ValueError(f"data policy must be one of {cls.data_policies} for env {cls.name!r}, got {policy!r}")
-        return policy
+        return cls.default_data_policy if policy is None else check_choice(f"data policy (env {cls.name!r})", policy,
+                                                                           cls.data_policies)
 
     @classmethod
     @abc.abstractmethod
