@@ -26,3 +26,17 @@ def tiny(tmp_path_factory) -> str:
     torch.set_num_threads(1)
     train(PRESETS["tiny"], out, progress=False, evaluate_fp=False)
     return str(out)
+
+
+@pytest.fixture()
+def calib_dir(tmp_path):
+    """A calibration folder of the test's own."""
+    return tmp_path / "calibration"
+
+
+@pytest.fixture()
+def caches(calib_dir):
+    """Study caches writing calibrations into ``calib_dir`` (never the repository's)."""
+    from wmqlib.caches import Caches
+
+    return Caches(calib_dir)

@@ -19,16 +19,6 @@ from wmqlib.sweep import config_key
 SMALL = CEMConfig(samples=12, topk=3, opt_steps=2)
 
 
-@pytest.fixture()
-def calib_dir(tmp_path):
-    return tmp_path / "calibration"
-
-
-@pytest.fixture()
-def caches(calib_dir):
-    return Caches(calib_dir)
-
-
 def setting(tiny: str, **kw) -> st.Setting:
     base = dict(planner=SMALL, n_evals=3, n_calib=2, calib_planner=SMALL, device="cpu")
     return st.Setting(tiny, **{**base, **kw})
