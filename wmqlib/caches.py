@@ -43,7 +43,7 @@ class Caches:
 
     def __init__(self, calib_dir: str | os.PathLike | None = None) -> None:
         self.calib_dir = Path(calib_dir) if calib_dir is not None else RESULTS_DIR / "calibration"
-        self._files: dict[tuple[str, int, int], str] = {}
+        self._checkpoints: dict[tuple[Any, ...], tuple[str, str]] = {}
         self._models: dict[tuple[str, str], WorldModel] = {}
         self._quantized: OrderedDict[str, tuple[Any, QuantReport | None]] = OrderedDict()
         self._calibrations: dict[str, Calibration] = {}
@@ -54,8 +54,8 @@ class Caches:
     def checkpoint(self, checkpoint: str | os.PathLike) -> tuple[Path, str, str]:
         """(folder, env, fingerprint) of a wmq checkpoint: a shipped name ("mini-wall") or a wmq folder.
 
-        The fingerprint is the sha256 (16 hex digits) of config.json and model.safetensors (each file hashed once
-        per size and mtime), so cached results and calibrations follow the weights, not the name. Raises
+        The fingerprint is the sha256 (16 hex digits) of config.json and model.safetensors (both read and hashed
+        once per size and mtime), so cached results and calibrations follow the weights, not the name. Raises
         CheckpointError for anything else (convert a released DINO-WM folder with ``wmqlib.models.convert``).
         """
         folder = resolve_checkpoint(checkpoint)
@@ -63,16 +63,16 @@ class Caches:
             raise CheckpointError(
                 f"checkpoint {str(checkpoint)!r} ({folder}) is not a wmq checkpoint folder ({CONFIG_FILE} + "
                 f"{WEIGHTS_FILE}); convert a released DINO-WM folder with `python -m wmqlib.models.convert`")
-        env = read_checkpoint_config(folder)["config"]["env"]
-        digest = hashlib.sha256()
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            path = folder / name
-            stat = path.stat()
-            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-            if key not in self._files:
-                self._files[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            digest.update(self._files[key].encode())
-        return folder, env, digest.hexdigest()[:16]
+        stats = [(folder / name).stat() for name in (CONFIG_FILE, WEIGHTS_FILE)]
+        key = (str(folder.resolve()), *((st.st_mtime_ns, st.st_size) for st in stats))
+        if key not in self._checkpoints:  # read and hashed once per version of the files (settings ask often)
+            env = read_checkpoint_config(folder)["config"]["env"]
+            digest = hashlib.sha256()
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                digest.update(hashlib.sha256((folder / name).read_bytes()).hexdigest().encode())
+            self._checkpoints[key] = (env, digest.hexdigest()[:16])
+        env, fingerprint = self._checkpoints[key]
+        return folder, env, fingerprint
 
     def env_name(self, setting: Setting) -> str:
         """The environment the setting's checkpoint was trained on ("wall", "pusht")."""
