@@ -1,7 +1,7 @@
 """Planning speed against references measured in the same run: a large GEMM, the DINO-WM loop, and FP planning.
 
     python benchmarks/bench_plan.py --device cpu --model mini-wall --episodes 8 --opt-steps 3
-    python benchmarks/bench_plan.py --paths before,after,compiled          # before / after the speed switches
+    python benchmarks/bench_plan.py --paths eager,compiled,math-attention  # the speed paths against each other
     python benchmarks/bench_plan.py --profile full --settings 120          # price of one setting, and of the grid
 
 Time nothing else while it runs: every ratio is taken within this run, but load from another process still moves
@@ -16,8 +16,8 @@ round-robin so drift hits them alike):
    calls of a run, over the whole planning time) vs the large-GEMM peak, and vs matmuls of exactly the predictor's
    linear shapes (the "same-shape" figure: what these small matrices can reach at best).
 3. Planning time of fake-quantized models (RTN W8 weight-only; W8A8 dynamic per-token; W8A8 static per-tensor)
-   vs FP, for every speed path in ``--paths`` (see PATHS: the switches of ``wmqlib.models.predictor``,
-   ``wmqlib.quant.qlinear.FUSED_ACT_QUANT`` and ``WorldModel.compile_rollout``).
+   vs FP, for every speed path in ``--paths`` (see PATHS: ``wmqlib.models.predictor.ATTENTION`` and
+   ``WorldModel.compile_rollout``).
    ``--chunk-sweep 256,1024,4096`` also times FP and W8A8 per-token planning at several Objective chunk sizes
    (smaller rollout blocks keep the activations in cache; the study's default is 4096 sequences).
 4. ``--profile NAME [NAME ...]``: one FP setting of that study profile (``profile.setting(checkpoint)``:
@@ -48,22 +48,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import wmqlib.models.predictor as predictor_module
-import wmqlib.quant.qlinear as qlinear_module
 from wmqlib.envs import make_env, sample_episodes
 from wmqlib.models import WorldModel, WorldModelConfig, available_checkpoints, dinowm_config, load_world_model
 from wmqlib.plan import CEMConfig, Objective, cem, encode_observations, latent_mse, make_generators
 from wmqlib.quant import RTN, PerChannel, PerTensor, PerToken, capture_calibration, quantize
 
-# Speed paths: values of the switches. "before" is the code before issue 14's changes (SDPA with a boolean mask,
-# out-of-place residuals, the unfused activation fake-quant chain, eager); "after" is the default of the library.
+# Speed paths: values of the switches. "eager" is the library's default (SDPA attention, eager rollout);
+# "math-attention" is DINO-WM's explicit softmax attention; "compiled" adds torch.compile of the rollout.
 PATHS: dict[str, dict[str, object]] = {
-    "before": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=False, compile=False),
-    "fused-fq": dict(ATTENTION="sdpa", ADDITIVE_MASK=False, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=True,
-                     compile=False),
-    "after": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True, FUSED_ACT_QUANT=True, compile=False),
-    "compiled": dict(ATTENTION="sdpa", ADDITIVE_MASK=True, INPLACE_RESIDUAL=True, FUSED_ACT_QUANT=True, compile=True),
-    "math-attention": dict(ATTENTION="math", ADDITIVE_MASK=True, INPLACE_RESIDUAL=False, FUSED_ACT_QUANT=False,
-                           compile=False),
+    "eager": dict(ATTENTION="sdpa", compile=False),
+    "compiled": dict(ATTENTION="sdpa", compile=True),
+    "math-attention": dict(ATTENTION="math", compile=False),
 }
 GOALS = {"predictor / large-GEMM peak": 0.75, "W8 weight-only / FP": 1.02, "W8A8 per-token / FP": 1.2,
          "W8A8 per-tensor / FP": 1.2, "batched / loop (GPU, mini size)": 5.0}
@@ -73,19 +68,14 @@ GOALS = {"predictor / large-GEMM peak": 0.75, "W8 weight-only / FP": 1.02, "W8A8
 def speed_path(name: str, models: list[nn.Module]) -> Iterator[None]:
     """Set the switches of ``PATHS[name]`` (and compile the models' rollouts if asked); restore them afterwards."""
     path = PATHS[name]
-    saved = ({k: getattr(predictor_module, k) for k in ("ATTENTION", "ADDITIVE_MASK", "INPLACE_RESIDUAL")},
-             qlinear_module.FUSED_ACT_QUANT)
+    saved = predictor_module.ATTENTION
     try:
-        for key in ("ATTENTION", "ADDITIVE_MASK", "INPLACE_RESIDUAL"):
-            setattr(predictor_module, key, path[key])
-        qlinear_module.FUSED_ACT_QUANT = path["FUSED_ACT_QUANT"]
+        predictor_module.ATTENTION = path["ATTENTION"]
         for model in models:
             model.compile_rollout(bool(path["compile"]))
         yield
     finally:
-        for key, value in saved[0].items():
-            setattr(predictor_module, key, value)
-        qlinear_module.FUSED_ACT_QUANT = saved[1]
+        predictor_module.ATTENTION = saved
         for model in models:
             model.compile_rollout(False)
 
@@ -301,7 +291,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4096, help="max sequences per rollout call (wmq)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
     parser.add_argument("--gemm", type=int, default=2048, help="size n of the n^3 reference GEMM")
-    parser.add_argument("--paths", default="after", help=f"comma-separated speed paths of {list(PATHS)}")
+    parser.add_argument("--paths", default="eager", help=f"comma-separated speed paths of {list(PATHS)}")
     parser.add_argument("--chunk-sweep", default="", help="comma-separated chunk sizes to time FP and W8A8 "
                         "per-token planning at (library defaults; smaller blocks keep activations in cache)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the (slow) DINO-WM-style loop")

@@ -10,16 +10,10 @@ State-dict keys match the released ``models.vit.ViTPredictor`` exactly: ``pos_em
 The frame-causal mask (frame i sees every token of frames <= i) is derived from the input length and the tokens
 per frame, built on the input's device and cached per (length, device, dtype); it is never part of the state_dict.
 
-Switches (module attributes, read at every call; the defaults are the fast path, the others exist so a benchmark
-can measure before / after in one run and the tests can check that every path agrees):
-
-- ``ATTENTION``: ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"math"`` (DINO-WM's explicit
-  ``softmax(q k^T / sqrt(d) + mask) v``); they agree to float reassociation.
-- ``ADDITIVE_MASK``: pass the mask as a cached float ``0 / -inf`` tensor (what SDPA turns a boolean mask into on
-  every call) instead of the boolean one; same values.
-- ``INPLACE_RESIDUAL``: ``x = branch(x).add_(x)`` instead of ``branch(x) + x``: one activation-sized allocation
-  fewer per residual, same bits. The branch output is written after the branch returns, so a forward hook on an
-  ``Attention`` / ``FeedForward`` that keeps its output must keep a clone (wmq's hooks are pre-hooks on inputs).
+``ATTENTION`` (a module attribute, read at every call) selects ``"sdpa"`` (``F.scaled_dot_product_attention``, the
+default) or ``"math"`` (DINO-WM's explicit ``softmax(q k^T / sqrt(d) + mask) v``); they agree to float
+reassociation, and the tests check it. A cached additive mask and an in-place residual were measured alone on the
+2-core CPU (``benchmarks/bench_plan.py``, previous sessions) and did not pay (FP 0.97x), so they were removed.
 """
 
 from __future__ import annotations
@@ -30,10 +24,6 @@ from torch import nn
 
 ATTENTION = "sdpa"
 ATTENTION_IMPLS = ("sdpa", "math")
-# Off: measured alone on the 2-core CPU (benchmarks/bench_plan.py --paths fused-fq,after), the additive cached mask
-# and the in-place residual did not pay (FP 0.97x of the path without them); same bits either way.
-ADDITIVE_MASK = False
-INPLACE_RESIDUAL = False
 
 
 def frame_causal_mask(num_tokens: int, tokens_per_frame: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -89,8 +79,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, dim_head) each
-        additive = ADDITIVE_MASK or ATTENTION == "math"
-        mask = self.mask(n, x.device, x.dtype if additive else torch.bool)
+        mask = self.mask(n, x.device, x.dtype if ATTENTION == "math" else torch.bool)
         p_drop = self.dropout if self.training else 0.0
         if ATTENTION == "sdpa":
             # SDPA's default scale is dim_head ** -0.5, as in DINO-WM
@@ -140,12 +129,8 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim)."""
         for attention, feedforward in self.layers:
-            if INPLACE_RESIDUAL:  # the branch output is a fresh tensor nothing else holds; x itself is not written
-                x = attention(x).add_(x)
-                x = feedforward(x).add_(x)
-            else:
-                x = attention(x) + x
-                x = feedforward(x) + x
+            x = attention(x) + x
+            x = feedforward(x) + x
         return self.norm(x)
 
 

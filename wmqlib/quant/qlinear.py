@@ -4,18 +4,10 @@ The weight is fake-quantized ONCE, when ``QuantLinear`` is built, and kept as a 
 forward is exactly ``F.linear`` and costs what ``nn.Linear`` costs.  The input quantizer, if any, is either static
 (per-tensor scale / zero point fixed from calibration) or dynamic per token (min / max of every row at run time).
 Both compute in float32, return the input dtype, and pass gradients straight through inside the range.
-(``torch.fake_quantize_per_tensor_affine`` was measured 1.7x slower than the in-place chain on CPU.)
 
-Inference path (no autograd), ``FUSED_ACT_QUANT = True`` (the default): fewer passes over the activation, same bits.
-
-    per token:   lo, hi = aminmax(x) (one pass);  y = x / s;  round;  clamp to [qmin - z, qmax - z];  * s
-    per tensor:                                   y = x / s;  round;  clamp to [qmin - z, qmax - z];  * s
-
-Folding the zero point into the clamp bounds is exact: ``z`` is an integer in ``[qmin, qmax]`` and every value
-involved is an integer of magnitude below 2^24 (larger ones clip either way), so ``clamp(r + z, qmin, qmax) - z ==
-clamp(r, qmin - z, qmax - z)`` in float32.  That drops the float32 copy, the separate min and max passes and the
-``+ z`` / ``- z`` passes: 5 passes over a per-token activation instead of 9, 4 instead of 7 per tensor.
-``FUSED_ACT_QUANT = False`` selects the previous chain (kept so a benchmark can measure both in one run).
+(``torch.fake_quantize_per_tensor_affine`` was measured 1.7x slower than the in-place chain on CPU; a fused chain
+with the zero point folded into the clamp bounds planned W8A8 0.81-0.88x as fast, measured alone on the 2-core CPU
+with ``benchmarks/bench_plan.py`` in an earlier session, and was removed.)
 """
 
 from __future__ import annotations
@@ -27,12 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .spec import PerTensor, PerToken, QuantSpec, fake_quantize, qparams
-
-# Inference-time activation fake quant: True = the fused chain (module docstring), False = the previous chain.
-# Both give bit-identical values (tests/quant/test_qlinear.py). Off: measured alone on the 2-core CPU
-# (benchmarks/bench_plan.py --paths before,fused-fq), the fused chain planned W8A8 per-token 0.81x and per-tensor
-# 0.88x as fast as the previous one, so it does not pay here; the switch stays for the GPU measurement.
-FUSED_ACT_QUANT = False
 
 
 class ActQuantizer(nn.Module):
@@ -64,25 +50,12 @@ class ActQuantizer(nn.Module):
         """``x (..., C)`` -> fake-quantized ``(..., C)``, same dtype."""
         if torch.is_grad_enabled() and x.requires_grad:
             return fake_quantize(x, self.spec, self.lo, self.hi) if self.static else fake_quantize(x, self.spec)
-        if FUSED_ACT_QUANT:
-            return self._fused(x)
         y = x.to(torch.float32, copy=True)
         if self.static:
             scale, zero = self.scale, self.zero_point
         else:
             scale, zero = qparams(y.amin(dim=-1, keepdim=True), y.amax(dim=-1, keepdim=True), self.spec)
         y.div_(scale).round_().add_(zero).clamp_(self.spec.qmin, self.spec.qmax).sub_(zero).mul_(scale)
-        return y.to(x.dtype)
-
-    def _fused(self, x: Tensor) -> Tensor:
-        """The inference chain with the zero point folded into the clamp (module docstring); ``(..., C)``."""
-        xf = x if x.dtype == torch.float32 else x.float()
-        if self.static:
-            scale, zero = self.scale, self.zero_point
-        else:
-            scale, zero = qparams(*torch.aminmax(xf, dim=-1, keepdim=True), self.spec)
-        y = xf.div_(scale) if xf is not x else torch.div(xf, scale)  # the only new float32 buffer
-        y.round_().clamp_(self.spec.qmin - zero, self.spec.qmax - zero).mul_(scale)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
