@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib.sweep import SweepError, canonical, config_key, flatten_config, sweep
+from wmqlib.sweep import OMIT_AT_DEFAULT, SweepError, canonical, config_key, flatten_config, sweep
 
 # Shared by this process and the child that gets killed: five configs and a deterministic run function.
 SWEEP_SOURCE = '''
@@ -127,6 +127,22 @@ def test_config_key_is_stable_and_type_aware():
     assert flatten_config(a) == {"recipe": "_Recipe", "recipe.w_bits": 4, "recipe.scope": '["encoder"]', "seed": 1}
     assert config_key(np.int64(3)) == config_key(3)
     assert len(config_key(a)) == 16 and json.dumps(canonical(a))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grown:
+    """_Recipe after a field was added: the new field is keyed only when it leaves its default."""
+    w_bits: int
+    scope: tuple = ("encoder",)
+    rotation: str = dataclasses.field(default="none", metadata={OMIT_AT_DEFAULT: True})
+
+
+def test_a_field_marked_omit_at_default_keeps_old_keys():
+    assert canonical(_Grown(4)) == {"__type__": "_Grown", "w_bits": 4, "scope": ["encoder"]}
+    assert config_key({"recipe": _Grown(4)}) == config_key({"recipe": _Grown(4, ("encoder",), "none")})
+    assert config_key({"recipe": _Grown(4, rotation="hadamard")}) != config_key({"recipe": _Grown(4)})
+    assert canonical(_Grown(4, rotation="hadamard"))["rotation"] == "hadamard"
+    assert flatten_config(_Grown(4)) == {"config": "_Grown", "w_bits": 4, "scope": '["encoder"]'}
 
 
 def test_sweep_bad_input(tmp_path):

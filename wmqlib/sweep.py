@@ -46,18 +46,24 @@ from wmqlib.validate import atomic_write, remove_stale_tmp
 FORMAT_VERSION = 1
 TYPE_KEY = "__type__"
 PROVENANCE = "provenance"  # column prefix of where a result was computed (not part of its key)
+# A dataclass field declared with ``field(default=..., metadata={OMIT_AT_DEFAULT: True})`` is left out of the
+# canonical form (so of keys and config columns) while it holds its default: a field added to a configuration after
+# results were cached keeps those results' keys.
+OMIT_AT_DEFAULT = "wmq_omit_at_default"
 RunResult = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 def canonical(config: Any) -> Any:
-    """A JSON-able, canonical form of a configuration: dataclasses -> dicts with a ``__type__`` entry, tuples ->
-    lists, Paths -> str, enums -> value, numpy scalars -> Python scalars; dict keys must be strings.
+    """A JSON-able, canonical form of a configuration: dataclasses -> dicts with a ``__type__`` entry (fields marked
+    ``OMIT_AT_DEFAULT`` left out while at their default), tuples -> lists, Paths -> str, enums -> value, numpy
+    scalars -> Python scalars; dict keys must be strings.
 
     Raises TypeError naming the offending type for anything else (a model object, a tensor, ...).
     """
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         out = {TYPE_KEY: type(config).__name__}
-        out.update({f.name: canonical(getattr(config, f.name)) for f in dataclasses.fields(config)})
+        out.update({f.name: canonical(getattr(config, f.name)) for f in dataclasses.fields(config)
+                    if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(config, f.name) == f.default)})
         return out
     if isinstance(config, Mapping):
         bad = [k for k in config if not isinstance(k, str)]
