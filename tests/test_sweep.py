@@ -142,7 +142,8 @@ def test_a_field_marked_omit_at_default_keeps_old_keys():
     assert config_key({"recipe": _Grown(4)}) == config_key({"recipe": _Grown(4, ("encoder",), "none")})
     assert config_key({"recipe": _Grown(4, rotation="hadamard")}) != config_key({"recipe": _Grown(4)})
     assert canonical(_Grown(4, rotation="hadamard"))["rotation"] == "hadamard"
-    assert flatten_config(_Grown(4)) == {"config": "_Grown", "w_bits": 4, "scope": '["encoder"]'}
+    assert flatten_config({"recipe": _Grown(4)}) == {"recipe": "_Grown", "recipe.w_bits": 4,
+                                                     "recipe.scope": '["encoder"]'}
 
 
 def test_sweep_bad_input(tmp_path):
