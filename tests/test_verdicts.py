@@ -59,6 +59,14 @@ def test_w3_breaks_planning_each_outcome():
     assert outcome(v.w3_breaks_planning(units((0, 5)), WEAK_FP, BASELINES)) == "not testable"
 
 
+def test_within_margin_of_fp_each_outcome():
+    assert outcome(v.within_margin_of_fp(FP, FP, BASELINES)) == "reproduced"
+    below = v.within_margin_of_fp(units((0, 30)), FP, BASELINES)
+    assert below.outcome == "not reproduced" and "below" in below.why
+    assert outcome(v.within_margin_of_fp(units((10, 66)), FP, BASELINES)) == "inconclusive"
+    assert outcome(v.within_margin_of_fp(WEAK_FP, WEAK_FP, BASELINES)) == "not testable"
+
+
 def test_groups_stabilise_w4_each_outcome():
     assert outcome(v.groups_stabilise_w4(units((0, 50)), units((0, 20)), FP, BASELINES)) == "reproduced"
     assert outcome(v.groups_stabilise_w4(units((0, 40)), units((0, 40)), FP, BASELINES)) == "not reproduced"

@@ -243,6 +243,20 @@ def w3_breaks_planning(w3: pd.Series, fp: pd.Series, baselines: pd.Series | Mapp
     return _judge("F1c W3 breaks planning", comparison, w3, fp, fp, baselines, alpha, margin, floor, rules)
 
 
+def within_margin_of_fp(x: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
+                        comparison: str = "method vs FP", alpha: float = ALPHA, margin: float = MARGIN,
+                        floor: float = FLOOR) -> Verdict:
+    """R "the method keeps planning within ``margin`` of FP" (notebook 04's rescue): reproduced when equivalent to
+    FP (TOST); not reproduced when decisively below FP and not equivalent; else inconclusive."""
+    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+        if eq.equivalent:
+            return "reproduced", f"equivalent to FP: {_equivalent(eq)}"
+        if _decisive(t, alpha, -1):
+            return "not reproduced", f"decisively below FP: {_numbers(t)}"
+        return "inconclusive", f"neither equivalent to FP nor decisively below it: {_numbers(t)}"
+    return _judge("R within margin of FP", comparison, x, fp, fp, baselines, alpha, margin, floor, rules)
+
+
 def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.Series]) -> np.ndarray:
     base = baselines if isinstance(baselines, Mapping) else {"baseline": baselines}
     aligned = [_align(reference, v, f"baselines[{k!r}]") for k, v in base.items()]
