@@ -83,7 +83,9 @@ def sensitivity_for(setting: Setting, bits: Sequence[int] = (2, 3, 4), n_sequenc
             raise ValueError("sensitivity_for needs setting.recipe (the method whose bit width varies) or "
                              "recipe_for_bits; the setting is full precision (recipe=None)")
         base = setting.recipe
-        recipe_for_bits = lambda b: dataclasses.replace(base, w_bits=b)  # noqa: E731
+
+        def recipe_for_bits(bits: int) -> Recipe:
+            return dataclasses.replace(base, w_bits=bits)
     model: nn.Module = caches.model(setting)
     env, episodes = caches.env(setting), caches.episodes(setting, "calib")
     size = model.config.img_size

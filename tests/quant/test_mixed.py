@@ -88,7 +88,7 @@ def test_the_allocation_is_not_monotone_in_the_budget():
     assert allocate_bits(table, 3.9, choices=(2, 4)) == {"big": 4, "small": 2}
 
 
-# ----- allocation, properties over random tables ----------------------------------------------------------------------
+# ----- allocation, properties over random tables --------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(25))
 def test_the_budget_is_met_and_no_single_upgrade_still_fits(seed):
@@ -124,7 +124,7 @@ def test_more_sensitive_layers_of_equal_size_never_get_fewer_bits(seed):
     assert got == sorted(got)
 
 
-# ----- overrides and average bits -------------------------------------------------------------------------------------
+# ----- overrides and average bits -----------------------------------------------------------------------------------
 
 def test_mixed_overrides_realise_the_allocation_exactly():
     model = WorldModel(WorldModelConfig(**TINY), seed=5).eval()
@@ -173,7 +173,7 @@ def test_bad_budgets_choices_and_tables_are_refused():
         mixed_overrides({"a": 4}, lambda b: RTN(8))
 
 
-# ----- sensitivity of a tiny world model's planning objective ----------------------------------------------------------
+# ----- sensitivity of a tiny world model's planning objective -------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_objective():
@@ -199,8 +199,8 @@ def test_sixteen_bits_changes_nothing(tiny_objective):
 
 def test_two_bits_perturbs_every_layer_more_than_eight(tiny_objective):
     # Holds layer by layer on this model, not as a theorem: the symmetric 2-bit grid's step (max|w| / 1) is 127x the
-    # 8-bit one's (max|w| / 127), and the objective responds smoothly to weight noise of these sizes. Every layer, encoder ones included, matters at 2 bits
-    # because the objective encodes start and goal with the quantized model.
+    # 8-bit one's (max|w| / 127), and the objective responds smoothly to weight noise of these sizes. Every layer,
+    # encoder ones included, matters at 2 bits because the objective encodes start and goal with the quantized model.
     model, fn = tiny_objective
     before = {k: v.clone() for k, v in model.state_dict().items()}
     table = layer_sensitivity(model, fn, lambda b: RTN(b, PerChannel()), bits=(2, 8))
