@@ -241,10 +241,24 @@ def test_training_sample_is_the_checkpoints_training_data(tiny, caches):
         training_sample(tiny, wrong, 2, seed=99)
 
 
-def test_training_data_need_a_recipe(tiny, tmp_path):
-    folder = tmp_path / "no-recipe"
+def test_training_data_recipes_of_fine_tuned_and_early_checkpoints(tiny, tmp_path):
     model = load_world_model(tiny)
-    model.provenance = {"converted_from": "somewhere"}
-    save_world_model(model, folder)
-    with pytest.raises(CheckpointError, match="calib_source='dataset' needs one"):
-        training_data_recipe(folder)
+    expected = training_data_recipe(tiny)
+    nested = model.provenance["recipe"]
+    cfg = PRESETS["tiny"]
+    flat = {"env": "wall", "n_traj": cfg.n_traj, "traj_len": cfg.traj_len, "seed": cfg.seed, "img_size": cfg.img_size}
+
+    def saved(name: str, prov: dict):
+        model.provenance = prov
+        return save_world_model(model, tmp_path / name)
+
+    # a fine-tuned copy names its base's recipe; an early (flat) recipe is the preset named like the folder / base
+    fine_tuned = saved("qat", {"base_checkpoint": "x", "base_provenance": {"recipe": nested}})
+    assert training_data_recipe(fine_tuned) == expected
+    assert training_data_recipe(saved("tiny", {"recipe": flat})) == expected
+    assert training_data_recipe(saved("qat-of-tiny", {"base_checkpoint": "tiny",
+                                                      "base_provenance": {"recipe": flat}})) == expected
+    for name, prov in [("no-recipe", {"converted_from": "somewhere"}), ("other-name", {"recipe": flat}),
+                             ("other/tiny", {"recipe": {**flat, "n_traj": 9}})]:  # not the preset's data
+        with pytest.raises(CheckpointError, match="calib_source='dataset' needs one"):
+            training_data_recipe(saved(name, prov))

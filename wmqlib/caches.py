@@ -240,10 +240,10 @@ def training_data_recipe(folder: str | os.PathLike) -> dict[str, Any]:
     """How the training data of the wmq checkpoint in ``folder`` were generated: {"env", "n_traj", "traj_len",
     "seed", "img_size", "policy"} (``wmqlib.envs.generate_dataset``'s arguments).
 
-    Read from the training recipe in its config.json provenance (a QAT checkpoint: its base's, under
-    ``base_provenance``). Recipes written before the architecture was nested and the data policy named (the first
-    shipped models) are matched to the ``wmqlib.train.PRESETS`` entry named like the folder. CheckpointError when
-    no recipe is found (e.g. a converted DINO-WM release: its data are not regenerable here).
+    Read from the training recipe in its config.json provenance (a fine-tuned checkpoint such as wmqlib.qat's: its
+    base's, under ``base_provenance``). Recipes written before the architecture was nested and the data policy named
+    (the first shipped models) are matched to the ``wmqlib.train.PRESETS`` entry named like the folder (or like
+    ``base_checkpoint``). CheckpointError when no recipe is found (e.g. a converted DINO-WM release).
     """
     folder = Path(folder)
     prov = read_checkpoint_config(folder).get("provenance") or {}
@@ -251,9 +251,11 @@ def training_data_recipe(folder: str | os.PathLike) -> dict[str, Any]:
     if isinstance(recipe, dict) and "model" in recipe:
         cfg = TrainConfig.from_dict(recipe)
     else:
-        cfg = PRESETS.get(folder.name)
         legacy = ("env", "n_traj", "traj_len", "seed", "img_size")
-        if not isinstance(recipe, dict) or cfg is None or any(recipe.get(k) != getattr(cfg, k) for k in legacy):
+        names = (folder.name, prov.get("base_checkpoint"))
+        cfg = next((PRESETS[n] for n in names if n in PRESETS and isinstance(recipe, dict)
+                    and all(recipe.get(k) == getattr(PRESETS[n], k) for k in legacy)), None)
+        if cfg is None:
             raise CheckpointError(f"checkpoint {folder} records no training recipe that says how its data were "
                                   "generated (config.json provenance 'recipe'); calib_source='dataset' needs one - "
                                   "use 'planning' or 'random' for this model")
