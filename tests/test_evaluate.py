@@ -333,3 +333,22 @@ def test_evaluate_on_cuda(env, episodes):
     table = evaluate(gpu_model, env, FAST_CEM, episodes[:3], mpc=MPCConfig(max_rounds=2), render_size=16, trace=True)
     assert len(table) == 3 * FAST_CEM.opt_steps and np.isfinite(table["plan_loss"]).all()
     assert not table["nan"].any()
+
+
+def test_collect_calibration_names_its_sources_and_their_inputs(env):
+    model = small_world_model()
+    calib_eps = sample_episodes("wall", 1, seed=99, split="calib")
+    with pytest.raises(ValueError, match=r"source must be one of \['planning', 'dataset', 'random'\], got 'x'"):
+        collect_calibration(model, env, calib_eps, FAST_CEM, source="x")
+    with pytest.raises(ValueError, match="mpc_rounds must be an int >= 1"):
+        collect_calibration(model, env, calib_eps, FAST_CEM, mpc_rounds=0)
+    with pytest.raises(ValueError, match="source='dataset' records the trajectories in `data` alone"):
+        collect_calibration(model, env, calib_eps, FAST_CEM, source="dataset")
+    with pytest.raises(TypeError, match="data must be a wmqlib.envs TrajectoryData"):
+        collect_calibration(model, source="dataset")
+    with pytest.raises(ValueError, match="source='random' needs env, episodes and planner"):
+        collect_calibration(model, env, calib_eps, source="random")
+    with pytest.raises(TypeError, match="planner \\(source='random'\\) must be a CEMConfig"):
+        collect_calibration(model, env, calib_eps, GDConfig(opt_steps=1), source="random")
+    with pytest.raises(ValueError, match="calib"):  # random rollouts leak evaluation episodes as planning would
+        collect_calibration(model, env, sample_episodes("wall", 1, seed=99), FAST_CEM, source="random")

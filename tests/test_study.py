@@ -12,7 +12,7 @@ from wmqlib import study as st
 from wmqlib.caches import Caches
 from wmqlib.envs import Wall
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
-from wmqlib.quant import RTN, PerGroup
+from wmqlib.quant import AWQ, RTN, PerGroup
 from wmqlib.sweep import config_key
 from wmqlib.train import PRESETS
 
@@ -93,10 +93,57 @@ def test_default_group_size_reads_the_encoder_width(tiny):
     (dict(trace=1), TypeError, "trace"),
     (dict(calib_planner=GDConfig()), TypeError, "calib_planner"),
     (dict(device="tpu"), ValueError, "device"),
+    (dict(calib_source="x"), ValueError, r"calib_source must be one of \['planning', 'dataset', 'random'\], got 'x'"),
+    (dict(calib_rounds=0), ValueError, "calib_rounds must be an int >= 1, got 0"),
+    (dict(calib_rounds=2.0), TypeError, "calib_rounds must be an int"),
+    (dict(overrides={"encoder": RTN(8)}), ValueError, "overrides needs a recipe: recipe=None is the full-precision"),
+    (dict(recipe=RTN(4), overrides={"encoder": "RTN"}), TypeError,
+     r"overrides\['encoder'\] must be a wmqlib.quant recipe \(AWQ, .*RTN.*\), got str"),
+    (dict(recipe=RTN(4), overrides={3: RTN(8)}), TypeError, "overrides pattern must be a module-name pattern"),
+    (dict(recipe=RTN(4), overrides=RTN(8)), TypeError, "overrides must be a mapping from module-name pattern"),
+    (dict(recipe=RTN(4), overrides=[("encoder", RTN(8), 1)]), TypeError, "not a pair"),
+    (dict(recipe=RTN(4), overrides=[("encoder", RTN(8)), ("encoder", RTN(6))]), ValueError, "more than once"),
 ])
 def test_setting_rejects_bad_fields(tiny, kw, error, match):
     with pytest.raises(error, match=match):
         st.Setting(**{"checkpoint": tiny, **kw})
+
+
+def test_overrides_are_stored_as_ordered_pairs_and_keep_the_setting_hashable(tiny):
+    pairs = (("encoder", RTN(8)), ("encoder.blocks.0", RTN(3)))
+    from_dict = st.Setting(tiny, recipe=RTN(4), overrides=dict(pairs))
+    from_list = st.Setting(tiny, recipe=RTN(4), overrides=[list(p) for p in pairs])
+    assert from_dict.overrides == from_list.overrides == pairs
+    assert hash(from_dict) == hash(from_list) and len({from_dict, from_list}) == 1
+    assert st.Setting(tiny, recipe=RTN(4), overrides={}).overrides is None  # nothing overridden = the default
+    assert dataclasses.replace(from_dict, n_evals=3).overrides == pairs  # re-validated from the stored form
+    s = st.Setting(tiny, calib_rounds=5, calib_source="random")
+    assert (s.calib_rounds, s.calib_source) == (5, "random")
+
+
+def test_describe_shows_overrides_and_calibration(tiny):
+    awq = setting(tiny, recipe=AWQ(4, PerGroup(8)))
+    assert st.describe(awq)["calibration"] == "planning x2" and st.describe(awq)["n_overrides"] == 0
+    assert st.describe(dataclasses.replace(awq, calib_source="random", calib_rounds=5))["calibration"] == "random x5"
+    assert st.describe(dataclasses.replace(awq, calib_source="dataset"))["calibration"] == "dataset"
+    mixed = setting(tiny, recipe=RTN(4, PerGroup(8)), scope="predictor",
+                    overrides={"predictor.transformer.layers.0": RTN(8)})
+    described = st.describe(mixed)
+    assert described["label"] == "RTN W4A16 g8 +1 override [predictor]" and described["n_overrides"] == 1
+    assert described["calibration"] == "-"  # nothing calibrated: RTN weights only
+    two = dataclasses.replace(mixed, overrides=[("predictor.transformer.layers.0", RTN(8)),
+                                                ("predictor.transformer.layers.1", AWQ(4, PerGroup(8)))])
+    assert st.describe(two)["label"].endswith("+2 overrides [predictor]")
+    assert st.describe(two)["calibration"] == "planning x2"  # an override needs it
+    assert st.describe(setting(tiny))["calibration"] == "-" and st.describe(setting(tiny))["n_overrides"] == 0
+
+
+def test_profile_setting_passes_the_mixed_precision_and_calibration_options(tiny):
+    P = st.PROFILES["smoke"]
+    s = P.setting(tiny, recipe=RTN(4), overrides={"encoder": RTN(8)}, calib_rounds=5, calib_source="dataset")
+    assert s.overrides == (("encoder", RTN(8)),) and (s.calib_rounds, s.calib_source) == (5, "dataset")
+    plain = P.setting(tiny)
+    assert (plain.overrides, plain.calib_rounds, plain.calib_source) == (None, 2, "planning")
 
 
 # ----- running settings -----

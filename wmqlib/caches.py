@@ -4,6 +4,7 @@
 ``wmqlib.setting.Setting`` reads no file, a run asks these), the FP models, the last few quantized copies, the
 calibrations (in memory and as ``<calib_dir>/<key>.safetensors``, written atomically) and the episodes. ``CACHES``
 is the process's instance, which the notebooks' calls share. ``provenance()`` says where results are computed.
+``training_sample`` regenerates trajectories of a checkpoint's own training data (the "dataset" calibration source).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from wmqlib import evaluate as ev
-from wmqlib.envs import Episode, WmqEnv, env_class, make_env, sample_episodes
+from wmqlib.envs import Episode, TrajectoryData, WmqEnv, env_class, make_env, sample_episodes
 from wmqlib.models import WorldModel, load_world_model, resolve_checkpoint
 from wmqlib.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
 from wmqlib.models.errors import CheckpointError
@@ -29,10 +31,9 @@ from wmqlib.probe import ProbeFrames, probe_frames
 from wmqlib.setting import Setting
 from wmqlib.quant import Calibration, QuantReport, quantize
 from wmqlib.sweep import canonical, config_key
-from wmqlib.validate import atomic_path
+from wmqlib.train import PRESETS, TrainConfig, data_policy
+from wmqlib.validate import atomic_path, check_int
 
-
-CALIB_MPC_ROUNDS = 2  # the reference protocol: FP planning for 2 MPC iterations on the calibration seeds
 MODEL_CACHE_SIZE = 4  # quantized copies kept in memory (imagined rollouts re-use the model a table came from)
 
 
@@ -50,6 +51,7 @@ class Caches:
         self._fresh: set[str] = set()
         self._episodes: dict[tuple[Any, ...], tuple[Episode, ...]] = {}
         self._frames: dict[tuple[Any, ...], ProbeFrames] = {}
+        self._samples: dict[tuple[Any, ...], TrajectoryData] = {}
 
     def checkpoint(self, checkpoint: str | os.PathLike) -> tuple[Path, str, str]:
         """(folder, env, fingerprint) of a wmq checkpoint: a shipped name ("mini-wall") or a wmq folder.
@@ -130,17 +132,35 @@ class Caches:
             self._frames[key] = probe_frames(env, n_traj, traj_len, seed, size)
         return self._frames[key]
 
+    def training_sample(self, setting: Setting) -> TrajectoryData:
+        """``training_sample`` of the setting's checkpoint: ``n_calib`` trajectories of its training data, drawn with
+        the setting's ``seed`` (made once per process)."""
+        folder, _, sha = self.checkpoint(setting.checkpoint)
+        key = (sha, setting.n_calib, setting.seed)
+        if key not in self._samples:
+            self._samples[key] = training_sample(folder, self.model(setting).normalization(), setting.n_calib,
+                                                 setting.seed)
+        return self._samples[key]
+
     def _calibration_fields(self, setting: Setting) -> dict[str, Any]:
+        """What the setting's calibration depends on (its key). Settings at the default calib_rounds (2) and
+        calib_source ("planning") give the fields calibrations were keyed by before those options existed."""
         identity = self.identity(setting)
-        return {"model_sha": identity["model_sha"], "env": identity["env"], "n_calib": setting.n_calib,
-                "sampler": self.sampler(setting),
-                "seed": setting.seed, "goal_H": setting.goal_H, "planner": self.calib_planner(setting),
-                "mpc_rounds": CALIB_MPC_ROUNDS, "mpc": MPCConfig(max_rounds=CALIB_MPC_ROUNDS),
-                "device": setting.device}  # the MPCConfig keys the round semantics (replay from the start)
+        common = {"model_sha": identity["model_sha"], "env": identity["env"], "n_calib": setting.n_calib,
+                  "seed": setting.seed, "device": setting.device}
+        if setting.calib_source == "dataset":  # training trajectories: no episodes, planner or rounds
+            return {**common, "source": "dataset"}
+        rounds = setting.calib_rounds
+        fields = {**common, "sampler": self.sampler(setting), "goal_H": setting.goal_H,
+                  "planner": self.calib_planner(setting), "mpc_rounds": rounds,
+                  "mpc": MPCConfig(max_rounds=rounds)}  # the MPCConfig keys the round semantics (replay from start)
+        if setting.calib_source != "planning":
+            fields["source"] = setting.calib_source
+        return fields
 
     def calibration(self, setting: Setting, recompute: bool = False) -> Calibration:
-        """FP-planning calibration of ``setting``'s model, cached in memory and on disk (written atomically).
-        recompute: collect again (once per process and key) and overwrite the file."""
+        """Calibration of ``setting``'s FP model from its ``calib_source`` (FP planning by default), cached in memory
+        and on disk (written atomically). recompute: collect again (once per process and key), overwrite the file."""
         fields = self._calibration_fields(setting)
         key = config_key(fields)
         path = self.calib_dir / f"{key}.safetensors"
@@ -150,28 +170,43 @@ class Caches:
         if path.is_file() and not stale:
             calib = Calibration.load(path)
         else:
-            calib = ev.collect_calibration(self.model(setting), self.env(setting), self.episodes(setting, "calib"),
-                                           fields["planner"], mpc_rounds=CALIB_MPC_ROUNDS)
+            if setting.calib_source == "dataset":
+                calib = ev.collect_calibration(self.model(setting), source="dataset",
+                                               data=self.training_sample(setting))
+            else:
+                calib = ev.collect_calibration(self.model(setting), self.env(setting),
+                                               self.episodes(setting, "calib"), fields["planner"],
+                                               mpc_rounds=setting.calib_rounds, source=setting.calib_source)
             with atomic_path(path) as tmp:  # whole or absent, whatever kills the run
                 calib.save(tmp)
             self._fresh.add(key)
         self._calibrations[key] = calib
         return calib
 
+    def quantized_key(self, setting: Setting) -> str:
+        """The in-memory key of the setting's quantized copy: weights, device, recipe, scope, overrides (when
+        given) and the calibration's fields."""
+        fields = {"model_sha": self.identity(setting)["model_sha"], "device": setting.device,
+                  "recipe": setting.recipe, "scope": setting.scope, "calibration": self._calibration_fields(setting)}
+        if setting.overrides is not None:
+            fields["overrides"] = setting.overrides
+        return config_key(fields)
+
     def quantized(self, setting: Setting, recompute: bool = False) -> tuple[Any, QuantReport | None]:
-        """(model to plan with, its QuantReport or None for FP)."""
+        """(model to plan with, its QuantReport or None for FP): ``quantize(model, recipe, calibration, scope,
+        overrides)``, calibrating first when the recipe or an override's recipe needs it."""
         model = self.model(setting)
         if setting.recipe is None:
             return model, None
-        key = config_key({"model_sha": self.identity(setting)["model_sha"], "device": setting.device,
-                          "recipe": setting.recipe, "scope": setting.scope,
-                          "calibration": self._calibration_fields(setting)})
+        key = self.quantized_key(setting)
         if key in self._quantized and not recompute:
             self._quantized.move_to_end(key)
             return self._quantized[key]
-        needs = setting.recipe.needs_calibration or setting.recipe.static_activations
+        recipes = [setting.recipe, *(recipe for _, recipe in setting.overrides or ())]
+        needs = any(r.needs_calibration or r.static_activations for r in recipes)
         calib = self.calibration(setting, recompute) if needs else None
-        self._quantized[key] = quantize(model, setting.recipe, calib, scope=setting.scope)
+        overrides = dict(setting.overrides) if setting.overrides is not None else None
+        self._quantized[key] = quantize(model, setting.recipe, calib, scope=setting.scope, overrides=overrides)
         while len(self._quantized) > MODEL_CACHE_SIZE:
             self._quantized.popitem(last=False)
         return self._quantized[key]
@@ -197,3 +232,66 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# ----- the training data of a checkpoint (the "dataset" calibration source) -----------------------------------------
+
+def training_data_recipe(folder: str | os.PathLike) -> dict[str, Any]:
+    """How the training data of the wmq checkpoint in ``folder`` were generated: {"env", "n_traj", "traj_len",
+    "seed", "img_size", "policy"} (``wmqlib.envs.generate_dataset``'s arguments).
+
+    Read from the training recipe in its config.json provenance (a fine-tuned checkpoint such as wmqlib.qat's: its
+    base's, under ``base_provenance``). Recipes written before the architecture was nested and the data policy named
+    (the first shipped models) are matched to the ``wmqlib.train.PRESETS`` entry named like the folder (or like
+    ``base_checkpoint``). CheckpointError when no recipe is found (e.g. a converted DINO-WM release).
+    """
+    folder = Path(folder)
+    prov = read_checkpoint_config(folder).get("provenance") or {}
+    recipe = prov.get("recipe") or (prov.get("base_provenance") or {}).get("recipe")
+    if isinstance(recipe, dict) and "model" in recipe:
+        cfg = TrainConfig.from_dict(recipe)
+    else:
+        legacy = ("env", "n_traj", "traj_len", "seed", "img_size")
+        names = (folder.name, prov.get("base_checkpoint"))
+        cfg = next((PRESETS[n] for n in names if n in PRESETS and isinstance(recipe, dict)
+                    and all(recipe.get(k) == getattr(PRESETS[n], k) for k in legacy)), None)
+        if cfg is None:
+            raise CheckpointError(f"checkpoint {folder} records no training recipe that says how its data were "
+                                  "generated (config.json provenance 'recipe'); calib_source='dataset' needs one - "
+                                  "use 'planning' or 'random' for this model")
+    return {"env": cfg.env, "n_traj": cfg.n_traj, "traj_len": cfg.traj_len, "seed": cfg.seed,
+            "img_size": cfg.img_size, "policy": data_policy(cfg)}
+
+
+def training_sample(folder: str | os.PathLike, normalization: dict[str, Any], n: int, seed: int) -> TrajectoryData:
+    """``n`` trajectories of the checkpoint's training data, regenerated (deterministic; no file is written).
+
+    All ``n_traj`` trajectories of ``training_data_recipe(folder)`` are regenerated (states and actions only: the
+    shipped models' data take seconds), their action / proprio mean and std checked against the model's
+    ``normalization`` (``WorldModel.normalization()``; computed from those data when it was trained, so a mismatch
+    means the generator changed since: CheckpointError), then ``n`` of them, drawn without replacement by
+    ``np.random.default_rng(seed)`` and kept in index order, are rendered. Returns a TrajectoryData with the full
+    data's statistics; ``meta`` holds the recipe and the chosen ``trajectories``.
+    """
+    recipe = training_data_recipe(folder)
+    check_int("training_sample n (Setting.n_calib)", n, 1, recipe["n_traj"],
+              f" (the training data hold {recipe['n_traj']} trajectories)")
+    cls = env_class(recipe["env"])
+    states, actions = cls.collect_trajectories(recipe["n_traj"], recipe["traj_len"], recipe["seed"],
+                                               recipe["policy"], False)
+    renderer = make_env(recipe["env"], render_size=recipe["img_size"])
+    proprio = renderer.proprio_of(states)
+    stats = {}
+    for name, values in (("action", actions), ("proprio", proprio.astype(np.float64))):
+        flat = values.reshape(-1, values.shape[-1])
+        stats[f"{name}_mean"], stats[f"{name}_std"] = flat.mean(axis=0), flat.std(axis=0, ddof=1)
+    for name, value in stats.items():
+        if not np.allclose(value, np.asarray(normalization[name], dtype=np.float64), rtol=1e-5, atol=1e-7):
+            raise CheckpointError(f"the regenerated training data of {folder} do not match the model: their {name} "
+                                  f"is {value.tolist()}, the model's {normalization[name]}; the data generator has "
+                                  "changed since it was trained, so calib_source='dataset' cannot reproduce its data")
+    pick = np.sort(np.random.default_rng(seed).choice(recipe["n_traj"], n, replace=False))
+    size, steps = recipe["img_size"], recipe["traj_len"] + 1
+    frames = renderer.observe(states[pick].reshape(n * steps, -1), size)["visual"].reshape(n, steps, size, size, 3)
+    return TrajectoryData(recipe["env"], frames, actions[pick], proprio[pick], states[pick], **stats,
+                          meta={**recipe, "trajectories": pick.tolist()})

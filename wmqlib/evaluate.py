@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from wmqlib.envs import Episode, WmqEnv
+from wmqlib.envs import Episode, TrajectoryData, WmqEnv
 from wmqlib.models import WorldModel
 from wmqlib.plan import (
     CEMConfig, GDConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel,
@@ -45,7 +45,7 @@ from wmqlib.plan import (
 )
 from wmqlib.plan import mpc as run_mpc
 from wmqlib.quant import Calibration, capture_calibration
-from wmqlib.validate import check_bool
+from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
 EPISODE_COLUMNS = ("episode", "seed", "success", "state_dist", "visual_dist", "proprio_dist", "plan_loss",
                    "rounds", "nan")
@@ -308,27 +308,125 @@ def baselines(env: WmqEnv, episodes: Sequence[Episode], steps: int, seed: int = 
     return pd.concat(tables, ignore_index=True)
 
 
-def collect_calibration(model: PlanningModel, env: WmqEnv, episodes: Sequence[Episode], planner: PlannerConfig,
-                        mpc_rounds: int = 2, max_tokens: int = 1024, max_sequences: int = 32, seed: int = 0,
-                        **evaluate_kwargs: Any) -> Calibration:
-    """Calibration statistics from full-precision planning, the reference protocol: FP planning on the
-    calibration episodes (split "calib", seeds seed*k + 2) for ``mpc_rounds`` MPC rounds, recording the inputs of
-    every quantization point with ``wmqlib.quant.capture_calibration`` (every encoder and predictor forward of
-    planning and scoring is seen).
+CALIB_SOURCES = ("planning", "dataset", "random")  # what collect_calibration records (Setting.calib_source)
+
+
+def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episodes: Sequence[Episode] = (),
+                        planner: PlannerConfig | None = None, mpc_rounds: int = 2, max_tokens: int = 1024,
+                        max_sequences: int = 32, seed: int = 0, source: str = "planning",
+                        data: TrajectoryData | None = None, **evaluate_kwargs: Any) -> Calibration:
+    """Calibration statistics: the inputs of every quantization point of ``model`` (the FP model), recorded with
+    ``wmqlib.quant.capture_calibration`` while it runs on one of three sources:
+
+    - "planning" (the reference protocol): FP planning with ``planner`` on the calibration ``episodes`` (split
+      "calib") for ``mpc_rounds`` MPC rounds; every encoder and predictor forward of planning and scoring is seen.
+    - "random": the same episodes, but for each of ``mpc_rounds`` rounds the predictor rolls out ``samples *
+      opt_steps`` action sequences of ``horizon`` model steps (as many as CEM ``planner`` evaluates in a round),
+      drawn uniformly from the env's action box (episode e, round r: ``np.random.default_rng([episodes[e].seed,
+      r])``), from the encoded current state; one of them (the first) is then executed in ``env`` (from the
+      state the last round ended in) to give the next round's state. The encoder sees the goals once, the states of
+      every round and the final states, as in planning. ``planner`` must be a CEMConfig.
+    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.caches.training_sample``):
+      every frame through the encoder once, then every teacher-forcing window of DINO-WM's training (``num_hist``
+      frames ``frameskip`` env steps apart, with their actions, at every start) through the predictor. ``env``,
+      ``episodes``, ``planner`` and ``evaluate_kwargs`` are not used and must not be given.
 
     max_tokens, max_sequences, seed: reservoir sizes and sampling seed of ``capture_calibration``.
-    evaluate_kwargs: passed to ``evaluate`` (objective, chunk, render_size, ...).
+    evaluate_kwargs: passed to ``evaluate`` ("planning": objective, chunk, render_size, ...); "random" takes
+    ``chunk`` (sequences per rollout call, default 4096) and ``render_size`` (default ``env.render_size``).
+    model: "random" and "dataset" use ``WorldModel`` methods (config, env_to_actions, rollout, encode_obs, predict).
     Returns the filled ``wmqlib.quant.Calibration``.
     """
-    bad = sorted({getattr(ep, "split", "calib") for ep in episodes} - {"calib"})
-    if bad:
-        raise ValueError(f"calibration episodes must come from split 'calib' (sample_episodes(..., split='calib')); "
-                         f"got split {bad} - calibrating on evaluation episodes would leak them")
-    if isinstance(mpc_rounds, bool) or not isinstance(mpc_rounds, int) or mpc_rounds < 1:
-        raise ValueError(f"mpc_rounds must be an int >= 1, got {mpc_rounds!r}")
+    check_choice("collect_calibration source", source, CALIB_SOURCES)
+    check_int("collect_calibration mpc_rounds", mpc_rounds, 1)
+    if source == "dataset":
+        given = [name for name, value in (("env", env), ("episodes", len(episodes) or None), ("planner", planner))
+                 if value is not None] + sorted(evaluate_kwargs)
+        if given:
+            raise ValueError(f"collect_calibration: source='dataset' records the trajectories in `data` alone; "
+                             f"do not pass {given}")
+        check_type("collect_calibration data", data, TrajectoryData, "a wmqlib.envs TrajectoryData")
+    else:
+        if data is not None:
+            raise ValueError(f"collect_calibration: data is the source='dataset' input; source={source!r} runs on "
+                             "env, episodes and planner")
+        if env is None or planner is None:
+            raise ValueError(f"collect_calibration: source={source!r} needs env, episodes and planner")
+        if source == "random":
+            check_type("collect_calibration planner (source='random')", planner, CEMConfig,
+                       "a CEMConfig (its samples * opt_steps sequences per round are drawn at random)")
+        bad = sorted({getattr(ep, "split", "calib") for ep in episodes} - {"calib"})
+        if bad:
+            raise ValueError(f"calibration episodes must come from split 'calib' (sample_episodes(..., "
+                             f"split='calib')); got split {bad} - calibrating on evaluation episodes would leak them")
     with capture_calibration(model, max_tokens=max_tokens, max_sequences=max_sequences, seed=seed) as calib:
-        evaluate(model, env, planner, episodes, mpc=MPCConfig(max_rounds=mpc_rounds), **evaluate_kwargs)
+        if source == "planning":
+            evaluate(model, env, planner, episodes, mpc=MPCConfig(max_rounds=mpc_rounds), **evaluate_kwargs)
+        else:
+            with _eval_mode(model), torch.no_grad():
+                if source == "random":
+                    _random_rollouts(model, env, episodes, planner, mpc_rounds, **evaluate_kwargs)
+                else:
+                    _dataset_forwards(model, data)
     return calib
+
+
+def _random_rollouts(model: WorldModel, env: WmqEnv, episodes: Sequence[Episode], planner: CEMConfig, rounds: int,
+                     chunk: int = 4096, render_size: int | None = None) -> None:
+    """The forwards of the "random" calibration source (see ``collect_calibration``); returns nothing."""
+    check_int("collect_calibration chunk", chunk, 1)
+    starts, goals, seeds = _episode_states(env, episodes)
+    size = env.render_size if render_size is None else render_size
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    n_seq, steps = planner.samples * planner.opt_steps, planner.horizon * model.config.frameskip
+    encode_observations(model, env.observe(goals, size))  # planning encodes the goals once
+    states = starts.copy()
+    for r in range(rounds):
+        z0 = encode_observations(model, env.observe(states, size))  # (E, 1, P, Dv), (E, 1, Ep)
+        executed = np.empty((len(seeds), steps, len(low)))
+        for e, episode_seed in enumerate(seeds):
+            raw = np.random.default_rng([episode_seed, r]).uniform(low, high, size=(n_seq, steps, len(low)))
+            actions = model.env_to_actions(raw)  # (n_seq, H, Da) z-scored
+            start = {key: value[e:e + 1] for key, value in z0.items()}
+            for lo in range(0, n_seq, chunk):
+                model.rollout(start, actions[lo:lo + chunk])
+            executed[e] = raw[0]
+        states = env.rollout_actions(states, executed)
+    encode_observations(model, env.observe(states, size))  # scoring encodes the final states
+
+
+def _dataset_forwards(model: WorldModel, data: TrajectoryData, chunk: int = 256) -> None:
+    """The forwards of the "dataset" calibration source (see ``collect_calibration``): each frame of ``data``
+    (N, T+1) through the encoder once, then the N * (T - (num_hist + 1) * frameskip + 1) teacher-forcing windows
+    (num_hist frames with their stacked actions, (W, num_hist, P, D)) through the predictor, ``chunk`` at a time."""
+    c = model.config
+    if data.env != c.env or data.img_size != c.img_size:
+        raise ValueError(f"collect_calibration data are {data.env!r} frames of {data.img_size} px; the model is a "
+                         f"{c.env!r} model of {c.img_size} px frames")
+    h, f = c.num_hist, c.frameskip
+    n_starts = data.traj_len - (h + 1) * f + 1
+    if n_starts < 1:
+        raise ValueError(f"collect_calibration data: trajectories of {data.traj_len} steps hold no training window "
+                         f"of (num_hist + 1) * frameskip = {(h + 1) * f} steps")
+    n, t1 = data.frames.shape[:2]
+    flat_frames = data.frames.reshape(n * t1, 1, *data.frames.shape[2:])
+    flat_proprio = data.proprio.reshape(n * t1, 1, -1)
+    visual, proprio = [], []
+    for lo in range(0, n * t1, chunk):
+        z = model.encode_obs(*model.prepare_obs(flat_frames[lo:lo + chunk], flat_proprio[lo:lo + chunk]))
+        visual.append(z["visual"][:, 0])
+        proprio.append(z["proprio"][:, 0])
+    visual = torch.cat(visual).reshape(n, t1, *visual[0].shape[1:])  # (N, T+1, P, Dv)
+    proprio = torch.cat(proprio).reshape(n, t1, -1)  # (N, T+1, Ep)
+    frames = np.arange(n_starts)[:, None] + f * np.arange(h)  # (S, h) frame indices of each window's inputs
+    raw = np.stack([data.actions[:, s:s + h * f] for s in range(n_starts)], axis=1)  # (N, S, h*f, 2)
+    actions = model.action_encoder(model.env_to_actions(raw.reshape(n * n_starts, h * f, -1)))  # (N*S, h, Ea)
+    p = visual.shape[2]
+    z = torch.cat([visual[:, frames].flatten(0, 1),
+                   proprio[:, frames].flatten(0, 1)[:, :, None].expand(-1, -1, p, -1),
+                   actions[:, :, None].expand(-1, -1, p, -1)], dim=-1)  # (N*S, h, P, D)
+    for lo in range(0, len(z), chunk):
+        model.predict(z[lo:lo + chunk])
 
 
 # ----- what the model sees and imagines (model level; the study wraps these per setting) ---------------------------

@@ -7,14 +7,19 @@ run needs it, by ``wmqlib.caches.Caches``, which also turns a setting into the k
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from wmqlib.evaluate import CALIB_SOURCES
 from wmqlib.models import resolve_device
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
 from wmqlib.quant import Recipe, recipe_types
-from wmqlib.validate import check_bool, check_choice, check_int, check_type
+from wmqlib.sweep import OMIT_AT_DEFAULT
+from wmqlib.validate import InvalidValue, check_bool, check_choice, check_int, check_type
 
 SCOPES = ("all", "encoder", "predictor")
+CALIB_MPC_ROUNDS = 2  # the reference protocol: FP planning for 2 MPC iterations on the calibration seeds
+Overrides = tuple[tuple[str, Recipe], ...]
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,19 @@ class Setting:
     sampler: how the evaluation and calibration episodes are drawn, one of the env class's ``episode_samplers``
         (None: its ``default_sampler``; PushT: "demo" windows of held-out demonstrations as DINO-WM's goals,
         "scripted" the exploratory pusher's).
-    planner_seed 0, objective None and the env's ``unkeyed_sampler`` are left out of the cache key, so results
-    computed before these fields existed keep their keys.
+    overrides: per-layer recipes (mixed precision), ``wmqlib.quant.quantize``'s ``overrides``: a mapping from
+        module-name pattern to recipe, or a sequence of (pattern, recipe) pairs; stored as a tuple of pairs in the
+        given order (later patterns win where they overlap); {} or () = None. Needs a recipe; every pattern must
+        match a quantization point inside ``scope`` (checked when the model is quantized).
+    calib_rounds: MPC rounds of FP planning recorded by the calibration (the reference protocol: 2); with
+        calib_source "random", rounds of random rollouts; unused by "dataset".
+    calib_source: what the calibration records: "planning" (FP CEM planning on the n_calib "calib" episodes, the
+        reference protocol), "dataset" (n_calib trajectories of the checkpoint's own training data: every frame
+        through the encoder, every teacher-forcing window through the predictor) or "random" (uniformly random
+        action sequences rolled out from the calib episodes' states, as many per round as ``calib_planner``
+        evaluates); see ``wmqlib.evaluate.collect_calibration``.
+    planner_seed 0, objective None, the env's ``unkeyed_sampler``, overrides None, calib_rounds 2 and calib_source
+    "planning" are left out of the cache keys, so results computed before these fields existed keep their keys.
     """
 
     checkpoint: str
@@ -57,6 +73,9 @@ class Setting:
     planner_seed: int = 0
     objective: ObjectiveConfig | None = None
     sampler: str | None = None
+    overrides: Overrides | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
+    calib_rounds: int = field(default=CALIB_MPC_ROUNDS, metadata={OMIT_AT_DEFAULT: True})
+    calib_source: str = field(default="planning", metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check_type("Setting.checkpoint", self.checkpoint, (str, os.PathLike), "a shipped model name or a path")
@@ -87,3 +106,37 @@ class Setting:
             check_type("Setting.objective", self.objective, ObjectiveConfig, "an ObjectiveConfig or None")
         if self.sampler is not None:
             check_type("Setting.sampler", self.sampler, str, "an episode sampler's name or None")
+        object.__setattr__(self, "overrides", _overrides(self.overrides, self.recipe))
+        check_int("Setting.calib_rounds", self.calib_rounds, 1)
+        check_choice("Setting.calib_source", self.calib_source, CALIB_SOURCES)
+
+
+def _overrides(value: object, recipe: Recipe | None) -> Overrides | None:
+    """``Setting.overrides`` as a tuple of (pattern, recipe) pairs in order, or None when empty; InvalidValue /
+    ValueError naming the field otherwise."""
+    if value is None:
+        return None
+    what = "a mapping from module-name pattern to recipe, a sequence of (pattern, recipe) pairs, or None"
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        check_type("Setting.overrides", value, (tuple, list), what)
+        for pair in value:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InvalidValue(f"Setting.overrides must be {what}, got an item that is not a pair: {pair!r}")
+        pairs = [tuple(pair) for pair in value]
+    if not pairs:
+        return None
+    if recipe is None:
+        raise ValueError("Setting.overrides needs a recipe: recipe=None is the full-precision model, which has no "
+                         "layers to quantize differently")
+    kinds = ", ".join(sorted(recipe_types()))
+    for pattern, other in pairs:
+        check_type("Setting.overrides pattern", pattern, str, "a module-name pattern (e.g. 'encoder', "
+                   "'predictor.transformer.layers.0*', 're:...')")
+        check_type(f"Setting.overrides[{pattern!r}]", other, Recipe, f"a wmqlib.quant recipe ({kinds})")
+    patterns = [pattern for pattern, _ in pairs]
+    repeated = sorted({p for p in patterns if patterns.count(p) > 1})
+    if repeated:
+        raise ValueError(f"Setting.overrides names pattern(s) {repeated} more than once; give each pattern one recipe")
+    return tuple(pairs)

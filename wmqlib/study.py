@@ -8,8 +8,9 @@ A ``Setting`` (``wmqlib.setting``) names everything a number depends on; buildin
 checkpoint implies (the environment and a fingerprint of the weights, so a retrained model never reuses stale cached
 rows) is derived when a run needs it by ``wmqlib.caches.Caches``, which also hold the loaded models, their quantized
 copies, the calibrations (in memory and on disk under ``data/results/calibration/``) and the episodes.
-``run_setting`` quantizes with ``wmqlib.quant.quantize`` (calibrating first when the recipe needs it: FP CEM
-planning on ``n_calib`` "calib"-split episodes for 2 MPC rounds, the reference protocol), evaluates on the eval
+``run_setting`` quantizes with ``wmqlib.quant.quantize`` (calibrating first when the recipe needs it: by default FP
+CEM planning on ``n_calib`` "calib"-split episodes for 2 MPC rounds, the reference protocol; ``Setting.calib_source``
+and ``calib_rounds`` vary it, ``Setting.overrides`` gives layers their own recipes), evaluates on the eval
 episodes and adds the report's effective bits. Planner randomness: episode e's generator is seeded with the
 episode's own seed (``wmqlib.evaluate.evaluate`` with ``seed=0``), so every setting plans the same episodes with the
 same draws.
@@ -43,7 +44,7 @@ import torch
 
 from wmqlib import evaluate as ev
 from wmqlib.caches import CACHES, Caches, provenance
-from wmqlib.setting import Setting
+from wmqlib.setting import CALIB_MPC_ROUNDS, Setting
 from wmqlib.envs import env_class
 from wmqlib.models.errors import CheckpointError
 from wmqlib.models.checkpoint import read_checkpoint_config
@@ -99,8 +100,12 @@ def describe(setting: Setting) -> dict[str, Any]:
     "per-tensor" | "-"), w_kind (the same without the group size: "per-group"), acts ("-" | "per-tensor" |
     "per-token"), configuration ("wmq" defaults | "QuantWM": ``wmqlib.quant.quantwm_reference`` | "-" for FP),
     planning ("CEM" | "GD" | "MPC-CEM" | ...), search (planning with CEM's samples / top-k, e.g.
-    "CEM 300/30"), opt_steps, latents (what the objective scores: "visual+proprio" | "visual" | "proprio") and
-    label, e.g. "RTN W4A16 g32 [predictor]". (The config columns give planner_seed, 0 where unset.)
+    "CEM 300/30"), opt_steps, latents (what the objective scores: "visual+proprio" | "visual" | "proprio"),
+    n_overrides (how many per-layer override patterns, 0 for none), calibration (what calibrated the recipe:
+    "planning x2" | "random x2" (source and rounds) | "dataset" | "-" when nothing needs calibration) and label,
+    e.g. "RTN W4A16 g32 [predictor]", with " +2 overrides" when the setting has some. (The config columns give
+    planner_seed, 0 where unset, and the overrides themselves; the quantized layers' average bits are
+    run_setting's ``effective_bits``.)
     """
     r = setting.recipe
     if r is None:
@@ -114,13 +119,23 @@ def describe(setting: Setting) -> dict[str, Any]:
         planning = f"MPC-{planning}"
     sizes = f" {setting.planner.samples}/{setting.planner.topk}" if isinstance(setting.planner, CEMConfig) else ""
     configuration = "-" if r is None else "QuantWM" if is_quantwm_reference(r) else "wmq"
+    n_overrides = len(setting.overrides or ())
     label = "FP" if r is None else " ".join([type(r).__name__, r.label, weights] + ([acts] if acts != "-" else []) +
                                             (["(QuantWM)"] if configuration == "QuantWM" else []))
+    if n_overrides:
+        label += f" +{n_overrides} override{'s' if n_overrides > 1 else ''}"
+    calibrated = r is not None and any(rec.needs_calibration or rec.static_activations
+                                       for rec in [r, *(rec for _, rec in setting.overrides or ())])
+    calibration = "-"
+    if calibrated:  # rounds count for planning and random rollouts, not for training data
+        rounds = f" x{setting.calib_rounds}" if setting.calib_source != "dataset" else ""
+        calibration = setting.calib_source + rounds
     return {"method": "FP" if r is None else type(r).__name__, "bits": "FP" if r is None else r.label,
             "w_bits": 32 if r is None else r.w_bits, "a_bits": 32 if r is None else (r.a_bits or 16),
             "weights": weights, "w_kind": kind, "acts": acts, "configuration": configuration,
             "planning": planning, "search": planning + sizes, "opt_steps": setting.planner.opt_steps,
-            "latents": objective_name(setting.objective or ObjectiveConfig()),
+            "latents": objective_name(setting.objective or ObjectiveConfig()), "n_overrides": n_overrides,
+            "calibration": calibration,
             "label": label if setting.scope == "all" else f"{label} [{setting.scope}]"}
 
 
@@ -332,6 +347,8 @@ class Profile:
     def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
                 planner_seed: int = 0, objective: ObjectiveConfig | None = None, sampler: str | None = None,
+                overrides: Mapping[str, Recipe] | Sequence[tuple[str, Recipe]] | None = None,
+                calib_rounds: int = CALIB_MPC_ROUNDS, calib_source: str = "planning",
                 caches: Caches = CACHES) -> Setting:
         """A ``Setting`` sized by this profile.
 
@@ -339,8 +356,9 @@ class Profile:
         protocol budget, Wall 10 / PushT 30 iterations, whatever the profile) or "GD"; mpc: closed loop with
         ``mpc_rounds`` rounds. Open-loop CEM is always traced (the trace costs no planning and gives success vs
         iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; MPC settings
-        always give one row per round (success vs rounds); open-loop GD is not traced. planner_seed, objective: as in ``Setting``. The checkpoint's env is read (once
-        per process) to size the planner.
+        always give one row per round (success vs rounds); open-loop GD is not traced. planner_seed, objective,
+        sampler, overrides, calib_rounds, calib_source: as in ``Setting``. The checkpoint's env is read (once per
+        process) to size the planner.
         """
         check_choice("planner", planner, PLANNERS)
         if long and (planner != "CEM" or mpc):
@@ -353,7 +371,8 @@ class Profile:
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
                        trace=mpc or planner != "GD", n_calib=self.n_calib, calib_planner=self.cem(env),
-                       device=device, planner_seed=planner_seed, objective=objective, sampler=sampler)
+                       device=device, planner_seed=planner_seed, objective=objective, sampler=sampler,
+                       overrides=overrides, calib_rounds=calib_rounds, calib_source=calib_source)
 
 
 PROFILES = {
