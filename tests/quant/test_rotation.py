@@ -9,13 +9,16 @@ import zlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import wmqlib.quant.recipe as recipe_module
 from wmqlib import sweep
 from wmqlib.models import WorldModel, WorldModelConfig
 from wmqlib.quant import (AWQ, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, apply_params,
-                          capture_calibration, load_params, quantize, recipe_from_names, save_params, search_params)
+                          capture_calibration, fake_quantize, load_params, quantize, recipe_from_names, save_params,
+                          search_params)
+from wmqlib.quant.fold import set_module
 from wmqlib.quant.rotation import (RotatedCalibration, hadamard, hadamard_available, rotation_matrix, rotation_seed)
 
 from .conftest import toy_inputs
@@ -108,24 +111,55 @@ def wm_outputs(model: WorldModel) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([obs["visual"].flatten(), obs["proprio"].flatten()]), model(visual, proprio, action)
 
 
+def assert_same_function(model: WorldModel, reference: WorldModel) -> None:
+    for got, want in zip(wm_outputs(model), wm_outputs(reference)):
+        assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+
+
 @pytest.mark.parametrize("kind", ["hadamard", "random"])
 def test_rotated_world_model_computes_the_fp_function(world_model, kind):
-    """16-bit weights, no activation quantizer: only the rotation acts, and the outputs stay those of the FP model.
+    """16-bit weights, no activation quantizer: only the rotation acts, and the outputs stay those of the FP model,
+    both as ``apply_params`` builds it weight-only (dense ``W R R^T``) and with the rotation run online
+    (``QuantLinear(W R, rotation=R)``, the path activation quantization takes).
 
-    The rotation is applied online right before each linear (after LayerNorm / GELU / attention), so no LayerNorm
-    changes: the test checks that every LayerNorm keeps its parameters."""
-    qmodel, report = quantize(world_model, RTN(16, rotation=kind))
-    rotated = {n: m for n, m in qmodel.named_modules() if isinstance(m, QuantLinear) and m.rotation is not None}
-    assert len(rotated) == len(report.rows) == 4 * (TINY["encoder_depth"] + TINY["predictor_depth"])
-    assert any(n.endswith("attn.qkv") for n in rotated) and any(n.endswith("to_qkv") for n in rotated)  # after LN
-    norms = {n: m for n, m in world_model.named_modules() if isinstance(m, nn.LayerNorm)}
-    for name, norm in norms.items():
-        twin = qmodel.get_submodule(name)
-        assert torch.equal(twin.weight, norm.weight) and torch.equal(twin.bias, norm.bias)
-    for got, want in zip(wm_outputs(qmodel), wm_outputs(world_model)):
-        assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    The rotation sits right before each linear (after LayerNorm / GELU / attention), so no LayerNorm changes: the
+    test checks that every LayerNorm keeps its parameters."""
+    recipe = RTN(16, rotation=kind)
+    params = search_params(world_model, recipe)
+    rotations = {k.removesuffix(".input_rotation"): v for k, v in params.items() if k.endswith(".input_rotation")}
+    assert len(rotations) == 4 * (TINY["encoder_depth"] + TINY["predictor_depth"])
+    assert any(n.endswith("attn.qkv") for n in rotations) and any(n.endswith("to_qkv") for n in rotations)  # post-LN
+    folded, report = apply_params(world_model, recipe, params)
+    assert not any(isinstance(m, QuantLinear) and m.rotation is not None for m in folded.modules())
+    online = copy.deepcopy(world_model)
+    for name, r in rotations.items():
+        linear = online.get_submodule(name)
+        set_module(online, name, QuantLinear(linear.weight.detach() @ r, linear.bias, recipe.weight_spec, None, r))
+    for model in (folded, online):
+        for name, norm in world_model.named_modules():
+            if isinstance(norm, nn.LayerNorm):
+                twin = model.get_submodule(name)
+                assert torch.equal(twin.weight, norm.weight) and torch.equal(twin.bias, norm.bias)
+        assert_same_function(model, world_model)
     # the report compares the effective weight W_hat R^T with the original weight: the same up to float rounding
     assert all(row["weight_mse"] < 1e-12 for row in report.rows)
+
+
+def test_rotation_runs_online_only_with_activation_quantization(toy_model, calibration):
+    name = "encoder.blocks.0.mlp.fc2"
+    weight_only = RTN(4, rotation="hadamard")
+    params = search_params(toy_model, weight_only)
+    r = params[f"{name}.input_rotation"]
+    layer = apply_params(toy_model, weight_only, params)[0].get_submodule(name)
+    assert layer.rotation is None
+    w_hat = fake_quantize(toy_model.get_submodule(name).weight.detach() @ r, weight_only.weight_spec)
+    assert torch.allclose(layer.weight, w_hat @ r.T, atol=1e-6, rtol=0)
+    w4a8 = RTN(4, a_bits=8, a_granularity=PerToken(), rotation="hadamard")
+    layer = quantize(toy_model, w4a8)[0].get_submodule(name)
+    assert torch.equal(layer.rotation, r) and torch.equal(layer.weight, w_hat)
+    x = calibration.rows(name)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(layer.act(x @ r), w_hat, layer.bias))
 
 
 # ---- what rotation buys at 4 bits ----
@@ -287,8 +321,10 @@ def test_apply_refuses_params_that_do_not_match_the_recipes_rotation(toy_model):
 
 
 def test_rotation_in_an_override_only(toy_model, eval_inputs):
-    qmodel, _ = quantize(toy_model, RTN(16), overrides={"predictor": RTN(16, rotation="hadamard")})
-    rotated = [n for n, m in qmodel.named_modules() if isinstance(m, QuantLinear) and m.rotation is not None]
-    assert rotated and all(n.startswith("predictor.") for n in rotated)
+    recipe, overrides = RTN(16), {"predictor": RTN(16, rotation="hadamard")}
+    params = search_params(toy_model, recipe, overrides=overrides)
+    rotated = [k for k in params if k.endswith(".input_rotation")]
+    assert rotated and all(k.startswith("predictor.") for k in rotated)
+    qmodel, _ = apply_params(toy_model, recipe, params, overrides=overrides)
     with torch.no_grad():
         assert torch.allclose(qmodel(eval_inputs), toy_model(eval_inputs), atol=1e-5, rtol=0)

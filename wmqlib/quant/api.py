@@ -16,8 +16,10 @@ matches nothing raises.  The original model is never modified.
 Rotations (``Recipe.rotation``, see ``rotation``): for a rotated recipe, ``search_params`` draws one orthogonal
 ``R`` per linear, runs the method's search unchanged on a rotated view (a model copy with weights ``W R``, a
 calibration whose rows are ``x R``) and stores ``R`` as ``"<linear>.input_rotation"``; ``apply_params`` quantizes
-``W R`` and the ``QuantLinear`` rotates its input online.  Any method whose search only reads weights and
-calibration rows thus works rotated; it declares so with ``supports_rotation = True``.
+``W R``.  With activation quantization the ``QuantLinear`` rotates its input online (``act(x R) Q(W R)^T``);
+weight-only, it stores the dense ``Q(W R) R^T`` instead, the same function without the ``(C_in, C_in)`` matmul per
+call (for fc2, ``C_in = 4 C``, that matmul would cost four times the layer itself).  Any method whose search only
+reads weights and calibration rows thus works rotated; it declares so with ``supports_rotation = True``.
 """
 
 from __future__ import annotations
@@ -177,8 +179,9 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
 
     Steps: deep-copy ``model``; fold every input scale / shift (``fold``); rotate the weight of every linear with an
     ``input_rotation`` ``R`` (``W R``); replace every linear in scope by a ``QuantLinear`` whose weight is
-    fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given), whose input quantizer follows the
-    recipe's activation settings and which rotates its input by ``R`` first.
+    fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input quantizer follows the
+    recipe's activation settings.  A rotated ``QuantLinear`` rotates its input by ``R`` online when it quantizes
+    activations; weight-only, its weight is ``Q(W R) R^T`` (the rotation undone in the dense simulated weight).
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
     _check_keys(params, chosen)
@@ -203,8 +206,11 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
                                  "with a calibration")
             act = ActQuantizer(rec.act_spec, None if lo is None else lo.item(), None if hi is None else hi.item())
         bias = None if linear.bias is None else linear.bias.detach()
-        set_module(qmodel, name, QuantLinear(w_hat.detach(), bias, rec.weight_spec, act, rotation)
-                   .to(linear.weight.device))
+        online = None if act is None else rotation
+        stored = w_hat.detach()
+        if rotation is not None and online is None:  # weight-only: (x R) Q^T == x (Q R^T)^T
+            stored = rotate_rows(stored, rotation.T).to(w_hat.dtype)
+        set_module(qmodel, name, QuantLinear(stored, bias, rec.weight_spec, act, online).to(linear.weight.device))
         rows.append(layer_row(name, rec, original[name], _effective_weight(w_hat, name, params, points)))
     return qmodel, QuantReport(tuple(rows))
 

@@ -73,8 +73,8 @@ class QuantLinear(nn.Module):
     """``y = act(x R) @ W_hat^T + b``: a linear whose weight was fake-quantized at construction.
 
     Args:
-        weight: the dequantized weight ``(O, I)`` (already on the quantization grid; with ``rotation``, the
-            quantized ``W R``).
+        weight: the dequantized weight ``(O, I)`` (on the quantization grid; with ``rotation``, the quantized
+            ``W R``; a weight-only rotated linear has no ``rotation`` and the dense ``Q(W R) R^T``, see ``api``).
         bias: ``(O,)`` or None.
         weight_spec: the format ``weight`` was quantized with (kept for reports and ``repr``).
         act: input quantizer, or None for weight-only.

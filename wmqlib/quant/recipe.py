@@ -14,7 +14,7 @@ It reads (never modifies) ``model`` and returns a plain dict keyed ``"<linear na
 - ``weight_lo``, ``weight_hi`` (scale shape): the clipping range of the weight AFTER the folds above.
 - ``act_lo``, ``act_hi`` ``(1,)``: static per-tensor activation range, in the folded (and rotated) input's
   coordinates (added by ``api.search_params`` from calibration for every recipe with ``a_granularity=PerTensor()``).
-- ``input_rotation (C_in, C_in)``: an orthogonal ``R``; the linear computes ``act(x @ R) @ (W R)^T`` (``rotation``).
+- ``input_rotation (C_in, C_in)``: an orthogonal ``R``; the linear computes ``act(x @ R) @ Q(W R)^T`` (``rotation``).
   Added by ``api.search_params`` for every recipe with ``rotation != "none"``; the search itself runs on a rotated
   view (weights ``W R``, calibration rows ``x R``), so everything it returns is in rotated coordinates.
 """

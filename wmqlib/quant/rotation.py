@@ -6,10 +6,11 @@ activation quantization, the rotated input ``x R``.  A rotation spreads a few ou
 channels (every rotated channel is a weighted sum of all original ones), so a per-row weight range or a per-token
 activation range is no longer set by the outliers alone, and 4-bit grids lose less.
 
-The rotation is applied online, inside ``QuantLinear`` (``act(x @ R)``), right before the linear: the modules in
-front of it (LayerNorm, GELU, the attention output) are untouched, so LayerNorm needs no change (QuaRot instead
-folds a rotation into the residual stream, which needs RMSNorm or LayerNorm without centering; wmq rotates each
-linear's input on its own and pays one ``(C, C)`` matmul per linear call).
+The rotation sits right before each linear: the modules in front of it (LayerNorm, GELU, the attention output)
+are untouched, so LayerNorm needs no change (QuaRot instead folds a rotation into the residual stream, which needs
+RMSNorm or LayerNorm without centering; wmq rotates each linear's input on its own).  With activation quantization
+``QuantLinear`` applies it online (``act(x @ R)``, one ``(C, C)`` matmul per call); weight-only, the simulated
+dense weight ``Q(W R) R^T`` already computes ``(x R) Q(W R)^T``, so nothing runs online.
 
 Matrices (``rotation_matrix``):
 
