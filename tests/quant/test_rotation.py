@@ -22,7 +22,6 @@ from wmqlib.quant.fold import set_module
 from wmqlib.quant.rotation import (RotatedCalibration, hadamard, hadamard_available, rotation_matrix, rotation_seed)
 
 from .conftest import toy_inputs
-from .toy import ToyWorldModel
 
 # the tiny world model of tests/test_compile.py: widths 16 / 32 (encoder), 24 = 12 * 2 (Paley I) / 16 / 32 (predictor)
 TINY = dict(
@@ -193,6 +192,14 @@ def test_rotation_lowers_w4_weight_error_with_outlier_weight_columns(toy_model, 
 
 OUTLIER_FED = ["encoder.blocks.0.attn.qkv", "encoder.blocks.1.mlp.fc1", "predictor.transformer.layers.0.0.to_qkv",
                "predictor.transformer.layers.1.1.net.1"]
+
+
+def test_rotation_costs_a_little_on_light_tailed_weights(toy_model):
+    """The toy's weights are uniform (nn.Linear's init): a min / max grid fits them well, and rotation, which makes
+    rows close to Gaussian, raises the W4 weight error of every layer (the documented flip side)."""
+    plain = {r["module"]: r["weight_mse"] for r in quantize(toy_model, RTN(4))[1].rows}
+    rotated = {r["module"]: r["weight_mse"] for r in quantize(toy_model, RTN(4, rotation="hadamard"))[1].rows}
+    assert all(rotated[name] > plain[name] for name in plain), (plain, rotated)
 
 
 def with_outlier_channels(model: nn.Module, factor: float = 10.0) -> nn.Module:

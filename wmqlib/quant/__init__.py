@@ -36,7 +36,7 @@ __all__ = [
     "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
     "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "ROTATIONS", "Recipe",
     "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",
-    "fake_quantize", "find_points", "granularity_from_name", "hadamard_available", "is_quantwm_reference", "load_params", "qparams",
-    "quantize", "quantwm_reference", "recipe_types", "register", "rotation_matrix", "save_params", "scale_shape", "search_params",
-    "sqnr_db",
+    "fake_quantize", "find_points", "granularity_from_name", "hadamard_available", "is_quantwm_reference",
+    "load_params", "qparams", "quantize", "quantwm_reference", "recipe_types", "register", "rotation_matrix",
+    "save_params", "scale_shape", "search_params", "sqnr_db",
 ]

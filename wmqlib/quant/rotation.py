@@ -1,10 +1,12 @@
-"""Input rotations (QuaRot-style): an orthogonal ``R (C, C)`` applied online to a linear's input.
+"""Input rotations (QuaRot-style): an orthogonal ``R (C, C)`` applied to a linear's input.
 
 For a linear ``y = x W^T + b`` and any orthogonal ``R`` (``R R^T = I``), ``y = (x R) (W R)^T + b``: the model
 computes the same function before quantization.  Quantization then sees the rotated weight ``W R`` and, with
 activation quantization, the rotated input ``x R``.  A rotation spreads a few outlier input channels over all
 channels (every rotated channel is a weighted sum of all original ones), so a per-row weight range or a per-token
-activation range is no longer set by the outliers alone, and 4-bit grids lose less.
+activation range is no longer set by the outliers alone, and 4-bit grids lose less.  The flip side: rotated
+weights are close to Gaussian whatever they were before, so light-tailed (near-uniform) weight rows, which a
+min / max grid already fits well, lose a little (tests/quant/test_rotation.py builds both cases).
 
 The rotation sits right before each linear: the modules in front of it (LayerNorm, GELU, the attention output)
 are untouched, so LayerNorm needs no change (QuaRot instead folds a rotation into the residual stream, which needs
@@ -19,8 +21,8 @@ Matrices (``rotation_matrix``):
   of a Sylvester matrix of order ``2^k`` and, when ``n`` is not a power of two, a Paley matrix of order
   ``m = p + 1`` (prime ``p = 3 mod 4``, Paley I) or ``m = 2 (p + 1)`` (prime ``p = 1 mod 4``, Paley II); e.g.
   12, 20, 28 (Paley II, p = 13), 36, 40 = 20 * 2, 72, 84, 384 = 12 * 32, 1536 = 12 * 128.  Other orders fall
-  back to the ``"random"`` matrix (e.g. 52 or 92 would need a prime-power field or another construction; odd
-  ``n > 1`` has no Hadamard matrix at all) - ``hadamard_available(n)`` says which.
+  back to the ``"random"`` matrix (e.g. 52 or 92 would need a prime-power field or another construction; orders
+  other than 1, 2 and multiples of 4 have no Hadamard matrix at all) - ``hadamard_available(n)`` says which.
 - ``"random"``: a seeded random orthogonal matrix (QR of a standard Gaussian matrix, signs of ``R``'s diagonal
   moved into ``Q`` so the distribution is uniform over the orthogonal group).
 
