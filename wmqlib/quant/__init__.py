@@ -11,6 +11,7 @@ One primitive (``fake_quantize(x, QuantSpec(bits, granularity, symmetric))``), o
 The default quantization points (block linears and their inputs) are defined in ``points``.  A search returns a
 plain dict of tensors (``search_params``) that ``save_params`` stores and ``apply_params`` re-applies.
 ``quantwm_reference(method, w_bits, ...)`` gives the paper code's (QuantWM's) configuration of each method.
+``RTN(4, rotation="hadamard")`` rotates every linear's input first (QuaRot-style, see ``rotation``).
 """
 
 from .api import apply_params, assign_recipes, load_params, quantize, save_params, search_params
@@ -22,6 +23,7 @@ from .points import QuantPoints, ScalePair, Unit, find_points
 from .quantwm import REFERENCE_METHODS, is_quantwm_reference, quantwm_reference
 from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
 from .recipe import Recipe, recipe_from_names, recipe_types, register
+from .rotation import ROTATIONS, hadamard_available, rotation_matrix
 from .report import QuantReport, sqnr_db
 from .rtn import RTN
 from .smoothquant import SmoothQuant
@@ -32,9 +34,9 @@ from .spec import (
 __all__ = [
     "recipe_from_names",
     "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
-    "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "Recipe",
+    "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "ROTATIONS", "Recipe",
     "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",
-    "fake_quantize", "find_points", "granularity_from_name", "is_quantwm_reference", "load_params", "qparams",
-    "quantize", "quantwm_reference", "recipe_types", "register", "save_params", "scale_shape", "search_params",
-    "sqnr_db",
+    "fake_quantize", "find_points", "granularity_from_name", "hadamard_available", "is_quantwm_reference",
+    "load_params", "qparams", "quantize", "quantwm_reference", "recipe_types", "register", "rotation_matrix",
+    "save_params", "scale_shape", "search_params", "sqnr_db",
 ]

@@ -12,6 +12,14 @@ Scope and overrides: the quantization points (``points``) matched by ``scope`` g
 order, the points in scope matched by each ``overrides`` pattern get that pattern's recipe (the last match wins),
 e.g. ``quantize(wm, RTN(4, PerGroup(128)), overrides={"encoder": RTN(8)})``.  A scope or override pattern that
 matches nothing raises.  The original model is never modified.
+
+Rotations (``Recipe.rotation``, see ``rotation``): for a rotated recipe, ``search_params`` draws one orthogonal
+``R`` per linear, runs the method's search unchanged on a rotated view (a model copy with weights ``W R``, a
+calibration whose rows are ``x R``) and stores ``R`` as ``"<linear>.input_rotation"``; ``apply_params`` quantizes
+``W R``.  With activation quantization the ``QuantLinear`` rotates its input online (``act(x R) Q(W R)^T``);
+weight-only, it stores the dense ``Q(W R) R^T`` instead, the same function without the ``(C_in, C_in)`` matmul per
+call (for fc2, ``C_in = 4 C``, that matmul would cost four times the layer itself).  Any method whose search only
+reads weights and calibration rows thus works rotated; it declares so with ``supports_rotation = True``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from .points import QuantPoints, Scope, find_points, select
 from .qlinear import ActQuantizer, QuantLinear
 from .recipe import QUANTITIES, SEARCHES, Recipe
 from .report import QuantReport, layer_row
+from .rotation import RotatedCalibration, rotate_rows, rotated_model, rotation_matrix, rotation_seed
 from .spec import fake_quantize
 
 Overrides = Optional[Mapping[str, Recipe]]
@@ -64,8 +73,12 @@ def _groups(chosen: Mapping[str, Recipe]) -> dict[Recipe, list[str]]:
     return groups
 
 
-def _activation_ranges(names: list[str], params: Mapping[str, Tensor], calib: Calibration) -> dict[str, Tensor]:
-    """Static per-tensor input ranges from per-channel min / max, in the coordinates after the folds."""
+def _activation_ranges(names: list[str], params: Mapping[str, Tensor], calib: Calibration | RotatedCalibration
+                       ) -> dict[str, Tensor]:
+    """Static per-tensor input ranges from per-channel min / max, in the coordinates after the folds.
+
+    For rotated linears ``calib`` is the ``RotatedCalibration`` view: the range is then the min / max of the rotated
+    reservoir rows (rotated recipes fold no scales, so no shift / scale applies)."""
     out = {}
     for name in names:
         lo, hi = calib.channel_range(name)
@@ -97,9 +110,21 @@ def search_params(model: nn.Module, recipe: Recipe, calibration: Optional[Calibr
                     "around FP forwards and pass calibration=calib"
                 )
             calibration.require(names, f"{method} ({why})")
-        found = SEARCHES[type(rec)](model, rec, names, points, calibration)
+        view, calib = model, calibration
+        rotations = {}
+        if rec.rotation != "none":
+            rotations = {name: rotation_matrix(model.get_submodule(name).in_features, rec.rotation,
+                                               rotation_seed(name)) for name in names}
+            view = rotated_model(model, rotations)
+            calib = None if calibration is None else RotatedCalibration(calibration, rotations)
+        found = SEARCHES[type(rec)](view, rec, names, points, calib)
+        folded = [k for k in found if k.rpartition(".")[2] in ("input_scale", "input_shift")]
+        if rotations and folded:
+            raise ValueError(f"{method} declares supports_rotation but its search folded {folded[:2]}; a rotated "
+                             "search must not fold scales (the rotation sits after the folds)")
+        found.update({f"{name}.input_rotation": rotation for name, rotation in rotations.items()})
         if rec.static_activations:
-            found.update(_activation_ranges(names, found, calibration))
+            found.update(_activation_ranges(names, found, calib))
         params.update(found)
     return {k: v.detach().float().cpu().contiguous() for k, v in params.items()}
 
@@ -117,9 +142,26 @@ def _check_keys(params: Mapping[str, Tensor], chosen: Mapping[str, Recipe]) -> N
         )
 
 
+def _rotation(name: str, rec: Recipe, params: Mapping[str, Tensor], in_features: int) -> Optional[Tensor]:
+    """``R (C_in, C_in)`` of linear ``name`` from ``params``, checked against the recipe; None when unrotated."""
+    rotation = params.get(f"{name}.input_rotation")
+    if (rotation is None) != (rec.rotation == "none"):
+        has = "has" if rotation is not None else "lacks"
+        raise ValueError(f"params {has} {name}.input_rotation but the recipe's rotation is {rec.rotation!r}: were "
+                         "they searched with the same recipe?")
+    if rotation is not None and rotation.shape != (in_features, in_features):
+        raise ValueError(f"{name}.input_rotation must have shape ({in_features}, {in_features}), "
+                         f"got {tuple(rotation.shape)}")
+    return rotation
+
+
 def _effective_weight(w_hat: Tensor, name: str, params: Mapping[str, Tensor], points: QuantPoints) -> Tensor:
-    """Undo the folded input scale (columns) and any v-row scale (rows) to compare with the original weight."""
+    """Undo the rotation (``W R R^T``), the folded input scale (columns) and any v-row scale (rows) to compare with
+    the original weight."""
     w = w_hat.float()
+    rotation = params.get(f"{name}.input_rotation")
+    if rotation is not None:
+        w = w @ rotation.to(w.device).T
     scale = params.get(f"{name}.input_scale")
     if scale is not None:
         w = w / scale.to(w.device)
@@ -135,9 +177,11 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
                  overrides: Overrides = None) -> tuple[nn.Module, QuantReport]:
     """Build the quantized copy from searched ``params`` (pure: same inputs, same weights).
 
-    Steps: deep-copy ``model``; fold every input scale / shift (``fold``); replace every linear in scope by a
-    ``QuantLinear`` whose weight is fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and
-    whose input quantizer follows the recipe's activation settings.
+    Steps: deep-copy ``model``; fold every input scale / shift (``fold``); rotate the weight of every linear with an
+    ``input_rotation`` ``R`` (``W R``); replace every linear in scope by a ``QuantLinear`` whose weight is
+    fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input quantizer follows the
+    recipe's activation settings.  A rotated ``QuantLinear`` rotates its input by ``R`` online when it quantizes
+    activations; weight-only, its weight is ``Q(W R) R^T`` (the rotation undone in the dense simulated weight).
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
     _check_keys(params, chosen)
@@ -147,8 +191,12 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
     rows = []
     for name, rec in chosen.items():
         linear = qmodel.get_submodule(name)
+        rotation = _rotation(name, rec, params, linear.in_features)
+        weight = linear.weight.detach()
+        if rotation is not None:
+            weight = rotate_rows(weight, rotation).to(weight.dtype)
         with torch.no_grad():
-            w_hat = fake_quantize(linear.weight, rec.weight_spec, params.get(f"{name}.weight_lo"),
+            w_hat = fake_quantize(weight, rec.weight_spec, params.get(f"{name}.weight_lo"),
                                   params.get(f"{name}.weight_hi"))
         act = None
         if rec.act_spec is not None:
@@ -158,7 +206,11 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
                                  "with a calibration")
             act = ActQuantizer(rec.act_spec, None if lo is None else lo.item(), None if hi is None else hi.item())
         bias = None if linear.bias is None else linear.bias.detach()
-        set_module(qmodel, name, QuantLinear(w_hat.detach(), bias, rec.weight_spec, act).to(linear.weight.device))
+        online = None if act is None else rotation
+        stored = w_hat.detach()
+        if rotation is not None and online is None:  # weight-only: (x R) Q^T == x (Q R^T)^T
+            stored = rotate_rows(stored, rotation.T).to(w_hat.dtype)
+        set_module(qmodel, name, QuantLinear(stored, bias, rec.weight_spec, act, online).to(linear.weight.device))
         rows.append(layer_row(name, rec, original[name], _effective_weight(w_hat, name, params, points)))
     return qmodel, QuantReport(tuple(rows))
 

@@ -70,31 +70,41 @@ class ActQuantizer(nn.Module):
 
 
 class QuantLinear(nn.Module):
-    """``y = x_hat @ W_hat^T + b``: a linear whose weight was fake-quantized at construction.
+    """``y = act(x R) @ W_hat^T + b``: a linear whose weight was fake-quantized at construction.
 
     Args:
-        weight: the dequantized weight ``(O, I)`` (already on the quantization grid).
+        weight: the dequantized weight ``(O, I)`` (on the quantization grid; with ``rotation``, the quantized
+            ``W R``; a weight-only rotated linear has no ``rotation`` and the dense ``Q(W R) R^T``, see ``api``).
         bias: ``(O,)`` or None.
         weight_spec: the format ``weight`` was quantized with (kept for reports and ``repr``).
         act: input quantizer, or None for weight-only.
+        rotation: an orthogonal ``R (I, I)`` applied to the input online (stored in the weight's dtype), or None.
     """
 
-    def __init__(self, weight: Tensor, bias: Optional[Tensor], weight_spec: QuantSpec, act: Optional[ActQuantizer]) -> None:
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], weight_spec: QuantSpec, act: Optional[ActQuantizer],
+                 rotation: Optional[Tensor] = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        if rotation is not None and rotation.shape != (self.in_features, self.in_features):
+            raise ValueError(f"QuantLinear rotation must have shape ({self.in_features}, {self.in_features}), "
+                             f"got {tuple(rotation.shape)}")
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.weight_spec = weight_spec
         self.act = act
+        self.register_buffer("rotation", None if rotation is None else rotation.to(weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., I)`` -> ``(..., O)``."""
+        if self.rotation is not None:
+            x = x @ self.rotation  # (..., I) in the rotated coordinates the weight was quantized in
         if self.act is not None:
             x = self.act(x)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.weight_spec}"
+        rotated = "" if self.rotation is None else ", rotated input"
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.weight_spec}{rotated}"
 
 
 class ScaledActivation(nn.Module):

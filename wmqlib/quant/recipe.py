@@ -12,12 +12,16 @@ It reads (never modifies) ``model`` and returns a plain dict keyed ``"<linear na
   pair's predecessor divided (LayerNorm weight/bias, a scaled GELU, or the v rows of the fused qkv).
 - ``input_shift (C_in,)``: subtracted from the input (LayerNorm bias only); the linear's bias absorbs ``W @ shift``.
 - ``weight_lo``, ``weight_hi`` (scale shape): the clipping range of the weight AFTER the folds above.
-- ``act_lo``, ``act_hi`` ``(1,)``: static per-tensor activation range, in the folded input's coordinates
-  (added by ``api.search_params`` from calibration for every recipe with ``a_granularity=PerTensor()``).
+- ``act_lo``, ``act_hi`` ``(1,)``: static per-tensor activation range, in the folded (and rotated) input's
+  coordinates (added by ``api.search_params`` from calibration for every recipe with ``a_granularity=PerTensor()``).
+- ``input_rotation (C_in, C_in)``: an orthogonal ``R``; the linear computes ``act(x @ R) @ Q(W R)^T`` (``rotation``).
+  Added by ``api.search_params`` for every recipe with ``rotation != "none"``; the search itself runs on a rotated
+  view (weights ``W R``, calibration rows ``x R``), so everything it returns is in rotated coordinates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Union
 
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from wmqlib.validate import check_bool, check_choice
+from .rotation import ROTATIONS
 from .points import QuantPoints
 from .spec import (
     PASS_THROUGH_BITS, Granularity, PerChannel, PerTensor, PerToken, QuantSpec, check_bits, check_granularity,
@@ -32,8 +37,12 @@ from .spec import (
 )
 
 SearchFn = Callable[[nn.Module, "Recipe", list[str], QuantPoints, Optional[Calibration]], dict[str, Tensor]]
-QUANTITIES = ("input_scale", "input_shift", "weight_lo", "weight_hi", "act_lo", "act_hi")
+QUANTITIES = ("input_scale", "input_shift", "weight_lo", "weight_hi", "act_lo", "act_hi", "input_rotation")
 SEARCHES: dict[type, SearchFn] = {}
+# Field metadata key: a field so marked is left out of cache keys while at its default.  The same string as
+# ``wmqlib.sweep.OMIT_AT_DEFAULT`` (quant must not import sweep; a test checks that they agree).
+OMIT_AT_DEFAULT = "wmq_omit_at_default"
+ROTATION_TAGS = {"hadamard": "had", "random": "rot"}  # the suffix ``label`` gives a rotated recipe
 
 
 def register(recipe_type: type) -> Callable[[SearchFn], SearchFn]:
@@ -58,6 +67,9 @@ class Recipe:
         a_bits: None for weight-only, else input-activation bits of every quantized linear (2..8, 16 = FP).
         a_granularity: with ``a_bits``: ``PerTensor()`` (static, asymmetric, range from calibration) or
             ``PerToken()`` (dynamic, asymmetric, per row at run time); must be None without ``a_bits``.
+        rotation: ``"none"``, ``"hadamard"`` (randomized Hadamard) or ``"random"`` (random orthogonal): rotate every
+            linear's input by an orthogonal ``R`` before quantizing (see ``rotation``); only for methods with
+            ``supports_rotation``.  Keyword-only; left out of cache keys while ``"none"``.
     """
 
     w_bits: int
@@ -66,11 +78,18 @@ class Recipe:
     w_full_range: bool = False
     a_bits: Optional[int] = None
     a_granularity: Optional[Union[PerTensor, PerToken]] = None
+    rotation: str = dataclasses.field(default="none", kw_only=True, metadata={OMIT_AT_DEFAULT: True})
 
     needs_calibration: ClassVar[bool] = False
+    supports_rotation: ClassVar[bool] = False  # its search and apply work in rotated coordinates (no folds)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        check_choice(f"{name}.rotation", self.rotation, ROTATIONS)
+        if self.rotation != "none" and not self.supports_rotation:
+            able = ", ".join(sorted(t.__name__ for t in SEARCHES if t.supports_rotation))
+            raise ValueError(f"{name}.rotation={self.rotation!r}: {name} does not support rotations (methods that "
+                             f"do: {able}); use rotation='none'")
         check_bits(self.w_bits, f"{name}.w_bits")
         check_granularity(self.w_granularity, "weight", f"{name}.w_granularity")
         check_bool(f"{name}.w_symmetric", self.w_symmetric)
@@ -108,8 +127,9 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """Short name like ``W4A8`` or ``W4A16`` (weight-only)."""
-        return f"W{self.w_bits}A{self.a_bits or PASS_THROUGH_BITS}"
+        """Short name like ``W4A8``, ``W4A16`` (weight-only) or ``W4A4+had`` (Hadamard-rotated; ``+rot``: random)."""
+        tag = "" if self.rotation == "none" else f"+{ROTATION_TAGS[self.rotation]}"
+        return f"W{self.w_bits}A{self.a_bits or PASS_THROUGH_BITS}{tag}"
 
 
 def recipe_types() -> dict[str, type[Recipe]]:
@@ -125,7 +145,7 @@ def recipe_from_names(method: str, w_bits: int, w_granularity: str = "per-channe
     method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, ...);
     w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
     weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
-    method's dataclass (e.g. ``epochs`` for OmniQuant). Validated by the recipe.
+    method's dataclass (e.g. ``epochs`` for OmniQuant, ``rotation="hadamard"`` for RTN). Validated by the recipe.
     """
     methods = recipe_types()
     check_choice("method", method, sorted(methods))

@@ -14,7 +14,12 @@ from .recipe import Recipe, register
 
 @dataclass(frozen=True)
 class RTN(Recipe):
-    """Round to nearest; see ``Recipe`` for the fields.  Defaults: symmetric per-channel weights (the reference)."""
+    """Round to nearest; see ``Recipe`` for the fields.  Defaults: symmetric per-channel weights (the reference).
+
+    Supports ``rotation``: RTN then rounds the rotated weight ``W R`` (and, with ``a_bits``, the rotated input).
+    """
+
+    supports_rotation = True
 
 
 @register(RTN)
