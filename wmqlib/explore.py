@@ -44,7 +44,6 @@ from wmqlib.caches import CACHES, Caches
 from wmqlib.envs import env_class
 from wmqlib.models import available_checkpoints
 from wmqlib.paths import RESULTS_DIR
-from wmqlib.plan import GDConfig
 from wmqlib.plots import frame_strip
 from wmqlib.setting import SCOPES, Setting
 from wmqlib.stats import success_curve, wilson_interval
@@ -88,7 +87,8 @@ class Explorer:
         "study"); calibrations under ``<cache_dir>/calibration``. device, seed, samplers: as the notebooks' cells.
     checkpoint: the model selected at first (a shipped name or a path). live: refresh when a control changes.
     After ``refresh()``, ``result`` holds what is shown: ``setting``, ``cached`` (the result file or None),
-    ``success`` and per trivial baseline ``baselines[name]`` (each ``rate(...)``), ``effective_bits``; None on error.
+    ``success`` and per trivial baseline ``baselines[name]`` (each ``rate(...)``), ``effective_bits`` and
+    ``per_episode`` (the cached rows at the budget, ``study.per_episode``); None on bad input.
     """
 
     def __init__(self, profile: str = "full", cache_dir: str | os.PathLike = RESULTS_DIR, results_name: str = "study",
@@ -128,12 +128,11 @@ class Explorer:
             control.continuous_update = False
         self.buttons = {"run": widgets.Button(description="Run this setting", button_style="warning", icon="play"),
                         "episode": widgets.Button(description="Show episode", icon="film")}
-        self.buttons["run"].on_click(lambda _: self._guard(self.run))
-        self.buttons["episode"].on_click(lambda _: self._guard(self.show_episode))
+        self.buttons["run"].on_click(lambda _: self.run())
+        self.buttons["episode"].on_click(lambda _: self.show_episode())
         self.message, self.summary, self.report = widgets.HTML(), widgets.HTML(), widgets.HTML()
-        self.progress = widgets.Output()
-        self.curve = widgets.Image(format="png")
-        self.frames = widgets.Image(format="png")
+        self.progress = widgets.Output()  # the run's tqdm bar
+        self.curve, self.frames = widgets.Image(format="png"), widgets.Image(format="png")
         if live:
             for name, control in self.controls.items():
                 control.observe(lambda change, name=name: self._changed(name), names="value")
@@ -179,15 +178,19 @@ class Explorer:
     def candidates(self) -> list[tuple[Setting, int | None]]:
         """The settings whose result answers the controls' choice, each with the budget to read it at (None: as
         run); the first cached one is shown, the last is the one ``run()`` runs (see the module docstring)."""
-        checkpoint, recipe = str(self._value("model")).strip(), self._recipe()
-        scope = "all" if recipe is None else self._value("scope")
+        recipe = self._recipe()
+        return self._options(recipe, "all" if recipe is None else self._value("scope"))
+
+    def _options(self, recipe: Any, scope: str) -> list[tuple[Setting, int | None]]:
+        checkpoint = str(self._value("model")).strip()
         budget = check_int("budget", self._value("budget"), 1)
         n = check_int("episodes (n)", self._value("n_evals"), 1)
+        check_int("episode shown", self._value("episode"), 0, n - 1, why=" (an index into the evaluation episodes)")
         planner = self._value("planner")
         if planner == "GD":
             gd = self._base(checkpoint, recipe, scope, planner="GD")
-            found = [dataclasses.replace(gd, planner=dataclasses.replace(gd.planner, opt_steps=budget))]
-            return [(dataclasses.replace(s, n_evals=n), None) for s in found]
+            return [(dataclasses.replace(gd, planner=dataclasses.replace(gd.planner, opt_steps=budget), n_evals=n),
+                     None)]
         base = self._base(checkpoint, recipe, scope, mpc=planner == "MPC-CEM")
         exact = dataclasses.replace(base, planner=dataclasses.replace(base.planner, opt_steps=budget), n_evals=n)
         if planner == "MPC-CEM":
@@ -202,16 +205,13 @@ class Explorer:
         """The setting shown: the first cached candidate, else the one ``run()`` would run."""
         return self._chosen()[0]
 
-    def _chosen(self) -> tuple[Setting, int | None, Path | None]:
-        options = self.candidates()
+    def _chosen(self, options: list[tuple[Setting, int | None]] | None = None
+                ) -> tuple[Setting, int | None, Path | None]:
+        options = self.candidates() if options is None else options
         for setting, k in options:
             if self._path(setting).is_file():
                 return setting, k, self._path(setting)
         return options[-1][0], options[-1][1], None
-
-    def fp_setting(self, setting: Setting) -> Setting:
-        """The full-precision twin of ``setting`` (same planner, episodes and sizes)."""
-        return dataclasses.replace(setting, recipe=None, scope="all")
 
     # ----- what is shown -------------------------------------------------------------------------------------------
 
@@ -225,8 +225,6 @@ class Explorer:
         self.result = None
         self.frames.value, self.report.value, self.curve.value = b"", "", b""
         setting, k, path = self._chosen()
-        n = check_int("episodes (n)", self._value("n_evals"), 1)
-        check_int("episode shown", self._value("episode"), 0, n - 1, why=" (an index into the evaluation episodes)")
         label = st.describe(setting)
         result: dict[str, Any] = {"setting": setting, "cached": path, "label": label["label"],
                                   "baselines": self._baseline_rates(setting)}
@@ -235,21 +233,28 @@ class Explorer:
         if path is None:
             self.buttons["run"].layout.display = None
             self.summary.value = (f"{title}<br>not in the cache ({self.folder}); press <i>Run this setting</i> to "
-                                  f"compute it there ({n} episodes).<br>trivial baselines: {base}")
+                                  f"compute it there ({setting.n_evals} episodes).<br>trivial baselines: {base}")
         else:
             self.buttons["run"].layout.display = "none"
             table = self._read(setting, path)
             final = st.per_episode(table, k)
             result["success"] = rate(int(final["success"].sum()), len(final))
             result["effective_bits"] = float(final["effective_bits"].iloc[0])
-            result["table"] = table
+            result["per_episode"] = final
             self.summary.value = (f"{title}<br><b>success {_shown(result['success'])}</b> (Wilson 95%) · "
                                   f"{result['effective_bits']:.2f} bits/weight<br>trivial baselines: {base}"
                                   f"<br><small>cached: {html.escape(str(path))}</small>")
-            self.curve.value = self._curve(table, k)
+            curves = {label["label"]: table}
+            fp, _, fp_path = self._chosen(self._options(None, "all"))
+            if setting.recipe is not None and fp_path is not None:
+                curves["FP"] = self._read(fp, fp_path)
+            self.curve.value = self._curve(curves, k)
         recipe = setting.recipe
         if recipe is not None and not (recipe.needs_calibration or recipe.static_activations):
             self._show_report(setting)  # cheap without calibration; the others get it with the episode
+        elif recipe is not None:
+            self.report.value = (f"per-layer report: press <i>Show episode</i> ({type(recipe).__name__} needs its "
+                                 f"calibration, FP planning on {setting.n_calib} episodes, cached once made)")
         self.message.value = ""
         self.result = result
         return result
@@ -269,26 +274,32 @@ class Explorer:
             self._baselines[key] = {name: rate(int(s.sum()), len(s)) for name, s in outcomes.items()}
         return self._baselines[key]
 
-    def _curve(self, table: pd.DataFrame, k: int | None) -> bytes:
-        """Success and median planning loss per CEM iteration (traced) or MPC round; empty for GD."""
-        if "round" in table.columns and table["round"].notna().any():
-            step, x = "round", "round"
-        elif "iteration" in table.columns and table["iteration"].notna().any():
-            step, x = "iteration", "opt_steps"
-        else:
-            return b""
-        curve = success_curve(table.assign(one=1), "one", step=step)
-        fig = Figure(figsize=(7, 2.4))
+    def _curve(self, tables: Mapping[str, pd.DataFrame], k: int | None) -> bytes:
+        """Success (Wilson 95% band) and median planning loss per CEM iteration (traced runs) or MPC round, per
+        label (the setting, and FP for reference when cached); empty bytes for untraced (GD) runs."""
+        fig = Figure(figsize=(7.5, 2.4))
         left, right = fig.subplots(1, 2)
-        left.plot(curve[x], curve["success_rate"], marker="o")
-        left.fill_between(curve[x], curve["ci_low"], curve["ci_high"], alpha=0.25)
-        left.set(xlabel=x, ylabel="success", ylim=(0, 1))
-        if "plan_loss" in curve.columns:
-            right.plot(curve[x], curve["plan_loss"], marker="o", color="C1")
+        drawn = False
+        for i, (label, table) in enumerate(tables.items()):
+            if "round" in table.columns and table["round"].notna().any():
+                step, x = "round", "round"
+            elif "iteration" in table.columns and table["iteration"].notna().any():
+                step, x = "iteration", "opt_steps"
+            else:
+                continue
+            drawn = True
+            curve = success_curve(table.assign(label=label), "label", step=step)
+            left.plot(curve[x], curve["success_rate"], marker="o", ms=3, color=f"C{i}", label=label)
+            left.fill_between(curve[x], curve["ci_low"], curve["ci_high"], color=f"C{i}", alpha=0.2)
+            right.plot(curve[x], curve["plan_loss"], marker="o", ms=3, color=f"C{i}", label=label)
+            left.set(xlabel=x, ylabel="success", ylim=(0, 1))
             right.set(xlabel=x, ylabel="planning loss (median)", yscale="log")
-        for ax in (left, right):
-            if k is not None and step == "iteration":
+        if not drawn:
+            return b""
+        if k is not None:
+            for ax in (left, right):
                 ax.axvline(k, color="grey", ls=":")
+        right.legend(fontsize=8)
         fig.tight_layout()
         return _png(fig)
 
@@ -303,6 +314,7 @@ class Explorer:
         def go() -> bool:
             setting, _, path = self._chosen()
             if path is None:
+                self.message.value = f"running {html.escape(st.describe(setting)['label'])} ..."
                 with self.progress:
                     st.run_study([setting], self.folder.name, cache_dir=self.cache_dir, caches=self.caches)
             return True
@@ -315,16 +327,13 @@ class Explorer:
 
     def _show_episode(self) -> dict[str, np.ndarray]:
         setting, k, _ = self._chosen()
-        episode = check_int("episode shown", self._value("episode"), 0, setting.n_evals - 1,
-                            why=" (an index into the evaluation episodes)")
-        if k is not None or setting.mpc is not None:  # plan as the shown budget does
-            budget = self._value("budget")
-            setting = dataclasses.replace(setting, planner=dataclasses.replace(setting.planner, opt_steps=budget))
-        rows, labels = [], []
-        shown = {"FP": self.fp_setting(setting)}
+        episode = self._value("episode")  # checked by candidates()
+        if k is not None:  # a traced run read at budget k: plan with k iterations
+            setting = dataclasses.replace(setting, planner=dataclasses.replace(setting.planner, opt_steps=k))
+        rows, labels, frames = [], [], {}
+        shown = {"FP": dataclasses.replace(setting, recipe=None, scope="all")}  # same planner and episodes
         if setting.recipe is not None:
             shown[st.describe(setting)["bits"]] = setting
-        frames: dict[str, np.ndarray] = {}
         for name, s in shown.items():
             seen = st.imagine(s, episode, self.caches)
             rows += [seen["real"], seen["imagined"]]
@@ -334,6 +343,10 @@ class Explorer:
         rows.append(frames["goal"])
         labels.append("goal")
         title = f"episode {episode}: {st.describe(setting)['label']}, {st.describe(setting)['search']}"
+        final = (self.result or {}).get("per_episode")
+        outcome = None if final is None else final.loc[final["episode"] == episode, "success"]
+        if outcome is not None and len(outcome) == 1:
+            title += f" (success in the cached run: {'yes' if outcome.iloc[0] else 'no'})"
         self.frames.value = _png(frame_strip(rows, labels, title))
         if setting.recipe is not None:
             self._show_report(setting)
@@ -377,7 +390,3 @@ class Explorer:
         self.controls["group_size"].value = st.default_group_size(checkpoint)
         self.controls["budget"].value = (self.profile.gd_steps if self._value("planner") == "GD"
                                          else self.profile.steps(env))
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
