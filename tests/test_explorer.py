@@ -11,24 +11,26 @@ import pytest
 
 from wmqlib import study as st
 from wmqlib.explore import Explorer
-from wmqlib.paths import RESULTS_DIR
+from wmqlib.paths import NOTEBOOKS_DIR, RESULTS_DIR
 
 STUDY = RESULTS_DIR / "study-full"  # the committed cache of notebooks 00-03
 
 
-def cached_rows(checkpoint: str, recipe: tuple | None, scope: str = "all", opt_steps: int = 20) -> pd.DataFrame:
-    """The rows of the one cached open-loop CEM run (planner seed 0, DINO-WM's objective, 50 episodes) matching
-    ``recipe`` = (method, w_bits, granularity type) or None for FP, found by reading the files' configs."""
+def cached_rows(checkpoint: str, recipe: tuple | None, scope: str = "all", opt_steps: int = 20,
+                planner: str = "CEMConfig", mpc: bool = False) -> pd.DataFrame:
+    """The rows of the one cached run (planner seed 0, DINO-WM's objective, 50 episodes; CEM with 100 samples, GD's 1;
+    MPC ones traced per round) matching ``recipe`` = (method, w_bits, granularity type) or None for FP, found by
+    reading the files' configs."""
     found = []
     for path in sorted(STUDY.glob("*.json")):
         payload = json.loads(path.read_text())["payload"]
-        c = payload["config"]
+        c, p = payload["config"], payload["config"]["planner"]
         r = c["recipe"]
         same = (None if r is None else (r["__type__"], r["w_bits"], r["w_granularity"]["__type__"], r["a_bits"]))
         want = None if recipe is None else (*recipe, None)
-        if (c["checkpoint"], same, c["scope"], c["mpc"], c["n_evals"]) == (checkpoint, want, scope, None, 50) and \
-                c["planner"]["opt_steps"] == opt_steps and c["planner"]["samples"] == 100 and \
-                "planner_seed" not in c and "objective" not in c:
+        mine = (c["checkpoint"], same, c["scope"], c["mpc"] is not None, c["n_evals"], p["__type__"], p["opt_steps"])
+        if mine == (checkpoint, want, scope, mpc, 50, planner, opt_steps) and p.get("samples") in (100, 1) \
+                and (c["trace"] or not mpc) and "planner_seed" not in c and "objective" not in c:
             found.append(pd.DataFrame(payload["data"], columns=payload["columns"]))
     assert len(found) == 1, f"expected one cached run of {checkpoint} {recipe} {scope}, found {len(found)}"
     return found[0]
@@ -81,6 +83,18 @@ def test_cached_settings_show_the_cache_files_numbers():
     ex.controls["bits"].value = 4
     check_shown(ex, *expected(cached_rows("mini-wall", ("RTN", 4, "PerChannel"), "predictor"), 10))
 
+    ex.controls["method"].value = "FP"
+    ex.controls["planner"].value = "MPC-CEM"  # live: the budget goes to the profile's CEM iterations per round
+    rounds = cached_rows("mini-wall", None, opt_steps=10, mpc=True)
+    last = rounds[rounds["round"] == rounds["round"].max()]
+    check_shown(ex, int(last["success"].sum()), len(last))
+    ex.controls["planner"].value = "GD"  # ... and to the profile's gradient steps
+    assert ex.controls["budget"].value == ex.profile.gd_steps == 1000
+    gd = cached_rows("mini-wall", None, opt_steps=1000, planner="GDConfig")
+    check_shown(ex, int(gd["success"].sum()), len(gd))
+
+    ex.controls["planner"].value = "CEM"
+    ex.controls["method"].value = "RTN"
     ex.controls["budget"].value = 25  # beyond the traced 20 iterations: not cached, offered to run
     assert ex.result["cached"] is None and "success" not in ex.result
     assert ex.buttons["run"].layout.display != "none" and "not in the cache" in ex.summary.value
@@ -137,3 +151,15 @@ def test_bad_input_shows_a_message_and_raises_nothing(tmp_path, control, value, 
     ex.buttons["episode"].click()  # the buttons catch it too
     assert ex.result is None and says in ex.message.value.replace("&#x27;", "'").replace("&gt;", ">")
     assert ex.buttons["run"].layout.display == "none"
+
+
+@pytest.mark.slow
+def test_notebook_runs_headless_on_the_committed_cache(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "explorer.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / "explorer.ipynb"), str(out), cwd=str(NOTEBOOKS_DIR),
+                               kernel_name="python3", progress_bar=False)
+    cells = json.loads(out.read_text())["cells"]
+    outputs = [o for cell in cells if cell["cell_type"] == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert "application/vnd.jupyter.widget-view+json" in outputs[-1]["data"]  # the explorer's box, last
