@@ -131,6 +131,11 @@ def test_uncached_setting_runs_once_into_the_cache_then_is_read(tmp_path, monkey
         assert frames[name].shape[0] == h + 1 and frames[name].shape[-1] == 3
     assert "per-layer report" in again.report.value
 
+    elsewhere = tmp_path / "another-sweep" / path.name  # the same key in another sweep folder is the same result
+    elsewhere.parent.mkdir()
+    path.rename(elsewhere)
+    assert again.refresh()["cached"] == elsewhere and again.result["success"] == shown and len(calls) == 1
+
 
 @pytest.mark.parametrize(("control", "value", "says"), [
     ("model", "no-such-model", "no checkpoint 'no-such-model'"),

@@ -10,7 +10,8 @@
 Which cache: every notebook calls ``setup(profile, ..., results_name="study")`` and ``run_study(settings,
 S.results)``, so all of them share ``<cache_dir>/study-<profile>/<config_key>.json``. A choice of the controls is
 built into a ``Setting`` through the same profile and episode samplers as the notebooks' (``Profile.setting``), so a
-setting a notebook ran has the same key and is read, never recomputed; a setting run here lands in the same folder.
+setting a notebook ran has the same key and is read, never recomputed (a key found in another sweep folder of
+``cache_dir`` is read there: it names the same setting); a setting run here lands in the profile's folder.
 
 Budget: open-loop CEM settings are traced, and iteration ``k - 1`` of a traced run IS the run with ``k`` iterations
 (``study.at_opt_steps``), so budget ``k`` is read from the notebooks' long run (``trace_steps`` iterations) when
@@ -18,8 +19,7 @@ Budget: open-loop CEM settings are traced, and iteration ``k - 1`` of a traced r
 MPC-CEM: ``k`` CEM iterations per round, the profile's rounds (success at the last round). GD: ``k`` updates.
 
 Bad input in a control (a path that is not a checkpoint, a group size wider than every weight row, bits out of
-range, an unknown name) is shown in the message area; the library's errors (``ValueError``, ``TypeError``,
-``OSError``, ``SweepError``) are caught at this boundary only.
+range) shows the library's message (``BAD_INPUT`` errors are caught at this boundary only), never a traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,11 @@ def _png(fig: Figure, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
+def _set_image(image: widgets.Image, png: bytes) -> None:
+    image.value = png
+    image.layout.display = None if png else "none"  # an empty image would show as a broken one
+
+
 def rate(successes: int, n: int) -> dict[str, float]:
     """``{"successes", "n", "rate", "low", "high"}``: a success count with its Wilson 95% interval."""
     low, high = wilson_interval(successes, n)
@@ -79,19 +83,19 @@ def _shown(r: Mapping[str, float]) -> str:
 
 
 class Explorer:
-    """The explorer's widgets (``controls``, ``buttons``, ``message``, ``summary``, images, report) and the pure
-    methods that drive them: ``setting()``, ``refresh()``, ``run()``, ``show_episode()``.
+    """The explorer's widgets (``controls``, ``buttons``, ``message``, ``summary``, ``curve``, ``frames``, ``report``)
+    and the methods that drive them: ``setting()``, ``refresh()``, ``run()``, ``show_episode()``.
 
     profile: a ``study.PROFILES`` name; sizes: its fields to replace (as a notebook's parameters cell does).
-    cache_dir, results_name: results are ``<cache_dir>/<results_name>-<profile>/`` (the notebooks': data/results,
-        "study"); calibrations under ``<cache_dir>/calibration``. device, seed, samplers: as the notebooks' cells.
-    checkpoint: the model selected at first (a shipped name or a path). live: refresh when a control changes.
-    After ``refresh()``, ``result`` holds what is shown: ``setting``, ``cached`` (the result file or None),
-    ``success`` and per trivial baseline ``baselines[name]`` (each ``rate(...)``), ``effective_bits`` and
-    ``per_episode`` (the cached rows at the budget, ``study.per_episode``); None on bad input.
+    cache_dir, results_name: results in ``<cache_dir>/<results_name>-<profile>/`` (the notebooks': data/results,
+    "study"), calibrations in ``<cache_dir>/calibration``. device, seed, samplers: as the notebooks' cells.
+    checkpoint: the model selected first (shipped name or path). live: refresh whenever a control changes.
+    ``result`` (set by ``refresh()``, None on bad input): ``setting``, ``cached`` (the result file or None), per
+    trivial baseline ``baselines[name]``; when cached ``success`` (each a ``rate(...)``), ``effective_bits`` and
+    ``per_episode`` (the rows at the budget, ``study.per_episode``).
     """
 
-    def __init__(self, profile: str = "full", cache_dir: str | os.PathLike = RESULTS_DIR, results_name: str = "study",
+    def __init__(self, profile: str = "full", cache_dir: str | Path = RESULTS_DIR, results_name: str = "study",
                  device: str = "auto", seed: int = 99, samplers: Mapping[str, str] | None = None,
                  checkpoint: str = "mini-wall", live: bool = True, **sizes: Any) -> None:
         self.profile = st.make_profile(profile, **sizes)
@@ -107,7 +111,6 @@ class Explorer:
         self._quiet = False
         env = self.caches.checkpoint(checkpoint)[1]
         dropdown, number = widgets.Dropdown, widgets.IntText
-        style = {"description_width": "110px"}
         self.controls: dict[str, widgets.ValueWidget] = {
             "model": widgets.Combobox(value=str(checkpoint), options=available_checkpoints(), ensure_option=False,
                                       description="model", placeholder="shipped name or checkpoint folder"),
@@ -124,7 +127,7 @@ class Explorer:
             "episode": number(value=0, description="episode shown"),
         }
         for control in self.controls.values():
-            control.style = style
+            control.style = {"description_width": "110px"}
             control.continuous_update = False
         self.buttons = {"run": widgets.Button(description="Run this setting", button_style="warning", icon="play"),
                         "episode": widgets.Button(description="Show episode", icon="film")}
@@ -132,7 +135,7 @@ class Explorer:
         self.buttons["episode"].on_click(lambda _: self.show_episode())
         self.message, self.summary, self.report = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.progress = widgets.Output()  # the run's tqdm bar
-        self.curve, self.frames = widgets.Image(format="png"), widgets.Image(format="png")
+        self.curve, self.frames = (widgets.Image(format="png", layout={"display": "none"}) for _ in range(2))
         if live:
             for name, control in self.controls.items():
                 control.observe(lambda change, name=name: self._changed(name), names="value")
@@ -164,8 +167,7 @@ class Explorer:
                 raise InvalidValue(f"group size {group} is wider than every weight row of {self._value('model')!r} "
                                    f"(widest: {widest} columns), so it is per-channel: choose 'per-channel' or a "
                                    f"group size <= {widest}")
-        a_bits = self._value("act_bits")
-        a_bits = None if a_bits == "none" else a_bits
+        a_bits = None if self._value("act_bits") == "none" else self._value("act_bits")
         return self.profile.recipe(method, self._value("bits"), gran, group, a_bits,
                                    None if a_bits is None else self._value("act_granularity"))
 
@@ -198,8 +200,13 @@ class Explorer:
         long = dataclasses.replace(self._base(checkpoint, recipe, scope, long=True), n_evals=n)
         return ([(long, budget)] if budget <= self.profile.trace_steps else []) + [(exact, budget)]
 
-    def _path(self, setting: Setting) -> Path:
-        return self.folder / f"{config_key(self.caches.identity(setting))}.json"
+    def _find(self, setting: Setting) -> Path | None:
+        """The setting's result file: in the profile's folder, else in any other sweep folder of ``cache_dir`` (a
+        key names one setting's result wherever it was run); None when no folder holds it."""
+        name = f"{config_key(self.caches.identity(setting))}.json"
+        if (self.folder / name).is_file():
+            return self.folder / name
+        return next(iter(sorted(self.cache_dir.glob(f"*/{name}"))), None)
 
     def setting(self) -> Setting:
         """The setting shown: the first cached candidate, else the one ``run()`` would run."""
@@ -209,8 +216,9 @@ class Explorer:
                 ) -> tuple[Setting, int | None, Path | None]:
         options = self.candidates() if options is None else options
         for setting, k in options:
-            if self._path(setting).is_file():
-                return setting, k, self._path(setting)
+            path = self._find(setting)
+            if path is not None:
+                return setting, k, path
         return options[-1][0], options[-1][1], None
 
     # ----- what is shown -------------------------------------------------------------------------------------------
@@ -222,8 +230,9 @@ class Explorer:
         return self._guard(self._refresh)
 
     def _refresh(self) -> dict[str, Any]:
-        self.result = None
-        self.frames.value, self.report.value, self.curve.value = b"", "", b""
+        self.report.value = ""
+        _set_image(self.frames, b"")
+        _set_image(self.curve, b"")
         setting, k, path = self._chosen()
         label = st.describe(setting)
         result: dict[str, Any] = {"setting": setting, "cached": path, "label": label["label"],
@@ -245,10 +254,10 @@ class Explorer:
                                   f"{result['effective_bits']:.2f} bits/weight<br>trivial baselines: {base}"
                                   f"<br><small>cached: {html.escape(str(path))}</small>")
             curves = {label["label"]: table}
-            fp, _, fp_path = self._chosen(self._options(None, "all"))
-            if setting.recipe is not None and fp_path is not None:
+            fp, _, fp_path = self._chosen(self._options(None, "all")) if setting.recipe is not None else (None,) * 3
+            if fp_path is not None:  # FP's curve for reference
                 curves["FP"] = self._read(fp, fp_path)
-            self.curve.value = self._curve(curves, k)
+            _set_image(self.curve, self._curve(curves, k))
         recipe = setting.recipe
         if recipe is not None and not (recipe.needs_calibration or recipe.static_activations):
             self._show_report(setting)  # cheap without calibration; the others get it with the episode
@@ -265,10 +274,8 @@ class Explorer:
                             caches=self.caches)
 
     def _baseline_rates(self, setting: Setting) -> dict[str, dict[str, float]]:
-        steps = setting.planner.horizon * self.caches.model(setting).config.frameskip * (
-            1 if setting.mpc is None else setting.mpc.max_rounds)
         key = (self.caches.identity(setting)["model_sha"], setting.n_evals, setting.seed, setting.goal_H,
-               self.caches.sampler(setting), steps)
+               setting.sampler, setting.planner.horizon, setting.mpc)  # what fixes the episodes and the env steps
         if key not in self._baselines:
             outcomes = st.baseline_outcomes(setting, self.caches)
             self._baselines[key] = {name: rate(int(s.sum()), len(s)) for name, s in outcomes.items()}
@@ -279,7 +286,6 @@ class Explorer:
         label (the setting, and FP for reference when cached); empty bytes for untraced (GD) runs."""
         fig = Figure(figsize=(7.5, 2.4))
         left, right = fig.subplots(1, 2)
-        drawn = False
         for i, (label, table) in enumerate(tables.items()):
             if "round" in table.columns and table["round"].notna().any():
                 step, x = "round", "round"
@@ -287,14 +293,13 @@ class Explorer:
                 step, x = "iteration", "opt_steps"
             else:
                 continue
-            drawn = True
             curve = success_curve(table.assign(label=label), "label", step=step)
             left.plot(curve[x], curve["success_rate"], marker="o", ms=3, color=f"C{i}", label=label)
             left.fill_between(curve[x], curve["ci_low"], curve["ci_high"], color=f"C{i}", alpha=0.2)
             right.plot(curve[x], curve["plan_loss"], marker="o", ms=3, color=f"C{i}", label=label)
             left.set(xlabel=x, ylabel="success", ylim=(0, 1))
             right.set(xlabel=x, ylabel="planning loss (median)", yscale="log")
-        if not drawn:
+        if not left.lines:
             return b""
         if k is not None:
             for ax in (left, right):
@@ -305,9 +310,9 @@ class Explorer:
 
     def _show_report(self, setting: Setting) -> None:
         _, report = self.caches.quantized(setting)
-        table = report.table[list(REPORT_COLUMNS)]
-        self.report.value = (f"<b>per-layer report</b>: {report.effective_bits:.2f} bits/weight overall"
-                             + table.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0))
+        self.report.value = (f"<b>per-layer report</b>: {report.effective_bits:.2f} bits/weight overall" +
+                             report.table[list(REPORT_COLUMNS)].to_html(index=False, border=0,
+                                                                        float_format=lambda v: f"{v:.3g}"))
 
     def run(self) -> dict[str, Any] | None:
         """Run the shown setting into the cache (nothing when it is cached) with a progress bar, then refresh."""
@@ -321,8 +326,11 @@ class Explorer:
         return None if self._guard(go) is None else self.refresh()
 
     def show_episode(self) -> dict[str, np.ndarray] | None:
-        """For the episode shown: the real frames of the executed plan (open loop, first round for MPC) and the
-        decoded imagined rollout, for FP and (when quantized) the quantized model; plus the per-layer report."""
+        """For the episode shown, plan it with FP and (when quantized) with the quantized model (open loop: MPC's first
+        round) and draw each executed plan's real frames beside the FP decoder's picture of that model's imagined
+        rollout (``study.imagine``), and the goal; a quantized setting's per-layer report too. Returns the frames:
+        ``"<FP|W4A16...>:real"`` uint8 and ``":imagined"`` float in [-1, 1], each (H + 1, img, img, 3), and
+        ``"goal"`` (1, img, img, 3); None (and a message) on bad input."""
         return self._guard(self._show_episode)
 
     def _show_episode(self) -> dict[str, np.ndarray]:
@@ -347,7 +355,7 @@ class Explorer:
         outcome = None if final is None else final.loc[final["episode"] == episode, "success"]
         if outcome is not None and len(outcome) == 1:
             title += f" (success in the cached run: {'yes' if outcome.iloc[0] else 'no'})"
-        self.frames.value = _png(frame_strip(rows, labels, title))
+        _set_image(self.frames, _png(frame_strip(rows, labels, title)))
         if setting.recipe is not None:
             self._show_report(setting)
         return frames
