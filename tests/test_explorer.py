@@ -94,6 +94,8 @@ def test_cached_settings_show_the_cache_files_numbers():
     check_shown(ex, int(gd["success"].sum()), len(gd))
 
     ex.controls["planner"].value = "CEM"
+    ex.controls["model"].value = "mini-pusht"  # the other shipped model, its episodes drawn as the notebooks draw them
+    check_shown(ex, *expected(cached_rows("mini-pusht", None), 10))
     ex.controls["method"].value = "RTN"
     ex.controls["budget"].value = 25  # beyond the traced 20 iterations: not cached, offered to run
     assert ex.result["cached"] is None and "success" not in ex.result
