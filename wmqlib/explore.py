@@ -123,7 +123,8 @@ class Explorer:
             "scope": dropdown(options=SCOPES, description="scope"),
             "planner": dropdown(options=PLANNERS, description="planner"),
             "budget": number(value=self.profile.steps(env), description="budget (iters)"),
-            "n_evals": number(value=self.profile.n_evals, description="episodes (n)"),
+            "n_evals": number(value=self.profile.n_evals, description="episodes (n)",
+                              tooltip="evaluation episodes; fewer (smoke: 3) give a quick answer under its own key"),
             "episode": number(value=0, description="episode shown"),
         }
         for control in self.controls.values():
@@ -189,12 +190,11 @@ class Explorer:
         n = check_int("episodes (n)", self._value("n_evals"), 1)
         check_int("episode shown", self._value("episode"), 0, n - 1, why=" (an index into the evaluation episodes)")
         planner = self._value("planner")
+        sized = lambda s: dataclasses.replace(s, planner=dataclasses.replace(s.planner, opt_steps=budget),  # noqa: E731
+                                              n_evals=n)
         if planner == "GD":
-            gd = self._base(checkpoint, recipe, scope, planner="GD")
-            return [(dataclasses.replace(gd, planner=dataclasses.replace(gd.planner, opt_steps=budget), n_evals=n),
-                     None)]
-        base = self._base(checkpoint, recipe, scope, mpc=planner == "MPC-CEM")
-        exact = dataclasses.replace(base, planner=dataclasses.replace(base.planner, opt_steps=budget), n_evals=n)
+            return [(sized(self._base(checkpoint, recipe, scope, planner="GD")), None)]
+        exact = sized(self._base(checkpoint, recipe, scope, mpc=planner == "MPC-CEM"))
         if planner == "MPC-CEM":
             return [(exact, None)]
         long = dataclasses.replace(self._base(checkpoint, recipe, scope, long=True), n_evals=n)
