@@ -82,7 +82,7 @@ def search_params(model: nn.Module, recipe: Recipe, calibration: Optional[Calibr
                   scope: Scope = "all", overrides: Overrides = None) -> dict[str, Tensor]:
     """Run each recipe's search on the linears it owns; returns ``{"<linear>.<quantity>": float32 CPU tensor}``.
 
-    Raises ``ValueError`` when a recipe needs calibration (AWQ, SmoothQuant, OmniQuant, or any static per-tensor
+    Raises ``ValueError`` when a recipe needs calibration (AWQ, SmoothQuant, OmniQuant, GPTQ, or any static per-tensor
     activation quantizer) and none is given, or when the calibration lacks a linear in scope.
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
@@ -136,8 +136,9 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
     """Build the quantized copy from searched ``params`` (pure: same inputs, same weights).
 
     Steps: deep-copy ``model``; fold every input scale / shift (``fold``); replace every linear in scope by a
-    ``QuantLinear`` whose weight is fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and
-    whose input quantizer follows the recipe's activation settings.
+    ``QuantLinear`` whose weight (the searched ``<linear>.weight`` when given, else the folded weight) is
+    fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input quantizer follows the
+    recipe's activation settings.  The report compares with the ORIGINAL weight, so it shows the whole change.
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
     _check_keys(params, chosen)
@@ -147,9 +148,14 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
     rows = []
     for name, rec in chosen.items():
         linear = qmodel.get_submodule(name)
+        weight = params.get(f"{name}.weight")  # replaces the weight after the folds (GPTQ)
+        if weight is not None and weight.shape != linear.weight.shape:
+            raise ValueError(f"params {name}.weight has shape {tuple(weight.shape)}, the linear's weight "
+                             f"{tuple(linear.weight.shape)}; were they searched with the same model?")
+        weight = linear.weight if weight is None else weight.to(linear.weight.device)
         with torch.no_grad():
-            w_hat = fake_quantize(linear.weight, rec.weight_spec, params.get(f"{name}.weight_lo"),
-                                  params.get(f"{name}.weight_hi"))
+            w_hat = fake_quantize(weight, rec.weight_spec, params.get(f"{name}.weight_lo"),
+                                  params.get(f"{name}.weight_hi")).to(linear.weight.dtype)
         act = None
         if rec.act_spec is not None:
             lo, hi = params.get(f"{name}.act_lo"), params.get(f"{name}.act_hi")
@@ -169,8 +175,9 @@ def quantize(model: nn.Module, recipe: Recipe, calibration: Optional[Calibration
 
     Args:
         model: any model with quantization points (``points``); left untouched.
-        recipe: ``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant`` (or any registered recipe).
-        calibration: from ``capture_calibration``; required by AWQ, SmoothQuant, OmniQuant and static activations.
+        recipe: ``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant``, ``GPTQ`` (or any registered recipe).
+        calibration: from ``capture_calibration``; required by AWQ, SmoothQuant, OmniQuant, GPTQ and static
+            activations.
         scope: ``"all"``, ``"encoder"``, ``"predictor"``, a pattern, or a list of fnmatch / ``re:`` patterns.
         overrides: ``{pattern: recipe}`` for mixed precision inside the scope.
 
