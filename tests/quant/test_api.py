@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from wmqlib.quant import (AWQ, OMSE, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, SmoothQuant,
+from wmqlib.quant import (AWQ, GPTQ, OMSE, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, SmoothQuant,
                           apply_params, load_params, quantize, save_params, search_params)
 
 from .toy import ToyWorldModel
@@ -17,6 +17,7 @@ ALL_METHODS = [
     AWQ(4, PerGroup(16), n_grid=5),
     SmoothQuant(8, a_bits=8, a_granularity=PerTensor()),
     OmniQuant(4, PerGroup(16), epochs=1),
+    GPTQ(4, PerGroup(16), act_order=True, a_bits=8, a_granularity=PerTensor()),
 ]
 
 
@@ -106,7 +107,7 @@ def test_bf16_model(calib_inputs, eval_inputs):
     with torch.no_grad(), capture_calibration(model, max_sequences=4) as calib:
         model(xc)
     for recipe in (RTN(8, a_bits=8, a_granularity=PerToken()), AWQ(4, PerGroup(16), n_grid=4),
-                   SmoothQuant(8, a_bits=8, a_granularity=PerTensor()), OmniQuant(8, epochs=1)):
+                   SmoothQuant(8, a_bits=8, a_granularity=PerTensor()), OmniQuant(8, epochs=1), GPTQ(4, PerGroup(16))):
         qmodel, _ = quantize(model, recipe, calib)
         with torch.no_grad():
             y, y_q = model(x), qmodel(x)

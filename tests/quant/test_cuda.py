@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from wmqlib.quant import (AWQ, OMSE, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, SmoothQuant,
+from wmqlib.quant import (AWQ, GPTQ, OMSE, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, SmoothQuant,
                           capture_calibration, quantize)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -18,6 +18,7 @@ RECIPES = [
     AWQ(4, PerGroup(16)),
     SmoothQuant(8, a_bits=8, a_granularity=PerTensor()),
     OmniQuant(4, PerGroup(16), epochs=2),
+    GPTQ(4, PerGroup(16), act_order=True),
 ]
 
 

@@ -100,7 +100,7 @@ def test_recipe_builds_each_method_from_names():
 
 
 @pytest.mark.parametrize("args, match", [
-    (("GPTQ", 4), "method must be one of"),
+    (("GPFQ", 4), "method must be one of"),
     (("RTN", 4, "per-row"), "w_granularity must be"),
     (("RTN", 4, "per-group"), "needs a group_size"),
     (("RTN", 4, "per-channel", None, 8, "per-channel"), "a_granularity must be"),

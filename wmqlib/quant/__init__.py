@@ -1,7 +1,7 @@
 """wmqlib.quant: post-training fake quantization of ViT-style models (DINO-WM encoder and predictor).
 
 One primitive (``fake_quantize(x, QuantSpec(bits, granularity, symmetric))``), one recipe dataclass per method
-(``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant``), one entry point::
+(``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant``, ``GPTQ``), one entry point::
 
     with capture_calibration(model) as calib:
         model(calibration_inputs)                      # FP forwards
@@ -17,6 +17,7 @@ plain dict of tensors (``search_params``) that ``save_params`` stores and ``appl
 from .api import apply_params, assign_recipes, load_params, quantize, save_params, search_params
 from .awq import AWQ
 from .calibration import Calibration, capture_calibration
+from .gptq import GPTQ
 from .omniquant import OmniQuant
 from .omse import OMSE
 from .points import QuantPoints, ScalePair, Unit, find_points
@@ -33,7 +34,7 @@ from .spec import (
 
 __all__ = [
     "recipe_from_names",
-    "AWQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
+    "AWQ", "GPTQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
     "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "ROTATIONS", "Recipe",
     "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",
     "fake_quantize", "find_points", "granularity_from_name", "hadamard_available", "is_quantwm_reference",

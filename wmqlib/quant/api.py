@@ -95,7 +95,7 @@ def search_params(model: nn.Module, recipe: Recipe, calibration: Optional[Calibr
                   scope: Scope = "all", overrides: Overrides = None) -> dict[str, Tensor]:
     """Run each recipe's search on the linears it owns; returns ``{"<linear>.<quantity>": float32 CPU tensor}``.
 
-    Raises ``ValueError`` when a recipe needs calibration (AWQ, SmoothQuant, OmniQuant, or any static per-tensor
+    Raises ``ValueError`` when a recipe needs calibration (AWQ, SmoothQuant, OmniQuant, GPTQ, or any static per-tensor
     activation quantizer) and none is given, or when the calibration lacks a linear in scope.
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
@@ -178,10 +178,12 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
     """Build the quantized copy from searched ``params`` (pure: same inputs, same weights).
 
     Steps: deep-copy ``model``; fold every input scale / shift (``fold``); rotate the weight of every linear with an
-    ``input_rotation`` ``R`` (``W R``); replace every linear in scope by a ``QuantLinear`` whose weight is
-    fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input quantizer follows the
+    ``input_rotation`` ``R`` (``W R``); replace every linear in scope by a ``QuantLinear`` whose weight (the searched
+    ``<linear>.weight`` when given - already in the folded and rotated coordinates - else the folded, rotated weight)
+    is fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input quantizer follows the
     recipe's activation settings.  A rotated ``QuantLinear`` rotates its input by ``R`` online when it quantizes
     activations; weight-only, its weight is ``Q(W R) R^T`` (the rotation undone in the dense simulated weight).
+    The report compares with the ORIGINAL weight, so it shows the whole change.
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
     _check_keys(params, chosen)
@@ -192,12 +194,19 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
     for name, rec in chosen.items():
         linear = qmodel.get_submodule(name)
         rotation = _rotation(name, rec, params, linear.in_features)
-        weight = linear.weight.detach()
-        if rotation is not None:
-            weight = rotate_rows(weight, rotation).to(weight.dtype)
+        weight = params.get(f"{name}.weight")  # GPTQ's weight, in the folded (and rotated) coordinates already
+        if weight is not None and weight.shape != linear.weight.shape:
+            raise ValueError(f"params {name}.weight has shape {tuple(weight.shape)}, the linear's weight "
+                             f"{tuple(linear.weight.shape)}; were they searched with the same model?")
+        if weight is not None:
+            weight = weight.to(linear.weight.device)
+        else:
+            weight = linear.weight.detach()
+            if rotation is not None:
+                weight = rotate_rows(weight, rotation).to(weight.dtype)
         with torch.no_grad():
             w_hat = fake_quantize(weight, rec.weight_spec, params.get(f"{name}.weight_lo"),
-                                  params.get(f"{name}.weight_hi"))
+                                  params.get(f"{name}.weight_hi")).to(linear.weight.dtype)
         act = None
         if rec.act_spec is not None:
             lo, hi = params.get(f"{name}.act_lo"), params.get(f"{name}.act_hi")
@@ -221,8 +230,9 @@ def quantize(model: nn.Module, recipe: Recipe, calibration: Optional[Calibration
 
     Args:
         model: any model with quantization points (``points``); left untouched.
-        recipe: ``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant`` (or any registered recipe).
-        calibration: from ``capture_calibration``; required by AWQ, SmoothQuant, OmniQuant and static activations.
+        recipe: ``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant``, ``GPTQ`` (or any registered recipe).
+        calibration: from ``capture_calibration``; required by AWQ, SmoothQuant, OmniQuant, GPTQ and static
+            activations.
         scope: ``"all"``, ``"encoder"``, ``"predictor"``, a pattern, or a list of fnmatch / ``re:`` patterns.
         overrides: ``{pattern: recipe}`` for mixed precision inside the scope.
 

@@ -11,6 +11,8 @@ It reads (never modifies) ``model`` and returns a plain dict keyed ``"<linear na
 - ``input_scale (C_in,)``: the linear's input channels are divided by it: weight columns multiplied, the scale
   pair's predecessor divided (LayerNorm weight/bias, a scaled GELU, or the v rows of the fused qkv).
 - ``input_shift (C_in,)``: subtracted from the input (LayerNorm bias only); the linear's bias absorbs ``W @ shift``.
+- ``weight (O, C_in)``: a replacement for the linear's weight, in the coordinates AFTER the folds above (GPTQ's
+  error-compensated weight); ``apply`` fake-quantizes it instead of the model's (folded) weight.
 - ``weight_lo``, ``weight_hi`` (scale shape): the clipping range of the weight AFTER the folds above.
 - ``act_lo``, ``act_hi`` ``(1,)``: static per-tensor activation range, in the folded (and rotated) input's
   coordinates (added by ``api.search_params`` from calibration for every recipe with ``a_granularity=PerTensor()``).
@@ -37,7 +39,7 @@ from .spec import (
 )
 
 SearchFn = Callable[[nn.Module, "Recipe", list[str], QuantPoints, Optional[Calibration]], dict[str, Tensor]]
-QUANTITIES = ("input_scale", "input_shift", "weight_lo", "weight_hi", "act_lo", "act_hi", "input_rotation")
+QUANTITIES = ("input_scale", "input_shift", "weight", "weight_lo", "weight_hi", "act_lo", "act_hi", "input_rotation")
 SEARCHES: dict[type, SearchFn] = {}
 # Field metadata key: a field so marked is left out of cache keys while at its default.  The same string as
 # ``wmqlib.sweep.OMIT_AT_DEFAULT`` (quant must not import sweep; a test checks that they agree).
@@ -142,10 +144,11 @@ def recipe_from_names(method: str, w_bits: int, w_granularity: str = "per-channe
                 a_bits: int | None = None, a_granularity: str | None = None, **options: Any) -> Recipe:
     """A quantization recipe from plain names (as a notebook's parameters cell holds them).
 
-    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, ...);
+    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, GPTQ, ...);
     w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
     weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
-    method's dataclass (e.g. ``epochs`` for OmniQuant, ``rotation="hadamard"`` for RTN). Validated by the recipe.
+    method's dataclass (e.g. ``epochs`` for OmniQuant, ``act_order`` for GPTQ, ``rotation="hadamard"`` for RTN and
+    GPTQ). Validated by the recipe.
     """
     methods = recipe_types()
     check_choice("method", method, sorted(methods))
