@@ -261,3 +261,20 @@ def test_wrong_weight_shape_or_hessian_raise(toy_model, layer):
         gptq_quantize(w, hessian(x[:, :39]), QuantSpec(4, PerChannel()))
     with pytest.raises(ValueError, match="not positive definite"):
         gptq_quantize(w, hessian(torch.full((4, IN), float("nan"))), QuantSpec(4, PerChannel()))
+
+
+def test_rotated_gptq_never_loses_to_rotated_rtn(toy_model, calibration):
+    """GPTQ searches on the rotated view (weights W R, rows x R): on every linear its output error on the
+    calibration rows stays <= RTN's with the same rotation, and a rotated 16-bit GPTQ keeps the FP function."""
+    for bits in (3, 4):
+        gptq, _ = quantize(toy_model, GPTQ(bits, rotation="hadamard"), calibration)
+        rtn, _ = quantize(toy_model, RTN(bits, rotation="hadamard"), calibration)
+        for name in calibration.linears:
+            x, w = calibration.rows(name), toy_model.get_submodule(name).weight.detach()
+            # weight-only rotated linears store the dense Q(W R) R^T, so x W_q^T is the layer's output
+            e_gptq = output_error(x, w, gptq.get_submodule(name).weight)
+            assert e_gptq <= output_error(x, w, rtn.get_submodule(name).weight) + 1e-6, (bits, name)
+    qmodel, _ = quantize(toy_model, GPTQ(16, rotation="hadamard"), calibration)
+    x = calibration.rows(calibration.linears[0])
+    layer = calibration.linears[0]
+    torch.testing.assert_close(qmodel.get_submodule(layer)(x), toy_model.get_submodule(layer)(x), atol=1e-5, rtol=1e-5)
