@@ -28,7 +28,8 @@ on a separate dataset of the same recipe drawn with seed ``recipe seed + HELDOUT
 
 The result is saved as a normal wmq checkpoint whose quantized linears hold ``w_hat`` (each row takes at most
 2^b - 1 distinct values), so loading it and planning in FP IS the QAT model; card.json / MODEL_CARD.md record how it
-was made and the held-out loss of the FP base, RTN W<b> of the base and the QAT model.
+was made and the held-out loss of the FP base, RTN W<b> of the base and the QAT model. Quantizing it again with
+RTN W<b> is not the identity: a row whose learned step grew so that no weight uses the top code gets RTN's finer grid.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def command(checkpoint: str, w_bits: int, steps: int, lr: float, batch_size: int
             f"--batch-size {batch_size} --seed {seed} --device {device} --out {out}")
 
 
-def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 1e-4, batch_size: int = 32, seed: int = 0,
+def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, batch_size: int = 32, seed: int = 0,
              out: str | Path | None = None, progress: bool = True, device: str = "cpu",
              data_dir: str | Path = DATASETS_DIR) -> WorldModel:
     """LSQ fine-tune of ``checkpoint`` at W``w_bits`` (module docstring); returns the baked QAT model (eval, CPU).
@@ -244,6 +245,8 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 1e-4, 
     w_bits: 2..8; steps: >= 1 Adam steps at peak ``lr`` (cosine decay after a 5% warm-up, train.py's schedule) on
     batches of ``batch_size`` windows drawn by a generator seeded ``seed``; out: when given, the checkpoint folder
     written with card.json / MODEL_CARD.md (held-out losses of FP, RTN and QAT). Same arguments, same weights.
+    The default lr 3e-4 was picked among 1e-4, 3e-4 and 1e-3 on mini-wall W3 (300 steps, batch 32): held-out
+    prediction loss 0.00390, 0.00320, 0.00315, encoder loss 1.9e-4, 1.6e-4, 2.6e-4.
     """
     w_bits = check_int("w_bits", w_bits, 2, 8, why="QAT quantizes weights to 2..8 bits")
     steps = check_int("steps", steps, 1)
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="base checkpoint: a shipped name or a wmq folder")
     parser.add_argument("--bits", type=int, required=True, help="weight bits, 2..8")
     parser.add_argument("--steps", type=int, required=True, help="fine-tuning steps (>= 1)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak Adam learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak Adam learning rate (default 3e-4)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per step (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch draws (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
