@@ -69,3 +69,39 @@ def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
     lines += ["", *(f"- {note}" for note in card.get("notes", [])),
               "", f"Regenerate: `{regenerate}`."]
     atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
+
+
+def read_card(folder: Path) -> dict[str, Any] | None:
+    """The parsed card.json of a checkpoint folder, or None when it has none."""
+    path = Path(folder) / "card.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_qat_card(card: dict[str, Any], out: Path) -> None:
+    """Write card.json and MODEL_CARD.md of a QAT checkpoint (``wmqlib.qat.finetune`` gathers the facts)."""
+    atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+    b, base, loss = card["w_bits"], card["base"], card["heldout_loss"]
+    rows = [f"| {name} | {value['prediction']:.5g} | {value['encoder']:.5g} |" for name, value in loss.items()]
+    lines = [
+        f"# {out.name}", "",
+        f"`{base['checkpoint']}` (model.safetensors sha256 `{base['sha256'][:16]}...`) after {card['steps']} steps of "
+        f"quantization-aware fine-tuning (LSQ) at W{b}, by `wmqlib.qat`. Its quantized linears are stored already "
+        f"fake-quantized on the learned grid: load it and plan in FP to use the W{b} QAT model.", "",
+        "| item | value |", "| --- | --- |",
+        f"| grid | {card['grid']} |",
+        f"| quantized linears | {len(card['quantized_linears'])} (encoder and predictor qkv / proj / fc1 / fc2) |",
+        f"| trained / frozen | {', '.join(card['trained'])} / {', '.join(card['frozen'])} |",
+        f"| steps, lr, batch, seed | {card['steps']}, {card['lr']}, {card['batch_size']}, {card['seed']} |",
+        f"| optimiser | {card['optimizer']} |",
+        f"| data | train {card['data']['train']['path']}, held out {card['data']['heldout']['path']} "
+        f"({card['data']['heldout_windows']} windows) |",
+        f"| training loss (first -> last 20 mean) | {card['train_loss']['first']:.5g} -> "
+        f"{card['train_loss']['last20']:.5g} |",
+        f"| time (s): data / training / total | {card['seconds']['data']} / {card['seconds']['training']} / "
+        f"{card['seconds']['total']} ({card['threads']} threads, {card['device']}, torch {card['torch']}) |",
+        "", "Held-out latent losses against the FP base's latents (prediction: DINO-WM's teacher-forced MSE; "
+        "encoder: MSE of the input frames' visual latents):", "",
+        "| model | prediction | encoder |", "| --- | --- | --- |", *rows,
+        "", f"Regenerate: `{card['command']}`.",
+    ]
+    atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
