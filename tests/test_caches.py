@@ -260,5 +260,5 @@ def test_training_data_recipes_of_fine_tuned_and_early_checkpoints(tiny, tmp_pat
                                                       "base_provenance": {"recipe": flat}})) == expected
     for name, prov in [("no-recipe", {"converted_from": "somewhere"}), ("other-name", {"recipe": flat}),
                              ("other/tiny", {"recipe": {**flat, "n_traj": 9}})]:  # not the preset's data
-        with pytest.raises(CheckpointError, match="calib_source='dataset' needs one"):
+        with pytest.raises(CheckpointError, match="its training data cannot be regenerated"):
             training_data_recipe(saved(name, prov))

@@ -126,9 +126,11 @@ def test_a_path_that_is_not_a_checkpoint_is_refused(tmp_path, tiny):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="neither a wmq checkpoint"):
         finetune(tmp_path / "empty", 4, steps=1, progress=False)
-    save_world_model(load_world_model(tiny), tmp_path / "no-card")
+    model = load_world_model(tiny)
+    model.provenance = {}  # e.g. a converted DINO-WM release: nothing says how its training data were made
+    save_world_model(model, tmp_path / "no-recipe")
     with pytest.raises(CheckpointError, match="no training recipe"):
-        finetune(tmp_path / "no-card", 4, steps=1, progress=False)
+        finetune(tmp_path / "no-recipe", 4, steps=1, progress=False)
 
 
 def test_cli_reports_bad_bits_by_name(tiny, tmp_path, capsys):

@@ -236,29 +236,33 @@ def _cpu_model() -> str:
 
 # ----- the training data of a checkpoint (the "dataset" calibration source) -----------------------------------------
 
-def training_data_recipe(folder: str | os.PathLike) -> dict[str, Any]:
-    """How the training data of the wmq checkpoint in ``folder`` were generated: {"env", "n_traj", "traj_len",
-    "seed", "img_size", "policy"} (``wmqlib.envs.generate_dataset``'s arguments).
+def checkpoint_recipe(folder: str | os.PathLike) -> TrainConfig:
+    """The ``wmqlib.train`` recipe the wmq checkpoint in ``folder`` was trained with.
 
-    Read from the training recipe in its config.json provenance (a fine-tuned checkpoint such as wmqlib.qat's: its
-    base's, under ``base_provenance``). Recipes written before the architecture was nested and the data policy named
-    (the first shipped models) are matched to the ``wmqlib.train.PRESETS`` entry named like the folder (or like
+    Read from its config.json provenance (a fine-tuned checkpoint such as wmqlib.qat's: its base's, under
+    ``base_provenance``). Recipes written before the architecture was nested and the data policy named (the first
+    shipped models) are matched to the ``wmqlib.train.PRESETS`` entry named like the folder (or like
     ``base_checkpoint``). CheckpointError when no recipe is found (e.g. a converted DINO-WM release).
     """
     folder = Path(folder)
     prov = read_checkpoint_config(folder).get("provenance") or {}
     recipe = prov.get("recipe") or (prov.get("base_provenance") or {}).get("recipe")
     if isinstance(recipe, dict) and "model" in recipe:
-        cfg = TrainConfig.from_dict(recipe)
-    else:
-        legacy = ("env", "n_traj", "traj_len", "seed", "img_size")
-        names = (folder.name, prov.get("base_checkpoint"))
-        cfg = next((PRESETS[n] for n in names if n in PRESETS and isinstance(recipe, dict)
-                    and all(recipe.get(k) == getattr(PRESETS[n], k) for k in legacy)), None)
-        if cfg is None:
-            raise CheckpointError(f"checkpoint {folder} records no training recipe that says how its data were "
-                                  "generated (config.json provenance 'recipe'); calib_source='dataset' needs one - "
-                                  "use 'planning' or 'random' for this model")
+        return TrainConfig.from_dict(recipe)
+    legacy = ("env", "n_traj", "traj_len", "seed", "img_size")
+    names = (folder.name, prov.get("base_checkpoint"))
+    cfg = next((PRESETS[n] for n in names if n in PRESETS and isinstance(recipe, dict)
+                and all(recipe.get(k) == getattr(PRESETS[n], k) for k in legacy)), None)
+    if cfg is None:
+        raise CheckpointError(f"checkpoint {folder} records no training recipe that says how its data were generated "
+                              "(config.json provenance 'recipe'): its training data cannot be regenerated")
+    return cfg
+
+
+def training_data_recipe(folder: str | os.PathLike) -> dict[str, Any]:
+    """How the training data of the wmq checkpoint in ``folder`` were generated: {"env", "n_traj", "traj_len",
+    "seed", "img_size", "policy"} (``wmqlib.envs.generate_dataset``'s arguments), from ``checkpoint_recipe``."""
+    cfg = checkpoint_recipe(folder)
     return {"env": cfg.env, "n_traj": cfg.n_traj, "traj_len": cfg.traj_len, "seed": cfg.seed,
             "img_size": cfg.img_size, "policy": data_policy(cfg)}
 

@@ -52,14 +52,15 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from wmqlib.card import read_card, write_qat_card
+from wmqlib.caches import checkpoint_recipe
+from wmqlib.card import write_qat_card
 from wmqlib.envs import TrajectoryData, generate_dataset
 from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve_checkpoint, resolve_device, \
     save_world_model
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
-from wmqlib.train import PRESETS, TrainConfig, _frames_to_visual, data_policy, dataset_path
+from wmqlib.train import TrainConfig, _frames_to_visual, data_policy, dataset_path
 from wmqlib.validate import check_float, check_int, check_type
 
 HELDOUT_SEED_OFFSET = 1000  # the held-out dataset: the base recipe's, drawn with seed + this
@@ -121,20 +122,6 @@ def bake(model: WorldModel) -> None:
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-def base_recipe(folder: Path, model: WorldModel) -> TrainConfig:
-    """The training recipe of the checkpoint in ``folder``: its card's ``recipe``, or, for cards written before
-    recipes nested the architecture, the preset named like the folder (the shipped mini models are presets)."""
-    card = read_card(folder)
-    recipe = card.get("recipe") if card else None
-    if isinstance(recipe, dict) and "model" in recipe:
-        return TrainConfig.from_dict(recipe)
-    preset = PRESETS.get(folder.name)
-    if preset is not None and preset.model == model.config:
-        return preset
-    raise CheckpointError(f"{folder}: no training recipe found (card.json has no 'recipe' with a 'model' and the "
-                          f"folder is not named after a preset of {sorted(PRESETS)}); QAT needs the base's data")
 
 
 def _dataset(cfg: TrainConfig, data_dir: Path, progress: bool) -> tuple[TrajectoryData, Path]:
@@ -259,7 +246,7 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     folder = resolve_checkpoint(checkpoint)
     fp = load_world_model(folder, device)
     fp.requires_grad_(False)
-    cfg = base_recipe(folder, fp)
+    cfg = checkpoint_recipe(folder)
     data, train_path = _dataset(cfg, Path(data_dir), progress)
     held_cfg = dataclasses.replace(cfg, seed=cfg.seed + HELDOUT_SEED_OFFSET, n_traj=min(cfg.n_traj, HELDOUT_TRAJ))
     held, held_path = _dataset(held_cfg, Path(data_dir), progress)
