@@ -17,7 +17,7 @@ help:
 	@echo "make test      unit tests, then the golden notebooks under $(GOLDENS) with nbval"
 	@echo "make goldens   re-execute the golden notebooks (smoke profile) on purpose"
 	@echo "make bench     run every benchmarks/*.py"
-	@echo "make train     retrain the shipped models data/checkpoints/mini-wall and mini-pusht (CPU, ~30 min each)"
+	@echo "make train     retrain the shipped models data/checkpoints/mini-wall and mini-pusht (CPU, ~30 min each) and their QAT fine-tunes"
 	@echo "make install   create $(VENV) and install wmq with its dev extras (the targets above do it)"
 
 $(BIN)/python:
@@ -55,7 +55,12 @@ else
 endif
 
 # Rebuilds the shipped small models from scratch (datasets are regenerated under data/datasets/ when missing).
+# Then their QAT W4 / W3 fine-tunes (notebook 04), with the commands their cards record (~1-2 min each).
 train: install
 	@for name in mini-wall mini-pusht; do \
 		$(BIN)/python -m wmqlib.train --preset $$name --out data/checkpoints/$$name || exit 1; \
+		for bits in 4 3; do \
+			$(BIN)/python -m wmqlib.qat --checkpoint $$name --bits $$bits --steps 800 --lr 0.0003 --batch-size 32 \
+				--seed 0 --device cpu --out data/checkpoints/$$name-qat-w$$bits || exit 1; \
+		done; \
 	done
