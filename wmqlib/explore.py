@@ -297,8 +297,9 @@ class Explorer:
             left.plot(curve[x], curve["success_rate"], marker="o", ms=3, color=f"C{i}", label=label)
             left.fill_between(curve[x], curve["ci_low"], curve["ci_high"], color=f"C{i}", alpha=0.2)
             right.plot(curve[x], curve["plan_loss"], marker="o", ms=3, color=f"C{i}", label=label)
-            left.set(xlabel=x, ylabel="success", ylim=(0, 1))
-            right.set(xlabel=x, ylabel="planning loss (median)", yscale="log")
+            name = "MPC rounds" if step == "round" else "CEM iterations (open loop)"
+            left.set(xlabel=name, ylabel="success (95% interval)", ylim=(0, 1))
+            right.set(xlabel=name, ylabel="planning loss (median)", yscale="log")
         if not left.lines:
             return b""
         if k is not None:
