@@ -46,6 +46,7 @@ CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
 STDERR_MIME = "application/vnd.jupyter.stderr"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+KERNEL_NAME = "Python 3 (wmq test venv)"  # display name of the one kernelspec, python3 = the interpreter given
 
 # Lab settings for a test run: every cell attached to the DOM (the default windowing detaches cells out of view),
 # no news feed, no update check.
@@ -162,13 +163,12 @@ def free_port() -> int:
 @dataclass
 class LabServer:
     """A running JupyterLab: ``url`` (http://127.0.0.1:PORT), its ``token``, ``root`` (the server's root_dir),
-    ``log`` (its stdout + stderr) and ``python`` (the kernel's interpreter)."""
+    and ``log`` (its stdout + stderr)."""
 
     url: str
     token: str
     root: Path
     log: Path
-    python: str
     process: subprocess.Popen = field(repr=False)
 
     def page(self, notebook: str, mode: str = "lab") -> str:
@@ -204,12 +204,13 @@ def lab_server(root: Path, state: Path, python: str = sys.executable, repo: Path
         folder.mkdir(parents=True, exist_ok=True)
     _write_json(kernels / "kernels" / "python3" / "kernel.json",
                 {"argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                 "display_name": "Python 3 (wmq test venv)", "language": "python"})
+                 "display_name": KERNEL_NAME, "language": "python"})
     for name, settings in LAB_SETTINGS.items():
         _write_json(config / "lab" / "user-settings" / name, settings)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(data), JUPYTER_RUNTIME_DIR=str(runtime),
                JUPYTER_PATH=str(kernels), IPYTHONDIR=str(state / "ipython"), WMQ_HOME=str(root),
-               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
+               PYTHONPATH=os.pathsep.join([str(repo), os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH")
+               else str(repo))
     for name in ("JUPYTER_TOKEN", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR", "JUPYTER_PREFER_ENV_PATH"):
         env.pop(name, None)
     port, token = free_port(), secrets.token_hex(16)
@@ -224,7 +225,7 @@ def lab_server(root: Path, state: Path, python: str = sys.executable, repo: Path
     with open(log, "wb") as out:
         process = subprocess.Popen(command, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    server = LabServer(f"http://127.0.0.1:{port}", token, root, log, python, process)
+    server = LabServer(f"http://127.0.0.1:{port}", token, root, log, process)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -252,11 +253,9 @@ def _stop(server: LabServer) -> None:
             if sig is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(server.process.pid, sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 server.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+                return
 
 
 @dataclass

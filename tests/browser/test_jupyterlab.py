@@ -77,6 +77,7 @@ def run_in_lab(page, server, notebook: str) -> labdriver.Outcome:
     try:
         labdriver.run_all(page, path)
         outcome = labdriver.inspect(page, path)
+        assert outcome.kernel == labdriver.KERNEL_NAME, f"{notebook} ran in {outcome.kernel!r}"
         OUTPUT.mkdir(exist_ok=True)
         labdriver.show_whole_notebook(page)
         page.screenshot(path=OUTPUT / f"{Path(notebook).stem}.png")
@@ -86,11 +87,12 @@ def run_in_lab(page, server, notebook: str) -> labdriver.Outcome:
 
 
 def test_kernel_is_this_venv(lab):
-    """The only kernelspec the server offers is python3 = the interpreter running pytest."""
+    """The notebooks' kernelspec, python3 (also the default), is the interpreter running pytest."""
     server, _ = lab
     specs = server.api("/api/kernelspecs")
-    assert list(specs["kernelspecs"]) == ["python3"], specs["kernelspecs"].keys()
+    assert specs["default"] == "python3"
     assert specs["kernelspecs"]["python3"]["spec"]["argv"][0] == sys.executable
+    assert specs["kernelspecs"]["python3"]["spec"]["display_name"] == labdriver.KERNEL_NAME
 
 
 def test_an_error_is_reported(lab, page):
