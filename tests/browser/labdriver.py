@@ -18,6 +18,8 @@
   page's state (kernel status, cell outputs) is read from the app, not guessed from pixels.
 - ``run_all``: open a notebook, click Run > Run All Cells, wait until every non-empty code cell has run (or one
   failed) and the kernel is idle; ``inspect`` then reports errors, widgets and images as the page shows them.
+- ``set_control`` / ``click_button``: use an ipywidgets control by its label as a user does, and wait until the
+  kernel has answered and stayed idle (``interact``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -93,8 +95,21 @@ _OUTCOME = f"""(path) => {{ {_FIND}
   return {{errors, unexecuted, code_cells: code.length, kernel: w.sessionContext.kernelDisplayName}};
 }}"""
 
-# Per output image: loaded (naturalWidth > 0), and whether it sits inside a widget.
-_IMAGES = """(root) => Array.from(root.querySelectorAll('.jp-OutputArea-output img')).map(img => ({
+# Count the kernel's idle status messages and note when the last status arrived, per notebook (see `interact`).
+_WATCH = f"""(path) => {{ {_FIND}
+  window.__wmqKernel = window.__wmqKernel || {{}};
+  const seen = window.__wmqKernel[path] = {{idle: 0, last: Date.now()}};
+  find(path).sessionContext.session.kernel.iopubMessage.connect((_, msg) => {{
+    if (msg.header.msg_type !== 'status') return;
+    seen.last = Date.now();
+    if (msg.content.execution_state === 'idle') seen.idle += 1;
+  }});
+}}"""
+
+# Per shown output image (a hidden one, display: none, has no client rects): loaded (naturalWidth > 0), and
+# whether it sits inside a widget.
+_IMAGES = """(root) => Array.from(root.querySelectorAll('.jp-OutputArea-output img'))
+  .filter(img => img.getClientRects().length > 0).map(img => ({
   loaded: img.complete && img.naturalWidth > 0, in_widget: !!img.closest('.jupyter-widgets'),
   width: img.naturalWidth, height: img.naturalHeight}))"""
 
@@ -263,7 +278,8 @@ class Outcome:
     """What the page shows after ``run_all``: ``errors`` (error outputs, "cell i: Name: message"), ``tracebacks``
     (stderr outputs on the page that hold a traceback), ``unexecuted`` (indices of code cells that never ran),
     ``code_cells``, ``kernel`` (its display name), ``widgets`` (rendered ipywidgets elements), ``widget_errors``
-    (widget outputs showing "Error displaying widget" or still "Loading widget..."), ``images`` (output images: loaded, in_widget, width, height)."""
+    (widget outputs showing "Error displaying widget" or still "Loading widget..."), ``images`` (shown output
+    images: loaded, in_widget, width, height)."""
 
     errors: list[str]
     tracebacks: list[str]
@@ -301,6 +317,7 @@ def open_notebook(page, server: LabServer, notebook: str, mode: str = "lab", tim
         raise RuntimeError(f"{notebook}: no idle kernel after {timeout:.0f} s; dialogs on the page: {dialogs}; "
                            f"server log:\n{server.log_tail()}") from None
     page.evaluate(f"(path) => {{ {_FIND} window.jupyterapp.shell.activateById(find(path).id); }}", notebook)
+    page.evaluate(_WATCH, notebook)
 
 
 def run_all(page, notebook: str, timeout: float = 300.0) -> None:
@@ -311,18 +328,59 @@ def run_all(page, notebook: str, timeout: float = 300.0) -> None:
     settle(page)
 
 
+def interact(page, notebook: str, action: Callable[[], None], timeout: float = 300.0, quiet_ms: int = 500) -> None:
+    """Do ``action`` (a click or a change on a widget of ``notebook``: comm messages to the kernel), then wait until
+    the kernel has answered (a new idle status), stayed idle ``quiet_ms`` and the page settled."""
+    before = page.evaluate("(path) => window.__wmqKernel[path].idle", notebook)
+    action()
+    page.wait_for_function(f"""([path, before, quiet]) => {{ {_FIND}
+        const seen = window.__wmqKernel[path], kernel = find(path).sessionContext.session.kernel;
+        return seen.idle > before && kernel.status === 'idle' && Date.now() - seen.last > quiet; }}""",
+                           arg=[notebook, before, quiet_ms], timeout=timeout * 1e3, polling=100)
+    settle(page)
+
+
+def control(page, label: str):
+    """The Playwright locator of the ipywidgets control described ``label`` in the visible notebook."""
+    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-inline-hbox").filter(
+        has=page.locator("label.widget-label", has_text=re.compile(f"^{re.escape(label)}$")))
+
+
+def set_control(page, notebook: str, label: str, value: str) -> None:
+    """Set the control described ``label`` to ``value`` as a user does (choose the option; or type and press Enter)
+    and wait for the kernel's answer (``interact``). Raises ValueError when no single control has that label."""
+    box = control(page, label)
+    if box.count() != 1:
+        raise ValueError(f"{box.count()} controls described {label!r} on the page (need exactly one)")
+
+    def change() -> None:
+        if box.locator("select").count():
+            box.locator("select").select_option(label=value)
+        else:
+            box.locator("input").fill(value)
+            box.locator("input").press("Enter")
+    interact(page, notebook, change)
+
+
+def click_button(page, notebook: str, text: str) -> None:
+    """Click the ipywidgets button showing ``text`` and wait for the kernel's answer (``interact``)."""
+    button = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) button.jupyter-button", has_text=text)
+    interact(page, notebook, button.click)
+
+
 def settle(page, timeout: float = 30.0) -> None:
     """Wait (at most ``timeout`` seconds, then go on: ``inspect`` reports what is missing) until every widget output
-    has rendered its view and every output image has loaded; the kernel being idle does not mean the page is."""
+    has rendered its view and every shown output image has loaded; the kernel being idle does not mean the page is."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     with contextlib.suppress(PlaywrightTimeout):
         page.wait_for_function(f"""() => {{
             const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
             const views = panel.querySelectorAll('.jp-OutputArea-output[data-mime-type="{WIDGET_MIME}"]');
-            const images = panel.querySelectorAll('.jp-OutputArea-output img');
+            const images = Array.from(panel.querySelectorAll('.jp-OutputArea-output img'))
+                .filter(img => img.getClientRects().length > 0);
             return Array.from(views).every(v => !v.textContent.includes('Loading widget...'))
-                && Array.from(images).every(img => img.complete && img.naturalWidth > 0); }}""",
+                && images.every(img => img.complete && img.naturalWidth > 0); }}""",
                                timeout=timeout * 1e3, polling=250)
 
 

@@ -1,12 +1,15 @@
-"""Write the README's screenshot of the explorer: run ``notebooks/explorer.ipynb`` in JupyterLab in headless Chromium
-(the browser test's machinery, ``labdriver``: a sandbox copy, nothing in the repository changes but the PNG) and
-crop to the output of the cell that shows the explorer's controls.
+"""Write the README's screenshot of the explorer, ``docs/explorer.png``.
 
-    .venv/bin/python tests/browser/screenshot.py                 # -> docs/explorer.png
-    .venv/bin/python tests/browser/screenshot.py --out /tmp/x.png --notebook 03_objective_misalignment.ipynb \\
-        --cell-with .widget-hprogress                           # any notebook, any cell output
+Runs ``notebooks/explorer.ipynb`` in JupyterLab in headless Chromium with the browser test's machinery
+(``labdriver``: a sandbox copy, so nothing in the repository changes but the PNG), sets controls and clicks buttons
+as a user would (by default: RTN, 3 weight bits - a setting the notebooks cached - then Show episode, so FP's and
+the quantized model's imagined rollouts stand side by side), and crops to the explorer's output (its top
+``--max-height`` pixels).
 
-Exits non-zero (and writes nothing) when the run shows an error, or no cell output holds ``--cell-with``.
+    .venv/bin/python tests/browser/screenshot.py
+    .venv/bin/python tests/browser/screenshot.py --out /tmp/x.png --set model=mini-pusht --set method=FP --click ""
+
+Exits non-zero (and writes nothing) when the run or an interaction shows an error.
 """
 
 from __future__ import annotations
@@ -18,18 +21,26 @@ from pathlib import Path
 
 import labdriver
 
+NOTEBOOK = "notebooks/explorer.ipynb"
+README_VIEW = {"set": ["method=RTN", "weight bits=3"], "click": ["Show episode"]}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--notebook", default="explorer.ipynb", help="file name in notebooks/ (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=labdriver.REPO / "docs" / "explorer.png",
                         help="PNG to write (default: docs/explorer.png)")
-    parser.add_argument("--cell-with", default=".widget-dropdown",
-                        help="CSS selector; the last cell output containing it is shot (default: %(default)s)")
+    parser.add_argument("--set", action="append", metavar="LABEL=VALUE",
+                        help=f"set the control described LABEL, in order (default: {README_VIEW['set']})")
+    parser.add_argument("--click", action="append", metavar="TEXT",
+                        help=f"then click the button showing TEXT ('' for none; default: {README_VIEW['click']})")
     parser.add_argument("--width", type=int, default=1200, help="browser width in CSS pixels (default: %(default)s)")
+    parser.add_argument("--max-height", type=int, default=1800,
+                        help="crop below this many CSS pixels (the per-layer report is long; default: %(default)s)")
     args = parser.parse_args(argv)
-    if not (labdriver.REPO / "notebooks" / args.notebook).is_file():
-        parser.error(f"--notebook {args.notebook!r}: no such file in {labdriver.REPO / 'notebooks'}")
+    changes = [item.partition("=") for item in (README_VIEW["set"] if args.set is None else args.set)]
+    if bad := [label for label, eq, _ in changes if not eq or not label]:
+        parser.error(f"--set takes LABEL=VALUE (e.g. 'weight bits=3'), got {bad}")
+    clicks = [text for text in (README_VIEW["click"] if args.click is None else args.click) if text]
     chromium = labdriver.find_chromium()
     if chromium is None:
         parser.error(f"no Chromium found: set WMQ_CHROMIUM or install one of {', '.join(labdriver.CHROMIUM_NAMES)}")
@@ -37,29 +48,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from wmqlib.validate import atomic_path
 
-    path = f"notebooks/{args.notebook}"
     with tempfile.TemporaryDirectory(prefix="wmq-screenshot-") as tmp:
-        root = labdriver.sandbox(Path(tmp) / "root", [args.notebook])
+        root = labdriver.sandbox(Path(tmp) / "root", [Path(NOTEBOOK).name])
         with labdriver.lab_server(root, Path(tmp) / "state") as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=list(labdriver.CHROMIUM_ARGS))
             page = browser.new_page(viewport={"width": args.width, "height": 900})
-            labdriver.open_notebook(page, server, path, mode="doc")
+            labdriver.open_notebook(page, server, NOTEBOOK, mode="doc")
             try:
-                labdriver.run_all(page, path)
-                problems = labdriver.inspect(page, path).problems()
-                if problems:
-                    print(f"{args.notebook} did not run cleanly:\n  " + "\n  ".join(problems), file=sys.stderr)
+                labdriver.run_all(page, NOTEBOOK)
+                for label, _, value in changes:
+                    labdriver.set_control(page, NOTEBOOK, label, value)
+                for text in clicks:
+                    labdriver.click_button(page, NOTEBOOK, text)
+                problems = labdriver.inspect(page, NOTEBOOK).problems()
+                messages = page.locator(".widget-html-content b[style*='color']").all_inner_texts()  # explorer's
+                if problems or messages:
+                    print(f"{NOTEBOOK} did not run cleanly:\n  " + "\n  ".join(problems + messages), file=sys.stderr)
                     return 1
                 labdriver.show_whole_notebook(page, width=args.width)
                 top_level = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"  # not in widgets
-                outputs = page.locator(top_level).filter(has=page.locator(args.cell_with))
-                if outputs.count() == 0:
-                    print(f"no cell output of {args.notebook} holds {args.cell_with!r}", file=sys.stderr)
-                    return 1
+                box = page.locator(top_level).filter(has=page.locator(".widget-dropdown")).last.bounding_box()
+                box["height"] = min(box["height"], args.max_height)
                 with atomic_path(args.out) as partial:
-                    outputs.last.screenshot(path=partial, type="png", animations="disabled")
+                    page.screenshot(path=partial, type="png", clip=box, animations="disabled")
             finally:
-                labdriver.shutdown_kernel(page, path)
+                labdriver.shutdown_kernel(page, NOTEBOOK)
                 browser.close()
     print(f"wrote {args.out}")
     return 0

@@ -8,6 +8,7 @@ Chromium is missing - unless ``WMQ_REQUIRE_BROWSER=1`` (CI sets it), which turns
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ import labdriver
 OUTPUT = Path(__file__).resolve().parent / "output"
 NUMBERED = "03_objective_misalignment.ipynb"  # the numbered notebook that re-runs fastest from the committed cache
 EXPLORER = "explorer.ipynb"
-NOTEBOOKS = [name for name in (NUMBERED, EXPLORER) if (labdriver.REPO / "notebooks" / name).is_file()]
+# The explorer's controls by their labels (wmqlib.explore.Explorer.controls): the issue's list.
+CONTROLS = ("model", "method", "weight bits", "weights", "group size", "activation bits", "activations", "scope",
+            "planner", "budget (iters)", "episodes (n)", "episode shown")
 
 
 def _missing() -> str | None:
@@ -58,7 +61,7 @@ def browser():
 def lab(browser, tmp_path_factory):
     """JupyterLab serving a sandbox with the notebooks under test; the repository's state recorded before."""
     before = labdriver.tree_state()
-    root = labdriver.sandbox(tmp_path_factory.mktemp("lab-root"), NOTEBOOKS)
+    root = labdriver.sandbox(tmp_path_factory.mktemp("lab-root"), [NUMBERED, EXPLORER])
     with labdriver.lab_server(root, tmp_path_factory.mktemp("lab-state")) as server:
         yield server, before
 
@@ -70,20 +73,30 @@ def page(browser):
     context.close()
 
 
-def run_in_lab(page, server, notebook: str) -> labdriver.Outcome:
-    """Open ``notebooks/<notebook>``, run all cells, screenshot the whole notebook, stop its kernel."""
+@contextlib.contextmanager
+def opened(page, server, notebook: str):
+    """``notebooks/<notebook>`` open in the page with an idle kernel; yields its path; stops the kernel after."""
     path = f"notebooks/{notebook}"
     labdriver.open_notebook(page, server, path)
     try:
-        labdriver.run_all(page, path)
-        outcome = labdriver.inspect(page, path)
-        assert outcome.kernel == labdriver.KERNEL_NAME, f"{notebook} ran in {outcome.kernel!r}"
-        OUTPUT.mkdir(exist_ok=True)
-        labdriver.show_whole_notebook(page)
-        page.screenshot(path=OUTPUT / f"{Path(notebook).stem}.png")
+        yield path
     finally:
         labdriver.shutdown_kernel(page, path)
+
+
+def run(page, path: str) -> labdriver.Outcome:
+    """Run all cells of the open ``path`` and return what the page shows; the kernel must be the test's."""
+    labdriver.run_all(page, path)
+    outcome = labdriver.inspect(page, path)
+    assert outcome.kernel == labdriver.KERNEL_NAME, f"{path} ran in {outcome.kernel!r}"
     return outcome
+
+
+def screenshot(page, name: str) -> None:
+    """The whole notebook as tests/browser/output/<name>.png."""
+    OUTPUT.mkdir(exist_ok=True)
+    labdriver.show_whole_notebook(page)
+    page.screenshot(path=OUTPUT / f"{name}.png")
 
 
 def test_kernel_is_this_venv(lab):
@@ -105,7 +118,8 @@ def test_an_error_is_reported(lab, page):
                                   metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     nbformat.write(nb, server.root / "notebooks" / "raises.ipynb")
-    outcome = run_in_lab(page, server, "raises.ipynb")
+    with opened(page, server, "raises.ipynb") as path:
+        outcome = run(page, path)
     assert outcome.errors == ["cell 1: ValueError: deliberate failure"]
     assert len(outcome.tracebacks) == 1 and "deliberate failure" in outcome.tracebacks[0]
     assert outcome.unexecuted == [2]
@@ -114,21 +128,44 @@ def test_an_error_is_reported(lab, page):
 
 def test_numbered_notebook_runs(lab, page):
     server, before = lab
-    outcome = run_in_lab(page, server, NUMBERED)
+    with opened(page, server, NUMBERED) as path:
+        outcome = run(page, path)
+        screenshot(page, Path(NUMBERED).stem)
     assert outcome.problems() == [], "\n".join(outcome.problems())
-    assert outcome.unexecuted == [] and outcome.code_cells >= 5
+    assert outcome.code_cells >= 5
     assert outcome.widgets >= 1, "the run_study progress bar (an ipywidgets view) did not render"
     assert len(outcome.images) >= 2 and all(im["width"] > 100 for im in outcome.images), outcome.images
     assert any((server.root / "figures").iterdir()), "the notebook saved no figure into the sandbox"
     assert labdriver.tree_state() == before, "running in the browser changed files in the repository"
 
 
-@pytest.mark.skipif(EXPLORER not in NOTEBOOKS, reason=f"notebooks/{EXPLORER} does not exist yet")
-def test_explorer_runs(lab, page):
+def test_explorer_runs_and_answers_its_controls(lab, page):
+    """Run all (mini-wall, FP, from the cache): every control, the success summary, the curve and the episode's
+    frames are shown. Then as a user: a model path that is not a checkpoint shows the explorer's message and no
+    traceback; the other shipped model, mini-pusht, shows its cached success; Show episode draws its frames."""
     server, before = lab
-    outcome = run_in_lab(page, server, EXPLORER)
-    assert outcome.problems() == [], "\n".join(outcome.problems())
-    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-    assert panel.locator(".widget-dropdown select").count() >= 3, "the explorer's dropdown controls are missing"
-    assert any(im["loaded"] and im["width"] > 100 for im in outcome.images), outcome.images
+    html = lambda: page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-html-content").all_inner_texts()
+    with opened(page, server, EXPLORER) as path:
+        outcome = run(page, path)
+        assert outcome.problems() == [], "\n".join(outcome.problems())
+        missing = [label for label in CONTROLS if labdriver.control(page, label).count() != 1]
+        assert missing == [], f"controls not on the page: {missing}"
+        shown = [im for im in outcome.images if im["in_widget"]]
+        assert len(shown) == 2 and all(im["width"] > 100 for im in shown), shown  # curve, episode frames
+        wall = [t for t in html() if "success" in t]
+        assert len(wall) == 1, html()
+
+        labdriver.set_control(page, path, "model", "/no/such/checkpoint")
+        assert any("no checkpoint '/no/such/checkpoint'" in t for t in html()), html()
+        assert labdriver.inspect(page, path).problems() == []
+
+        labdriver.set_control(page, path, "model", "mini-pusht")
+        assert not any("no checkpoint" in t for t in html()), html()
+        pusht = [t for t in html() if "success" in t]
+        assert len(pusht) == 1 and pusht != wall, html()
+        labdriver.click_button(page, path, "Show episode")
+        outcome = labdriver.inspect(page, path)
+        assert outcome.problems() == [], "\n".join(outcome.problems())
+        assert len([im for im in outcome.images if im["in_widget"]]) == 2, outcome.images
+        screenshot(page, "explorer")
     assert labdriver.tree_state() == before, "running in the browser changed files in the repository"
