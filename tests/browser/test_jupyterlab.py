@@ -9,6 +9,7 @@ Chromium is missing - unless ``WMQ_REQUIRE_BROWSER=1`` (CI sets it), which turns
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -27,9 +28,7 @@ CONTROLS = ("model", "method", "weight bits", "weights", "group size", "activati
 
 def _missing() -> str | None:
     """Why the browser test cannot run here, or None."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "Playwright is not installed (pip install -e '.[dev]')"
     if labdriver.find_chromium() is None:
         return (f"no Chromium: none of {', '.join(labdriver.CHROMIUM_NAMES)} on PATH and WMQ_CHROMIUM unset "
