@@ -206,6 +206,7 @@ def test_every_stratum_needs_the_finding_in_every_seed():
     split = v.every_stratum(v.w4_loses_success, "planner_seed", one_seed_off, fp, BASELINES)
     assert v.w4_loses_success(one_seed_off, fp, BASELINES).outcome == "reproduced"  # pooled alone says yes
     assert split.outcome == "inconclusive" and "2 reproduced, 1 not reproduced" in split.why
+    assert split.why.startswith("pooled reproduced: W4 decisively below FP")  # the pooled call, named as such
     none = v.every_stratum(v.w4_loses_success, "planner_seed", _seeds(FP, FP, units((10, 66))), fp, BASELINES)
     assert none.outcome == "not reproduced"
     weak = _seeds(units((0, 7)), units((0, 7)))  # 2 units over the baseline per seed, 4 pooled: p 0.125

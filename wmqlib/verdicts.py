@@ -462,7 +462,8 @@ def every_stratum(rule: Callable[..., Verdict], level: str, *args: Any, **kwargs
 
     Reproduced only when every stratum reproduces; not reproduced when some stratum does and none reproduces;
     inconclusive otherwise (strata disagree, or one is inconclusive or not testable); not testable when the pooled
-    rule is. Numbers (effect, interval, p, mde) are the pooled ones; ``why`` adds the count per outcome.
+    rule is. Numbers (effect, interval, p, mde) are the pooled ones; ``why`` gives the pooled outcome and its reason,
+    then the count per outcome of the strata.
     """
     pooled = rule(*args, **kwargs)
     keys = _strata(list(args) + list(kwargs.values()), level)
@@ -478,7 +479,8 @@ def every_stratum(rule: Callable[..., Verdict], level: str, *args: Any, **kwargs
         outcome = "not reproduced"
     else:
         outcome = "inconclusive"
-    return dataclasses.replace(pooled, outcome=outcome, why=f"{pooled.why}; per {level}: {counts}")
+    return dataclasses.replace(pooled, outcome=outcome, why=f"pooled {pooled.outcome}: {pooled.why}; per {level}: "
+                                                            f"{counts}")
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
