@@ -1,12 +1,23 @@
-"""Project-wide pytest hooks (tests marked ``cuda`` are skipped where torch sees no CUDA device) and the session's
-tiny trained world model."""
+"""Project-wide pytest hooks (tests marked ``cuda`` are skipped where torch sees no CUDA device), the session's
+tiny trained world model and the tiny random one the planning and quantization tests share."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from wmqlib.models import WorldModel, WorldModelConfig
 from wmqlib.train import PRESETS, train
+
+# A tiny random world model whose predictor window holds three frames (so the frame-causal mask is used); widths
+# 16 / 32 in the encoder and 24 = 12 * 2 (a Paley I Hadamard order) / 16 / 32 in the predictor.
+TINY_PLANNING = dict(
+    env="pusht", proprio_dim=4, num_hist=3, frameskip=2, env_action_dim=2,
+    img_size=16, patch_size=4, grid_size=2, encoder_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32,
+    encoder_pos_grid=2, predictor_depth=2, predictor_heads=2, predictor_dim_head=8, predictor_mlp_dim=32,
+    predictor_dropout=0.0, proprio_emb_dim=3, action_emb_dim=5,
+    decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8,
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,6 +37,12 @@ def tiny(tmp_path_factory) -> str:
     torch.set_num_threads(1)
     train(PRESETS["tiny"], out, progress=False, evaluate_fp=False)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_planning_model():
+    """Builds a fresh ``TINY_PLANNING`` world model in eval mode (random weights, seed 5) at every call."""
+    return lambda: WorldModel(WorldModelConfig(**TINY_PLANNING), seed=5).eval()
 
 
 @pytest.fixture()

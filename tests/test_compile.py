@@ -18,17 +18,10 @@ from torch._dynamo.utils import counters
 
 import wmqlib.models.predictor as predictor
 import wmqlib.models.world_model as world_model
-from wmqlib.models import WorldModel, WorldModelConfig
+from wmqlib.models import WorldModel
 from wmqlib.plan import CEMConfig, Objective, cem, make_generators
 from wmqlib.quant import RTN, PerChannel, PerTensor, PerToken, capture_calibration, quantize
 
-TINY = dict(
-    env="pusht", proprio_dim=4, num_hist=3, frameskip=2, env_action_dim=2,
-    img_size=16, patch_size=4, grid_size=2, encoder_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32,
-    encoder_pos_grid=2, predictor_depth=2, predictor_heads=2, predictor_dim_head=8, predictor_mlp_dim=32,
-    predictor_dropout=0.0, proprio_emb_dim=3, action_emb_dim=5,
-    decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8,
-)
 CEM = CEMConfig(horizon=4, samples=12, topk=3, opt_steps=3)
 EPISODES = 2
 SETTINGS = ["FP", "W8A8 per-token", "W8A8 per-tensor"]
@@ -59,9 +52,9 @@ def start_and_goal(model: WorldModel) -> tuple[dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, WorldModel]:
+def models(tiny_planning_model) -> dict[str, WorldModel]:
     """FP and two W8A8 copies of the predictor of one tiny model (static ranges calibrated on FP rollouts)."""
-    fp = WorldModel(WorldModelConfig(**TINY), seed=5).eval()
+    fp = tiny_planning_model()
     start, goal = start_and_goal(fp)
     actions = torch.randn(EPISODES, 6, CEM.horizon, fp.action_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), capture_calibration(fp, max_tokens=64, max_sequences=0) as calib:

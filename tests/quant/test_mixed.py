@@ -8,19 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from wmqlib.models import WorldModel, WorldModelConfig
 from wmqlib.plan import Objective
 from wmqlib.quant import RTN, PerChannel, quantize
 from wmqlib.quant.mixed import COLUMNS, allocate_bits, average_bits, layer_sensitivity, mixed_overrides, spearman
 
-# the tiny world model of tests/test_compile.py
-TINY = dict(
-    env="pusht", proprio_dim=4, num_hist=3, frameskip=2, env_action_dim=2,
-    img_size=16, patch_size=4, grid_size=2, encoder_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32,
-    encoder_pos_grid=2, predictor_depth=2, predictor_heads=2, predictor_dim_head=8, predictor_mlp_dim=32,
-    predictor_dropout=0.0, proprio_emb_dim=3, action_emb_dim=5,
-    decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8,
-)
 
 
 def table_of(layers: dict[str, tuple[int, dict[int, float]]]) -> pd.DataFrame:
@@ -126,8 +117,8 @@ def test_more_sensitive_layers_of_equal_size_never_get_fewer_bits(seed):
 
 # ----- overrides and average bits -----------------------------------------------------------------------------------
 
-def test_mixed_overrides_realise_the_allocation_exactly():
-    model = WorldModel(WorldModelConfig(**TINY), seed=5).eval()
+def test_mixed_overrides_realise_the_allocation_exactly(tiny_planning_model):
+    model = tiny_planning_model()
     names = ["predictor.transformer.layers.0.0.to_qkv", "encoder.blocks.0.mlp.fc2"]
     overrides = mixed_overrides({names[0]: 3, names[1]: 8}, lambda b: RTN(b, PerChannel()))
     assert list(overrides) == names and overrides[names[0]] == RTN(3) and overrides[names[1]] == RTN(8)
@@ -176,9 +167,9 @@ def test_bad_budgets_choices_and_tables_are_refused():
 # ----- sensitivity of a tiny world model's planning objective -------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_objective():
+def tiny_objective(tiny_planning_model):
     """(FP tiny model, objective_fn): 3 episodes x 16 random sequences; start and goal encoded by the model scored."""
-    model = WorldModel(WorldModelConfig(**TINY), seed=5).eval()
+    model = tiny_planning_model()
     g = torch.Generator().manual_seed(7)
     c = model.config
     obs = [(torch.rand(3, 1, 3, c.img_size, c.img_size, generator=g) * 2 - 1, torch.randn(3, 1, c.proprio_dim,
@@ -217,10 +208,10 @@ def test_two_bits_perturbs_every_layer_more_than_eight(tiny_objective):
     assert (last["part"], last["block"], last["role"]) == ("predictor", 1, "fc2")
 
 
-def test_a_change_shared_by_every_candidate_is_shift_not_sensitivity():
+def test_a_change_shared_by_every_candidate_is_shift_not_sensitivity(tiny_planning_model):
     # J(m) = base + sum(W_L): quantizing L moves every candidate by the same d = sum(Q(W_L)) - sum(W_L), which CEM's
     # ranking ignores: sensitivity 0, shift d^2 / mean variance; other layers change nothing.
-    model = WorldModel(WorldModelConfig(**TINY), seed=5).eval()
+    model = tiny_planning_model()
     layer = "predictor.transformer.layers.0.1.net.1"
     base = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 2.0, 4.0]], dtype=torch.float64)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import wmqlib.quant.recipe as recipe_module
 from wmqlib import sweep
-from wmqlib.models import WorldModel, WorldModelConfig
+from wmqlib.models import WorldModel
 from wmqlib.quant import (AWQ, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, apply_params,
                           capture_calibration, fake_quantize, load_params, quantize, recipe_from_names, save_params,
                           search_params)
@@ -23,14 +23,6 @@ from wmqlib.quant.rotation import (RotatedCalibration, hadamard, hadamard_availa
 
 from .conftest import toy_inputs
 
-# the tiny world model of tests/test_compile.py: widths 16 / 32 (encoder), 24 = 12 * 2 (Paley I) / 16 / 32 (predictor)
-TINY = dict(
-    env="pusht", proprio_dim=4, num_hist=3, frameskip=2, env_action_dim=2,
-    img_size=16, patch_size=4, grid_size=2, encoder_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=32,
-    encoder_pos_grid=2, predictor_depth=2, predictor_heads=2, predictor_dim_head=8, predictor_mlp_dim=32,
-    predictor_dropout=0.0, proprio_emb_dim=3, action_emb_dim=5,
-    decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8,
-)
 SIZES = [1, 2, 12, 16, 20, 24, 28, 36, 40, 52, 64, 72, 84, 96]
 
 
@@ -94,8 +86,8 @@ def test_search_draws_one_rotation_per_linear_repeatably(toy_model):
 # ---- exactness before quantization ----
 
 @pytest.fixture(scope="module")
-def world_model() -> WorldModel:
-    return WorldModel(WorldModelConfig(**TINY), seed=5).eval()
+def world_model(tiny_planning_model) -> WorldModel:
+    return tiny_planning_model()
 
 
 def wm_outputs(model: WorldModel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +118,7 @@ def test_rotated_world_model_computes_the_fp_function(world_model, kind):
     recipe = RTN(16, rotation=kind)
     params = search_params(world_model, recipe)
     rotations = {k.removesuffix(".input_rotation"): v for k, v in params.items() if k.endswith(".input_rotation")}
-    assert len(rotations) == 4 * (TINY["encoder_depth"] + TINY["predictor_depth"])
+    assert len(rotations) == 4 * (world_model.config.encoder_depth + world_model.config.predictor_depth)
     assert any(n.endswith("attn.qkv") for n in rotations) and any(n.endswith("to_qkv") for n in rotations)  # post-LN
     folded, report = apply_params(world_model, recipe, params)
     assert not any(isinstance(m, QuantLinear) and m.rotation is not None for m in folded.modules())
