@@ -85,6 +85,17 @@ def wall_walks(rng: np.random.Generator, n: int, horizon: int, layout: wall.Wall
 _T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], float)
 
 
+
+def _steer(agent: np.ndarray, target: np.ndarray, limit: float, rng: np.random.Generator,
+           noise: float) -> np.ndarray:
+    """The PushT action (2,) that moves the agent toward ``target`` (world px), its length capped at ``limit``, plus
+    Gaussian noise of std ``noise``, clipped to the env's action range."""
+    action = (target - agent) / pusht.ACTION_SCALE
+    norm = np.hypot(*action)
+    if norm > limit:
+        action *= limit / norm
+    return np.clip(action + rng.normal(0.0, noise, 2), -pusht.ACTION_LIMIT, pusht.ACTION_LIMIT)
+
 class PushTPusher:
     """A noisy scripted pusher that makes the T move and turn.
 
@@ -154,11 +165,7 @@ class PushTPusher:
             target = self._world(state, -40.0, push=True)
             if self._steps >= self._duration:
                 self._phase = "plan"
-        action = (target - agent) / pusht.ACTION_SCALE
-        norm = np.hypot(*action)
-        if norm > self.max_action:
-            action *= self.max_action / norm
-        return np.clip(action + self.rng.normal(0.0, self.noise, 2), -pusht.ACTION_LIMIT, pusht.ACTION_LIMIT)
+        return _steer(agent, target, self.max_action, self.rng, self.noise)
 
 
 def _to_world(local: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -303,11 +310,7 @@ class PushTDemonstrator:
                 limit = self._speed
                 if self._steps >= self._duration:
                     self._phase = "plan"
-        action = (target - agent) / pusht.ACTION_SCALE
-        norm = np.hypot(*action)
-        if norm > limit:
-            action *= limit / norm
-        return np.clip(action + self.rng.normal(0.0, self.noise, 2), -pusht.ACTION_LIMIT, pusht.ACTION_LIMIT)
+        return _steer(agent, target, limit, self.rng, self.noise)
 
 
 def pusht_demonstration(rng: np.random.Generator, horizon: int, env: "pusht.PushT | None" = None,
