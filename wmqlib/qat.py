@@ -60,7 +60,7 @@ from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
-from wmqlib.train import TrainConfig, _frames_to_visual, data_policy, dataset_path
+from wmqlib.train import TrainConfig, _frames_to_visual, data_policy, dataset_path, lr_at
 from wmqlib.validate import check_float, check_int, check_type
 
 HELDOUT_SEED_OFFSET = 1000  # the held-out dataset: the base recipe's, drawn with seed + this
@@ -272,14 +272,12 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    warm = max(1, steps // 20)
     losses = []
     t1 = time.perf_counter()
     bar = tqdm(range(steps), desc=f"QAT W{w_bits} {folder.name}", disable=not progress, mininterval=2.0)
     for step in bar:
         for group in opt.param_groups:  # train.py's schedule: linear warm-up, cosine decay to 0
-            group["lr"] = lr * (step + 1) / warm if step < warm else \
-                0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+            group["lr"] = lr_at(step, steps, lr)
         pred_loss, enc_loss = latent_losses(model, fp, *train_windows.batch(*train_windows.draw(batch_size, gen)))
         loss = pred_loss + enc_loss
         opt.zero_grad(set_to_none=True)

@@ -164,7 +164,7 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def _lr_at(step: int, total: int, peak: float) -> float:
+def lr_at(step: int, total: int, peak: float) -> float:
     """Cosine decay to 0 after a linear warm-up over the first 5% of the steps."""
     warm = max(1, total // 20)
     if step < warm:
@@ -180,7 +180,7 @@ def _fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor], tor
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
+            group["lr"] = lr_at(step, steps, lr)
         loss = loss_fn(torch.randint(0, 2**62, (1,), generator=gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
