@@ -31,19 +31,54 @@ def fp_planning_summary(model: WorldModel, env: str, n_episodes: int, opt_steps:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _summary(r: dict[str, Any]) -> str:
+    """How the recipe ``r`` (a TrainConfig dict) trained the model, in one paragraph."""
+    env, tune = r["model"]["env"], (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss."
+                                    if r.get("finetune_steps") else ".")
+    head = f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` " \
+           f"(seed {r['seed']}). "
+    if r.get("objective", "autoencoder") == "joint":
+        return head + (f"Encoder: a DINOv2-style ViT trained jointly with the predictor for {r['joint_steps']} steps "
+                       f"on a joint-embedding loss (`wmqlib.joint`: teacher-forced and {r['rollout_steps']}-step "
+                       f"rollout latent MSE, VICReg variance {r['var_weight']} / covariance {r['cov_weight']}, "
+                       f"inverse dynamics {r['idm_weight']}; no reconstruction), then frozen; predictor: trained on "
+                       "for DINO-WM's teacher-forced latent MSE" + tune + " The conv decoder was trained afterwards on"
+                       " the frozen latent, for the imagined-frame figures only.")
+    return head + ("Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then frozen; "
+                   "predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE" + tune)
+
+
+def _diagnostic_lines(d: dict[str, Any]) -> list[str]:
+    """MODEL_CARD.md rows of ``wmqlib.diagnostics.diagnose``'s result."""
+    lines = [f"| state probe, error over tolerance (largest; per component) | {d['probe']['error_over_tolerance']:.3f}"
+             f" ({', '.join(f'{k} {v:.3f}' for k, v in d['probe']['components'].items())}) |"]
+    bins = "; ".join(f"{b['low']:g}-{b['high']:g}: {b['spearman']:.2f} (n {b['pairs']})" for b in d["latent_alignment"])
+    lines.append(f"| Spearman(latent MSE, state distance) by distance bin | {bins} |")
+    p = d["planner"]
+    for name, run in d["planning"].items():
+        lines.append(f"| planning: {name.replace('_', ' ')} (CEM {p['samples']}/{p['topk']}, {p['opt_steps']} "
+                     f"iterations{'' if name.startswith('open_loop') else ', MPC ' + str(d['mpc_rounds']) + ' rounds'}) "
+                     f"| {run['success_rate']:.0%} ({run['successes']}/{run['episodes']}, 95% CI "
+                     f"{run['ci95'][0]:.0%}-{run['ci95'][1]:.0%}), {run['seconds']} s |")
+    e = d["exploitation"]
+    lines.append("| exploitation | not measured: the episodes have no demonstrated plan |" if e is None else
+                 f"| exploitation: CEM plan scored below the demonstrated plan and failing (open loop) | "
+                 f"{e['rate']:.0%} ({e['exploited']}/{e['episodes']}); below the demonstrated plan {e['beats_demo']:.0%} |")
+    if "seconds_per_cem_iteration" in d["planning"].get("open_loop", {}):
+        lines.append(f"| planning cost per CEM iteration (all episodes x {p['samples']} samples) | "
+                     f"{d['planning']['open_loop']['seconds_per_cem_iteration']} s |")
+    return lines
+
+
 def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
     """Write card.json (machine-readable) and MODEL_CARD.md (the same facts for readers) into ``out``;
-    ``regenerate`` is the command that retrains the model."""
+    ``regenerate`` is the command that retrains the model (kept in card.json as "regenerate")."""
+    card = {**card, "regenerate": regenerate}
     atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
     r, fp = card["recipe"], card.get("fp_planning")
-    env, m = r["model"]["env"], r["model"]
+    m = r["model"]
     lines = [
-        f"# {out.name}", "",
-        f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` "
-        f"(seed {r['seed']}). Encoder: a DINOv2-style ViT pre-trained as an autoencoder with the conv decoder, then "
-        "frozen; predictor: a frame-causal ViT trained with DINO-WM's teacher-forced latent MSE"
-        + (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss." if r.get("rollout_steps")
-           else "."), "",
+        f"# {out.name}", "", _summary(r), "",
         "| item | value |", "| --- | --- |",
         f"| data | {r['n_traj']} scripted trajectories ({card['data'].get('policy', 'scripted')}) x {r['traj_len']} "
         f"steps at {m['img_size']} px |",
@@ -66,9 +101,23 @@ def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
                      f"(95% CI {fp['ci95'][0]:.0%}-{fp['ci95'][1]:.0%}), mean state distance "
                      f"{fp['mean_state_dist']:.2f} |")
         lines.append(f"| planner | CEM {fp['planner']} |")
+    if "diagnostics" in card:
+        lines += _diagnostic_lines(card["diagnostics"])
     lines += ["", *(f"- {note}" for note in card.get("notes", [])),
               "", f"Regenerate: `{regenerate}`."]
     atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
+
+
+def add_diagnostics(folder: Path, diagnostics: dict[str, Any]) -> None:
+    """Put ``wmqlib.diagnostics.diagnose``'s result into the card of the checkpoint in ``folder`` (card.json key
+    "diagnostics", and "planning" / "probe" at the top level for readers of the card) and rewrite MODEL_CARD.md."""
+    folder = Path(folder)
+    card = read_card(folder)
+    if card is None:
+        raise FileNotFoundError(f"{folder}: no card.json to add diagnostics to (train the model with wmqlib.train)")
+    card = {**card, "diagnostics": diagnostics, "planning": diagnostics["planning"], "probe": diagnostics["probe"]}
+    regenerate = card.pop("regenerate", None) or f"python -m wmqlib.train ... --out {folder} (see recipe)"
+    write_model_card(card, folder, regenerate)
 
 
 def read_card(folder: Path) -> dict[str, Any] | None:

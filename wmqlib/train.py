@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 
 from wmqlib.card import fp_planning_summary, write_model_card
 from wmqlib.envs import TrajectoryData, env_class, env_names, generate_dataset
+from wmqlib.joint import InverseDynamics, JointWeights, regularisers
 from wmqlib.models import WorldModel, WorldModelConfig, resolve_device, save_world_model
 from wmqlib.paths import DATASETS_DIR
+from wmqlib.resume import RunState
 from wmqlib.validate import check_float, check_int, check_type
 
 
@@ -53,6 +55,9 @@ def small_model(env: str, **changes: Any) -> WorldModelConfig:
         decoder_n_embed=16)
     sizes.update(changes)
     return WorldModelConfig(**sizes)
+
+
+OBJECTIVES = ("autoencoder", "joint")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,12 @@ class TrainConfig:
         rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss to a
         second predictor stage of finetune_steps steps at peak rate finetune_lr (drawn from a generator seeded
         seed + 1, so the first stage's result does not depend on it).
+    objective: how the encoder is trained. "autoencoder": stage 2 above (encoder_* and the two weights);
+        "joint": encoder, predictor and action encoder are trained together for joint_steps steps at batch
+        joint_batch and peak rate joint_lr with the joint-embedding loss of ``wmqlib.joint`` (teacher forcing, the
+        rollout_steps-step rollout loss, VICReg terms var_weight / cov_weight, inverse dynamics idm_weight), then
+        the encoder is frozen, the predictor stages run on its latents as above, and the decoder is trained on the
+        frozen latents for decoder_steps steps (encoder_batch, encoder_lr) for the imagined-frame figures only.
     Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5, the env's default sampler) with eval_opt_steps
         iterations.
     """
@@ -94,6 +105,14 @@ class TrainConfig:
     rollout_steps: int = 0
     finetune_steps: int = 0
     finetune_lr: float = 3e-4
+    objective: str = "autoencoder"
+    joint_steps: int = 0
+    joint_batch: int = 64
+    joint_lr: float = 1e-3
+    var_weight: float = 1.0
+    cov_weight: float = 0.04
+    idm_weight: float = 1.0
+    decoder_steps: int = 0
     eval_episodes: int = 50
     eval_opt_steps: int = 10
 
@@ -107,9 +126,16 @@ class TrainConfig:
                 check_float(f"TrainConfig.{f.name}", value, minimum=0.0)
         if self.data_policy is not None:
             env_class(self.env).check_data_policy(self.data_policy)
-        if bool(self.rollout_steps) != bool(self.finetune_steps):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"TrainConfig.objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "joint" and not (self.joint_steps and self.joint_batch > 1):
+            raise ValueError("TrainConfig.objective 'joint' needs joint_steps > 0 and joint_batch > 1 (the variance "
+                             f"term needs a batch), got {self.joint_steps} and {self.joint_batch}")
+        if self.finetune_steps and not self.rollout_steps or self.objective == "autoencoder" and bool(
+                self.rollout_steps) != bool(self.finetune_steps):
             raise ValueError("TrainConfig.rollout_steps and finetune_steps must be both 0 (teacher forcing only) or "
-                             f"both > 0, got {self.rollout_steps} and {self.finetune_steps}")
+                             "both > 0 (with objective 'joint', rollout_steps > 0 may also train the joint stage "
+                             f"alone), got {self.rollout_steps} and {self.finetune_steps}")
         window = (max(self.model.num_hist, self.rollout_steps) + 1) * self.model.frameskip
         if self.traj_len < window:
             raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(model.num_hist, rollout_steps) "
@@ -162,6 +188,9 @@ PRESETS: dict[str, TrainConfig] = {
                         n_traj=8, traj_len=10, encoder_steps=3, encoder_batch=8, predictor_steps=3,
                         predictor_batch=8, eval_episodes=2, eval_opt_steps=1),
 }
+# the same, with the joint-embedding objective (tests)
+PRESETS["tiny-joint"] = dataclasses.replace(PRESETS["tiny"], objective="joint", joint_steps=3, joint_batch=4,
+                                            rollout_steps=1, finetune_steps=2, decoder_steps=2)
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -173,11 +202,27 @@ def lr_at(step: int, total: int, peak: float) -> float:
 
 
 def _fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float,
-         weight_decay: float, gen: torch.Generator, desc: str, progress: bool) -> list[float]:
-    """Run ``steps`` AdamW steps of ``loss_fn(step_seed)``; returns the loss of every step."""
+         weight_decay: float, gen: torch.Generator, desc: str, progress: bool, run: RunState | None = None,
+         model: torch.nn.Module | None = None) -> list[float]:
+    """Run ``steps`` AdamW steps of ``loss_fn(step_seed)``; returns the loss of every step.
+
+    With ``run`` (and the ``model`` whose state it saves), the stage named ``desc`` is resumable: a finished stage
+    returns its recorded losses at once, a started one continues from its saved step, and progress is saved as
+    ``RunState`` says.
+    """
+    if run is not None and (done := run.finished(desc)) is not None:
+        return done
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    losses = []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
+    losses: list[float] = []
+    first, before = 0, run.seconds(desc) if run is not None else 0.0
+    if run is not None and (saved := run.started(desc)) is not None:
+        with torch.no_grad():
+            for p, value in zip(params, saved["params"]):
+                p.copy_(value)
+        opt.load_state_dict(saved["optimizer"])
+        losses, first = list(saved["losses"]), saved["step"]
+    t0 = time.perf_counter()
+    bar = tqdm(range(first, steps), desc=desc, disable=not progress, mininterval=2.0)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
@@ -188,6 +233,10 @@ def _fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor], tor
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4g}")
+        if run is not None:
+            run.step_done(model, desc, step + 1, losses, params, opt, before + time.perf_counter() - t0)
+    if run is not None:
+        run.stage_done(model, desc, losses, before + time.perf_counter() - t0)
     return losses
 
 
@@ -218,7 +267,7 @@ def foreground_weights(frames: torch.Tensor, background: torch.Tensor, weight: f
 
 
 def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
-                     progress: bool = True) -> list[float]:
+                     progress: bool = True, run: RunState | None = None) -> list[float]:
     """Train encoder + decoder as an autoencoder on single frames; returns per-step losses.
 
     The loss is the pixel MSE of ``decode(encode(x))``, weighted by :func:`foreground_weights` when
@@ -257,7 +306,7 @@ def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, 
     if cfg.state_weight:
         params += list(readout.parameters())
     return _fit(params, loss_fn, cfg.encoder_steps, cfg.encoder_lr, cfg.weight_decay, gen, "encoder (autoencoder)",
-                progress)
+                progress, run, model)
 
 
 @torch.no_grad()
@@ -273,8 +322,57 @@ def encode_dataset(model: WorldModel, data: TrajectoryData, batch: int = 256) ->
     return torch.cat(out).reshape(n, t1, *out[0].shape[1:])
 
 
+class _Windows:
+    """Random training windows of ``frames`` frames ``frameskip`` env steps apart, drawn from ``gen``.
+
+    ``draw(b)`` -> (traj (B,), frames (B, L) frame indices, actions (B, L, Da) z-scored model-step actions, action
+    t taken between frames t and t+1); ``proprio`` holds the z-scored proprio (N, T+1, p) on the device.
+    """
+
+    def __init__(self, model: WorldModel, data: TrajectoryData, frames: int, gen: torch.Generator) -> None:
+        c = model.config
+        self.f, self.length, self.gen, self.device = c.frameskip, frames, gen, model.device
+        self.span = frames * c.frameskip
+        self.starts = data.traj_len - self.span + 1
+        self.n, self.da = len(data), c.frameskip * c.env_action_dim
+        self.act = torch.from_numpy(((data.actions - data.action_mean) / data.action_std).astype(np.float32))
+        self.act = self.act.to(self.device)
+        prop = ((data.proprio - data.proprio_mean) / data.proprio_std).astype(np.float32)
+        self.proprio = torch.from_numpy(prop).to(self.device)
+        self.offsets = torch.arange(frames, device=self.device) * c.frameskip
+
+    def draw(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        traj = torch.randint(0, self.n, (b,), generator=self.gen).to(self.device)
+        start = torch.randint(0, self.starts, (b,), generator=self.gen).to(self.device)
+        frames = start[:, None] + self.offsets  # (B, L)
+        steps = start[:, None] + torch.arange(self.span, device=self.device)  # (B, L*f) env steps of the actions
+        actions = self.act[traj[:, None], steps].reshape(b, self.length, self.da)  # "(n f) d -> n (f d)"
+        return traj, frames, actions
+
+
+def _latent_losses(model: WorldModel, vis: torch.Tensor, pemb: torch.Tensor, actions: torch.Tensor, k: int
+                   ) -> torch.Tensor:
+    """Teacher-forced next-latent MSE plus, for k > 0, the k-step open-loop rollout MSE from frame 0.
+
+    vis (B, L, P, Dv) visual latents, pemb (B, L, Ep) proprio embeddings, actions (B, L, Da) z-scored; the
+    proprio slice is weighted Ep / (Dv + Ep) of the rollout term, as in the teacher-forced MSE over all features.
+    """
+    c = model.config
+    h, dv, ep, p = c.num_hist, c.encoder_dim, c.proprio_emb_dim, vis.shape[2]
+    aemb = model.action_encoder(actions)
+    z = torch.cat([vis, pemb[:, :, None].expand(-1, -1, p, -1), aemb[:, :, None].expand(-1, -1, p, -1)], -1)
+    pred = model.predict(z[:, :h])
+    loss = F.mse_loss(pred[..., :dv + ep], z[:, 1:h + 1, :, :dv + ep])
+    if k:
+        imagined = model.rollout({"visual": vis[:, :1], "proprio": pemb[:, :1]}, actions[:, :k])
+        loss = loss + (dv * F.mse_loss(imagined["visual"][:, 1:], vis[:, 1:k + 1])
+                       + ep * F.mse_loss(imagined["proprio"][:, 1:], pemb[:, 1:k + 1])) / (dv + ep)
+    return loss
+
+
 def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tensor, cfg: TrainConfig,
-                    gen: torch.Generator, progress: bool = True) -> list[float]:
+                    gen: torch.Generator, progress: bool = True, run: RunState | None = None,
+                    stage: str = "predictor") -> list[float]:
     """DINO-WM's teacher-forced latent MSE over windows of frames ``frameskip`` env steps apart.
 
     latents: frozen visual latents (N, T+1, P, Dv). Trains the predictor and the action encoder. The loss is the
@@ -282,50 +380,73 @@ def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tens
     ``cfg.rollout_steps = k > 0`` the same MSE of a k-step open-loop ``model.rollout`` from the window's first
     frame is added (the computation planning runs), so errors that compound over the horizon are trained too.
     """
-    c = model.config
-    f, h, k = c.frameskip, c.num_hist, cfg.rollout_steps
-    frames_per_window = max(h, k) + 1
-    span = frames_per_window * f
-    starts = data.traj_len - span + 1
-    device = model.device
-    act = torch.from_numpy(((data.actions - data.action_mean) / data.action_std).astype(np.float32)).to(device)
-    prop = torch.from_numpy(((data.proprio - data.proprio_mean) / data.proprio_std).astype(np.float32)).to(device)
-    offsets = torch.arange(frames_per_window, device=device) * f  # frame offsets inside a window
-    dv, ep = c.encoder_dim, c.proprio_emb_dim
+    windows = _Windows(model, data, max(model.config.num_hist, cfg.rollout_steps) + 1, gen)
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
-        b = cfg.predictor_batch
-        traj = torch.randint(0, len(data), (b,), generator=gen).to(device)
-        start = torch.randint(0, starts, (b,), generator=gen).to(device)
-        frames = start[:, None] + offsets  # (B, L)
-        vis = latents[traj[:, None], frames]  # (B, L, P, Dv)
-        steps = start[:, None] + torch.arange(span, device=device)  # (B, L*f) env steps of the window's actions
-        actions = act[traj[:, None], steps].reshape(b, frames_per_window, f * c.env_action_dim)  # "(n f) d -> n (f d)"
+        traj, frames, actions = windows.draw(cfg.predictor_batch)
         with torch.no_grad():
-            pemb = model.proprio_encoder(prop[traj[:, None], frames])  # (B, L, Ep), fixed embedding
-        aemb = model.action_encoder(actions)
-        p = vis.shape[2]
-        z = torch.cat([vis, pemb[:, :, None].expand(-1, -1, p, -1), aemb[:, :, None].expand(-1, -1, p, -1)], -1)
-        pred = model.predict(z[:, :h])
-        loss = F.mse_loss(pred[..., :dv + ep], z[:, 1:h + 1, :, :dv + ep])
-        if k:
-            imagined = model.rollout({"visual": vis[:, :1], "proprio": pemb[:, :1]}, actions[:, :k])
-            loss = loss + (dv * F.mse_loss(imagined["visual"][:, 1:], vis[:, 1:k + 1])
-                           + ep * F.mse_loss(imagined["proprio"][:, 1:], pemb[:, 1:k + 1])) / (dv + ep)
-        return loss
+            pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
+        return _latent_losses(model, latents[traj[:, None], frames], pemb, actions, cfg.rollout_steps)
 
     params = list(model.predictor.parameters()) + list(model.action_encoder.parameters())
-    return _fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, "predictor", progress)
+    return _fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, stage, progress,
+                run, model)
 
 
 def finetune_rollout(model: WorldModel, data: TrajectoryData, latents: torch.Tensor, cfg: TrainConfig,
-                     progress: bool = True) -> list[float]:
-    """Second predictor stage: teacher forcing plus the ``cfg.rollout_steps``-step rollout loss (no-op when 0)."""
-    if not cfg.rollout_steps:
+                     progress: bool = True, run: RunState | None = None, gen: torch.Generator | None = None
+                     ) -> list[float]:
+    """Second predictor stage: teacher forcing plus the ``cfg.rollout_steps``-step rollout loss (no-op when
+    ``cfg.finetune_steps`` is 0).
+    ``gen``: its batch generator (default: a fresh one seeded ``cfg.seed + 1``; a resumable run passes its own)."""
+    if not cfg.finetune_steps:
         return []
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed + 1)
     stage = dataclasses.replace(cfg, predictor_steps=cfg.finetune_steps, predictor_lr=cfg.finetune_lr)
-    return train_predictor(model, data, latents, stage, gen, progress)
+    return train_predictor(model, data, latents, stage, gen, progress, run, "rollout fine-tune")
+
+
+def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
+                progress: bool = True, run: RunState | None = None) -> list[float]:
+    """Encoder, predictor and action encoder trained together with ``wmqlib.joint``'s loss; returns per-step
+    losses. The inverse-dynamics head is drawn from ``cfg.seed + 3`` and discarded afterwards."""
+    c = model.config
+    windows = _Windows(model, data, max(c.num_hist, cfg.rollout_steps, 1) + 1, gen)
+    frames_u8 = torch.from_numpy(data.frames).to(model.device)  # (N, T+1, H, W, 3)
+    idm = InverseDynamics(c.num_patches, c.encoder_dim, c.action_dim, seed=cfg.seed + 3).to(model.device)
+    weights = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight)
+    zeros = torch.zeros(cfg.joint_batch, windows.length, c.proprio_dim, device=model.device)
+
+    def loss_fn(_: torch.Tensor) -> torch.Tensor:
+        traj, frames, actions = windows.draw(cfg.joint_batch)
+        vis = model.encode_obs(_frames_to_visual(frames_u8[traj[:, None], frames]), zeros)["visual"]  # (B,L,P,Dv)
+        with torch.no_grad():
+            pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
+        loss = _latent_losses(model, vis, pemb, actions, cfg.rollout_steps)
+        return loss + sum(regularisers(vis, idm, actions, weights).values())
+
+    params = [*model.encoder.parameters(), *model.predictor.parameters(), *model.action_encoder.parameters(),
+              *idm.parameters()]
+    return _fit(params, loss_fn, cfg.joint_steps, cfg.joint_lr, cfg.weight_decay, gen, "joint embedding", progress,
+                run, model)
+
+
+def train_decoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
+                  progress: bool = True, run: RunState | None = None) -> list[float]:
+    """The conv decoder trained on the frozen encoder's latents (pixel MSE), for the imagined-frame figures only:
+    it never shapes the latent. Returns per-step losses."""
+    frames = torch.from_numpy(data.frames.reshape(-1, *data.frames.shape[2:])).to(model.device)  # (N*(T+1),H,W,3)
+    proprio = torch.zeros(cfg.encoder_batch, 1, model.config.proprio_dim, device=model.device)
+
+    def loss_fn(_: torch.Tensor) -> torch.Tensor:
+        idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
+        x = _frames_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
+        with torch.no_grad():
+            tokens = model.encode_obs(x, proprio)["visual"]  # (B, 1, P, Dv)
+        return F.mse_loss(model.decode(tokens), x)
+
+    return _fit(list(model.decoder.parameters()), loss_fn, cfg.decoder_steps, cfg.encoder_lr, cfg.weight_decay, gen,
+                "decoder", progress, run, model)
 
 
 def data_policy(cfg: TrainConfig) -> str:
@@ -340,17 +461,22 @@ def dataset_path(cfg: TrainConfig, data_dir: str | Path = DATASETS_DIR) -> Path:
 
 
 def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp: bool = True,
-          data_dir: str | Path = DATASETS_DIR, device: str = "cpu") -> WorldModel:
+          data_dir: str | Path = DATASETS_DIR, device: str = "cpu", resume: bool = False,
+          save_every_s: float = 120.0) -> WorldModel:
     """Run the whole pipeline and write a wmq checkpoint folder with its model card to ``out``.
 
     The dataset is generated into ``data_dir`` on first use and reused afterwards (same recipe, same file).
     ``device``: "cpu", "cuda" or "auto"; random draws come from a CPU generator, so the batches are the same on
     every device (the arithmetic of CUDA kernels may still differ in the last bits).
+    Resumable: the run's state is saved to ``out/training_state.pt`` at least every ``save_every_s`` seconds and at
+    every stage's end (``wmqlib.resume``); ``resume=True`` continues from it, with the weights an uninterrupted run
+    gives. The file is removed once the model is saved.
     """
     device = resolve_device(device)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    gen_tune = torch.Generator().manual_seed(cfg.seed + 1)
     path = dataset_path(cfg, data_dir)
     if not path.exists():
         generate_dataset(cfg.env, cfg.n_traj, cfg.traj_len, cfg.seed, cfg.img_size, path, progress=progress,
@@ -358,11 +484,17 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     data = TrajectoryData.load(path)
     t_data = time.perf_counter() - t0
 
+    out = Path(out)
+    run = RunState(out, {"batches": gen, "fine-tune batches": gen_tune}, cfg.to_dict(), save_every_s, resume)
     model = WorldModel(cfg.model_config(), seed=cfg.seed).to(device)
     model.set_normalization(data.action_mean, data.action_std, data.proprio_mean, data.proprio_std)
+    if run.model_state() is not None:
+        model.load_state_dict(run.model_state())
     model.train()
-    enc_losses = pretrain_encoder(model, data, cfg, gen, progress)
-    t_enc = time.perf_counter() - t0 - t_data
+    if cfg.objective == "joint":
+        enc_losses = train_joint(model, data, cfg, gen, progress, run)
+    else:
+        enc_losses = pretrain_encoder(model, data, cfg, gen, progress, run)
 
     model.requires_grad_(False)
     model.eval()
@@ -371,39 +503,48 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     model.action_encoder.requires_grad_(True)
     model.predictor.train()
     pred_losses = train_predictor(model, data, latents, dataclasses.replace(cfg, rollout_steps=0, finetune_steps=0),
-                                  gen, progress)
-    t_pred = time.perf_counter() - t0 - t_data - t_enc
-    tune_losses = finetune_rollout(model, data, latents, cfg, progress)
+                                  gen, progress, run)
+    tune_losses = finetune_rollout(model, data, latents, cfg, progress, run, gen_tune)
     model.requires_grad_(False)
+    if cfg.objective == "joint":
+        model.decoder.requires_grad_(True)
+        dec_losses = train_decoder(model, data, cfg, gen, progress, run)
+        model.requires_grad_(False)
     model.eval()
-    t_tune = time.perf_counter() - t0 - t_data - t_enc - t_pred
 
+    first, last = (lambda x: x[0] if x else None), (lambda x: float(np.mean(x[-100:])) if x else None)
+    losses = {"encoder": enc_losses, "predictor": pred_losses, "finetune": tune_losses,
+              **({"decoder": dec_losses} if cfg.objective == "joint" else {})}
     card: dict[str, Any] = {
         "recipe": cfg.to_dict(),
         "architecture": model.config.to_dict(),
         "parameters": {name: sum(p.numel() for p in getattr(model, name).parameters())
                        for name in ("encoder", "predictor", "action_encoder", "proprio_encoder", "decoder")},
         "data": {"path": path.name, **data.meta},
-        "losses": {"encoder_first": enc_losses[0] if enc_losses else None,
-                   "encoder_last100": float(np.mean(enc_losses[-100:])) if enc_losses else None,
-                   "predictor_first": pred_losses[0] if pred_losses else None,
-                   "predictor_last100": float(np.mean(pred_losses[-100:])) if pred_losses else None,
-                   "finetune_first": tune_losses[0] if tune_losses else None,
-                   "finetune_last100": float(np.mean(tune_losses[-100:])) if tune_losses else None},
-        "seconds": {"data": round(t_data, 1), "encoder": round(t_enc, 1), "predictor": round(t_pred, 1),
-                    "finetune": round(t_tune, 1)},
+        "losses": {f"{name}_{which}": fn(values) for name, values in losses.items()
+                   for which, fn in (("first", first), ("last100", last))},
+        "seconds": {"data": round(t_data, 1),
+                    **{name: round(run.seconds(stage), 1) for name, stage in STAGES[cfg.objective].items()}},
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
     model.provenance = {"trained_by": "wmqlib.train", "recipe": cfg.to_dict()}
     if evaluate_fp:
         card["fp_planning"] = fp_planning_summary(model, cfg.env, cfg.eval_episodes, cfg.eval_opt_steps)
-    card["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-    out = Path(out)
+    # stage times include earlier processes of a resumed run; the rest (data, encoding, evaluation) is this one's
+    card["seconds"]["total"] = round(sum(card["seconds"].values()) + card.get("fp_planning", {}).get("seconds", 0.0), 1)
     model = model.cpu()
     save_world_model(model, out)
     write_model_card(card, out, regenerate_command(cfg, out))
+    run.remove()
     return model
+
+
+# the card's name for each objective's stages -> the stage names ``_fit`` records them under
+STAGES = {"autoencoder": {"encoder": "encoder (autoencoder)", "predictor": "predictor",
+                          "finetune": "rollout fine-tune"},
+          "joint": {"encoder": "joint embedding", "predictor": "predictor", "finetune": "rollout fine-tune",
+                    "decoder": "decoder"}}
 
 
 def regenerate_command(cfg: TrainConfig, out: Path) -> str:
@@ -465,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one TrainConfig field of the preset (repeatable), e.g. --set predictor_steps=9000"
                              " or --set model.encoder_dim=128")
     parser.add_argument("--no-eval", action="store_true", help="skip the FP planning evaluation")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/training_state.pt (saved every --save-every seconds) if present")
+    parser.add_argument("--save-every", type=float, default=120.0, metavar="SECONDS",
+                        help="least seconds between two saves of the training state (default 120)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.preset is None and args.env is None:
@@ -478,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = apply_overrides(cfg, parse_overrides(args.set))
     except ValueError as error:
         parser.error(str(error))
-    train(cfg, args.out, progress=not args.quiet, evaluate_fp=not args.no_eval, device=args.device)
+    train(cfg, args.out, progress=not args.quiet, evaluate_fp=not args.no_eval, device=args.device,
+          resume=args.resume, save_every_s=args.save_every)
     print((Path(args.out) / "MODEL_CARD.md").read_text())
     return 0
 

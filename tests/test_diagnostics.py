@@ -1,0 +1,65 @@
+"""wmqlib.diagnostics: the model card's diagnostics, on the seconds-long ``tiny`` model and on values by hand."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wmqlib.card import add_diagnostics, read_card
+from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, rate
+from wmqlib.envs import env_class
+from wmqlib.train import PRESETS, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diag")
+    model = train(PRESETS["tiny-joint"], root / "tiny", progress=False, evaluate_fp=False, data_dir=root / "data")
+    return root / "tiny", model
+
+
+def test_rate_is_the_share_with_its_wilson_interval():
+    r = rate(3, 4)
+    assert r["success_rate"] == 0.75 and r["successes"] == 3 and r["episodes"] == 4
+    # Wilson: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96, by hand for 3 of 4
+    z, n, p = 1.96, 4, 0.75
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert r["ci95"] == pytest.approx([(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)], abs=1e-4)
+
+
+def test_exploitation_counts_plans_below_the_demo_that_fail():
+    table = pd.DataFrame({"plan_loss": [0.1, 0.1, 0.5, 0.5], "success": [False, True, False, True]})
+    out = exploitation(table, np.array([0.2, 0.2, 0.2, 0.2]))
+    assert out == {"episodes": 4, "beats_demo": 0.5, "rate": 0.25, "exploited": 1}
+
+
+def test_latent_alignment_bins_every_pair_by_the_tolerance(tiny):
+    _, model = tiny
+    table = latent_alignment(model, "wall", n_traj=6, traj_len=10, n_pairs=400)
+    tol = env_class("wall").success_components[0][3]
+    assert list(table["low"]) == pytest.approx([b * tol for b in DISTANCE_BINS[:-1]])
+    assert table["pairs"].sum() == 400
+    assert ((table["spearman"].abs() <= 1) | table["spearman"].isna()).all()
+    assert table.loc[table["pairs"] < 10, "spearman"].isna().all()
+
+
+def test_screen_diagnostics_go_into_the_card(tiny):
+    folder, model = tiny
+    result = diagnose(model, "wall", level="screen", episodes=2, probe_trajectories=(4, 2))
+    assert set(result["planning"]) == {"open_loop", "open_loop_visual_only"}
+    assert result["exploitation"] is None  # Wall's episodes have no demonstrated plan
+    add_diagnostics(folder, result)
+    card = read_card(folder)
+    assert card["planning"]["open_loop"]["episodes"] == 2
+    assert card["probe"]["error_over_tolerance"] == max(card["probe"]["components"].values())
+    assert json.loads(json.dumps(card["diagnostics"])) == card["diagnostics"]
+    text = (folder / "MODEL_CARD.md").read_text()
+    assert "planning: open loop visual only" in text and "Spearman(latent MSE" in text
+    assert "Regenerate: `python -m wmqlib.train --preset tiny-joint" in text
+
+
+def test_unknown_level_is_refused(tiny):
+    _, model = tiny
+    with pytest.raises(ValueError, match="level"):
+        diagnose(model, "wall", level="everything")

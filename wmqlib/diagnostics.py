@@ -1,0 +1,186 @@
+"""Does a world model plan by sight? The diagnostics every shipped model's card reports (``python -m
+wmqlib.diagnostics CHECKPOINT``).
+
+- **State probe** (``wmqlib.probe``): a ridge regression from a frame's visual latent to the state that decides
+  success; its error over the env's success tolerance, per component and the largest.
+- **Latent alignment**: on random pairs of rendered states, Spearman(visual-latent MSE, true state distance),
+  binned by the true distance. CEM ranks plans by the latent distance of their end state to the goal: where the
+  correlation vanishes (far from the goal), the planner has no signal.
+- **Planning** on the DINO-WM protocol episodes (seed 99, goal_H 5, the env's default sampler) with the protocol
+  CEM (300 samples, top 30, the env's iterations): open loop; MPC; MPC on the visual latent only (alpha = 0) and
+  on the proprio latent only (visual_weight = 0). Each with its successes, Wilson 95% interval and seconds;
+  ``screen`` runs the open-loop ones only (both latents, and visual only), for comparing candidate recipes.
+- **Exploitation**: how often CEM's open-loop plan beats the episode's demonstrated plan under the model's own loss
+  while failing in the env: the planner found a hole in the model, not a better plan (None where the episodes have
+  no demonstrated plan: Wall's sampler draws start and goal independently).
+- **Planning cost**: seconds per CEM iteration over all episodes x samples of the open-loop run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wmqlib.card import add_diagnostics
+from wmqlib.envs import env_class, make_env, sample_episodes
+from wmqlib.envs.episodes import Episode
+from wmqlib.evaluate import evaluate
+from wmqlib.models import WorldModel, load_world_model
+from wmqlib.plan import CEMConfig, MPCConfig, ObjectiveConfig
+from wmqlib.plan.objective import Objective, encode_observations
+from wmqlib.probe import encode_frames, probe_frames, probe_model, state_components
+from wmqlib.stats import spearman, wilson_interval
+from wmqlib.validate import check_choice, check_int
+
+DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, math.inf)  # in units of the env's position success tolerance
+LEVELS = ("screen", "card")
+# name -> (closed loop?, objective) of the planning runs; "screen" runs the open-loop ones
+PLANNING_RUNS = {
+    "open_loop": (False, ObjectiveConfig()),
+    "open_loop_visual_only": (False, ObjectiveConfig(alpha=0.0)),
+    "mpc": (True, ObjectiveConfig()),
+    "visual_only": (True, ObjectiveConfig(alpha=0.0)),
+    "proprio_only": (True, ObjectiveConfig(visual_weight=0.0)),
+}
+
+
+def latent_alignment(model: WorldModel, env: str, n_traj: int = 100, traj_len: int = 20, n_pairs: int = 4000,
+                     seed: int = 7, bins: tuple[float, ...] = DISTANCE_BINS) -> pd.DataFrame:
+    """Spearman(visual-latent MSE, true position distance) on ``n_pairs`` pairs of frames of ``n_traj`` scripted
+    trajectories (``probe_frames``, trajectories and pairs from ``seed``): half of the pairs from anywhere, half
+    from within one trajectory (so short distances are represented too). The true distance is the norm of the
+    difference of the env's success-deciding positions (``probe.state_components`` in px: Wall's dot, PushT's
+    agent and block); ``bins`` are in units of the first position's success tolerance. One row per bin [low,
+    high): low, high (px), pairs, spearman (NaN under 10 pairs), latent_mse (mean)."""
+    check_int("n_pairs", n_pairs, 2)
+    frames = probe_frames(env, n_traj, traj_len, seed, model.config.img_size)
+    latents = encode_frames(model, frames)  # (N, P * Dv)
+    rng = np.random.default_rng(seed)
+    half = n_pairs // 2
+    i = rng.integers(0, len(frames), n_pairs)
+    j = np.concatenate([rng.integers(0, len(frames), half),  # anywhere, then inside i's trajectory
+                        (i[half:] // (traj_len + 1)) * (traj_len + 1) + rng.integers(0, traj_len + 1, n_pairs - half)])
+    mse = ((latents[i] - latents[j]) ** 2).mean(dim=1).numpy()
+    positions = [c for c in state_components(env) if c.unit == "px"]
+    columns = [c.column for c in positions]
+    dist = np.linalg.norm(frames.states[i][:, columns] - frames.states[j][:, columns], axis=1)
+    edges = np.asarray(bins) * positions[0].tolerance
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (dist >= low) & (dist < high)
+        rho = spearman(mse[inside], dist[inside]).rho if inside.sum() >= 10 else float("nan")
+        rows.append({"low": float(low), "high": float(high), "pairs": int(inside.sum()), "spearman": float(rho),
+                     "latent_mse": float(mse[inside].mean()) if inside.any() else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def rate(successes: int, n: int) -> dict[str, Any]:
+    """{"successes", "episodes", "success_rate", "ci95": Wilson 95% interval} of ``successes`` out of ``n``."""
+    low, high = wilson_interval(successes, n)
+    return {"successes": int(successes), "episodes": int(n), "success_rate": successes / n,
+            "ci95": [round(float(low), 4), round(float(high), 4)]}
+
+
+def demonstrated_plan_loss(model: WorldModel, env: str, episodes: list[Episode],
+                           objective: ObjectiveConfig = ObjectiveConfig()) -> np.ndarray:
+    """The model's planning loss of each episode's demonstrated (replayed) actions: float64 (E,)."""
+    renderer = make_env(env, render_size=model.config.img_size)
+    starts = np.stack([e.start_state for e in episodes])
+    goals = np.stack([e.goal_state for e in episodes])
+    actions = model.env_to_actions(np.stack([e.actions for e in episodes]))  # (E, H, Da)
+    with torch.no_grad():
+        cost = Objective(model, encode_observations(model, renderer.observe(starts)),
+                         encode_observations(model, renderer.observe(goals)), objective)
+        return cost(actions[:, None]).reshape(-1).double().cpu().numpy()
+
+
+def exploitation(table: pd.DataFrame, demo_loss: np.ndarray) -> dict[str, Any]:
+    """From an open-loop ``evaluate`` table (its final plan_loss and success per episode) and the demonstrated
+    plans' losses (E,): the share of episodes whose CEM plan the model scores below the demonstrated plan
+    (beats_demo), and the share that does so while failing in the env (rate, the exploitation rate)."""
+    beats = table["plan_loss"].to_numpy() < demo_loss
+    failed = ~table["success"].to_numpy(dtype=bool)
+    n = len(table)
+    return {"episodes": n, "beats_demo": float(beats.mean()), "rate": float((beats & failed).mean()),
+            "exploited": int((beats & failed).sum())}
+
+
+def protocol_episodes(model: WorldModel, env: str, n: int) -> list[Episode]:
+    """The DINO-WM protocol episodes: seed 99, eval split, goal_H 5, the env's default sampler."""
+    return sample_episodes(env, n, seed=99, split="eval", goal_H=5, frameskip=model.config.frameskip)
+
+
+def planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig, mpc: MPCConfig | None,
+             objective: ObjectiveConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+    """One planning run: ``rate`` of its successes plus seconds and seconds per CEM iteration (open loop: all
+    episodes x samples in one iteration), and the per-episode table."""
+    t0 = time.perf_counter()
+    table = evaluate(model, make_env(env, render_size=model.config.img_size), planner, episodes, mpc=mpc,
+                     objective=objective)
+    seconds = time.perf_counter() - t0
+    out = {**rate(int(table["success"].sum()), len(table)), "seconds": round(seconds, 1)}
+    if mpc is None:
+        out["seconds_per_cem_iteration"] = round(seconds / planner.opt_steps, 2)
+    return out, table
+
+
+def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 50, mpc_rounds: int = 5,
+             probe_trajectories: tuple[int, int] = (300, 40)) -> dict[str, Any]:
+    """All diagnostics of the module docstring for ``model`` in ``env``, as a JSON-able dict for card.json:
+    probe, latent_alignment, planning (by ``PLANNING_RUNS`` name; ``level`` "screen" = the open-loop runs),
+    exploitation, planner, mpc_rounds, level."""
+    check_choice("level", level, LEVELS)
+    check_int("episodes", episodes, 1)
+    check_int("mpc_rounds", mpc_rounds, 1)
+    model = model.eval()
+    probe = probe_model(model, probe_frames(env, probe_trajectories[0], 20, 0, model.config.img_size),
+                        probe_frames(env, probe_trajectories[1], 20, 1, model.config.img_size))
+    planner = CEMConfig(samples=300, topk=30, opt_steps=env_class(env).plan_opt_steps)
+    eps = protocol_episodes(model, env, episodes)
+    runs: dict[str, Any] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    for name, (closed, objective) in PLANNING_RUNS.items():
+        if level == "screen" and closed:
+            continue
+        runs[name], tables[name] = planning(model, env, eps, planner,
+                                            MPCConfig(max_rounds=mpc_rounds) if closed else None, objective)
+    return {
+        "level": level,
+        "probe": {"components": {row.component: round(float(row.error_over_tolerance), 4)
+                                 for row in probe.itertuples()},
+                  "error_over_tolerance": round(float(probe["error_over_tolerance"].max()), 4)},
+        "latent_alignment": latent_alignment(model, env).round(4).to_dict(orient="records"),
+        "planning": runs,
+        # samplers that draw start and goal states independently (Wall's) have no demonstrated plan to compare with
+        "exploitation": (exploitation(tables["open_loop"], demonstrated_plan_loss(model, env, eps))
+                         if all(e.actions is not None for e in eps) else None),
+        "planner": dataclasses.asdict(planner), "mpc_rounds": mpc_rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wmqlib.diagnostics", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a wmq checkpoint folder (its card.json receives the diagnostics)")
+    parser.add_argument("--level", choices=LEVELS, default="card")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--mpc-rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    folder = Path(args.checkpoint)
+    model = load_world_model(folder)
+    result = diagnose(model, model.config.env, args.level, args.episodes, args.mpc_rounds)
+    add_diagnostics(folder, result)
+    print((folder / "MODEL_CARD.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
