@@ -207,15 +207,24 @@ def clustered_mcnemar(a: Any, b: Any, clusters: Any) -> McNemar:
         raise InvalidValue(f"clusters must label every unit: got {labels.size} labels for {a.size} units")
     per_cluster = np.zeros(labels.size, dtype=int)
     np.add.at(per_cluster, np.unique(labels, return_inverse=True)[1].ravel(), a.astype(int) - b.astype(int))
-    sizes = np.abs(per_cluster[per_cluster != 0])
-    total, observed = int(sizes.sum()), abs(int(per_cluster.sum()))
+    test = mcnemar(a, b)
+    return McNemar(test.units, test.a_only, test.b_only, test.effect, signflip_p(per_cluster))
+
+
+def signflip_p(sums: Any) -> float:
+    """Exact two-sided sign-flip (randomisation) p of integer per-cluster sums ``(C,)``: under H0 each s_c is
+    +|s_c| or -|s_c| with probability 1/2, independently, and p = P(|sum_c e_c |s_c|| >= |sum_c s_c|), computed by
+    convolving the clusters' two-point laws (exact; memory grows with sum |s_c|)."""
+    sums = np.asarray(sums)
+    if sums.ndim != 1 or not np.issubdtype(sums.dtype, np.integer):
+        raise InvalidValue(f"signflip_p: sums must be 1-D integers, got {sums.dtype} of shape {sums.shape}")
+    sizes = np.abs(sums[sums != 0])
+    total, observed = int(sizes.sum()), abs(int(sums.sum()))
     law = np.zeros(2 * total + 1)  # law[total + v] = P(sum = v); partial sums never leave [-total, total]
     law[total] = 1.0
     for size in sizes:
         law = 0.5 * (np.roll(law, size) + np.roll(law, -size))
-    p = 1.0 if observed == 0 else min(1.0, float(law[np.abs(np.arange(-total, total + 1)) >= observed].sum()))
-    test = mcnemar(a, b)
-    return McNemar(test.units, test.a_only, test.b_only, test.effect, p)
+    return 1.0 if observed == 0 else min(1.0, float(law[np.abs(np.arange(-total, total + 1)) >= observed].sum()))
 
 
 def _tango_score(a_only: int, b_only: int, units: int, d: float) -> float:
