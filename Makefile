@@ -10,13 +10,14 @@ BENCHMARKS := $(sort $(wildcard benchmarks/*.py))
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install figures test goldens bench train
+.PHONY: help install figures test goldens bench train book
 
 help:
 	@echo "make figures   run every notebook (full profile), writing notebooks/ and figures/"
 	@echo "make test      unit tests, then the golden notebooks under $(GOLDENS) with nbval"
 	@echo "make goldens   re-execute the golden notebooks (smoke profile) on purpose"
 	@echo "make bench     run every benchmarks/*.py"
+	@echo "make book      render the committed executed notebooks as a static site in build/book (no re-execution)"
 	@echo "make train     retrain the shipped models data/checkpoints/mini-wall and mini-pusht (CPU, ~30 min each) and their QAT fine-tunes"
 	@echo "make install   create $(VENV) and install wmq with its dev extras (the targets above do it)"
 
@@ -43,6 +44,9 @@ test: install
 	else \
 		echo "no golden notebooks in $(GOLDENS) yet: nbval check skipped (make goldens writes them)"; \
 	fi
+
+book: install
+	@$(BIN)/python -m wmqlib.book --out build/book
 
 goldens: install
 	@$(BIN)/python -m wmqlib.reproduce --profile smoke --output $(GOLDENS)
