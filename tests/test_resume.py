@@ -79,3 +79,15 @@ def test_save_every_must_be_a_non_negative_number(tmp_path):
     with pytest.raises(ValueError, match="RunState.every_s"):
         train(PRESETS["tiny"], tmp_path / "run", progress=False, evaluate_fp=False, data_dir=tmp_path / "data",
               save_every_s=-1.0)
+
+
+def test_a_state_saved_before_a_field_was_added_still_resumes(uninterrupted, tmp_path, monkeypatch):
+    root, models = uninterrupted
+    out = tmp_path / "run"
+    _killed_run(monkeypatch, 4, "tiny", out, root / "data")
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    del state["recipe"]["rank_weight"]  # as written by a wmq without that field (its default applies)
+    torch.save(state, out / STATE_FILE)
+    resumed = train(PRESETS["tiny"], out, progress=False, evaluate_fp=False, data_dir=root / "data", resume=True)
+    for (key, a), (_, b) in zip(models["tiny"].state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), key

@@ -5,7 +5,7 @@ so CEM gets no signal from far away. Here the encoder is trained through the wor
 (PLDM, LeWM): predict the next latent from the current one and the action. Per window of L = max(num_hist, k) + 1
 frames ``frameskip`` env steps apart, with z_t = encode(frame_t) (B, P, Dv) and gradients into both sides,
 
-    L = L_tf + L_roll + var_weight * L_var + cov_weight * L_cov + idm_weight * L_idm,
+    L = L_tf + L_roll + var_weight * L_var + cov_weight * L_cov + idm_weight * L_idm + rank_weight * L_rank,
 
 - L_tf: DINO-WM's teacher-forced MSE between predicted and encoded next frames (visual and proprio slices);
 - L_roll: the same MSE after a k-step open-loop ``rollout`` from frame 0 (what planning computes; k = 0 omits it);
@@ -14,7 +14,11 @@ frames ``frameskip`` env steps apart, with z_t = encode(frame_t) (B, P, Dv) and 
 - L_cov (VICReg's covariance term): the squared off-diagonal covariances of the Dv features, over batch and
   tokens, divided by Dv, so features do not all copy one direction;
 - L_idm (inverse dynamics): the MSE of an MLP's estimate of the z-scored actions between frames t and t+1 from
-  (z_t, z_{t+1}); what the action moves (the dot, the agent) must therefore be in the latent.
+  (z_t, z_{t+1}); what the action moves (the dot, the agent) must therefore be in the latent;
+- L_rank (temporal ranking): along a window, the latent MSE from frame 0 should grow with the time apart,
+  softplus(log m_k - log m_{k+1} + RANK_MARGIN) averaged over k = 1..L-2 with m_k = MSE(z_0, z_k). In the
+  exploratory data, frames further apart in time lie further apart in space, so this shapes the latent distance
+  that planning descends to keep growing with distance (no state is used).
 
 The inverse-dynamics head is a training aid and is not saved with the model.
 """
@@ -31,6 +35,8 @@ from torch import nn
 from wmqlib.validate import check_float
 
 VAR_EPS = 1e-4  # inside VICReg's sqrt(var + eps): a finite gradient at zero variance
+RANK_MARGIN = math.log(1.2)  # frame k+1 should be at least 1.2x as far (in latent MSE) from frame 0 as frame k
+RANK_EPS = 1e-6  # inside the logs of L_rank
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,10 @@ class JointWeights:
     var_weight: float = 1.0
     cov_weight: float = 0.04
     idm_weight: float = 1.0
+    rank_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("var_weight", "cov_weight", "idm_weight"):
+        for name in ("var_weight", "cov_weight", "idm_weight", "rank_weight"):
             check_float(f"JointWeights.{name}", getattr(self, name), minimum=0.0)
 
 
@@ -84,17 +91,31 @@ class InverseDynamics(nn.Module):
         return self.net(torch.cat([z_t.flatten(1), z_t1.flatten(1)], dim=-1))
 
 
+def temporal_ranking(visual: torch.Tensor) -> torch.Tensor:
+    """L_rank of visual latents (B, L, P, Dv), L >= 3: mean over k = 1..L-2 of
+    softplus(log m_k - log m_{k+1} + RANK_MARGIN), m_k = per-window MSE(z_0, z_k); 0 for L < 3."""
+    if visual.shape[1] < 3:
+        return visual.new_zeros(())
+    m = (visual[:, 1:] - visual[:, :1]).pow(2).mean(dim=(2, 3))  # (B, L-1): m_1 .. m_{L-1}
+    logm = torch.log(m + RANK_EPS)
+    return F.softplus(logm[:, :-1] - logm[:, 1:] + RANK_MARGIN).mean()
+
+
 def regularisers(visual: torch.Tensor, idm: InverseDynamics, actions: torch.Tensor, weights: JointWeights
                  ) -> dict[str, torch.Tensor]:
     """The weighted regularisers of one batch of windows.
 
     visual: encoded frames (B, L, P, Dv), L >= 2; actions: z-scored model-step actions (B, L, Da), action t taken
     between frames t and t+1. Variance and covariance are taken on frame 0 (every frame is some window's frame 0);
-    inverse dynamics on every consecutive pair. Returns {"var", "cov", "idm"}, each already times its weight.
+    inverse dynamics on every consecutive pair; temporal ranking along the window. Returns {"var", "cov", "idm",
+    "rank"}, each already times its weight ("rank" is omitted at weight 0, so it costs nothing then).
     """
     b, l, p, dv = visual.shape
     first = visual[:, 0]  # (B, P, Dv)
     pairs = idm(visual[:, :-1].reshape(b * (l - 1), p, dv), visual[:, 1:].reshape(b * (l - 1), p, dv))
-    return {"var": weights.var_weight * variance_hinge(first.reshape(b, p * dv)),
-            "cov": weights.cov_weight * covariance_penalty(first.reshape(b * p, dv)),
-            "idm": weights.idm_weight * F.mse_loss(pairs, actions[:, :-1].reshape(b * (l - 1), -1))}
+    out = {"var": weights.var_weight * variance_hinge(first.reshape(b, p * dv)),
+           "cov": weights.cov_weight * covariance_penalty(first.reshape(b * p, dv)),
+           "idm": weights.idm_weight * F.mse_loss(pairs, actions[:, :-1].reshape(b * (l - 1), -1))}
+    if weights.rank_weight:
+        out["rank"] = weights.rank_weight * temporal_ranking(visual)
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,10 +33,13 @@ class RunState:
     every_s: least seconds between two saves inside a stage (0 = after every step; stage ends always save).
     resume: False starts afresh (an existing state file is ignored and overwritten); True loads it if present.
     recipe: the run's recipe as a JSON-able dict; resuming a state saved by another recipe raises ValueError.
+    same_recipe: whether a saved recipe dict is this run's recipe (default: equal dicts; a trainer passes a test
+        that also accepts a recipe saved before a field with a default was added).
     """
 
     def __init__(self, folder: str | Path, generators: dict[str, torch.Generator], recipe: dict[str, Any],
-                 every_s: float = 120.0, resume: bool = False) -> None:
+                 every_s: float = 120.0, resume: bool = False,
+                 same_recipe: Callable[[dict[str, Any]], bool] | None = None) -> None:
         check_float("RunState.every_s", every_s, minimum=0.0)
         self.path = Path(folder) / STATE_FILE
         self.generators = generators
@@ -47,7 +50,7 @@ class RunState:
         if resume and self.path.is_file():
             remove_stale_tmp(self.path.parent)
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
-            if saved.get("recipe") != recipe:
+            if not (same_recipe or recipe.__eq__)(saved.get("recipe")):
                 raise ValueError(f"{self.path}: the saved training state belongs to another recipe; start afresh "
                                  "without --resume (or delete the file) to train this one")
             self.data = saved

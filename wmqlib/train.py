@@ -81,7 +81,8 @@ class TrainConfig:
     objective: how the encoder is trained. "autoencoder": stage 2 above (encoder_* and the two weights);
         "joint": encoder, predictor and action encoder are trained together for joint_steps steps at batch
         joint_batch and peak rate joint_lr with the joint-embedding loss of ``wmqlib.joint`` (teacher forcing, the
-        rollout_steps-step rollout loss, VICReg terms var_weight / cov_weight, inverse dynamics idm_weight), then
+        rollout_steps-step rollout loss, VICReg terms var_weight / cov_weight, inverse dynamics idm_weight, temporal
+        ranking rank_weight), then
         the encoder is frozen, the predictor stages run on its latents as above, and the decoder is trained on the
         frozen latents for decoder_steps steps (encoder_batch, encoder_lr) for the imagined-frame figures only.
     Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5, the env's default sampler) with eval_opt_steps
@@ -112,6 +113,7 @@ class TrainConfig:
     var_weight: float = 1.0
     cov_weight: float = 0.04
     idm_weight: float = 1.0
+    rank_weight: float = 0.0
     decoder_steps: int = 0
     eval_episodes: int = 50
     eval_opt_steps: int = 10
@@ -414,7 +416,7 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
     windows = _Windows(model, data, max(c.num_hist, cfg.rollout_steps, 1) + 1, gen)
     frames_u8 = torch.from_numpy(data.frames).to(model.device)  # (N, T+1, H, W, 3)
     idm = InverseDynamics(c.num_patches, c.encoder_dim, c.action_dim, seed=cfg.seed + 3).to(model.device)
-    weights = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight)
+    weights = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight, cfg.rank_weight)
     zeros = torch.zeros(cfg.joint_batch, windows.length, c.proprio_dim, device=model.device)
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
@@ -485,7 +487,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     t_data = time.perf_counter() - t0
 
     out = Path(out)
-    run = RunState(out, {"batches": gen, "fine-tune batches": gen_tune}, cfg.to_dict(), save_every_s, resume)
+    run = RunState(out, {"batches": gen, "fine-tune batches": gen_tune}, cfg.to_dict(), save_every_s, resume,
+                   same_recipe=lambda saved: isinstance(saved, dict) and TrainConfig.from_dict(saved) == cfg)
     model = WorldModel(cfg.model_config(), seed=cfg.seed).to(device)
     model.set_normalization(data.action_mean, data.action_std, data.proprio_mean, data.proprio_std)
     if run.model_state() is not None:
