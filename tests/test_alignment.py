@@ -1,6 +1,5 @@
 """wmqlib.alignment: per-episode rank agreement of the planning loss with the true outcome of candidate plans."""
 
-import numpy as np
 import pytest
 import torch
 from test_evaluate import OracleWall

@@ -1,0 +1,132 @@
+"""The paper's planning-dynamics findings judged episode by episode: F4 as an interaction, F6 within episodes.
+
+Same outcomes and ``Verdict`` as ``wmqlib.verdicts``; units are episodes, and where an episode is planned under
+several planner seeds its units form a cluster that counts once.
+
+- ``iterations_repair`` (F4, "more planning repairs predictor errors, not encoder errors"): the change of the
+  quantized model's per-episode deficit to FP from the first to the last planning stage
+  (``wmqlib.interaction.deficit_change``). The data say **repaired** when the deficit shrinks decisively (exact
+  clustered sign-flip p < alpha, change < 0); **irreversible** when it provably shrinks by less than ``margin``
+  (the lower end of the ``1 - 2 alpha`` interval above -margin) and not decisively; else nothing. The rule is
+  given the paper's claim for the scope ("repaired" for the predictor, "irreversible" for the encoder): the
+  claim's outcome is *reproduced*, the other one *not reproduced*, neither *inconclusive*. *Not testable* when FP
+  is not decisively above the best baseline at the last stage, or the quantized model has no deficit to repair
+  at the first stage (FP rate - Q rate <= ``floor``).
+- ``loss_misaligned`` (F6, "at low bits the planning loss no longer ranks plans by their outcome"): per episode,
+  Spearman's rho between the model's loss and the true outcome of the same candidate plans
+  (``wmqlib.alignment``), quantized vs FP, paired by episode. *Reproduced* when the quantized rho is decisively
+  lower (sign-flip test of the mean per-episode difference, Monte Carlo with a fixed seed, p < alpha); *not
+  reproduced* when the mean difference is provably within +-``rho_margin`` (TOST: its ``1 - 2 alpha`` normal
+  interval inside the margin); *inconclusive* otherwise; *not testable* when FP is not decisively above the best
+  baseline or FP's own mean rho is not decisively above 0 (the loss ranks nothing even at full precision).
+
+The MDE of both rules is the normal approximation (z_(1-alpha/2) + z_0.8) x the standard error of the mean change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wmqlib.interaction import deficit_change
+from wmqlib.validate import InvalidValue, check_choice, check_float
+from wmqlib.verdicts import ALPHA, FLOOR, MARGIN, POWER, Verdict, _align, _untestable
+
+CLAIMS = ("repaired", "irreversible")
+RHO_MARGIN = 0.10  # a change of the mean per-episode rho smaller than this is negligible
+N_PERMUTATIONS = 20_000
+
+
+def _mde(se: float, alpha: float) -> float:
+    """Smallest mean change a two-sided level-alpha test detects with power ``POWER``, normal approximation."""
+    normal = NormalDist()
+    return (normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(POWER)) * se
+
+
+def iterations_repair(fp_first: pd.Series, q_first: pd.Series, fp_last: pd.Series, q_last: pd.Series,
+                      baselines: pd.Series | Mapping[str, pd.Series], claim: str, comparison: str,
+                      clusters: pd.Series | None = None, alpha: float = ALPHA, margin: float = MARGIN,
+                      floor: float = FLOOR) -> Verdict:
+    """F4 for one scope (module docstring). All series are per-unit successes aligned on ``fp_first``'s index;
+    ``clusters`` labels each unit's episode (None: every unit is its own episode); ``claim``: what the paper says
+    of this scope, "repaired" or "irreversible"."""
+    check_choice("iterations_repair: claim", claim, CLAIMS)
+    alpha = check_float("F4: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    a = [_align(fp_first, s, name) for name, s in
+         (("fp_first", fp_first), ("q_first", q_first), ("fp_last", fp_last), ("q_last", q_last))]
+    labels = None if clusters is None else _align(fp_first, clusters, "clusters", object)
+    change = deficit_change(*a, clusters=labels, level=1 - 2 * alpha)
+    decisive = deficit_change(*a, clusters=labels, level=1 - alpha)
+    se = (decisive.ci_high - decisive.effect) / NormalDist().inv_cdf(1 - alpha / 2)
+    numbers = (f"deficit {change.deficit_first * 100:+.0f} -> {change.deficit_last * 100:+.0f} points, change "
+               f"{change.effect * 100:+.0f} [{change.ci_low * 100:+.0f}, {change.ci_high * 100:+.0f}] "
+               f"({1 - 2 * alpha:.0%}), p {change.p:.2g}, {change.clusters} episodes")
+    why = _untestable(fp_last, baselines, [], alpha, floor)
+    if why is None and change.deficit_first <= floor:
+        why = f"no deficit to repair at the first stage: {numbers}"
+    if why is not None:
+        outcome = "not testable"
+    else:
+        repaired = change.p < alpha and change.effect < 0
+        irreversible = not repaired and change.ci_low > -margin
+        found = "repaired" if repaired else "irreversible" if irreversible else None
+        outcome = "inconclusive" if found is None else "reproduced" if found == claim else "not reproduced"
+        why = f"{found or 'neither repaired nor provably irreversible'}: {numbers}"
+    return Verdict(f"F4 iterations {claim}", comparison, change.effect, decisive.ci_low, decisive.ci_high,
+                   1 - alpha, change.p, _mde(se, alpha) if math.isfinite(se) else math.nan, outcome, why)
+
+
+def _signflip_mc(diff: np.ndarray, seed: int) -> float:
+    """Two-sided sign-flip p of mean(diff) = 0 by ``N_PERMUTATIONS`` seeded random flips ((k + 1) / (B + 1))."""
+    flips = np.random.default_rng(seed).choice((-1.0, 1.0), size=(N_PERMUTATIONS, diff.size))
+    null = np.abs(flips @ diff)
+    return float((np.sum(null >= abs(diff.sum()) - 1e-12) + 1) / (N_PERMUTATIONS + 1))
+
+
+def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
+                    baselines: pd.Series | Mapping[str, pd.Series], comparison: str, alpha: float = ALPHA,
+                    rho_margin: float = RHO_MARGIN, seed: int = 0) -> Verdict:
+    """F6 within episodes (module docstring): per-episode rho of the quantized and the FP model (indexed by
+    episode, aligned on ``q_rho``); ``fp`` / ``baselines``: FP's and the baselines' successes for testability."""
+    alpha = check_float("F6: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    if not (isinstance(q_rho, pd.Series) and isinstance(fp_rho, pd.Series)) or len(q_rho) != len(fp_rho) \
+            or not q_rho.index.is_unique or not q_rho.index.isin(fp_rho.index).all():
+        raise InvalidValue("F6: q_rho and fp_rho must be pd.Series of per-episode rho over the same episodes")
+    q, f = q_rho.to_numpy(dtype=float), fp_rho.reindex(q_rho.index).to_numpy(dtype=float)  # NaN: a flat loss
+    keep = np.isfinite(q) & np.isfinite(f)
+    if keep.sum() < 3:
+        raise InvalidValue(f"F6: need per-episode rho of at least 3 episodes for both models, got {keep.sum()}")
+    diff, n = q[keep] - f[keep], int(keep.sum())
+    normal = NormalDist()
+    se = float(diff.std(ddof=1) / math.sqrt(n))
+    effect = float(diff.mean())
+    z, z2 = normal.inv_cdf(1 - alpha / 2), normal.inv_cdf(1 - alpha)
+    p = _signflip_mc(diff, seed)
+    fp_low = float(f[keep].mean() - z * f[keep].std(ddof=1) / math.sqrt(n))
+    numbers = (f"mean rho Q {q[keep].mean():.2f}, FP {f[keep].mean():.2f}; change {effect:+.2f} "
+               f"[{effect - z * se:+.2f}, {effect + z * se:+.2f}], p {p:.2g}, {n} episodes")
+    why = _untestable(fp, baselines, [], alpha, 0.0)
+    if why is None and not fp_low > 0:
+        why = f"FP's own loss does not decisively rank plans by outcome: {numbers}"
+    if why is not None:
+        outcome = "not testable"
+    elif p < alpha and effect < 0:
+        outcome, why = "reproduced", f"the loss ranks plans decisively worse: {numbers}"
+    elif effect - z2 * se > -rho_margin and effect + z2 * se < rho_margin:
+        outcome, why = "not reproduced", f"alignment within +-{rho_margin} of FP's: {numbers}"
+    else:
+        outcome, why = "inconclusive", numbers
+    return Verdict("F6 loss misaligned within episodes", comparison, effect, effect - z * se, effect + z * se,
+                   1 - alpha, p, _mde(se, alpha), outcome, why)
+
+
+def unit_labels(index: pd.Index, level: str = "episode_seed") -> Any:
+    """The episode of every unit of a (planner seed, episode) index: the clusters of ``iterations_repair``."""
+    if level not in index.names:
+        raise InvalidValue(f"unit_labels: the index has no level {level!r}; it has {list(index.names)}")
+    return pd.Series(index.get_level_values(level), index=index)
