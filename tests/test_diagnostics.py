@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib.card import add_diagnostics, read_card
-from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, rate
+import shutil
+
+from wmqlib.card import add_diagnostics, read_card, recipe_record
+from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, main, rate
 from wmqlib.envs import env_class
 from wmqlib.train import PRESETS, train
 
@@ -63,3 +65,21 @@ def test_unknown_level_is_refused(tiny):
     _, model = tiny
     with pytest.raises(ValueError, match="level"):
         diagnose(model, "wall", level="everything")
+
+
+def test_the_record_lists_each_diagnosed_recipe_and_what_it_changed(tiny, tmp_path, capsys):
+    folder, model = tiny
+    add_diagnostics(folder, diagnose(model, "wall", level="screen", episodes=2, probe_trajectories=(4, 2)))
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    card = read_card(other)
+    card["recipe"]["joint_steps"] = 9
+    (other / "card.json").write_text(json.dumps(card))
+    (tmp_path / "untrained").mkdir()
+    record = recipe_record([folder, other, tmp_path / "untrained"])
+    assert list(record["name"]) == ["tiny", "other"]
+    assert list(record["changes"]) == ["-", "joint_steps=9"]
+    assert record["open_loop"].str.match(r"\d+% \[\d+%, \d+%\]").all()
+    shutil.copytree(folder, tmp_path / "tiny")
+    assert main([str(tmp_path), "--record"]) == 0  # folders sorted: "other" is the base, "tiny" differs from it
+    assert "joint_steps=3" in capsys.readouterr().out

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from wmqlib.envs import make_env, sample_episodes
 from wmqlib.evaluate import evaluate
 from wmqlib.models import WorldModel
@@ -118,6 +120,40 @@ def add_diagnostics(folder: Path, diagnostics: dict[str, Any]) -> None:
     card = {**card, "diagnostics": diagnostics, "planning": diagnostics["planning"], "probe": diagnostics["probe"]}
     regenerate = card.pop("regenerate", None) or f"python -m wmqlib.train ... --out {folder} (see recipe)"
     write_model_card(card, folder, regenerate)
+
+
+def recipe_record(folders: list[Path]) -> pd.DataFrame:
+    """The record of the recipes tried: one row per checkpoint folder that has a card with diagnostics (others are
+    skipped), in the given order. Columns: name, env, changes (the recipe fields that differ from the first row of
+    the same env, "model.<field>" for the architecture), train_s (the card's total seconds), probe (largest error
+    over tolerance), spearman (per distance bin, "low-high: rho"), then per planning run of its diagnostics
+    "<run>" as "rate [ci95]" (e.g. open_loop, open_loop_visual_only, mpc, visual_only, proprio_only), and
+    exploitation (the rate, or "-" without demonstrated plans)."""
+    rows, first = [], {}
+    for folder in folders:
+        card = read_card(Path(folder))
+        if card is None or "diagnostics" not in card:
+            continue
+        d, recipe = card["diagnostics"], _flat(card["recipe"])
+        env = card["recipe"]["model"]["env"]
+        base = first.setdefault(env, recipe)
+        row = {"name": Path(folder).name, "env": env,
+               "changes": ", ".join(f"{k}={recipe.get(k)}" for k in sorted(set(recipe) | set(base))
+                                    if recipe.get(k) != base.get(k)) or "-",
+               "train_s": card.get("seconds", {}).get("total"),
+               "probe": d["probe"]["error_over_tolerance"],
+               "spearman": "; ".join(f"{b['low']:g}-{b['high']:g}: {b['spearman']:.2f}" for b in d["latent_alignment"])}
+        for run, value in d["planning"].items():
+            row[run] = f"{value['success_rate']:.0%} [{value['ci95'][0]:.0%}, {value['ci95'][1]:.0%}]"
+        row["exploitation"] = "-" if d["exploitation"] is None else f"{d['exploitation']['rate']:.0%}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict with its architecture's fields as "model.<field>"."""
+    return {**{k: v for k, v in recipe.items() if k != "model"},
+            **{f"model.{k}": v for k, v in recipe.get("model", {}).items()}}
 
 
 def read_card(folder: Path) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wmqlib.card import add_diagnostics
+from wmqlib.card import add_diagnostics, recipe_record
 from wmqlib.envs import env_class, make_env, sample_episodes
 from wmqlib.envs.episodes import Episode
 from wmqlib.evaluate import evaluate
@@ -169,12 +169,18 @@ def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 5
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wmqlib.diagnostics", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a wmq checkpoint folder (its card.json receives the diagnostics)")
+    parser.add_argument("checkpoint", help="a wmq checkpoint folder (its card.json receives the diagnostics); with "
+                                           "--record, a folder of checkpoint folders")
+    parser.add_argument("--record", action="store_true",
+                        help="print the record of every checkpoint under CHECKPOINT whose card has diagnostics")
     parser.add_argument("--level", choices=LEVELS, default="card")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--mpc-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     folder = Path(args.checkpoint)
+    if args.record:
+        print(recipe_record(sorted(p for p in folder.iterdir() if p.is_dir())).to_string(index=False))
+        return 0
     model = load_world_model(folder)
     result = diagnose(model, model.config.env, args.level, args.episodes, args.mpc_rounds)
     add_diagnostics(folder, result)
