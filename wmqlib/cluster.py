@@ -72,9 +72,9 @@ def check_scheduler(spec: str, timeout: float = CHECK_TIMEOUT_S) -> None:
         raise OSError(f"cannot connect to {address}: {cause}") from err
     try:
         identity = asyncio.run(asyncio.wait_for(_identity(target, timeout), timeout))
-    except (OSError, asyncio.TimeoutError) as err:
+    except Exception as err:  # noqa: BLE001 - whatever the server said or did not say, it is no scheduler
         raise OSError(f"{address} accepts connections but no Dask scheduler answered within {timeout:g} s "
-                      f"({type(err).__name__})") from err
+                      f"({type(err).__name__}{': ' if str(err) else ''}{err})") from err
     if identity.get("type") != "Scheduler":
         raise OSError(f"{address} is a Dask {identity.get('type', 'server')}, not a scheduler")
 

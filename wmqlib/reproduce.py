@@ -15,7 +15,7 @@ receives a list; any other notebook takes exactly one checkpoint.
 Profiles: the study's table (``wmqlib.study.PROFILES``: ``full``, ``paper``, ``smoke``). Each executed notebook is
 written back in place, except for ``smoke``, written to ``tests/notebooks`` (the golden notebooks that
 ``pytest --nbval-lax`` checks) and run on ``cpu`` unless ``--device`` says otherwise, so the goldens hold the same
-numbers on every machine.
+numbers on every machine (up to a float's last printed digit, which tests/notebooks/conftest.py tolerates).
 
 Working directory and figures. A notebook runs in the folder its executed copy is written to, as JupyterLab and
 nbval run it. Only the published run - the full profile written back in place - keeps the notebooks' own
