@@ -1,7 +1,13 @@
 """Project-wide pytest hooks (tests marked ``cuda`` are skipped where torch sees no CUDA device), the session's
-tiny trained world model and the tiny random one the planning and quantization tests share."""
+tiny trained world model and the tiny random one the planning and quantization tests share, and the stale temporary
+file a killed writer leaves."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -57,3 +63,21 @@ def caches(calib_dir):
     from wmqlib.caches import Caches
 
     return Caches(calib_dir)
+
+
+@pytest.fixture()
+def stale_tmp() -> Callable[[Path], Path]:
+    """Writes, for a target path, the temporary file an atomic write of it leaves when its process is killed:
+    ``<name>.<pid>@<host>.tmp`` of this host and of a process that has exited. Returns that file's path."""
+    from wmqlib.validate import HOST
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+
+    def write(target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        leftover = target.with_name(f"{target.name}.{int(done.stdout)}@{HOST}.tmp")
+        leftover.write_bytes(b"half a file")
+        return leftover
+
+    return write

@@ -58,11 +58,12 @@ def test_unknown_and_foreign_checkpoints_fail_when_a_run_needs_them(tmp_path, ca
         st.run_setting(st.Setting(str(tmp_path)), caches)
 
 
-def test_calibration_is_cached_on_disk_and_recomputed_on_request(tiny, calib_dir):
+def test_calibration_is_cached_on_disk_and_recomputed_on_request(tiny, calib_dir, stale_tmp):
     s = setting(tiny, recipe=SmoothQuant(8, a_bits=8, a_granularity=PerTensor()))
+    leftover = stale_tmp(calib_dir / "0123456789abcdef.safetensors")  # a calibration killed mid-write
     first = Caches(calib_dir).calibration(s)
     files = list(calib_dir.glob("*.safetensors"))
-    assert len(files) == 1 and not list(calib_dir.glob("*.tmp"))
+    assert len(files) == 1 and not list(calib_dir.glob("*.tmp")) and not leftover.exists()
     caches = Caches(calib_dir)
     loaded = caches.calibration(s)  # from the file
     assert loaded is not first and loaded.linears == first.linears

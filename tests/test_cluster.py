@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib.cluster import parse_spec
+from wmqlib.cluster import check_scheduler, parse_spec
 from wmqlib.sweep import SweepError, config_key, sweep
 
 distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed: pip install 'wmq[cluster]'")
@@ -103,6 +104,17 @@ def test_parse_spec_accepts_the_two_forms_and_names_them_otherwise():
         parse_spec(2)
 
 
+def test_check_scheduler_names_the_address_and_the_cause():
+    check_scheduler("local:2")  # nothing to reach
+    with pytest.raises(OSError, match="^cannot connect to 127.0.0.1:1: Connection refused$"):
+        check_scheduler("dask://127.0.0.1:1")
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts connections, never answers
+        port = server.getsockname()[1]
+        with pytest.raises(OSError, match=f"^127.0.0.1:{port} accepts connections but no Dask scheduler answered "
+                                          "within 1 s"):
+            check_scheduler(f"dask://127.0.0.1:{port}", timeout=1)
+
+
 def test_bad_executor_is_rejected_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="executor must be 'local:N'"):
         sweep(CONFIGS, rows, "bad", cache_dir=tmp_path, progress=False, executor="local2")
@@ -153,6 +165,14 @@ def test_spec_is_not_opened_when_everything_is_cached(tmp_path, monkeypatch):
 
 
 # ----- on the 2-worker cluster -----
+
+def test_check_scheduler_passes_a_running_scheduler_and_refuses_a_worker(scheduler):
+    check_scheduler(scheduler)
+    with distributed.Client(scheduler.replace("dask://", "tcp://")) as client:
+        worker = next(iter(client.scheduler_info()["workers"]))
+    with pytest.raises(OSError, match="is a Dask Worker, not a scheduler"):
+        check_scheduler(worker.replace("tcp://", "dask://"))
+
 
 def test_two_workers_give_the_serial_table_and_the_same_files(tmp_path, scheduler):
     table = sweep(CONFIGS, rows, "ref", cache_dir=tmp_path / "dask", progress=False, executor=scheduler)

@@ -15,7 +15,7 @@ import pytest
 
 from wmqlib.paths import FIGURES_DIR, NOTEBOOKS_DIR
 from wmqlib.plots import FORMATS
-from wmqlib.reproduce import discover
+from wmqlib.reproduce import declared_parameters, discover
 
 SAVEFIG = re.compile(r"savefig\(\s*[^,]+,\s*\"(?P<stem>[^\"]+)\",\s*\"(?P<panel>[^\"]+)\"")
 FIGURE = re.compile(r"^(?P<stem>\d\d_[a-z0-9_]+)__(?P<panel>[a-z0-9][a-z0-9_-]*)\.(?P<ext>\w+)$")
@@ -44,6 +44,15 @@ def test_notebook_names_its_own_figures(path):
     assert not foreign, f"{path.name} saves figures under another notebook's name: {foreign}"
     panels = [panel for _, panel in calls]
     assert len(panels) == len(set(panels)), f"{path.name} writes a panel twice: {panels}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_draws_into_the_folder_the_runner_passes(path):
+    """The runner sends any run but the published one to ``<output>/figures`` through ``figures_dir``."""
+    assert declared_parameters(path).get("figures_dir") == "../figures"
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    calls = re.findall(r"savefig\([^\n]*", source)
+    assert calls and all("figures_dir=figures_dir)" in call for call in calls), calls
 
 
 def executed_profile(path: Path) -> str | None:

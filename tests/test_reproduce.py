@@ -1,12 +1,15 @@
-"""Tests for wmqlib/reproduce.py: discovery, selection, parameter checks, parameter passing, failure reporting.
+"""Tests for wmqlib/reproduce.py: discovery, selection, parameter checks, parameter passing, where figures go, the
+executor check, failure reporting.
 
-Only two tests start kernels (parameter passing on the fixture notebook, and the failing notebook).
+Only three tests start kernels (parameter passing and the figures on the fixture notebook, and the failing notebook).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import nbformat
@@ -14,6 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from wmqlib import reproduce
+from wmqlib.paths import FIGURES_DIR
 from wmqlib.reproduce import ReproduceError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "00_fixture.ipynb"
@@ -104,12 +108,42 @@ def test_notebook_parameters_passes_executor_only_when_given_and_declared(tmp_pa
         reproduce.notebook_parameters(plain, "full", "cpu", None, "dask://sched:8786")
 
 
+def test_notebook_parameters_passes_figures_dir_only_to_notebooks_that_declare_it(tmp_path):
+    path = write_notebook(tmp_path / "00_a.ipynb", PARAMS + '\nfigures_dir = "../figures"')
+    assert "figures_dir" not in reproduce.notebook_parameters(path, "full", "cpu", None)
+    assert reproduce.notebook_parameters(path, "smoke", "cpu", None, figures_dir="figures")["figures_dir"] == "figures"
+    plain = write_notebook(tmp_path / "01_b.ipynb", PARAMS)
+    assert "figures_dir" not in reproduce.notebook_parameters(plain, "smoke", "cpu", None, figures_dir="figures")
+
+
+def test_only_the_full_profile_in_place_writes_the_figures_folder_above_the_notebooks(tmp_path):
+    notebooks, elsewhere = tmp_path / "notebooks", tmp_path / "out"
+    assert reproduce.figures_folder("full", notebooks, notebooks) == (tmp_path / "figures", None)
+    for profile, output in [("full", elsewhere), ("smoke", elsewhere), ("smoke", notebooks), ("paper", notebooks)]:
+        assert reproduce.figures_folder(profile, notebooks, output) == (output / "figures", "figures")
+
+
 def test_a_bad_executor_spec_fails_before_running(tmp_path, capsys):
     write_notebook(tmp_path / "00_a.ipynb", PARAMS + "\nexecutor = None")
     argv = ["--notebooks", str(tmp_path), "--output", str(tmp_path / "out"), "--device", "cpu"]
     assert reproduce.main(argv + ["--executor", "local:zero"]) == 2
     assert "--executor: executor must be 'local:N'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_dask_scheduler_fails_in_seconds_with_one_line_before_running(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    write_notebook(tmp_path / "00_a.ipynb", PARAMS + "\nexecutor = None", "print('ran')")
+    argv = ["--notebooks", str(tmp_path), "--output", str(tmp_path / "out"), "--executor", "dask://127.0.0.1:1"]
+    start = time.perf_counter()
+    code = reproduce.main(argv)
+    seconds = time.perf_counter() - start
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --executor dask://127.0.0.1:1: cannot connect to 127.0.0.1:1: Connection refused"
+    ]
+    assert not (tmp_path / "out").exists()
+    assert seconds < 10, f"the check took {seconds:.1f} s"  # the ceiling the runner promises, not a benchmark
 
 
 def test_resolve_checkpoints_makes_existing_paths_absolute(tmp_path, monkeypatch):
@@ -178,14 +212,42 @@ def test_runs_the_fixture_with_the_given_parameters(tmp_path, monkeypatch, capsy
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert f"profile=smoke device=cpu checkpoint={checkpoint} n=1000" in printed
     assert not (tmp_path / "golden" / "01_other.ipynb").exists()
-    # The fixture writes ../figures relative to its working directory, the output folder.
-    figure = tmp_path / "figures" / "00_fixture__histogram.png"
+    # A smoke run writes its figures beside its notebooks: figures_dir "figures", relative to the output folder.
+    assert 'figures_dir = "figures"' in injected[0].source
+    figure = tmp_path / "golden" / "figures" / "00_fixture__histogram.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", figure.read_bytes()[16:24])
     assert (width, height) == (4 * 72, 3 * 72)
+    assert not (tmp_path / "figures").exists()
     assert "1 notebook(s), profile smoke, device cpu, kernel python3" in out
-    assert "figure figures/00_fixture__histogram.png" in out
+    assert "figures golden/figures" in out and "figure golden/figures/00_fixture__histogram.png" in out
     assert "-> golden/00_fixture.ipynb" in out
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """File name -> sha256 of every file under ``folder``."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_with_output_elsewhere_leaves_the_published_figures_byte_identical(tmp_path, monkeypatch):
+    """The issue's trap: --output one folder below the checkout made ``../figures`` the published figures/.
+
+    Here a copy of that layout (notebooks/, figures/ with a published figure, --output out) and the repository's own
+    figures/ both stay byte-identical; the run's figure lands in out/figures/.
+    """
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(FIXTURE, tmp_path / "notebooks")
+    published = tmp_path / "figures" / "00_fixture__histogram.png"
+    published.parent.mkdir()
+    published.write_bytes(b"the published full-profile figure")
+    before, repository = digests(tmp_path / "figures"), digests(FIGURES_DIR)
+    for profile in ["smoke", "full"]:
+        assert reproduce.main(["--profile", profile, "--output", "out", "--device", "cpu"]) == 0
+        assert digests(tmp_path / "figures") == before, f"--profile {profile} --output out wrote into figures/"
+    assert digests(FIGURES_DIR) == repository
+    assert (tmp_path / "out" / "figures" / "00_fixture__histogram.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_failing_notebook_stops_the_run_and_names_cell_error_and_partial_output(tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from wmqlib.sweep import OMIT_AT_DEFAULT, SweepError, canonical, config_key, flatten_config, sweep
+from wmqlib.validate import HOST
 
 # Shared by this process and the child that gets killed: five configs and a deterministic run function.
 SWEEP_SOURCE = '''
@@ -177,13 +178,10 @@ def test_key_config_and_provenance(tmp_path):
     assert len(calls) == 4  # other weights: other keys, recomputed
 
 
-def test_sweep_removes_stale_temporary_files_only(tmp_path):
+def test_sweep_removes_stale_temporary_files_only(tmp_path, stale_tmp):
     folder = tmp_path / "stale"
-    folder.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = folder / f"abc.json.{int(dead.stdout)}.tmp"
-    live = folder / f"abc.json.{os.getpid()}.tmp"
-    stale.write_text("{half")
+    stale = stale_tmp(folder / "abc.json")
+    live = folder / f"abc.json.{os.getpid()}@{HOST}.tmp"
     live.write_text("{half")
     sweep([{"bits": 4}], _counting([]), "stale", cache_dir=tmp_path, progress=False)
     assert not stale.exists() and live.exists()

@@ -1,14 +1,12 @@
 """wmqlib.validate: checks name the field and the allowed values; atomic writes leave whole files or none."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from wmqlib.validate import (
-    InvalidValue, atomic_path, atomic_write, check_bool, check_choice, check_float, check_int, check_type,
+    HOST, InvalidValue, atomic_path, atomic_write, check_bool, check_choice, check_float, check_int, check_type,
     remove_stale_tmp,
 )
 
@@ -76,13 +74,22 @@ def test_atomic_path_removes_tmp_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_remove_stale_tmp_keeps_live_writers(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"k.json.{int(dead.stdout)}.tmp"
-    live = tmp_path / f"k.json.{os.getpid()}.tmp"
+def test_remove_stale_tmp_keeps_live_writers_and_other_hosts(tmp_path, stale_tmp):
+    stale = stale_tmp(tmp_path / "k.json")
+    pid = stale.name.split(".")[2].split("@")[0]
+    live = tmp_path / f"k.json.{os.getpid()}@{HOST}.tmp"
+    elsewhere = tmp_path / f"k.json.{pid}@another-host.tmp"  # its pid cannot be checked from here
+    foreign = tmp_path / f"report.{pid}.tmp"  # not a name wmq writes
     other = tmp_path / "k.json"
-    for p in (stale, live, other):
+    for p in (live, elsewhere, foreign, other):
         p.write_text("x")
     assert remove_stale_tmp(tmp_path) == [stale]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, elsewhere, foreign, other))
     assert remove_stale_tmp(tmp_path / "missing") == []
+
+
+def test_every_atomic_write_removes_the_stale_tmp_in_its_folder(tmp_path, stale_tmp):
+    leftovers = [stale_tmp(tmp_path / "a.json"), stale_tmp(tmp_path / "b.safetensors")]
+    atomic_write(tmp_path / "a.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert not any(p.exists() for p in leftovers)

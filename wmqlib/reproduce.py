@@ -4,8 +4,9 @@ The runner finds ``notebooks/[0-9][0-9]_*.ipynb`` by pattern (sorted by name, ne
 selected notebook before executing any of them, then executes them one by one and stops at the first failure.
 
 Parameters. Every notebook has one cell tagged ``parameters`` holding plain literals. The runner always passes
-``profile`` and ``device``, ``checkpoint`` only when ``--checkpoint`` is given and ``executor`` (a Dask spec,
-``local:N`` or ``dask://HOST:PORT``, see ``wmqlib.cluster``) only when ``--executor`` is; each passed name must be
+``profile`` and ``device``, ``checkpoint`` only when ``--checkpoint`` is given, ``executor`` (a Dask spec,
+``local:N`` or ``dask://HOST:PORT``, see ``wmqlib.cluster``) only when ``--executor`` is, and ``figures_dir`` when the
+notebook declares it and the run is not the published one (below); each other passed name must be
 declared in the notebook's parameters cell (papermill would otherwise inject a variable nothing reads, so a
 checkpoint could be silently ignored). A checkpoint that exists as a path is passed as an absolute path, anything
 else (a short name such as ``mini-wall``) as given. A notebook whose declared ``checkpoint`` default is a list
@@ -14,15 +15,17 @@ receives a list; any other notebook takes exactly one checkpoint.
 Profiles: the study's table (``wmqlib.study.PROFILES``: ``full``, ``paper``, ``smoke``). Each executed notebook is
 written back in place, except for ``smoke``, written to ``tests/notebooks`` (the golden notebooks that
 ``pytest --nbval-lax`` checks) and run on ``cpu`` unless ``--device`` says otherwise, so the goldens hold the same
-numbers on every machine.
+numbers on every machine (up to a float's last printed digit, which tests/notebooks/conftest.py tolerates).
 
-Working directory. A notebook runs in the folder its executed copy is written to, as JupyterLab and nbval run it.
-Figures are written by the notebooks to ``../figures`` relative to that folder: ``figures/`` for the full and paper
-profiles, ``tests/figures/`` for the goldens, so a smoke run never overwrites the published figures. The runner reports the
-files in that folder that a notebook created or changed.
+Working directory and figures. A notebook runs in the folder its executed copy is written to, as JupyterLab and
+nbval run it. Only the published run - the full profile written back in place - keeps the notebooks' own
+``figures_dir = "../figures"``, the repository's ``figures/``. Every other run (smoke, paper, any ``--output``
+elsewhere) passes ``figures_dir = "figures"``, relative to that folder, so its figures land in ``<output>/figures/``
+beside its notebooks and never overwrite the published ones. The runner reports the files in that folder that a
+notebook created or changed.
 
-Exit status: 0 when every notebook ran (or there were none), 1 when a notebook failed, 2 for a bad invocation or a
-notebook that fails the checks (nothing is executed then).
+Exit status: 0 when every notebook ran (or there were none), 1 when a notebook failed, 2 for a bad invocation, a
+notebook that fails the checks or a ``dask://`` executor that cannot be reached (nothing is executed then).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_NOTEBOOKS = Path("notebooks")
 DEFAULT_GOLDENS = Path("tests/notebooks")
 DEFAULT_KERNEL = "python3"
+PUBLISHED_PROFILE = "full"  # the only profile whose run in place writes the repository's figures/
+OWN_FIGURES = "figures"  # figures_dir of every other run: relative to the notebook's working directory, its output
 # Lines of the failing cell's source shown in the failure report.
 EXCERPT_LINES = 6
 
@@ -132,11 +137,13 @@ def declared_parameters(path: str | Path) -> dict[str, object]:
 
 
 def notebook_parameters(
-    path: Path, profile: str, device: str, checkpoints: Sequence[str] | None, executor: str | None = None
+    path: Path, profile: str, device: str, checkpoints: Sequence[str] | None, executor: str | None = None,
+    figures_dir: str | None = None,
 ) -> dict[str, object]:
     """Build the papermill parameters for one notebook, checked against its parameters cell.
 
-    ``executor`` (a spec string) is passed only when given, like the checkpoints.
+    ``executor`` (a spec string) is passed only when given, like the checkpoints; ``figures_dir`` only when given and
+    declared (a notebook that declares none draws no figure through it).
 
     Raises ReproduceError naming the notebook and every parameter it does not declare, or when several
     checkpoints are given to a notebook whose ``checkpoint`` is a single value.
@@ -156,6 +163,8 @@ def notebook_parameters(
     if executor is not None:
         parameters["executor"] = executor
     missing = [name for name in parameters if name not in declared]
+    if figures_dir is not None and "figures_dir" in declared:
+        parameters["figures_dir"] = figures_dir
     if missing:
         raise ReproduceError(
             f"{path.name}: its parameters cell does not declare {', '.join(missing)} "
@@ -172,12 +181,13 @@ def resolve_checkpoints(checkpoints: Sequence[str] | None) -> list[str] | None:
 
 
 def check_executor(spec: str | None) -> None:
-    """Fail early on a malformed ``--executor`` spec, or one given where Dask distributed is not installed."""
+    """Fail early on a malformed ``--executor`` spec, one given where Dask distributed is not installed, or a
+    ``dask://`` scheduler that cannot be reached (``wmqlib.cluster.check_scheduler``: seconds, not minutes)."""
     if spec is None:
         return
     import importlib.util
 
-    from wmqlib.cluster import parse_spec
+    from wmqlib.cluster import check_scheduler, parse_spec
 
     try:
         parse_spec(spec)
@@ -185,6 +195,21 @@ def check_executor(spec: str | None) -> None:
         raise ReproduceError(f"--executor: {err}")
     if importlib.util.find_spec("distributed") is None:
         raise ReproduceError(f"--executor {spec}: Dask distributed is not installed; pip install 'wmq[cluster]'")
+    try:
+        check_scheduler(spec)
+    except OSError as err:
+        raise ReproduceError(f"--executor {spec}: {err}")
+
+
+def figures_folder(profile: str, notebooks: Path, output: Path) -> tuple[Path, str | None]:
+    """(where this run's figures go, the ``figures_dir`` to pass or None to keep the notebooks' ``../figures``).
+
+    Only the published run, profile ``full`` written back into its notebooks folder, writes ``<notebooks>/../figures``
+    (the repository's ``figures/``); any other run writes ``<output>/figures``.
+    """
+    if profile == PUBLISHED_PROFILE and output.resolve() == notebooks.resolve():
+        return output.resolve().parent / "figures", None
+    return output.resolve() / OWN_FIGURES, OWN_FIGURES
 
 
 def kernel_interpreter(kernel_name: str) -> str:
@@ -323,7 +348,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output", type=Path, default=None,
-        help=f"folder for executed notebooks (default: the notebooks folder for full, {DEFAULT_GOLDENS} for smoke)",
+        help=f"folder for executed notebooks (default: the notebooks folder for full, {DEFAULT_GOLDENS} for smoke); "
+             f"figures go to its figures/ subfolder, except for the full profile in place (the repository's figures/)",
     )
     parser.add_argument(
         "--kernel", default=DEFAULT_KERNEL,
@@ -338,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     golden = args.profile == GOLDEN_PROFILE
     device = args.device or ("cpu" if golden else "auto")
     output_dir = args.output or (DEFAULT_GOLDENS if golden else args.notebooks)
-    figures_dir = output_dir.resolve().parent / "figures"
+    figures_dir, figures_parameter = figures_folder(args.profile, args.notebooks, output_dir)
     try:
         notebooks = discover(args.notebooks)
         if not notebooks:
@@ -349,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems, plan = [], []
         for path in notebooks:
             try:
-                plan.append((path, notebook_parameters(path, args.profile, device, checkpoints, args.executor)))
+                plan.append((path, notebook_parameters(path, args.profile, device, checkpoints, args.executor,
+                                                       figures_parameter)))
             except ReproduceError as err:
                 problems.append(str(err))
         if problems:
@@ -363,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(
         f"{len(plan)} notebook(s), profile {args.profile}, device {device}, "
-        f"kernel {args.kernel} ({interpreter}), output {_shown(output_dir)}"
+        f"kernel {args.kernel} ({interpreter}), output {_shown(output_dir)}, figures {_shown(figures_dir)}"
     )
     if Path(interpreter).resolve() != Path(sys.executable).resolve():
         print(f"warning: kernel {args.kernel} runs {interpreter}, not {sys.executable}", file=sys.stderr)

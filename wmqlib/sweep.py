@@ -13,8 +13,8 @@ hash of the configuration's canonical JSON (dataclasses become dicts tagged with
 SIGKILL) resumes where it stopped, without losing or duplicating rows. Files are never appended to or edited;
 a file that fails its checksum is moved aside to ``<key>.json.corrupt``, reported with a warning and recomputed.
 The returned table is always read back from the cache files, so a resumed sweep returns exactly the table an
-uninterrupted one would. Temporary files left by a killed run (``<key>.json.<pid>.tmp`` of a process that no longer
-runs) are removed when a sweep starts on the folder.
+uninterrupted one would. Temporary files left by a killed run (``<key>.json.<pid>@<host>.tmp`` of a process of this
+host that no longer runs) are removed when a sweep starts on the folder.
 
 Configurations run one by one in this process, or as tasks of a ``concurrent.futures.Executor`` (or a Dask cluster,
 ``"local:2"`` / ``"dask://HOST:PORT"``, see ``wmqlib.cluster``) whose results come back: only this process writes.

@@ -4,10 +4,13 @@ Every check raises :class:`InvalidValue` (a ``ValueError`` and a ``TypeError`` a
 with a message of one shape: ``<field> must be <what is allowed>, got <value>``. Every check returns the value
 normalised (numpy integers -> int, ints -> float where a float is asked for), so it can be used inline.
 
-Atomic writes: ``atomic_write(path, data)`` writes to ``<name>.<pid>.tmp`` in the same folder, fsyncs and renames,
-so a reader (or a run killed at any moment, even by SIGKILL) sees the whole old file, the whole new file or none;
-``atomic_path(path)`` does the same for writers that need a path of their own (safetensors, numpy).
-``remove_stale_tmp(folder)`` removes the temporary files such writes leave when their process was killed.
+Atomic writes: ``atomic_write(path, data)`` writes to ``<name>.<pid>@<host>.tmp`` in the same folder, fsyncs and
+renames, so a reader (or a run killed at any moment, even by SIGKILL) sees the whole old file, the whole new file or
+none; ``atomic_path(path)`` does the same for writers that need a path of their own (safetensors, numpy).
+``remove_stale_tmp(folder)`` removes the temporary files such writes leave when their process was killed; every
+atomic write calls it on its folder first, so calibrations, checkpoints, datasets, cards and sweep results never
+keep a killed writer's leftovers. The host in the name keeps a folder shared by machines safe: only this machine's
+temporaries are judged by their pid, since another machine's pid cannot be checked from here.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import math
 import os
 import re
+import socket
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +28,8 @@ import numpy as np
 
 T = TypeVar("T")
 TMP_SUFFIX = ".tmp"
-_TMP_NAME = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)\.tmp$")
+HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "localhost"  # as written in temporary names
+_TMP_NAME = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)\.tmp$")
 
 
 class InvalidValue(TypeError, ValueError):
@@ -99,16 +104,17 @@ def _bounds(minimum: int | None, maximum: int | None) -> str:
 # ----- atomic files -------------------------------------------------------------------------------------------------
 
 def tmp_path(path: Path) -> Path:
-    """The temporary name ``atomic_path`` writes ``path`` under: ``<name>.<pid>.tmp`` (same folder, same disk)."""
-    return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    """The temporary name ``atomic_path`` writes ``path`` under: ``<name>.<pid>@<host>.tmp`` (same folder and disk)."""
+    return path.with_name(f"{path.name}.{os.getpid()}@{HOST}{TMP_SUFFIX}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it is fsynced and renamed onto ``path``,
-    on an exception it is removed. The folder is created when missing."""
+    on an exception it is removed. The folder is created when missing, else cleared of stale temporaries first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path.parent)
     tmp = tmp_path(path)
     try:
         yield tmp
@@ -129,9 +135,11 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 
 
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
-    """Remove ``<name>.<pid>.tmp`` files in ``folder`` whose writing process no longer runs (killed mid-write).
+    """Remove ``<name>.<pid>@<host>.tmp`` files in ``folder`` written on this host by a process that no longer runs
+    (killed mid-write).
 
-    Files of a live process (another run writing into the same folder now) are left alone. Returns what was removed.
+    Files of a live process (another run writing into the same folder now) and of other hosts are left alone.
+    Returns what was removed.
     """
     removed = []
     folder = Path(folder)
@@ -139,7 +147,7 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = _TMP_NAME.match(entry.name)
-        if match is None or not entry.is_file() or _alive(int(match["pid"])):
+        if match is None or match["host"] != HOST or not entry.is_file() or _alive(int(match["pid"])):
             continue
         with contextlib.suppress(FileNotFoundError):
             entry.unlink()

@@ -37,6 +37,12 @@ def test_round_trip_is_bit_exact(tiny_model: WorldModel, tmp_path: Path) -> None
         assert torch.equal(tiny_model.rollout(z0, actions)["visual"], loaded.rollout(z0, actions)["visual"])
 
 
+def test_saving_removes_the_leftover_of_a_killed_save(tiny_model: WorldModel, tmp_path: Path, stale_tmp) -> None:
+    leftover = stale_tmp(tmp_path / "m" / "model.safetensors")
+    folder = save_world_model(tiny_model, tmp_path / "m")
+    assert not leftover.exists() and sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
 def test_bf16_round_trip_keeps_dtypes(tiny_model: WorldModel, tmp_path: Path) -> None:
     model = tiny_model.to(torch.bfloat16)
     loaded = load_world_model(save_world_model(model, tmp_path / "bf16"))

@@ -65,9 +65,11 @@ def test_hooks_are_removed_on_exit(toy_model, calib_inputs):
     assert all(not m._forward_pre_hooks for m in toy_model.modules())
 
 
-def test_save_load_round_trip(toy_model, calib_inputs, tmp_path):
+def test_save_load_round_trip(toy_model, calib_inputs, tmp_path, stale_tmp):
     calib = capture(toy_model, calib_inputs.split(4), max_tokens=20, max_sequences=2, seed=3)
+    leftover = stale_tmp(tmp_path / "calib.safetensors")  # a save killed mid-write
     loaded = Calibration.load(calib.save(tmp_path / "calib.safetensors"))
+    assert not leftover.exists() and [p.name for p in tmp_path.iterdir()] == ["calib.safetensors"]
     assert loaded.linears == calib.linears and loaded.units == calib.units
     assert (loaded.max_tokens, loaded.max_sequences, loaded.seed) == (20, 2, 3)
     for name in calib.linears:
