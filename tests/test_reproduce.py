@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from wmqlib import reproduce
+from wmqlib import pairs, reproduce
 from wmqlib.paths import FIGURES_DIR
 from wmqlib.reproduce import ReproduceError
 
@@ -280,3 +280,16 @@ def test_profiles_come_from_the_study_table(tmp_path, capsys):
     with pytest.raises(SystemExit) as bad:
         reproduce.main(["--notebooks", str(tmp_path / "nb"), "--profile", "huge"])
     assert bad.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_a_notebook_written_in_place_gets_its_text_pair(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(FIXTURE, notebooks)
+    assert reproduce.main(["--profile", "smoke", "--output", "elsewhere"]) == 0
+    assert not list((tmp_path / "elsewhere").glob("*.py"))  # a copy elsewhere is not a committed notebook
+    assert reproduce.main(["--profile", "smoke", "--output", "notebooks"]) == 0
+    pair = notebooks / "00_fixture.py"
+    assert pair.read_text() == pairs.text_of(notebooks / "00_fixture.ipynb")
+    assert "injected-parameters" in pair.read_text()

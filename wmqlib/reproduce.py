@@ -24,6 +24,8 @@ elsewhere) passes ``figures_dir = "figures"``, relative to that folder, so its f
 beside its notebooks and never overwrite the published ones. The runner reports the files in that folder that a
 notebook created or changed.
 
+Text pairs. A notebook written back in place also gets its ``py:percent`` text pair rewritten (``wmqlib.pairs``).
+
 Exit status: 0 when every notebook ran (or there were none), 1 when a notebook failed, 2 for a bad invocation, a
 notebook that fails the checks or a ``dask://`` executor that cannot be reached (nothing is executed then).
 """
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from wmqlib import pairs
 from wmqlib.study import PROFILES
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -408,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(describe_failure(path, output, err), file=sys.stderr)
             return 1
         print(f"      {run.seconds:.1f} s -> {_shown(run.output)}")
+        if output_dir.resolve() == args.notebooks.resolve():  # written in place: keep its reviewable text pair
+            print(f"      text pair {_shown(pairs.sync(run.output))}")
         for figure in run.figures:
             print(f"      figure {_shown(figure)}")
     print(f"done: {len(plan)} notebook(s) in {time.perf_counter() - total:.1f} s")
