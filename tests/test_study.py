@@ -66,11 +66,13 @@ def test_profile_setting_sizes_everything(tiny):
     assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
     assert gd.trace  # MPC settings give one row per round
     assert not p.setting(tiny, device="cpu", planner="GD").trace  # open-loop GD is not traced
-    with pytest.raises(ValueError, match=r"planner must be one of \['CEM', 'CEM-protocol', 'GD'\]"):
+    with pytest.raises(ValueError, match=r"planner must be one of \['CEM', 'GD'\]"):  # the planner table's names
         p.setting(tiny, planner="MPPI")
     with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
         p.setting(tiny, planner="GD", long=True)
-    protocol = p.setting(tiny, device="cpu", planner="CEM-protocol")
+    with pytest.raises(ValueError, match="planner 'GD' has no protocol"):
+        p.setting(tiny, planner="GD", protocol=True)
+    protocol = p.setting(tiny, device="cpu", protocol=True)
     assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=Wall.plan_opt_steps)
     assert protocol.trace and protocol.calib_planner == short.calib_planner
 

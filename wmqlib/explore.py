@@ -43,6 +43,7 @@ from wmqlib.caches import CACHES, Caches
 from wmqlib.envs import env_class
 from wmqlib.models import available_checkpoints
 from wmqlib.paths import RESULTS_DIR
+from wmqlib.plan import parse_planning
 from wmqlib.plots import frame_strip
 from wmqlib.setting import SCOPES, Setting
 from wmqlib.stats import success_curve, wilson_interval
@@ -50,7 +51,7 @@ from wmqlib.sweep import SweepError, config_key
 from wmqlib.quant import recipe_types
 from wmqlib.validate import InvalidValue, check_int
 
-PLANNERS = ("CEM", "MPC-CEM", "GD")
+PLANNING = ("CEM", "MPC-CEM", "GD")  # planning names (wmqlib.plan.planning_name): open-loop CEM, in MPC, open-loop GD
 ACT_BITS = ("none", 8, 6, 4)
 W_GRANULARITIES = ("per-channel", "per-group", "per-tensor")
 A_GRANULARITIES = ("per-tensor", "per-token")
@@ -121,7 +122,7 @@ class Explorer:
             "act_bits": dropdown(options=ACT_BITS, value="none", description="activation bits"),
             "act_granularity": dropdown(options=A_GRANULARITIES, description="activations"),
             "scope": dropdown(options=SCOPES, description="scope"),
-            "planner": dropdown(options=PLANNERS, description="planner"),
+            "planner": dropdown(options=PLANNING, description="planner"),
             "budget": number(value=self.profile.steps(env), description="budget (iters)"),
             "n_evals": number(value=self.profile.n_evals, description="episodes (n)",
                               tooltip="evaluation episodes; fewer (smoke: 3) give a quick answer under its own key"),
@@ -189,13 +190,11 @@ class Explorer:
         budget = check_int("budget", self._value("budget"), 1)
         n = check_int("episodes (n)", self._value("n_evals"), 1)
         check_int("episode shown", self._value("episode"), 0, n - 1, why=" (an index into the evaluation episodes)")
-        planner = self._value("planner")
+        planner, mpc = parse_planning(self._value("planner"))
         sized = lambda s: dataclasses.replace(s, planner=dataclasses.replace(s.planner, opt_steps=budget),  # noqa: E731
                                               n_evals=n)
-        if planner == "GD":
-            return [(sized(self._base(checkpoint, recipe, scope, planner="GD")), None)]
-        exact = sized(self._base(checkpoint, recipe, scope, mpc=planner == "MPC-CEM"))
-        if planner == "MPC-CEM":
+        exact = sized(self._base(checkpoint, recipe, scope, planner=planner.name, mpc=mpc))
+        if mpc or planner.name != "CEM":  # untraced: GD; MPC: read at its last round
             return [(exact, None)]
         long = dataclasses.replace(self._base(checkpoint, recipe, scope, long=True), n_evals=n)
         return ([(long, budget)] if budget <= self.profile.trace_steps else []) + [(exact, budget)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from wmqlib.evaluate import CALIB_SOURCES
 from wmqlib.models import resolve_device
-from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
+from wmqlib.plan import CEMConfig, MPCConfig, ObjectiveConfig, PlannerConfig, check_planner
 from wmqlib.quant import Recipe, recipe_types
 from wmqlib.sweep import OMIT_AT_DEFAULT
 from wmqlib.validate import InvalidValue, check_bool, check_choice, check_int, check_type
@@ -29,7 +29,8 @@ class Setting:
     checkpoint: shipped model name ("mini-wall", "mini-pusht") or a wmq checkpoint folder.
     recipe: a ``wmqlib.quant`` recipe, or None for the full-precision model.
     scope: "all" | "encoder" | "predictor": which quantization points get the recipe (FP needs "all").
-    planner: CEMConfig or GDConfig. mpc: MPCConfig, or None for open-loop (plan once, execute the whole plan).
+    planner: a planner's config (``wmqlib.plan.PLANNERS``: CEMConfig, GDConfig). mpc: MPCConfig, or None for
+        open-loop (plan once, execute the whole plan).
     n_evals: evaluation episodes ("eval" split); seed: episode seed (DINO-WM: 99, >= 2); goal_H: goal horizon in
         model steps. trace: one row per (episode, planner iteration) of the first planning round.
     n_calib: calibration episodes ("calib" split, same seed); calib_planner: the FP CEM planner of the calibration
@@ -61,7 +62,7 @@ class Setting:
     checkpoint: str
     recipe: Recipe | None = None
     scope: str = "all"
-    planner: CEMConfig | GDConfig = CEMConfig(opt_steps=10)
+    planner: PlannerConfig = CEMConfig(opt_steps=10)
     mpc: MPCConfig | None = None
     n_evals: int = 50
     seed: int = 99
@@ -87,7 +88,7 @@ class Setting:
         if self.recipe is None and self.scope != "all":
             raise ValueError(f"Setting.scope must be 'all' for the full-precision model (recipe=None), got "
                              f"{self.scope!r}")
-        check_type("Setting.planner", self.planner, (CEMConfig, GDConfig), "a CEMConfig or GDConfig")
+        check_planner("Setting.planner", self.planner)
         if self.mpc is not None:
             check_type("Setting.mpc", self.mpc, MPCConfig, "an MPCConfig or None")
         check_int("Setting.n_evals", self.n_evals, 1)

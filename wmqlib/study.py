@@ -49,14 +49,13 @@ from wmqlib.envs import env_class
 from wmqlib.models.errors import CheckpointError
 from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.paths import RESULTS_DIR
-from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
+from wmqlib.plan import PLANNERS, CEMConfig, GDConfig, MPCConfig, ObjectiveConfig, PlannerConfig, planning_name
 from wmqlib.probe import outlier_stats, probe_model
 from wmqlib.quant import Recipe, is_quantwm_reference, recipe_from_names, recipe_types
 from wmqlib.sweep import config_key, sweep
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
 UNITS = ("planner_seed", "episode_seed")  # one paired unit: an episode planned with one planner seed
-PLANNERS = ("CEM", "CEM-protocol", "GD")
 
 
 def group_size_for(encoder_dim: int) -> int:
@@ -114,9 +113,7 @@ def describe(setting: Setting) -> dict[str, Any]:
         kind = r.w_granularity.name
         weights = f"g{r.w_granularity.group_size}" if kind == "per-group" else kind
         acts = "-" if r.a_bits is None else r.a_granularity.name
-    planning = type(setting.planner).__name__.removesuffix("Config")
-    if setting.mpc is not None:
-        planning = f"MPC-{planning}"
+    planning = planning_name(setting.planner, mpc=setting.mpc is not None)
     sizes = f" {setting.planner.samples}/{setting.planner.topk}" if isinstance(setting.planner, CEMConfig) else ""
     configuration = "-" if r is None else "QuantWM" if is_quantwm_reference(r) else "wmq"
     n_overrides = len(setting.overrides or ())
@@ -346,27 +343,28 @@ class Profile:
 
     def setting(self, checkpoint: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
-                planner_seed: int = 0, objective: ObjectiveConfig | None = None, sampler: str | None = None,
-                overrides: Mapping[str, Recipe] | Sequence[tuple[str, Recipe]] | None = None,
+                protocol: bool = False, planner_seed: int = 0, objective: ObjectiveConfig | None = None,
+                sampler: str | None = None, overrides: Mapping[str, Recipe] | Sequence[tuple[str, Recipe]] | None = None,
                 calib_rounds: int = CALIB_MPC_ROUNDS, calib_source: str = "planning",
                 caches: Caches = CACHES) -> Setting:
         """A ``Setting`` sized by this profile.
 
-        planner: "CEM" (the profile's samples / topk), "CEM-protocol" (DINO-WM's 300 samples / top 30 at the env's
-        protocol budget, Wall 10 / PushT 30 iterations, whatever the profile) or "GD"; mpc: closed loop with
-        ``mpc_rounds`` rounds. Open-loop CEM is always traced (the trace costs no planning and gives success vs
-        iterations for free), with ``trace_steps`` iterations when ``long`` else ``steps(env)``; MPC settings
-        always give one row per round (success vs rounds); open-loop GD is not traced. planner_seed, objective,
-        sampler, overrides, calib_rounds, calib_source: as in ``Setting``. The checkpoint's env is read (once per
-        process) to size the planner.
+        planner: a name of ``wmqlib.plan.PLANNERS``: "CEM" (the profile's samples / topk) or "GD" (``gd_steps``
+        updates); protocol: CEM sized by DINO-WM's protocol instead (300 samples / top 30 at the env's budget, Wall
+        10 / PushT 30 iterations, whatever the profile); mpc: closed loop with ``mpc_rounds`` rounds. Open-loop CEM
+        is always traced (the trace costs no planning and gives success vs iterations for free), with
+        ``trace_steps`` iterations when ``long`` else ``steps(env)``; MPC settings always give one row per round
+        (success vs rounds); open-loop GD is not traced. planner_seed, objective, sampler, overrides, calib_rounds,
+        calib_source: as in ``Setting``. The checkpoint's env is read (once per process) to size the planner.
         """
-        check_choice("planner", planner, PLANNERS)
-        if long and (planner != "CEM" or mpc):
+        check_choice("planner", planner, list(PLANNERS))
+        if long and (planner != "CEM" or mpc or protocol):
             raise ValueError("long=True applies to open-loop CEM with the profile's sizes (planner='CEM') only")
+        if protocol and planner != "CEM":
+            raise ValueError(f"protocol=True sizes CEM by DINO-WM's protocol; planner {planner!r} has no protocol")
         env = caches.checkpoint(checkpoint)[1]
-        chosen: CEMConfig | GDConfig = {
-            "CEM": lambda: self.cem(env, trace=long),
-            "CEM-protocol": lambda: CEMConfig(opt_steps=env_class(env).plan_opt_steps),
+        chosen: PlannerConfig = {
+            "CEM": lambda: CEMConfig(opt_steps=env_class(env).plan_opt_steps) if protocol else self.cem(env, long),
             "GD": lambda: GDConfig(opt_steps=self.gd_steps)}[planner]()
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
                        mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
