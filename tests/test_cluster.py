@@ -150,7 +150,8 @@ def test_executor_results_are_written_in_completion_order_table_in_config_order(
     pd.testing.assert_frame_equal(table, serial(tmp_path))
     seen = executor.seen + [executor.written()]  # as the driver took each result, and at the end
     assert seen[0] == set() and all(len(after - before) == 1 for before, after in zip(seen, seen[1:]))
-    assert [(after - before).pop() for before, after in zip(seen, seen[1:])] == [config_key(c) for c in reversed(CONFIGS)]
+    order = [(after - before).pop() for before, after in zip(seen, seen[1:])]
+    assert order == [config_key(c) for c in reversed(CONFIGS)]
 
 
 def test_progress_counts_cached_and_finished_configs(tmp_path, capsys):

@@ -36,7 +36,8 @@ def test_plan_dispatches_on_the_config_type(quadratic):
     seeds = [3, 11, 42]
     cost = quadratic(seeds)
     cfg = CEMConfig(opt_steps=3, samples=20, topk=4)
-    assert torch.equal(plan(cost, cfg, make_generators(seeds), 4).plans, cem(cost, cfg, make_generators(seeds), 4).plans)
+    assert torch.equal(plan(cost, cfg, make_generators(seeds), 4).plans,
+                       cem(cost, cfg, make_generators(seeds), 4).plans)
     assert torch.equal(plan(cost, GDConfig(opt_steps=2), make_generators(seeds), 4).plans,
                        gd(cost, GDConfig(opt_steps=2), make_generators(seeds), 4).plans)
     with pytest.raises(TypeError, match="cfg must be a CEMConfig or GDConfig, got dict"):
