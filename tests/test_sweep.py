@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 
 from sweep_child import make_configs, rows
-from wmqlib.sweep import OMIT_AT_DEFAULT, SweepError, canonical, config_key, flatten_config, sweep
+from wmqlib.sweep import (
+    OMIT_AT_DEFAULT, SweepError, added_field, canonical, config_key, flatten_config, sweep, without_defaults,
+)
 
 CHILD = Path(__file__).with_name("sweep_child.py")  # the sweep a test SIGKILLs, and its configs and rows
 
@@ -114,16 +116,24 @@ class _Grown:
     """_Recipe after a field was added: the new field is keyed only when it leaves its default."""
     w_bits: int
     scope: tuple = ("encoder",)
-    rotation: str = dataclasses.field(default="none", metadata={OMIT_AT_DEFAULT: True})
+    rotation: str = added_field("none")
 
 
-def test_a_field_marked_omit_at_default_keeps_old_keys():
+def test_an_added_field_keeps_old_keys():
     assert canonical(_Grown(4)) == {"__type__": "_Grown", "w_bits": 4, "scope": ["encoder"]}
     assert config_key({"recipe": _Grown(4)}) == config_key({"recipe": _Grown(4, ("encoder",), "none")})
     assert config_key({"recipe": _Grown(4, rotation="hadamard")}) != config_key({"recipe": _Grown(4)})
     assert canonical(_Grown(4, rotation="hadamard"))["rotation"] == "hadamard"
     assert flatten_config({"recipe": _Grown(4)}) == {"recipe": "_Grown", "recipe.w_bits": 4,
                                                      "recipe.scope": '["encoder"]'}
+    assert dataclasses.fields(_Grown)[2].metadata[OMIT_AT_DEFAULT]
+
+
+def test_a_dict_of_key_fields_leaves_out_the_same_way():
+    fields = {"env": "wall", "source": "planning", "rounds": 2}
+    assert without_defaults(fields, {"source": "planning"}) == {"env": "wall", "rounds": 2}
+    assert without_defaults({**fields, "source": "random"}, {"source": "planning"})["source"] == "random"
+    assert list(without_defaults(fields, {})) == ["env", "source", "rounds"]  # order kept
 
 
 def test_sweep_bad_input(tmp_path):
