@@ -119,7 +119,8 @@ def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes
 
     model: a PlanningModel (WorldModel, a quantized copy, ...); planning runs on its device and dtype.
     env: a wmqlib.envs WmqEnv matching the episodes' env name.
-    planner: a planner's config (``wmqlib.plan.PLANNERS``). episodes: wmqlib.envs Episode list (start_state, goal_state, seed, env).
+    planner: a planner's config (``wmqlib.plan.PLANNERS``). episodes: wmqlib.envs Episode list (start_state,
+    goal_state, seed, env).
     mpc: receding-horizon settings; None = open loop (plan once, execute the whole plan).
     trace: return one row per (episode, iteration) of the first planning round instead of one per episode.
     objective: planning objective settings. chunk: max sequences per model rollout call.
@@ -325,7 +326,7 @@ def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episode
       r])``), from the encoded current state; one of them (the first) is then executed in ``env`` (from the
       state the last round ended in) to give the next round's state. The encoder sees the goals once, the states of
       every round and the final states, as in planning. ``planner`` must be a CEMConfig.
-    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.caches.training_sample``):
+    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.train.training_sample``):
       every frame through the encoder once, then every teacher-forcing window of DINO-WM's training (``num_hist``
       frames ``frameskip`` env steps apart, with their actions, at every start) through the predictor. ``env``,
       ``episodes``, ``planner`` and ``evaluate_kwargs`` are not used and must not be given.

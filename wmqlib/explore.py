@@ -45,9 +45,10 @@ from wmqlib.models import available_checkpoints
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import parse_planning
 from wmqlib.plots import frame_strip
+from wmqlib.profiles import default_group_size, make_profile
 from wmqlib.setting import SCOPES, Setting
 from wmqlib.stats import success_curve, wilson_interval
-from wmqlib.sweep import SweepError, config_key
+from wmqlib.sweep import SweepError
 from wmqlib.quant import recipe_types
 from wmqlib.validate import InvalidValue, check_int
 
@@ -87,7 +88,7 @@ class Explorer:
     """The explorer's widgets (``controls``, ``buttons``, ``message``, ``summary``, ``curve``, ``frames``, ``report``)
     and the methods that drive them: ``setting()``, ``refresh()``, ``run()``, ``show_episode()``.
 
-    profile: a ``study.PROFILES`` name; sizes: its fields to replace (as a notebook's parameters cell does).
+    profile: a ``wmqlib.profiles.PROFILES`` name; sizes: its fields to replace (as a notebook's parameters cell does).
     cache_dir, results_name: results in ``<cache_dir>/<results_name>-<profile>/`` (the notebooks': data/results,
     "study"), calibrations in ``<cache_dir>/calibration``. device, seed, samplers: as the notebooks' cells.
     checkpoint: the model selected first (shipped name or path). live: refresh whenever a control changes.
@@ -99,7 +100,7 @@ class Explorer:
     def __init__(self, profile: str = "full", cache_dir: str | Path = RESULTS_DIR, results_name: str = "study",
                  device: str = "auto", seed: int = 99, samplers: Mapping[str, str] | None = None,
                  checkpoint: str = "mini-wall", live: bool = True, **sizes: Any) -> None:
-        self.profile = st.make_profile(profile, **sizes)
+        self.profile = make_profile(profile, **sizes)
         if self.profile.threads is not None:  # as study.setup: results depend on the thread count
             torch.set_num_threads(self.profile.threads)
         self.cache_dir = Path(cache_dir)
@@ -110,7 +111,7 @@ class Explorer:
         self.result: dict[str, Any] | None = None
         self._baselines: dict[tuple[Any, ...], dict[str, dict[str, float]]] = {}
         self._quiet = False
-        env = self.caches.checkpoint(checkpoint)[1]
+        env = self.caches.checkpoint(checkpoint).env
         dropdown, number = widgets.Dropdown, widgets.IntText
         self.controls: dict[str, widgets.ValueWidget] = {
             "model": widgets.Combobox(value=str(checkpoint), options=available_checkpoints(), ensure_option=False,
@@ -118,7 +119,7 @@ class Explorer:
             "method": dropdown(options=["FP", *sorted(recipe_types())], value="FP", description="method"),
             "bits": number(value=4, description="weight bits"),
             "granularity": dropdown(options=W_GRANULARITIES, description="weights"),
-            "group_size": number(value=st.default_group_size(checkpoint), description="group size"),
+            "group_size": number(value=default_group_size(checkpoint), description="group size"),
             "act_bits": dropdown(options=ACT_BITS, value="none", description="activation bits"),
             "act_granularity": dropdown(options=A_GRANULARITIES, description="activations"),
             "scope": dropdown(options=SCOPES, description="scope"),
@@ -163,7 +164,7 @@ class Explorer:
         gran, group = self._value("granularity"), None
         if gran == "per-group":
             group = check_int("group size", self._value("group_size"), 1)
-            model = self.caches.model(self._base(self._value("model"), None, "all"))
+            model = st.prepare(self._base(self._value("model"), None, "all"), self.caches).fp
             widest = max(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
             if group > widest:
                 raise InvalidValue(f"group size {group} is wider than every weight row of {self._value('model')!r} "
@@ -174,10 +175,9 @@ class Explorer:
                                    None if a_bits is None else self._value("act_granularity"))
 
     def _base(self, checkpoint: str, recipe: Any, scope: str, **kwargs: Any) -> Setting:
-        env = self.caches.checkpoint(checkpoint)[1]
-        return self.profile.setting(checkpoint, self.device, self.seed, recipe=recipe, scope=scope,
-                                    sampler=env_class(env).check_sampler(self.samplers.get(env)), caches=self.caches,
-                                    **kwargs)
+        env = self.caches.checkpoint(checkpoint).env
+        return self.profile.setting(checkpoint, env, self.device, self.seed, recipe=recipe, scope=scope,
+                                    sampler=env_class(env).check_sampler(self.samplers.get(env)), **kwargs)
 
     def candidates(self) -> list[tuple[Setting, int | None]]:
         """The settings whose result answers the controls' choice, each with the budget to read it at (None: as
@@ -202,7 +202,7 @@ class Explorer:
     def _find(self, setting: Setting) -> Path | None:
         """The setting's result file: in the profile's folder, else in any other sweep folder of ``cache_dir`` (a
         key names one setting's result wherever it was run); None when no folder holds it."""
-        name = f"{config_key(self.caches.identity(setting))}.json"
+        name = f"{st.result_key(setting, self.caches)}.json"
         if (self.folder / name).is_file():
             return self.folder / name
         return next(iter(sorted(self.cache_dir.glob(f"*/{name}"))), None)
@@ -273,7 +273,7 @@ class Explorer:
                             caches=self.caches)
 
     def _baseline_rates(self, setting: Setting) -> dict[str, dict[str, float]]:
-        key = (self.caches.identity(setting)["model_sha"], setting.n_evals, setting.seed, setting.goal_H,
+        key = (self.caches.checkpoint(setting.checkpoint).model_sha, setting.n_evals, setting.seed, setting.goal_H,
                setting.sampler, setting.planner.horizon, setting.mpc)  # what fixes the episodes and the env steps
         if key not in self._baselines:
             outcomes = st.baseline_outcomes(setting, self.caches)
@@ -309,7 +309,7 @@ class Explorer:
         return _png(fig)
 
     def _show_report(self, setting: Setting) -> None:
-        _, report = self.caches.quantized(setting)
+        report = st.prepare(setting, self.caches).report
         self.report.value = (f"<b>per-layer report</b>: {report.effective_bits:.2f} bits/weight overall" +
                              report.table[list(REPORT_COLUMNS)].to_html(index=False, border=0,
                                                                         float_format=lambda v: f"{v:.3g}"))
@@ -394,7 +394,7 @@ class Explorer:
 
     def _defaults(self) -> None:
         checkpoint = str(self._value("model")).strip()
-        env = self.caches.checkpoint(checkpoint)[1]
-        self.controls["group_size"].value = st.default_group_size(checkpoint)
+        env = self.caches.checkpoint(checkpoint).env
+        self.controls["group_size"].value = default_group_size(checkpoint)
         self.controls["budget"].value = (self.profile.gd_steps if self._value("planner") == "GD"
                                          else self.profile.steps(env))

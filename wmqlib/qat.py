@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from wmqlib.caches import checkpoint_recipe
 from wmqlib.card import write_qat_card
 from wmqlib.envs import TrajectoryData, generate_dataset
 from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve_checkpoint, resolve_device, \
@@ -59,7 +58,7 @@ from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
-from wmqlib.train import TrainConfig, _fit, _frames_to_visual, data_policy, dataset_path
+from wmqlib.train import TrainConfig, _fit, _frames_to_visual, checkpoint_recipe, data_policy, dataset_path
 from wmqlib.validate import check_float, check_int, check_type
 
 HELDOUT_SEED_OFFSET = 1000  # the held-out dataset: the base recipe's, drawn with seed + this
@@ -245,7 +244,7 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     folder = resolve_checkpoint(checkpoint)
     fp = load_world_model(folder, device)
     fp.requires_grad_(False)
-    cfg = checkpoint_recipe(folder)
+    cfg = checkpoint_recipe(fp.provenance, folder)
     data, train_path = _dataset(cfg, Path(data_dir), progress)
     held_cfg = dataclasses.replace(cfg, seed=cfg.seed + HELDOUT_SEED_OFFSET, n_traj=min(cfg.n_traj, HELDOUT_TRAJ))
     held, held_path = _dataset(held_cfg, Path(data_dir), progress)
