@@ -87,3 +87,12 @@ def test_setup_resolves_samplers_and_settings_carry_them(tiny, capsys):
         pr.setup("smoke", [tiny], samplers={"pusht": "demo"})
     with pytest.raises(ValueError, match="sampler .*must be one of"):
         pr.setup("smoke", [tiny], samplers={"wall": "demo"})
+
+
+def test_setup_gives_the_fp_references_the_seeds_and_the_footer(tiny, capsys):
+    S = pr.setup("smoke", [tiny], device="cpu")
+    assert S.fp_settings() == {"wall": S.setting(tiny, long=True)}
+    assert S.planner_seeds("wall", ["wall"]) == S.profile.planner_seeds
+    assert S.planner_seeds("wall", []) == S.profile.planner_seeds[:1]
+    assert S.footer("00_baseline", 7).startswith("00_baseline: ") and ", profile smoke, 7 settings, torch threads " \
+        in S.footer("00_baseline", 7)

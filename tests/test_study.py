@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from wmqlib import stats
 from wmqlib import study as st
 from wmqlib.caches import Caches
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
@@ -210,6 +211,13 @@ def test_baseline_outcomes_are_series_by_episode_seed(tiny, caches):
     for series in out.values():
         assert series.index.name == "episode_seed" and list(series.index) == seeds
         assert series.dtype == bool
+
+
+def test_baseline_rates_are_the_success_table_of_each_settings_baselines(tiny, caches):
+    settings = [setting(tiny), setting(tiny, seed=3)]
+    rates = st.baseline_rates(settings, caches)
+    tables = pd.concat([st.baseline_table(s, caches=caches) for s in settings])
+    pd.testing.assert_frame_equal(rates, stats.success_table(tables, ["env", "baseline"]))
 
 
 def test_baselines_use_the_setting_episodes_and_budget(tiny, caches):

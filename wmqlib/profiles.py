@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +111,9 @@ class Profile:
 
     def recipe(self, method: str, w_bits: int, w_granularity: str = "per-channel", group_size: int | None = None,
                a_bits: int | None = None, a_granularity: str | None = None) -> Recipe:
-        """``recipe_from_names(...)`` with this profile's options for the method."""
+        """``recipe_from_names(...)`` with this profile's options for the method ("GPTQ+hadamard": GPTQ's)."""
         return recipe_from_names(method, w_bits, w_granularity, group_size, a_bits, a_granularity,
-                           **self.method_options.get(method, {}))
+                                 **self.method_options.get(method.partition("+")[0], {}))
 
     def setting(self, checkpoint: str, env: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
@@ -176,7 +177,7 @@ def make_profile(name: str, **overrides: Any) -> Profile:
 class Setup:
     """What a notebook's first cell needs: the profile, the checkpoints and their envs, the CEM budget per env
     (``{"wall": 10, ...}``), the results cache name (``<results_name>-<profile>``), whether to recompute, device,
-    episode seed and the episode sampler per env (``{"pusht": "demo", ...}``)."""
+    episode seed, the episode sampler per env (``{"pusht": "demo", ...}``) and when it started (perf_counter s)."""
 
     profile: Profile
     checkpoints: tuple[str, ...]
@@ -187,12 +188,27 @@ class Setup:
     device: str
     seed: int
     samplers: dict[str, str]
+    started: float = field(default_factory=time.perf_counter, compare=False)
 
     def setting(self, checkpoint: str, **kwargs: Any) -> Setting:
         """``profile.setting(checkpoint, <its env>, device, seed, sampler=<the env's>, **kwargs)``."""
         env = self.envs[self.checkpoints.index(str(checkpoint))]
         return self.profile.setting(checkpoint, env, self.device, self.seed,
                                     **{"sampler": self.samplers[env], **kwargs})
+
+    def fp_settings(self) -> dict[str, Setting]:
+        """Per env, the FP reference every notebook shares: open-loop CEM traced to ``trace_steps`` (``long``)."""
+        return {env: self.setting(checkpoint, long=True) for checkpoint, env in zip(self.checkpoints, self.envs)}
+
+    def planner_seeds(self, env: str, seeded_envs: Collection[str]) -> tuple[int, ...]:
+        """The profile's planner seeds for an env of ``seeded_envs``, only its first seed for the others."""
+        seeds = self.profile.planner_seeds
+        return seeds if env in seeded_envs else seeds[:1]
+
+    def footer(self, notebook: str, n_settings: int) -> str:
+        """A notebook's last line: its wall time since ``setup``, profile, settings and torch threads."""
+        return (f"{notebook}: {time.perf_counter() - self.started:.0f} s wall time, profile {self.profile.name}, "
+                f"{n_settings} settings, torch threads {torch.get_num_threads()}")
 
 
 def setup(profile: str, checkpoint: str | Sequence[str], device: str = "auto", seed: int = 99,
@@ -209,7 +225,8 @@ def setup(profile: str, checkpoint: str | Sequence[str], device: str = "auto", s
     chosen = dict(samplers or {})
     unknown = sorted(set(chosen) - set(envs))
     if unknown:
-        raise ValueError(f"samplers names envs {unknown} that no checkpoint is for; the checkpoints' envs: {list(envs)}")
+        raise ValueError(f"samplers names envs {unknown} that no checkpoint is for; the checkpoints' envs: "
+                         f"{list(envs)}")
     S = Setup(P, tuple(str(c) for c in checkpoints), envs, {env: P.steps(env) for env in envs},
               f"{results_name}-{P.name}", bool(recompute) or P.always_recompute, device, seed,
               {env: env_class(env).check_sampler(chosen.get(env)) for env in envs})

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from wmqlib import evaluate as ev
+from wmqlib import stats
 from wmqlib.caches import CACHES, Caches, provenance
 from wmqlib.envs import Episode, WmqEnv, make_env, sample_episodes
 from wmqlib.evaluate import collect_calibration
@@ -296,6 +297,12 @@ def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict
     p = prepare(setting, caches)
     return ev.imagine(p.model, p.fp, p.env, p.episodes[episode], setting.planner, seed=setting.planner_seed,
                       objective=setting.objective or ObjectiveConfig())
+
+
+def baseline_rates(settings: Sequence[Setting], caches: Caches = CACHES) -> pd.DataFrame:
+    """``stats.success_table`` by env and baseline of the settings' ``baseline_table``s (one setting per env: the
+    trivial baselines on its episodes with its planner's env-step budget)."""
+    return stats.success_table(pd.concat([baseline_table(s, caches=caches) for s in settings]), ["env", "baseline"])
 
 
 def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES) -> pd.DataFrame:

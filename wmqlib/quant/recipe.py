@@ -141,14 +141,17 @@ def recipe_from_names(method: str, w_bits: int, w_granularity: str = "per-channe
                 a_bits: int | None = None, a_granularity: str | None = None, **options: Any) -> Recipe:
     """A quantization recipe from plain names (as a notebook's parameters cell holds them).
 
-    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, GPTQ, ...);
-    w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
+    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, GPTQ, ...), with
+    ``+<rotation>`` for a rotated one ("GPTQ+hadamard": ``rotation="hadamard"``, see ``ROTATIONS``); w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
     weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
     method's dataclass (e.g. ``epochs`` for OmniQuant, ``act_order`` for GPTQ, ``rotation="hadamard"`` for RTN and
     GPTQ). Validated by the recipe.
     """
     methods = recipe_types()
+    method, plus, rotation = method.partition("+") if isinstance(method, str) else (method, "", "")
     check_choice("method", method, sorted(methods))
+    if plus:
+        options = {**options, "rotation": rotation}
     w_gran = granularity_from_name(w_granularity, "weight", group_size, "w_granularity")
     a_gran = None if a_granularity is None else granularity_from_name(a_granularity, "activation",
                                                                       field="a_granularity")
