@@ -16,7 +16,10 @@ from wmqlib.envs.base import WmqEnv, wrap_angle
 
 # PushT: the T's outline (union of bar and stem) in body coordinates, counter-clockwise in the screen frame.
 _T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], float)
-
+_EDGES = np.roll(_T_OUTLINE, -1, axis=0) - _T_OUTLINE  # (8, 2) each outline edge as a vector
+_EDGE_LEN = np.hypot(_EDGES[:, 0], _EDGES[:, 1])  # (8,)
+# Outward normals (8, 2): the outline runs counter-clockwise on screen (y down), so outward is (dy, -dx).
+_NORMALS = np.stack([_EDGES[:, 1], -_EDGES[:, 0]], axis=1) / _EDGE_LEN[:, None]
 
 
 def _steer(agent: np.ndarray, target: np.ndarray, limit: float, rng: np.random.Generator,
@@ -28,6 +31,16 @@ def _steer(agent: np.ndarray, target: np.ndarray, limit: float, rng: np.random.G
     if norm > limit:
         action *= limit / norm
     return np.clip(action + rng.normal(0.0, noise, 2), -physics.ACTION_LIMIT, physics.ACTION_LIMIT)
+
+
+def _close_in(policy: PushTPusher | PushTDemonstrator, state: np.ndarray, agent: np.ndarray) -> np.ndarray:
+    """The "close" phase both policies share: head for touching distance of the contact (world px, (2,)); push
+    once within 8 px of it or after 8 steps."""
+    target = policy._world(state, physics.AGENT_RADIUS + 3.0)
+    if np.hypot(*(target - agent)) < 8.0 or policy._steps > 8:
+        policy._phase, policy._steps = "push", 0
+    return target
+
 
 class PushTPusher:
     """A noisy scripted pusher that makes the T move and turn.
@@ -43,11 +56,6 @@ class PushTPusher:
                  wander_prob: float = 0.15) -> None:
         self.rng = rng
         self.max_action, self.noise, self.wander_prob = max_action, noise, wander_prob
-        edges = np.roll(_T_OUTLINE, -1, axis=0) - _T_OUTLINE
-        self._edge_len = np.hypot(edges[:, 0], edges[:, 1])
-        # Outward normals: the outline runs counter-clockwise on screen (y down), so outward is (dy, -dx).
-        self._normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) / self._edge_len[:, None]
-        self._edges = edges
         self._phase, self._steps = "plan", 0
 
     def _plan(self, state: np.ndarray) -> None:
@@ -57,10 +65,10 @@ class PushTPusher:
             self._duration = int(self.rng.integers(3, 9))
             return
         for _ in range(8):  # prefer contacts whose approach side is inside the arena
-            k = self.rng.choice(len(self._edges), p=self._edge_len / self._edge_len.sum())
+            k = self.rng.choice(len(_EDGES), p=_EDGE_LEN / _EDGE_LEN.sum())
             u = self.rng.uniform(0.1, 0.9)
-            self._contact = _T_OUTLINE[k] + u * self._edges[k]
-            self._normal = self._normals[k]
+            self._contact = _T_OUTLINE[k] + u * _EDGES[k]
+            self._normal = _NORMALS[k]
             if np.all((self._world(state, 60.0) > 30) & (self._world(state, 60.0) < 482)):
                 break
         self._push_turn = self.rng.normal(0.0, 0.3)
@@ -91,9 +99,7 @@ class PushTPusher:
             if np.hypot(*(target - agent)) < 12.0 or self._steps > 15:
                 self._phase, self._steps = "close", 0
         elif self._phase == "close":
-            target = self._world(state, physics.AGENT_RADIUS + 3.0)
-            if np.hypot(*(target - agent)) < 8.0 or self._steps > 8:
-                self._phase, self._steps = "push", 0
+            target = _close_in(self, state, agent)
         else:
             target = self._world(state, -40.0, push=True)
             if self._steps >= self._duration:
@@ -150,10 +156,6 @@ class PushTDemonstrator:
         self.max_action, self.noise, self.temperature = max_action, noise, temperature
         self.done_pos, self.done_angle = done_pos, done_angle
         self.goal = np.asarray(goal, dtype=np.float64)
-        edges = np.roll(_T_OUTLINE, -1, axis=0) - _T_OUTLINE
-        self._edge_len = np.hypot(edges[:, 0], edges[:, 1])
-        self._normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) / self._edge_len[:, None]
-        self._edges = edges
         self._phase, self._steps, self._duration = "plan", 0, 0
         self.done = False
 
@@ -166,19 +168,19 @@ class PushTDemonstrator:
     def _plan(self, state: np.ndarray) -> None:
         e_pos, e_ang = self._errors(state)
         k = _T_GYRATION
-        cand_edges = np.repeat(np.arange(len(self._edges)), 6)
+        cand_edges = np.repeat(np.arange(len(_EDGES)), 6)
         u = self.rng.uniform(0.1, 0.9, len(cand_edges))
-        local = _T_OUTLINE[cand_edges] + u[:, None] * self._edges[cand_edges]
+        local = _T_OUTLINE[cand_edges] + u[:, None] * _EDGES[cand_edges]
         c, s = math.cos(state[4]), math.sin(state[4])
         rot = np.array([[c, -s], [s, c]])
         r = (local - _T_COM) @ rot.T  # world offsets from the centre of gravity
-        n_in = -self._normals[cand_edges] @ rot.T  # world inward normals
+        n_in = -_NORMALS[cand_edges] @ rot.T  # world inward normals
         cross = r[:, 0] * n_in[:, 1] - r[:, 1] * n_in[:, 0]
         speed = 1.0 / (1.0 + cross ** 2 / k ** 2)
         v, w = n_in * speed[:, None], cross / k ** 2 * speed
         err = math.sqrt(float(e_pos @ e_pos) + (k * e_ang) ** 2) + 1e-9
         score = (v @ e_pos + k ** 2 * w * e_ang) / err  # rate of pose-error decrease per unit push speed
-        approach = local + (physics.AGENT_RADIUS + 45.0) * self._normals[cand_edges]
+        approach = local + (physics.AGENT_RADIUS + 45.0) * _NORMALS[cand_edges]
         world_approach = (approach - 0.0) @ rot.T + state[2:4]
         inside = np.all((world_approach > _ARENA_LO) & (world_approach < _ARENA_HI), axis=1)
         score = np.where(inside, score, -np.inf)
@@ -188,7 +190,7 @@ class PushTDemonstrator:
         logits = (score[best] - score[best].max()) / self.temperature
         p = np.exp(logits) / np.exp(logits).sum()
         pick = best[self.rng.choice(len(best), p=p)]
-        self._contact, self._normal = local[pick], self._normals[cand_edges[pick]]
+        self._contact, self._normal = local[pick], _NORMALS[cand_edges[pick]]
         self._duration = int(np.clip(round(err / 12.0), 1, 6))
         self._speed = float(np.clip(0.08 + err / 250.0, 0.08, self.max_action))
         near = np.hypot(*(self._world(state, physics.AGENT_RADIUS + 3.0) - state[:2])) < 10.0
@@ -232,9 +234,7 @@ class PushTDemonstrator:
                 if np.hypot(*(goal - agent)) < 12.0 or self._steps > 20:
                     self._phase, self._steps = "close", 0
             elif self._phase == "close":
-                target = self._world(state, physics.AGENT_RADIUS + 3.0)
-                if np.hypot(*(target - agent)) < 8.0 or self._steps > 8:
-                    self._phase, self._steps = "push", 0
+                target = _close_in(self, state, agent)
             else:
                 target = self._world(state, -40.0)
                 limit = self._speed
