@@ -20,7 +20,7 @@ round-robin so drift hits them alike):
    ``WorldModel.compile_rollout``).
    ``--chunk-sweep 256,1024,4096`` also times FP and W8A8 per-token planning at several Objective chunk sizes
    (smaller rollout blocks keep the activations in cache; the study's default is 4096 sequences).
-4. ``--profile NAME [NAME ...]``: one FP setting of that study profile (``profile.setting(checkpoint)``:
+4. ``--profile NAME [NAME ...]``: one FP setting of that study profile (``profile.setting(checkpoint, env)``:
    its episodes, CEM sizes and iterations, traced) run by the study's ``run_setting``, and the grid extrapolated as
    ``--settings`` x that time. Stated as what it is: settings that trace longer, run MPC rounds or calibrate cost
    more than this one, so the extrapolation is a floor for such grids.
@@ -245,13 +245,14 @@ def goal_line(label: str, value: float, unit: str = "x", gpu_only: bool = False,
 def profile_rows(names: list[str], checkpoint: str, device: torch.device, settings: int | None, episodes: int | None
                  ) -> None:
     """[4] Time one FP setting of each profile with the study's run_setting; extrapolate the grid."""
-    from wmqlib import study
+    from wmqlib import profiles, study
+    from wmqlib.caches import CACHES
 
     print(f"\n[4] study cost per profile (one FP setting of checkpoint {checkpoint}, run by {study.__name__}"
           ".run_setting; extrapolated, not measured, beyond it)")
     for name in names:
-        profile = study.make_profile(name, n_evals=episodes)
-        setting = profile.setting(checkpoint, device=str(device))
+        profile = profiles.make_profile(name, n_evals=episodes)
+        setting = profile.setting(checkpoint, CACHES.checkpoint(checkpoint).env, device=str(device))
         steps = setting.planner.opt_steps
         sync(device)
         t0 = time.perf_counter()

@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -37,12 +38,6 @@ def rows(cfg: dict) -> list[dict]:
     rng = np.random.default_rng(cfg["seed"])
     return [{"episode": e, "success": bool(rng.random() < 0.5), "state_dist": float(rng.normal()) / cfg["bits"]}
             for e in range(3)]
-
-
-def slow_rows(cfg: dict) -> list[dict]:
-    """``rows``, finishing in reverse config order: config i sleeps 0.3 s * (5 - i)."""
-    time.sleep(0.3 * (len(CONFIGS) - 1 - CONFIGS.index(cfg)))
-    return rows(cfg)
 
 
 def failing_rows(cfg: dict) -> list[dict]:
@@ -123,12 +118,52 @@ def test_bad_executor_is_rejected_before_anything_runs(tmp_path):
     assert cache_files(tmp_path / "bad") == []
 
 
+class ReversedExecutor(Executor):
+    """Runs every task when it is submitted but completes the futures one at a time, last submitted first: the last
+    submission completes the first future, and the driver asking for a future's outcome completes the next, so
+    results come back in the reverse of the config order with no timing involved. ``n``: the tasks to expect;
+    ``written()``: the result files there are, recorded in ``seen`` each time the driver asks for an outcome."""
+
+    def __init__(self, n: int, written: Callable[[], set[str]]) -> None:
+        self.n, self.written, self.held, self.seen = n, written, [], []
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = _Handed(self)
+        self.held.append((future, fn(*args, **kwargs)))
+        if len(self.held) == self.n:
+            self.complete_next()
+        return future
+
+    def complete_next(self) -> None:
+        if self.held:
+            future, result = self.held.pop()
+            future.set_result(result)
+
+
+class _Handed(Future):
+    """A future that completes the executor's next one once the driver has asked for its outcome."""
+
+    def __init__(self, executor: ReversedExecutor) -> None:
+        super().__init__()
+        self.executor, self.asked = executor, False
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.asked:
+            self.asked = True
+            self.executor.seen.append(self.executor.written())
+            self.executor.complete_next()
+        return super().exception(timeout)
+
+
 def test_executor_results_are_written_in_completion_order_table_in_config_order(tmp_path):
-    with ThreadPoolExecutor(len(CONFIGS)) as pool:
-        table = sweep(CONFIGS, slow_rows, "threads", cache_dir=tmp_path, progress=False, executor=pool)
+    folder = tmp_path / "reversed"
+    executor = ReversedExecutor(len(CONFIGS), lambda: {p.stem for p in cache_files(folder)})
+    table = sweep(CONFIGS, rows, "reversed", cache_dir=tmp_path, progress=False, executor=executor)
     pd.testing.assert_frame_equal(table, serial(tmp_path))
-    written = sorted(cache_files(tmp_path / "threads"), key=lambda p: p.stat().st_mtime_ns)
-    assert [p.stem for p in written] == [config_key(c) for c in reversed(CONFIGS)]
+    seen = executor.seen + [executor.written()]  # as the driver took each result, and at the end
+    assert seen[0] == set() and all(len(after - before) == 1 for before, after in zip(seen, seen[1:]))
+    order = [(after - before).pop() for before, after in zip(seen, seen[1:])]
+    assert order == [config_key(c) for c in reversed(CONFIGS)]
 
 
 def test_progress_counts_cached_and_finished_configs(tmp_path, capsys):

@@ -142,3 +142,15 @@ def test_curves_of_a_nonnegative_quantity_start_at_zero():
         low, high = ax.get_ylim()
         assert -0.02 <= low <= 0 and high > 0  # rates keep a sliver below 0 so lines at 0 show
     plt.close(grid.figure)
+
+
+def test_layer_sensitivity_draws_one_line_per_bit_width_in_model_order():
+    names = ["encoder.blocks.0.attn.qkv", "predictor.transformer.layers.0.0.to_qkv"]
+    table = pd.DataFrame([{"env": env, "name": n, "bits": b, "sensitivity": s}
+                          for env in ("wall", "pusht") for n in names for b, s in ((2, 1.0), (4, 0.0))])
+    fig = plots.layer_sensitivity(table, ["wall", "pusht"])
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["wall", "pusht"] and len(axes[0].lines) == 2
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["encoder.B0.attn.qkv", "predictor.L0.0.to_qkv"]
+    assert axes[0].lines[1].get_ydata().min() == 1e-6  # zero sensitivity drawn at the log axis' floor
+    plt.close(fig)

@@ -273,7 +273,7 @@ def test_a_failing_notebook_stops_the_run_and_names_cell_error_and_partial_outpu
 
 
 def test_profiles_come_from_the_study_table(tmp_path, capsys):
-    from wmqlib.study import PROFILES
+    from wmqlib.profiles import PROFILES
     (tmp_path / "nb").mkdir()
     for name in PROFILES:  # every profile of the study is accepted, "paper" included
         assert reproduce.main(["--notebooks", str(tmp_path / "nb"), "--profile", name]) == 0

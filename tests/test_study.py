@@ -1,4 +1,5 @@
-"""wmqlib.study on a tiny world model trained in seconds (session fixture): settings, runs, caches, tables."""
+"""wmqlib.study on a tiny world model trained in seconds (session fixture): what a run plans with (models,
+calibrations, quantized copies, episodes from the caches), runs, tables, baselines."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from wmqlib import stats
 from wmqlib import study as st
 from wmqlib.caches import Caches
-from wmqlib.envs import Wall
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
-from wmqlib.quant import AWQ, RTN, PerGroup
-from wmqlib.sweep import config_key
-from wmqlib.train import PRESETS
+from wmqlib.quant import AWQ, RTN, PerGroup, PerTensor, SmoothQuant, find_points
 
 SMALL = CEMConfig(samples=12, topk=3, opt_steps=2)
 
@@ -22,103 +22,6 @@ SMALL = CEMConfig(samples=12, topk=3, opt_steps=2)
 def setting(tiny: str, **kw) -> st.Setting:
     base = dict(planner=SMALL, n_evals=3, n_calib=2, calib_planner=SMALL, device="cpu")
     return st.Setting(tiny, **{**base, **kw})
-
-
-# ----- group size, recipes, profiles -----
-
-@pytest.mark.parametrize("width, group", [(384, 128), (1024, 128), (64, 32), (84, 32), (16, 8), (3, 1), (2, 1)])
-def test_group_size_keeps_about_three_groups_per_row(width, group):
-    g = st.group_size_for(width)
-    assert g == group
-    assert g & (g - 1) == 0 and g <= max(1, width // 2)
-
-
-@pytest.mark.parametrize("bad", [1, 0, -4, 64.0, True, "64"])
-def test_group_size_rejects_bad_width(bad):
-    with pytest.raises(ValueError, match="encoder_dim"):
-        st.group_size_for(bad)
-
-
-def test_make_profile_overrides_and_ignores_none():
-    p = st.make_profile("smoke", n_evals=None, samples=40)
-    assert p.n_evals == st.PROFILES["smoke"].n_evals and p.samples == 40
-    full = st.make_profile("full")
-    assert (full.n_evals, full.samples, full.topk) == (50, 100, 10)
-    assert full.steps("wall") == full.steps("pusht") == 10
-    assert full.cem("pusht", trace=True).opt_steps == full.trace_steps
-    with pytest.raises(ValueError, match="profile must be one of"):
-        st.make_profile("huge")
-    with pytest.raises(ValueError, match="unknown profile fields"):
-        st.make_profile("full", episodes=3)
-    with pytest.raises(ValueError, match="topk"):
-        st.make_profile("smoke", samples=3, topk=5)
-
-
-def test_profile_setting_sizes_everything(tiny):
-    p = st.make_profile("smoke")
-    s = p.setting(tiny, device="cpu", long=True, recipe=p.recipe("OmniQuant", 4))
-    assert s.planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.trace_steps) and s.trace
-    assert s.calib_planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.opt_steps)
-    assert (s.n_evals, s.n_calib, s.recipe.epochs) == (p.n_evals, p.n_calib, p.method_options["OmniQuant"]["epochs"])
-    short = p.setting(tiny, device="cpu")
-    assert short.trace and short.planner.opt_steps == p.steps("wall")  # open-loop CEM is always traced
-    gd = p.setting(tiny, device="cpu", planner="GD", mpc=True)
-    assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
-    assert gd.trace  # MPC settings give one row per round
-    assert not p.setting(tiny, device="cpu", planner="GD").trace  # open-loop GD is not traced
-    with pytest.raises(ValueError, match=r"planner must be one of \['CEM', 'CEM-protocol', 'GD'\]"):
-        p.setting(tiny, planner="MPPI")
-    with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
-        p.setting(tiny, planner="GD", long=True)
-    protocol = p.setting(tiny, device="cpu", planner="CEM-protocol")
-    assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=Wall.plan_opt_steps)
-    assert protocol.trace and protocol.calib_planner == short.calib_planner
-
-
-def test_default_group_size_reads_the_encoder_width(tiny):
-    assert st.default_group_size(tiny) == st.group_size_for(PRESETS["tiny"].model.encoder_dim) == 8
-
-
-# ----- Setting -----
-
-@pytest.mark.parametrize("kw, error, match", [
-    (dict(scope="decoder"), ValueError, "scope must be one of"),
-    (dict(scope="encoder"), ValueError, "must be 'all' for the full-precision"),
-    (dict(recipe="RTN"), TypeError, "recipe must be"),
-    (dict(checkpoint=3), TypeError, "checkpoint must be"),
-    (dict(planner="CEM"), TypeError, "planner must be"),
-    (dict(mpc=5), TypeError, "mpc must be"),
-    (dict(n_evals=0), ValueError, "n_evals"),
-    (dict(seed=1), ValueError, "seed"),
-    (dict(trace=1), TypeError, "trace"),
-    (dict(calib_planner=GDConfig()), TypeError, "calib_planner"),
-    (dict(device="tpu"), ValueError, "device"),
-    (dict(calib_source="x"), ValueError, r"calib_source must be one of \['planning', 'dataset', 'random'\], got 'x'"),
-    (dict(calib_rounds=0), ValueError, "calib_rounds must be an int >= 1, got 0"),
-    (dict(calib_rounds=2.0), TypeError, "calib_rounds must be an int"),
-    (dict(overrides={"encoder": RTN(8)}), ValueError, "overrides needs a recipe: recipe=None is the full-precision"),
-    (dict(recipe=RTN(4), overrides={"encoder": "RTN"}), TypeError,
-     r"overrides\['encoder'\] must be a wmqlib.quant recipe \(AWQ, .*RTN.*\), got str"),
-    (dict(recipe=RTN(4), overrides={3: RTN(8)}), TypeError, "overrides pattern must be a module-name pattern"),
-    (dict(recipe=RTN(4), overrides=RTN(8)), TypeError, "overrides must be a mapping from module-name pattern"),
-    (dict(recipe=RTN(4), overrides=[("encoder", RTN(8), 1)]), TypeError, "not a pair"),
-    (dict(recipe=RTN(4), overrides=[("encoder", RTN(8)), ("encoder", RTN(6))]), ValueError, "more than once"),
-])
-def test_setting_rejects_bad_fields(tiny, kw, error, match):
-    with pytest.raises(error, match=match):
-        st.Setting(**{"checkpoint": tiny, **kw})
-
-
-def test_overrides_are_stored_as_ordered_pairs_and_keep_the_setting_hashable(tiny):
-    pairs = (("encoder", RTN(8)), ("encoder.blocks.0", RTN(3)))
-    from_dict = st.Setting(tiny, recipe=RTN(4), overrides=dict(pairs))
-    from_list = st.Setting(tiny, recipe=RTN(4), overrides=[list(p) for p in pairs])
-    assert from_dict.overrides == from_list.overrides == pairs
-    assert hash(from_dict) == hash(from_list) and len({from_dict, from_list}) == 1
-    assert st.Setting(tiny, recipe=RTN(4), overrides={}).overrides is None  # nothing overridden = the default
-    assert dataclasses.replace(from_dict, n_evals=3).overrides == pairs  # re-validated from the stored form
-    s = st.Setting(tiny, calib_rounds=5, calib_source="random")
-    assert (s.calib_rounds, s.calib_source) == (5, "random")
 
 
 def test_describe_shows_overrides_and_calibration(tiny):
@@ -138,12 +41,104 @@ def test_describe_shows_overrides_and_calibration(tiny):
     assert st.describe(setting(tiny))["calibration"] == "-" and st.describe(setting(tiny))["n_overrides"] == 0
 
 
-def test_profile_setting_passes_the_mixed_precision_and_calibration_options(tiny):
-    P = st.PROFILES["smoke"]
-    s = P.setting(tiny, recipe=RTN(4), overrides={"encoder": RTN(8)}, calib_rounds=5, calib_source="dataset")
-    assert s.overrides == (("encoder", RTN(8)),) and (s.calib_rounds, s.calib_source) == (5, "dataset")
-    plain = P.setting(tiny)
-    assert (plain.overrides, plain.calib_rounds, plain.calib_source) == (None, 2, "planning")
+# ----- what a run plans with: models, calibrations, quantized copies -----
+
+def test_the_calibration_is_cached_on_disk_and_recomputed_on_request(tiny, calib_dir):
+    s = setting(tiny, recipe=SmoothQuant(8, a_bits=8, a_granularity=PerTensor()))
+    first = st.prepare(s, Caches(calib_dir)).calibration
+    files = list(calib_dir.glob("*.safetensors"))
+    assert len(files) == 1 and not list(calib_dir.glob("*.tmp"))
+    caches = Caches(calib_dir)
+    loaded = st.prepare(s, caches).calibration  # from the file
+    assert loaded is not first and loaded.linears == first.linears
+    name = first.linears[0]
+    torch.testing.assert_close(loaded.absmax(name), first.absmax(name))
+    # another recipe with the same model, episodes and calibration planner shares the file
+    st.prepare(dataclasses.replace(s, recipe=AWQ(4, PerGroup(8))), caches)
+    assert list(calib_dir.glob("*.safetensors")) == files
+    mtime = files[0].stat().st_mtime_ns
+    again = st.prepare(s, caches, recompute_calibration=True).calibration
+    assert files[0].stat().st_mtime_ns != mtime
+    torch.testing.assert_close(again.absmax(name), first.absmax(name))  # collection is deterministic
+    assert st.prepare(s, caches, recompute_calibration=True).calibration is again  # recomputed once per process
+
+
+def test_a_setting_with_overrides_quantizes_those_layers_with_their_recipe(tiny, caches):
+    s = setting(tiny, recipe=RTN(4, PerGroup(8)), overrides=[("encoder", RTN(8)), ("encoder.blocks.0.mlp", RTN(3))])
+    p = st.prepare(s, caches)
+    model, report = p.model, p.report
+    bits = dict(zip(report.table["module"], report.table["w_bits"]))
+    names = list(bits)
+    assert all(bits[n] == 4 for n in names if n.startswith("predictor."))
+    encoder = [n for n in names if n.startswith("encoder.")]
+    assert all(bits[n] == (3 if n.startswith("encoder.blocks.0.mlp.") else 8) for n in encoder)
+    assert any(n.startswith("encoder.blocks.0.mlp.") for n in names)  # the later pattern won where both match
+    plain = st.prepare(dataclasses.replace(s, overrides=None), caches)
+    assert plain.model is not model and set(plain.report.table["w_bits"]) == {4}
+    assert st.prepare(s, caches).model is model  # the in-memory copy is keyed by its overrides
+    # an override pattern outside the scope matches nothing: quantize's message names it
+    with pytest.raises(ValueError, match=r"overrides key \(within the scope\)='encoder' matches none"):
+        st.prepare(dataclasses.replace(s, scope="predictor", overrides={"encoder": RTN(8)}), caches)
+    with pytest.raises(ValueError, match="overrides key .*'decoder.*' matches none"):
+        st.prepare(dataclasses.replace(s, overrides={"decoder.*": RTN(8)}), caches)
+
+
+def test_an_override_that_needs_calibration_calibrates(tiny, caches, calib_dir):
+    s = setting(tiny, recipe=RTN(4), n_calib=1, overrides={"predictor": AWQ(4, PerGroup(8))})
+    report = st.prepare(s, caches).report
+    assert set(report.table.loc[report.table["module"].str.startswith("predictor."), "method"]) == {"AWQ"}
+    assert len(list(calib_dir.glob("*.safetensors"))) == 1
+
+
+def encoder_and_predictor_qkv(calib) -> tuple[str, str]:
+    enc = next(n for n in calib.linears if n.startswith("encoder.") and n.endswith("attn.qkv"))
+    pred = next(n for n in calib.linears if n.startswith("predictor.") and n.endswith("to_qkv"))
+    return enc, pred
+
+
+def test_each_calibration_source_covers_every_linear_with_the_tokens_it_should(tiny, caches):
+    base = setting(tiny, recipe=AWQ(4, PerGroup(8)), n_calib=2)
+    model = st.prepare(base, caches).fp
+    c = model.config
+    enc_tokens, pred_tokens = c.num_patches + 1, c.num_patches  # the encoder adds its CLS token
+    calibs = {src: st.prepare(dataclasses.replace(base, calib_source=src), caches).calibration
+              for src in ("planning", "random", "dataset")}
+    for src, calib in calibs.items():
+        assert calib.linears == find_points(model).linears, src
+    enc, pred = encoder_and_predictor_qkv(calibs["planning"])
+    # random: goals + starts of both rounds + final states through the encoder; samples * opt_steps sequences of
+    # horizon steps per episode and round through the predictor (num_hist 1: one frame of tokens per step)
+    frames = 2 * (1 + 2 + 1)
+    assert calibs["random"].tokens_seen(enc) == frames * enc_tokens
+    assert calibs["random"].tokens_seen(pred) == 2 * 2 * SMALL.samples * SMALL.opt_steps * SMALL.horizon * pred_tokens
+    # planning sees as many encoder frames and about as many predictor sequences
+    assert calibs["planning"].tokens_seen(enc) == frames * enc_tokens
+    assert 0.5 < calibs["planning"].tokens_seen(pred) / calibs["random"].tokens_seen(pred) < 2
+    # dataset: every frame of 2 training trajectories once; every teacher-forcing window's input frame
+    data = caches.samples[caches.resolved(base).model_sha, 2, base.seed]  # regenerated for the dataset source
+    assert len(data) == 2 and data.img_size == c.img_size
+    windows = data.traj_len - (c.num_hist + 1) * c.frameskip + 1
+    assert calibs["dataset"].tokens_seen(enc) == 2 * (data.traj_len + 1) * enc_tokens
+    assert calibs["dataset"].tokens_seen(pred) == 2 * windows * c.num_hist * pred_tokens
+    for src in ("random", "dataset"):
+        for name in (enc, pred):
+            assert not torch.allclose(calibs[src].absmean(name), calibs["planning"].absmean(name)), (src, name)
+
+
+def test_calibration_rounds_record_more_planning(tiny, caches):
+    base = setting(tiny, recipe=AWQ(4, PerGroup(8)), n_calib=1, calib_rounds=1)
+    one, three = (st.prepare(s, caches).calibration for s in (base, dataclasses.replace(base, calib_rounds=3)))
+    enc, pred = encoder_and_predictor_qkv(one)
+    assert three.tokens_seen(enc) > one.tokens_seen(enc) and three.tokens_seen(pred) > one.tokens_seen(pred)
+
+
+def test_prepare_asks_for_a_calibration_or_the_calib_episodes(tiny, caches, calib_dir):
+    fp = setting(tiny)
+    assert st.prepare(fp, caches).calibration is None and not calib_dir.exists()  # FP needs none
+    asked = st.prepare(fp, caches, calibrate=True)
+    assert asked.calibration is not None and len(list(calib_dir.glob("*.safetensors"))) == 1
+    calib = st.prepare(fp, caches, split="calib")
+    assert len(calib.episodes) == fp.n_calib and {e.split for e in calib.episodes} == {"calib"}
 
 
 # ----- running settings -----
@@ -212,9 +207,17 @@ def test_baseline_outcomes_are_series_by_episode_seed(tiny, caches):
     s = setting(tiny)
     out = st.baseline_outcomes(s, caches)
     assert sorted(out) == ["no_action", "random", "straight_line"]
+    seeds = [e.seed for e in st.prepare(s, caches).episodes]
     for series in out.values():
-        assert series.index.name == "episode_seed" and list(series.index) == [e.seed for e in caches.episodes(s)]
+        assert series.index.name == "episode_seed" and list(series.index) == seeds
         assert series.dtype == bool
+
+
+def test_baseline_rates_are_the_success_table_of_each_settings_baselines(tiny, caches):
+    settings = [setting(tiny), setting(tiny, seed=3)]
+    rates = st.baseline_rates(settings, caches)
+    tables = pd.concat([st.baseline_table(s, caches=caches) for s in settings])
+    pd.testing.assert_frame_equal(rates, stats.success_table(tables, ["env", "baseline"]))
 
 
 def test_baselines_use_the_setting_episodes_and_budget(tiny, caches):
@@ -222,36 +225,34 @@ def test_baselines_use_the_setting_episodes_and_budget(tiny, caches):
     table = st.baseline_table(s, caches=caches)
     assert len(table) == 3 * s.n_evals and set(table["baseline"]) == {"no_action", "straight_line", "random"}
     assert (table["steps"] == s.planner.horizon * 5 * 2).all()  # horizon * frameskip * MPC rounds
-    assert list(table["seed"].unique()) == [e.seed for e in caches.episodes(s)]
+    p = st.prepare(s, caches)
+    assert list(table["seed"].unique()) == [e.seed for e in p.episodes]
     no_action = table[table["baseline"] == "no_action"]
-    env = caches.env(s)
-    expected = [env.eval_state(e.goal_state, e.start_state)[1] for e in caches.episodes(s)]
+    expected = [p.env.eval_state(e.goal_state, e.start_state)[1] for e in p.episodes]
     np.testing.assert_allclose(no_action["state_dist"], np.ravel(expected))
 
 
 def test_imagine_returns_real_seen_and_imagined_frames(tiny, caches):
     s = setting(tiny, recipe=RTN(4), scope="encoder")
     frames = st.imagine(s, episode=1, caches=caches)
-    size = caches.model(s).config.img_size
+    p = st.prepare(s, caches)
+    size = p.fp.config.img_size
     horizon = s.planner.horizon + 1
     assert frames["real"].shape == (horizon, size, size, 3) and frames["real"].dtype == np.uint8
     for key in ("seen", "imagined"):
         assert frames[key].shape == (horizon, size, size, 3) and np.abs(frames[key]).max() <= 1
-    start = caches.episodes(s)[1].start_state
-    np.testing.assert_array_equal(frames["real"][0], caches.env(s).observe(start[None], size)["visual"][0])
+    start = p.episodes[1].start_state
+    np.testing.assert_array_equal(frames["real"][0], p.env.observe(start[None], size)["visual"][0])
     assert frames["goal"].shape == (1, size, size, 3)
 
 
 
 
-def test_planner_seed_and_objective_change_the_plans_not_the_old_keys(tiny, caches):
+def test_planner_seed_and_objective_change_the_plans(tiny, caches):
     base = setting(tiny)
-    identity = caches.identity(base)
-    assert "planner_seed" not in identity and "objective" not in identity  # keys of results from before the fields
     seeded = dataclasses.replace(base, planner_seed=1)
     visual = dataclasses.replace(base, objective=ObjectiveConfig(alpha=0.0))
-    keys = {config_key(caches.identity(s)) for s in (base, seeded, visual)}
-    assert len(keys) == 3
+    assert len({st.result_key(s, caches) for s in (base, seeded, visual)}) == 3
     a, b = st.run_setting(base, caches), st.run_setting(seeded, caches)
     assert not np.array_equal(a["plan_loss"], b["plan_loss"])  # other draws on the same episodes
     assert list(a["episode_seed"]) == list(b["episode_seed"])
@@ -277,22 +278,3 @@ def test_per_episode_reads_each_traced_setting_at_its_budget():
     assert list(out["success"]) == [False, True, True, True, True, False]
     last = st.per_episode(table)
     assert list(last["opt_steps"]) == [3, 3, 2, 2, 7, 7] and list(last["success"][:2]) == [True, True]
-
-
-def test_setup_resolves_samplers_and_settings_carry_them(tiny, capsys):
-    S = st.setup("smoke", [tiny], device="cpu")
-    assert S.samplers == {"wall": "random_state"} and "episodes: {'wall': 'random_state'}" in capsys.readouterr().out
-    assert S.setting(tiny).sampler == "random_state"
-    with pytest.raises(ValueError, match=r"samplers names envs \['pusht'\]"):
-        st.setup("smoke", [tiny], samplers={"pusht": "demo"})
-    with pytest.raises(ValueError, match="sampler .*must be one of"):
-        st.setup("smoke", [tiny], samplers={"wall": "demo"})
-
-
-def test_sampler_is_keyed_unless_it_is_the_unkeyed_one(tiny, caches):
-    base = setting(tiny)
-    assert "sampler" not in caches.identity(base)  # Wall's only sampler: results from before keep their keys
-    assert config_key(caches.identity(dataclasses.replace(base, sampler="random_state"))) == \
-        config_key(caches.identity(base))
-    with pytest.raises(ValueError, match="sampler .*must be one of"):
-        caches.identity(dataclasses.replace(base, sampler="demo"))

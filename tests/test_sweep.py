@@ -9,48 +9,30 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib.sweep import OMIT_AT_DEFAULT, SweepError, canonical, config_key, flatten_config, sweep
+from sweep_child import make_configs, rows
+from wmqlib.sweep import (
+    OMIT_AT_DEFAULT, SweepError, added_field, canonical, config_key, flatten_config, sweep, without_defaults,
+)
 from wmqlib.validate import HOST
 
-# Shared by this process and the child that gets killed: five configs and a deterministic run function.
-SWEEP_SOURCE = '''
-def make_configs():
-    return [{"method": m, "bits": b, "planner": {"opt_steps": 3}} for m in ("rtn", "awq") for b in (4, 8)][:5] \\
-        + [{"method": "fp", "bits": 16, "planner": {"opt_steps": 3}}]
-
-def rows(cfg):
-    return [{"episode": e, "success": (e * cfg["bits"]) % 3 == 0, "state_dist": e / cfg["bits"] + 0.1}
-            for e in range(4)]
-'''
-SWEEP = {}
-exec(SWEEP_SOURCE, SWEEP)
-CHILD = SWEEP_SOURCE + '''
-import pathlib, sys, time
-from wmqlib.sweep import sweep
-cache, marker, block = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
-def run(cfg):
-    if make_configs().index(cfg) == block:
-        marker.write_text("started")
-        time.sleep(120)
-    return rows(cfg)
-sweep(make_configs(), run, "killed", cache_dir=cache, progress=False)
-'''
+CHILD = Path(__file__).with_name("sweep_child.py")  # the sweep a test SIGKILLs, and its configs and rows
 
 
 def _counting(calls: list):
     def run(cfg):
         calls.append(cfg)
-        return SWEEP["rows"](cfg)
+        return rows(cfg)
     return run
 
 
 def test_sweep_table_has_config_in_every_row_and_caches(tmp_path):
-    configs = SWEEP["make_configs"]()
+    configs = make_configs()
     calls: list = []
     table = sweep(configs, _counting(calls), "demo", cache_dir=tmp_path, progress=False)
     assert len(calls) == len(configs) and len(table) == 4 * len(configs)
@@ -67,7 +49,7 @@ def test_sweep_table_has_config_in_every_row_and_caches(tmp_path):
 
 def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path):
     marker = tmp_path / "started"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "a"), str(marker), "2"],
+    child = subprocess.Popen([sys.executable, str(CHILD), str(tmp_path / "a"), str(marker), "2"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -81,19 +63,19 @@ def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert len(list((tmp_path / "a" / "killed").glob("*.json"))) == 2  # configs 0 and 1 finished
 
-    configs = SWEEP["make_configs"]()
+    configs = make_configs()
     calls: list = []
     resumed = sweep(configs, _counting(calls), "killed", cache_dir=tmp_path / "a", progress=False)
     assert calls == configs[2:]  # finished work is not redone
-    fresh = sweep(configs, SWEEP["rows"], "killed", cache_dir=tmp_path / "b", progress=False)
+    fresh = sweep(configs, rows, "killed", cache_dir=tmp_path / "b", progress=False)
     pd.testing.assert_frame_equal(resumed, fresh)
     assert resumed.duplicated(["config_key", "episode"]).sum() == 0
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_corrupt_cache_file_is_reported_and_recomputed(tmp_path, damage):
-    configs = SWEEP["make_configs"]()
-    reference = sweep(configs, SWEEP["rows"], "c", cache_dir=tmp_path, progress=False)
+    configs = make_configs()
+    reference = sweep(configs, rows, "c", cache_dir=tmp_path, progress=False)
     victim = tmp_path / "c" / f"{config_key(configs[1])}.json"
     text = victim.read_text()
     victim.write_text({"truncate": text[: len(text) // 2],
@@ -135,23 +117,31 @@ class _Grown:
     """_Recipe after a field was added: the new field is keyed only when it leaves its default."""
     w_bits: int
     scope: tuple = ("encoder",)
-    rotation: str = dataclasses.field(default="none", metadata={OMIT_AT_DEFAULT: True})
+    rotation: str = added_field("none")
 
 
-def test_a_field_marked_omit_at_default_keeps_old_keys():
+def test_an_added_field_keeps_old_keys():
     assert canonical(_Grown(4)) == {"__type__": "_Grown", "w_bits": 4, "scope": ["encoder"]}
     assert config_key({"recipe": _Grown(4)}) == config_key({"recipe": _Grown(4, ("encoder",), "none")})
     assert config_key({"recipe": _Grown(4, rotation="hadamard")}) != config_key({"recipe": _Grown(4)})
     assert canonical(_Grown(4, rotation="hadamard"))["rotation"] == "hadamard"
     assert flatten_config({"recipe": _Grown(4)}) == {"recipe": "_Grown", "recipe.w_bits": 4,
                                                      "recipe.scope": '["encoder"]'}
+    assert dataclasses.fields(_Grown)[2].metadata[OMIT_AT_DEFAULT]
+
+
+def test_a_dict_of_key_fields_leaves_out_the_same_way():
+    fields = {"env": "wall", "source": "planning", "rounds": 2}
+    assert without_defaults(fields, {"source": "planning"}) == {"env": "wall", "rounds": 2}
+    assert without_defaults({**fields, "source": "random"}, {"source": "planning"})["source"] == "random"
+    assert list(without_defaults(fields, {})) == ["env", "source", "rounds"]  # order kept
 
 
 def test_sweep_bad_input(tmp_path):
     with pytest.raises(ValueError, match="duplicates"):
-        sweep([{"a": 1}, {"a": 1}], SWEEP["rows"], "d", cache_dir=tmp_path, progress=False)
+        sweep([{"a": 1}, {"a": 1}], rows, "d", cache_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="name"):
-        sweep([{"a": 1}], SWEEP["rows"], "../escape", cache_dir=tmp_path, progress=False)
+        sweep([{"a": 1}], rows, "../escape", cache_dir=tmp_path, progress=False)
     with pytest.raises(TypeError, match="object"):
         config_key({"model": object()})
     with pytest.raises(ValueError, match="collide"):

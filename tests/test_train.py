@@ -1,13 +1,16 @@
-"""wmqlib.train: the end-to-end pipeline on the seconds-long ``tiny`` recipe, and recipe validation."""
+"""wmqlib.train: the end-to-end pipeline on the seconds-long ``tiny`` recipe, recipe validation, and a checkpoint's
+training data regenerated."""
 
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from wmqlib.models import load_world_model
-from wmqlib.train import PRESETS, TrainConfig, main, train
+from wmqlib.envs import TrajectoryData, generate_dataset
+from wmqlib.models import CheckpointError, load_world_model
+from wmqlib.train import PRESETS, TrainConfig, main, train, training_data_recipe, training_sample
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +155,46 @@ def test_foreground_and_state_losses_shape_only_the_encoder_stage(tiny_run, tmp_
     again = train(cfg, tmp_path / "again", progress=False, evaluate_fp=False, data_dir=root / "data")
     for (name, a), (_, b) in zip(shaped.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+# ----- a checkpoint's training data, regenerated -----
+
+def test_training_sample_is_the_checkpoints_training_data(tiny, tmp_path):
+    model = load_world_model(tiny)
+    recipe = training_data_recipe(model.provenance, tiny)
+    cfg = PRESETS["tiny"]
+    assert recipe == {"env": "wall", "n_traj": cfg.n_traj, "traj_len": cfg.traj_len, "seed": cfg.seed,
+                      "img_size": cfg.img_size, "policy": "walks"}
+    sample = training_sample(model, tiny, 3, seed=99)
+    again = training_sample(model, tiny, 3, seed=99)
+    np.testing.assert_array_equal(sample.frames, again.frames)  # deterministic
+    full = TrajectoryData.load(generate_dataset("wall", cfg.n_traj, cfg.traj_len, cfg.seed, cfg.img_size,
+                                                tmp_path / "train.npz", progress=False))
+    pick = sample.meta["trajectories"]
+    assert len(pick) == 3 and pick == sorted(pick)
+    np.testing.assert_array_equal(sample.frames, full.frames[pick])
+    np.testing.assert_array_equal(sample.actions, full.actions[pick])
+    np.testing.assert_allclose(sample.action_std, full.action_std)
+    assert training_sample(model, tiny, 3, seed=100).meta["trajectories"] != pick
+    with pytest.raises(ValueError, match=r"n \(Setting.n_calib\) must be an int in 1..8"):
+        training_sample(model, tiny, 9, seed=99)
+    model.set_normalization(action_std=[2 * x for x in model.normalization()["action_std"]])
+    with pytest.raises(CheckpointError, match="action_std"):
+        training_sample(model, tiny, 2, seed=99)
+
+
+def test_training_data_recipes_of_fine_tuned_and_early_checkpoints(tiny):
+    provenance = load_world_model(tiny).provenance
+    expected = training_data_recipe(provenance, tiny)
+    nested = provenance["recipe"]
+    cfg = PRESETS["tiny"]
+    flat = {"env": "wall", "n_traj": cfg.n_traj, "traj_len": cfg.traj_len, "seed": cfg.seed, "img_size": cfg.img_size}
+    # a fine-tuned copy names its base's recipe; an early (flat) recipe is the preset named like the folder / base
+    assert training_data_recipe({"base_checkpoint": "x", "base_provenance": {"recipe": nested}}, "qat") == expected
+    assert training_data_recipe({"recipe": flat}, "some/where/tiny") == expected
+    assert training_data_recipe({"base_checkpoint": "tiny", "base_provenance": {"recipe": flat}}, "qat-of-tiny") \
+        == expected
+    for name, prov in [("no-recipe", {"converted_from": "somewhere"}), ("other-name", {"recipe": flat}),
+                       ("other/tiny", {"recipe": {**flat, "n_traj": 9}})]:  # not the preset's data
+        with pytest.raises(CheckpointError, match="its training data cannot be regenerated"):
+            training_data_recipe(prov, name)

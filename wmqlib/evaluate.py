@@ -40,7 +40,7 @@ from torch import Tensor
 from wmqlib.envs import Episode, TrajectoryData, WmqEnv
 from wmqlib.models import WorldModel
 from wmqlib.plan import (
-    CEMConfig, GDConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel,
+    CEMConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel, check_planner,
     encode_observations, make_generators, model_device_dtype, plan,
 )
 from wmqlib.plan import mpc as run_mpc
@@ -119,7 +119,8 @@ def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes
 
     model: a PlanningModel (WorldModel, a quantized copy, ...); planning runs on its device and dtype.
     env: a wmqlib.envs WmqEnv matching the episodes' env name.
-    planner: CEMConfig or GDConfig. episodes: wmqlib.envs Episode list (start_state, goal_state, seed, env).
+    planner: a planner's config (``wmqlib.plan.PLANNERS``). episodes: wmqlib.envs Episode list (start_state,
+    goal_state, seed, env).
     mpc: receding-horizon settings; None = open loop (plan once, execute the whole plan).
     trace: return one row per (episode, iteration) of the first planning round instead of one per episode.
     objective: planning objective settings. chunk: max sequences per model rollout call.
@@ -132,8 +133,7 @@ def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes
     has succeeded), success (latched), state_dist and plan_loss after that round (carried over once the episode
     stopped), nan (the run produced NaN/inf by then), episode_success (the final outcome).
     """
-    if not isinstance(planner, (CEMConfig, GDConfig)):
-        raise TypeError(f"planner must be a CEMConfig or GDConfig, got {type(planner).__name__}")
+    check_planner("planner", planner)
     if mpc is not None and not isinstance(mpc, MPCConfig):
         raise TypeError(f"mpc must be an MPCConfig or None, got {type(mpc).__name__}")
     check_bool("evaluate trace", trace)
@@ -326,7 +326,7 @@ def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episode
       r])``), from the encoded current state; one of them (the first) is then executed in ``env`` (from the
       state the last round ended in) to give the next round's state. The encoder sees the goals once, the states of
       every round and the final states, as in planning. ``planner`` must be a CEMConfig.
-    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.caches.training_sample``):
+    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.train.training_sample``):
       every frame through the encoder once, then every teacher-forcing window of DINO-WM's training (``num_hist``
       frames ``frameskip`` env steps apart, with their actions, at every start) through the predictor. ``env``,
       ``episodes``, ``planner`` and ``evaluate_kwargs`` are not used and must not be given.

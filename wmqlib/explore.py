@@ -43,14 +43,16 @@ from wmqlib.caches import CACHES, Caches
 from wmqlib.envs import env_class
 from wmqlib.models import available_checkpoints
 from wmqlib.paths import RESULTS_DIR
+from wmqlib.plan import parse_planning
 from wmqlib.plots import frame_strip
+from wmqlib.profiles import default_group_size, make_profile
 from wmqlib.setting import SCOPES, Setting
 from wmqlib.stats import success_curve, wilson_interval
-from wmqlib.sweep import SweepError, config_key
+from wmqlib.sweep import SweepError
 from wmqlib.quant import recipe_types
 from wmqlib.validate import InvalidValue, check_int
 
-PLANNERS = ("CEM", "MPC-CEM", "GD")
+PLANNING = ("CEM", "MPC-CEM", "GD")  # planning names (wmqlib.plan.planning_name): open-loop CEM, in MPC, open-loop GD
 ACT_BITS = ("none", 8, 6, 4)
 W_GRANULARITIES = ("per-channel", "per-group", "per-tensor")
 A_GRANULARITIES = ("per-tensor", "per-token")
@@ -86,7 +88,7 @@ class Explorer:
     """The explorer's widgets (``controls``, ``buttons``, ``message``, ``summary``, ``curve``, ``frames``, ``report``)
     and the methods that drive them: ``setting()``, ``refresh()``, ``run()``, ``show_episode()``.
 
-    profile: a ``study.PROFILES`` name; sizes: its fields to replace (as a notebook's parameters cell does).
+    profile: a ``wmqlib.profiles.PROFILES`` name; sizes: its fields to replace (as a notebook's parameters cell does).
     cache_dir, results_name: results in ``<cache_dir>/<results_name>-<profile>/`` (the notebooks': data/results,
     "study"), calibrations in ``<cache_dir>/calibration``. device, seed, samplers: as the notebooks' cells.
     checkpoint: the model selected first (shipped name or path). live: refresh whenever a control changes.
@@ -98,7 +100,7 @@ class Explorer:
     def __init__(self, profile: str = "full", cache_dir: str | Path = RESULTS_DIR, results_name: str = "study",
                  device: str = "auto", seed: int = 99, samplers: Mapping[str, str] | None = None,
                  checkpoint: str = "mini-wall", live: bool = True, **sizes: Any) -> None:
-        self.profile = st.make_profile(profile, **sizes)
+        self.profile = make_profile(profile, **sizes)
         if self.profile.threads is not None:  # as study.setup: results depend on the thread count
             torch.set_num_threads(self.profile.threads)
         self.cache_dir = Path(cache_dir)
@@ -109,7 +111,7 @@ class Explorer:
         self.result: dict[str, Any] | None = None
         self._baselines: dict[tuple[Any, ...], dict[str, dict[str, float]]] = {}
         self._quiet = False
-        env = self.caches.checkpoint(checkpoint)[1]
+        env = self.caches.checkpoint(checkpoint).env
         dropdown, number = widgets.Dropdown, widgets.IntText
         self.controls: dict[str, widgets.ValueWidget] = {
             "model": widgets.Combobox(value=str(checkpoint), options=available_checkpoints(), ensure_option=False,
@@ -117,11 +119,11 @@ class Explorer:
             "method": dropdown(options=["FP", *sorted(recipe_types())], value="FP", description="method"),
             "bits": number(value=4, description="weight bits"),
             "granularity": dropdown(options=W_GRANULARITIES, description="weights"),
-            "group_size": number(value=st.default_group_size(checkpoint), description="group size"),
+            "group_size": number(value=default_group_size(checkpoint), description="group size"),
             "act_bits": dropdown(options=ACT_BITS, value="none", description="activation bits"),
             "act_granularity": dropdown(options=A_GRANULARITIES, description="activations"),
             "scope": dropdown(options=SCOPES, description="scope"),
-            "planner": dropdown(options=PLANNERS, description="planner"),
+            "planner": dropdown(options=PLANNING, description="planner"),
             "budget": number(value=self.profile.steps(env), description="budget (iters)"),
             "n_evals": number(value=self.profile.n_evals, description="episodes (n)",
                               tooltip="evaluation episodes; fewer (smoke: 3) give a quick answer under its own key"),
@@ -162,7 +164,7 @@ class Explorer:
         gran, group = self._value("granularity"), None
         if gran == "per-group":
             group = check_int("group size", self._value("group_size"), 1)
-            model = self.caches.model(self._base(self._value("model"), None, "all"))
+            model = st.prepare(self._base(self._value("model"), None, "all"), self.caches).fp
             widest = max(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
             if group > widest:
                 raise InvalidValue(f"group size {group} is wider than every weight row of {self._value('model')!r} "
@@ -173,10 +175,9 @@ class Explorer:
                                    None if a_bits is None else self._value("act_granularity"))
 
     def _base(self, checkpoint: str, recipe: Any, scope: str, **kwargs: Any) -> Setting:
-        env = self.caches.checkpoint(checkpoint)[1]
-        return self.profile.setting(checkpoint, self.device, self.seed, recipe=recipe, scope=scope,
-                                    sampler=env_class(env).check_sampler(self.samplers.get(env)), caches=self.caches,
-                                    **kwargs)
+        env = self.caches.checkpoint(checkpoint).env
+        return self.profile.setting(checkpoint, env, self.device, self.seed, recipe=recipe, scope=scope,
+                                    sampler=env_class(env).check_sampler(self.samplers.get(env)), **kwargs)
 
     def candidates(self) -> list[tuple[Setting, int | None]]:
         """The settings whose result answers the controls' choice, each with the budget to read it at (None: as
@@ -189,13 +190,11 @@ class Explorer:
         budget = check_int("budget", self._value("budget"), 1)
         n = check_int("episodes (n)", self._value("n_evals"), 1)
         check_int("episode shown", self._value("episode"), 0, n - 1, why=" (an index into the evaluation episodes)")
-        planner = self._value("planner")
+        planner, mpc = parse_planning(self._value("planner"))
         sized = lambda s: dataclasses.replace(s, planner=dataclasses.replace(s.planner, opt_steps=budget),  # noqa: E731
                                               n_evals=n)
-        if planner == "GD":
-            return [(sized(self._base(checkpoint, recipe, scope, planner="GD")), None)]
-        exact = sized(self._base(checkpoint, recipe, scope, mpc=planner == "MPC-CEM"))
-        if planner == "MPC-CEM":
+        exact = sized(self._base(checkpoint, recipe, scope, planner=planner.name, mpc=mpc))
+        if mpc or planner.name != "CEM":  # untraced: GD; MPC: read at its last round
             return [(exact, None)]
         long = dataclasses.replace(self._base(checkpoint, recipe, scope, long=True), n_evals=n)
         return ([(long, budget)] if budget <= self.profile.trace_steps else []) + [(exact, budget)]
@@ -203,7 +202,7 @@ class Explorer:
     def _find(self, setting: Setting) -> Path | None:
         """The setting's result file: in the profile's folder, else in any other sweep folder of ``cache_dir`` (a
         key names one setting's result wherever it was run); None when no folder holds it."""
-        name = f"{config_key(self.caches.identity(setting))}.json"
+        name = f"{st.result_key(setting, self.caches)}.json"
         if (self.folder / name).is_file():
             return self.folder / name
         return next(iter(sorted(self.cache_dir.glob(f"*/{name}"))), None)
@@ -274,7 +273,7 @@ class Explorer:
                             caches=self.caches)
 
     def _baseline_rates(self, setting: Setting) -> dict[str, dict[str, float]]:
-        key = (self.caches.identity(setting)["model_sha"], setting.n_evals, setting.seed, setting.goal_H,
+        key = (self.caches.checkpoint(setting.checkpoint).model_sha, setting.n_evals, setting.seed, setting.goal_H,
                setting.sampler, setting.planner.horizon, setting.mpc)  # what fixes the episodes and the env steps
         if key not in self._baselines:
             outcomes = st.baseline_outcomes(setting, self.caches)
@@ -310,7 +309,7 @@ class Explorer:
         return _png(fig)
 
     def _show_report(self, setting: Setting) -> None:
-        _, report = self.caches.quantized(setting)
+        report = st.prepare(setting, self.caches).report
         self.report.value = (f"<b>per-layer report</b>: {report.effective_bits:.2f} bits/weight overall" +
                              report.table[list(REPORT_COLUMNS)].to_html(index=False, border=0,
                                                                         float_format=lambda v: f"{v:.3g}"))
@@ -395,7 +394,7 @@ class Explorer:
 
     def _defaults(self) -> None:
         checkpoint = str(self._value("model")).strip()
-        env = self.caches.checkpoint(checkpoint)[1]
-        self.controls["group_size"].value = st.default_group_size(checkpoint)
+        env = self.caches.checkpoint(checkpoint).env
+        self.controls["group_size"].value = default_group_size(checkpoint)
         self.controls["budget"].value = (self.profile.gd_steps if self._value("planner") == "GD"
                                          else self.profile.steps(env))

@@ -32,6 +32,7 @@ from wmqlib.quant import Recipe
 from wmqlib.quant.mixed import layer_sensitivity
 from wmqlib.quant.points import Scope
 from wmqlib.setting import Setting
+from wmqlib.study import fp_of, prepare
 from wmqlib.validate import check_int
 
 
@@ -86,18 +87,16 @@ def sensitivity_for(setting: Setting, bits: Sequence[int] = (2, 3, 4), n_sequenc
 
         def recipe_for_bits(bits: int) -> Recipe:
             return dataclasses.replace(base, w_bits=bits)
-    model: nn.Module = caches.model(setting)
-    env, episodes = caches.env(setting), caches.episodes(setting, "calib")
-    size = model.config.img_size
-    start_obs = env.observe(np.stack([e.start_state for e in episodes]), size)
-    goal_obs = env.observe(np.stack([e.goal_state for e in episodes]), size)
-    planner = caches.calib_planner(setting)
-    generators = make_generators([e.seed + SEED_STRIDE * setting.planner_seed for e in episodes], model.device)
-    actions = initial_candidates(generators, planner, model.action_dim, n_sequences, model.device)
-    objective_fn = planning_objective(start_obs, goal_obs, actions, setting.objective or ObjectiveConfig())
     recipes = [recipe_for_bits(b) for b in bits]
     needs = any(r.needs_calibration or r.static_activations for r in recipes if isinstance(r, Recipe))
-    table = layer_sensitivity(model, objective_fn, recipe_for_bits, bits, names,
-                              caches.calibration(setting) if needs else None)
-    return table.assign(checkpoint=setting.checkpoint, env=caches.env_name(setting),
-                        method=type(recipes[0]).__name__, n_calib=setting.n_calib, n_sequences=n_sequences)
+    p = prepare(fp_of(setting), caches, calibrate=needs, split="calib")
+    model: nn.Module = p.fp
+    size = model.config.img_size
+    start_obs = p.env.observe(np.stack([e.start_state for e in p.episodes]), size)
+    goal_obs = p.env.observe(np.stack([e.goal_state for e in p.episodes]), size)
+    generators = make_generators([e.seed + SEED_STRIDE * setting.planner_seed for e in p.episodes], model.device)
+    actions = initial_candidates(generators, p.run.calib_planner, model.action_dim, n_sequences, model.device)
+    objective_fn = planning_objective(start_obs, goal_obs, actions, setting.objective or ObjectiveConfig())
+    table = layer_sensitivity(model, objective_fn, recipe_for_bits, bits, names, p.calibration)
+    return table.assign(checkpoint=setting.checkpoint, env=p.run.env, method=type(recipes[0]).__name__,
+                        n_calib=setting.n_calib, n_sequences=n_sequences)

@@ -279,3 +279,26 @@ def frame_strip(rows: Sequence[np.ndarray], labels: Sequence[str], title: str | 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def layer_sensitivity(sensitivity: pd.DataFrame, envs: Sequence[str]) -> plt.Figure:
+    """One panel per env: each quantized linear's sensitivity (``quant.mixed.layer_sensitivity``, log scale, floored
+    at 1e-6) at each bit width, linears in model order (encoder, then predictor)."""
+    fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        rows = sensitivity[sensitivity["env"] == env]
+        t = rows.pivot_table(index="name", columns="bits", values="sensitivity", aggfunc="first")
+        t = t.loc[list(rows.drop_duplicates("name")["name"])]
+        for b in t.columns:
+            ax.plot(range(len(t)), t[b].clip(lower=1e-6), marker="o", ms=3, lw=1, label=f"{b} bits")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(t)))
+        ax.set_xticklabels([n.replace("transformer.layers.", "L").replace("blocks.", "B") for n in t.index],
+                           rotation=90, fontsize=6)
+        ax.set_xlabel("quantized linear (model order: encoder, then predictor)")
+        ax.set_ylabel("objective change / FP spread")
+        ax.set_title(env)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+

@@ -50,9 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
-from wmqlib.caches import checkpoint_recipe
 from wmqlib.card import write_qat_card
 from wmqlib.envs import TrajectoryData, generate_dataset
 from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve_checkpoint, resolve_device, \
@@ -60,7 +58,7 @@ from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
-from wmqlib.train import TrainConfig, _frames_to_visual, data_policy, dataset_path, lr_at
+from wmqlib.train import TrainConfig, _fit, _frames_to_visual, checkpoint_recipe, data_policy, dataset_path
 from wmqlib.validate import check_float, check_int, check_type
 
 HELDOUT_SEED_OFFSET = 1000  # the held-out dataset: the base recipe's, drawn with seed + this
@@ -246,7 +244,7 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     folder = resolve_checkpoint(checkpoint)
     fp = load_world_model(folder, device)
     fp.requires_grad_(False)
-    cfg = checkpoint_recipe(folder)
+    cfg = checkpoint_recipe(fp.provenance, folder)
     data, train_path = _dataset(cfg, Path(data_dir), progress)
     held_cfg = dataclasses.replace(cfg, seed=cfg.seed + HELDOUT_SEED_OFFSET, n_traj=min(cfg.n_traj, HELDOUT_TRAJ))
     held, held_path = _dataset(held_cfg, Path(data_dir), progress)
@@ -270,22 +268,14 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     for part in TRAINED_PARTS:
         getattr(model, part).requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    losses = []
-    t1 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"QAT W{w_bits} {folder.name}", disable=not progress, mininterval=2.0)
-    for step in bar:
-        for group in opt.param_groups:  # train.py's schedule: linear warm-up, cosine decay to 0
-            group["lr"] = lr_at(step, steps, lr)
+
+    def loss_fn(_: Tensor) -> Tensor:  # windows are drawn from `gen` (not from _fit's step seed), as always
         pred_loss, enc_loss = latent_losses(model, fp, *train_windows.batch(*train_windows.draw(batch_size, gen)))
-        loss = pred_loss + enc_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4g}")
+        return pred_loss + enc_loss
+
+    t1 = time.perf_counter()  # Adam: _fit's AdamW without weight decay, train.py's warm-up + cosine schedule
+    losses = _fit(params, loss_fn, steps, lr, 0.0, torch.Generator(), f"QAT W{w_bits} {folder.name}", progress)
     t_train = time.perf_counter() - t1
     model.requires_grad_(False)
     bake(model)

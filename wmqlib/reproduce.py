@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from wmqlib import pairs
-from wmqlib.study import PROFILES
+from wmqlib.profiles import PROFILES
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 GOLDEN_PROFILE = "smoke"  # the profile whose executions are the golden notebooks

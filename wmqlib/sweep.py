@@ -46,25 +46,37 @@ from wmqlib.validate import atomic_write, remove_stale_tmp
 FORMAT_VERSION = 1
 TYPE_KEY = "__type__"
 PROVENANCE = "provenance"  # column prefix of where a result was computed (not part of its key)
-# A dataclass field declared with ``field(default=..., metadata={OMIT_AT_DEFAULT: True})`` is left out of the
-# canonical form (so of keys and config columns) while it holds its default: a field added to a configuration after
-# results were cached keeps those results' keys.
+# The one way old keys stay stable: a field added to a configuration after results were cached is left out of the
+# canonical form (so of keys and config columns) while it holds its default. A dataclass declares it with
+# ``added_field(default)`` (metadata ``OMIT_AT_DEFAULT``); a plain dict of key fields with ``without_defaults``.
 OMIT_AT_DEFAULT = "wmq_omit_at_default"
 RunResult = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
+def added_field(default: Any, **kwargs: Any) -> Any:
+    """``dataclasses.field(default=default, **kwargs)`` marked ``OMIT_AT_DEFAULT``: a field added after results were
+    cached, left out of their keys while it holds ``default`` (the value they were computed with)."""
+    return dataclasses.field(default=default, metadata={OMIT_AT_DEFAULT: True}, **kwargs)
+
+
+def without_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without the entries equal to their entry in ``defaults`` (fields added after results were cached,
+    left out while at their default), in ``values``' order."""
+    return {k: v for k, v in values.items() if not (k in defaults and v == defaults[k])}
+
+
 def canonical(config: Any) -> Any:
-    """A JSON-able, canonical form of a configuration: dataclasses -> dicts with a ``__type__`` entry (fields marked
-    ``OMIT_AT_DEFAULT`` left out while at their default), tuples -> lists, Paths -> str, enums -> value, numpy
+    """A JSON-able, canonical form of a configuration: dataclasses -> dicts with a ``__type__`` entry (``added_field``
+    fields left out while at their default), tuples -> lists, Paths -> str, enums -> value, numpy
     scalars -> Python scalars; dict keys must be strings.
 
     Raises TypeError naming the offending type for anything else (a model object, a tensor, ...).
     """
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        out = {TYPE_KEY: type(config).__name__}
-        out.update({f.name: canonical(getattr(config, f.name)) for f in dataclasses.fields(config)
-                    if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(config, f.name) == f.default)})
-        return out
+        fields = dataclasses.fields(config)
+        values = without_defaults({f.name: getattr(config, f.name) for f in fields},
+                                  {f.name: f.default for f in fields if f.metadata.get(OMIT_AT_DEFAULT)})
+        return {TYPE_KEY: type(config).__name__, **{name: canonical(value) for name, value in values.items()}}
     if isinstance(config, Mapping):
         bad = [k for k in config if not isinstance(k, str)]
         if bad:

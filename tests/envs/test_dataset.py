@@ -79,7 +79,7 @@ def test_windows_refuse_spans_longer_than_trajectories(pusht_file):
     assert len(TrajectoryWindows(data, num_hist=1, frameskip=5)) == 3
     with pytest.raises(ValueError, match=r"\(num_hist \+ 1\) \* frameskip = 15 env steps exceeds"):
         TrajectoryWindows(data, num_hist=2, frameskip=5)
-    with pytest.raises(ValueError, match="num_hist must be >= 1"):
+    with pytest.raises(ValueError, match="num_hist must be an int >= 1"):
         TrajectoryWindows(data, num_hist=0, frameskip=1)
 
 

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wmqlib.envs import Episode, episode_seeds, make_env, sample_episodes
+from wmqlib.envs import Episode, PushT, episode_seeds, make_env, sample_episodes
 from wmqlib.envs.wall import random_start_goal
 
 
@@ -21,16 +21,16 @@ def test_seeds_follow_the_released_rule():
 
 
 @pytest.mark.parametrize("seed, error", [(1, "eval and calib seeds overlap"), (0, "repeats one episode"),
-                                         (-3, "seed must be >= 2")])
+                                         (-3, "seed must be an int >= 2")])
 def test_degenerate_seeds_are_refused(seed, error):
     with pytest.raises(ValueError, match=error):
         episode_seeds(5, seed)
 
 
 @pytest.mark.parametrize("kwargs, error", [
-    ({"env": "maze", "n": 2}, "env must be one of"), ({"env": "wall", "n": 0}, "n must be >= 1"),
+    ({"env": "maze", "n": 2}, "env must be one of"), ({"env": "wall", "n": 0}, "n must be an int >= 1"),
     ({"env": "wall", "n": 2, "split": "test"}, "split must be one of"),
-    ({"env": "pusht", "n": 2, "goal_H": 0}, "goal_H must be >= 1"),
+    ({"env": "pusht", "n": 2, "goal_H": 0}, "goal_H must be an int >= 1"),
     ({"env": "pusht", "n": 2, "frameskip": 2.5}, "frameskip must be an int"),
 ])
 def test_bad_arguments_are_refused(kwargs, error):
@@ -87,7 +87,7 @@ def test_the_scripted_sampler_is_wmqs_first_one():
 
     episode = sample_episodes("pusht", 2, seed=99, sampler="scripted")[1]
     rng = np.random.default_rng([EPISODE_STREAM, 100])
-    states, actions = pusht_trajectory(rng, 50)
+    states, actions = pusht_trajectory(rng, 50, PushT())
     offset = int(rng.integers(0, 26))
     np.testing.assert_array_equal(episode.start_state, states[offset])
     np.testing.assert_array_equal(episode.actions, actions[offset:offset + 25])

@@ -1,31 +1,9 @@
+"""wmqlib.envs.policies: PushT's scripted pusher and demonstrator."""
+
 import numpy as np
-import pytest
 
-from wmqlib.envs import PushT, Wall
-from wmqlib.envs.policies import pusht_trajectory, truncated_normal, wall_walks
-
-
-def test_truncated_normal_respects_its_bounds():
-    x = truncated_normal(np.random.default_rng(0), (5000,), 1.0, 0.4, 0.2, 1.8)
-    assert x.min() >= 0.2 and x.max() <= 1.8 and abs(x.mean() - 1.0) < 0.02
-
-
-def test_wall_walks_take_released_step_lengths():
-    start, actions = wall_walks(np.random.default_rng(1), 300, 25)
-    assert start.shape == (300, 2) and actions.shape == (300, 25, 2)
-    lengths = np.hypot(actions[..., 0], actions[..., 1])
-    assert lengths.min() >= 0.2 - 1e-12 and lengths.max() <= 1.8 + 1e-12
-    assert np.all(np.abs(actions) <= Wall().action_space.high[0])
-
-
-def test_door_seeking_walks_cross_the_wall():
-    env = Wall()
-    start, actions = wall_walks(np.random.default_rng(2), 400, 25, door_fraction=1.0)
-    assert env.crossed(env.rollout_states(start, actions)).mean() > 0.85
-    start, actions = wall_walks(np.random.default_rng(2), 400, 25, door_fraction=0.0)
-    assert env.crossed(env.rollout_states(start, actions)).mean() < 0.2  # free walks rarely find the door
-    with pytest.raises(ValueError, match="door_fraction"):
-        wall_walks(np.random.default_rng(0), 2, 3, door_fraction=1.5)
+from wmqlib.envs import PushT
+from wmqlib.envs.policies import pusht_demonstration, pusht_trajectory
 
 
 def test_pusher_moves_and_turns_the_block_deterministically():
@@ -42,8 +20,6 @@ def test_pusher_moves_and_turns_the_block_deterministically():
 
 
 def test_demonstrator_puts_the_t_in_place_on_most_seeds_deterministically():
-    from wmqlib.envs.policies import pusht_demonstration
-
     env = PushT()
     goal = np.array([256.0, 256.0, 256.0, 256.0, np.pi / 4, 0.0, 0.0])
     reached = []
@@ -60,10 +36,8 @@ def test_demonstrator_puts_the_t_in_place_on_most_seeds_deterministically():
 
 
 def test_demonstration_length_rules():
-    from wmqlib.envs.policies import pusht_demonstration
-
     start = np.array([256.0, 400.0, 256.0, 256.0, np.pi / 4, 0.0, 0.0])  # the T already in place
-    states, actions = pusht_demonstration(np.random.default_rng(0), 50, start=start, min_len=10)
+    states, actions = pusht_demonstration(np.random.default_rng(0), 50, PushT(), start=start, min_len=10)
     assert len(actions) == 10  # done at once: ends as soon as min_len allows
-    states, actions = pusht_demonstration(np.random.default_rng(0), 50, start=start)
+    states, actions = pusht_demonstration(np.random.default_rng(0), 50, PushT(), start=start)
     assert len(actions) == 50  # fixed length without min_len

@@ -5,8 +5,8 @@ import pymunk
 import pytest
 
 from wmqlib.envs import PushT
-from wmqlib.envs.pusht import (AGENT_RADIUS, BLOCK_FILL, GOAL_GREEN, GOAL_POSE, T_BAR, T_STEM, WALL_GRAY, _Sim,
-                               agent_velocities, draw_state, sample_start_state, t_polygons)
+from wmqlib.envs.pusht_physics import (AGENT_RADIUS, BLOCK_FILL, GOAL_GREEN, GOAL_POSE, T_BAR, T_STEM, WALL_GRAY, Sim,
+                                       agent_velocities, draw_state, sample_start_state, t_polygons)
 
 
 def state(agent=(256.0, 450.0), block=(256.0, 250.0, 0.0), vel=(0.0, 0.0)):
@@ -79,7 +79,7 @@ def test_actions_are_clipped_to_the_action_space():
 
 def ticks(start, action, steps):
     """Agent position and block pose after every 10 ms tick of ``steps`` control steps: (steps * 10, 5)."""
-    sim = _Sim()
+    sim = Sim()
     sim.reset_to(start)
     s = sim.state()
     vels = agent_velocities(s[None, :2], s[None, 5:7], np.tile(action, (1, steps, 1)))[0]
@@ -139,7 +139,7 @@ def test_set_state_places_bodies_and_runs_one_tick():
 
 
 def test_drawing_uses_the_physics_transform():
-    sim = _Sim()
+    sim = Sim()
     sim.reset_to(state(block=(210.0, 270.0, 2.2)))
     for poly, verts in zip(t_polygons(210.0, 270.0, 2.2), (T_BAR, T_STEM)):
         expected = [tuple(sim.block.local_to_world(v)) for v in verts]

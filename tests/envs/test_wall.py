@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from wmqlib.envs import Wall, WallLayout
-from wmqlib.envs.wall import random_start_goal, render_native, wall_step
+from wmqlib.envs.wall import random_start_goal, render_native, truncated_normal, wall_step, wall_walks
 
 LAYOUT = WallLayout()  # wall columns 29..35, door rows 26..34, borders at 4 and 60
 
@@ -177,3 +177,26 @@ def test_crossed_counts_trajectories_that_change_side():
     env = Wall()
     states = np.stack([run([20.0, 30.0], [[1.0, 0.0]] * 10), run([20.0, 10.0], [[1.0, 0.0]] * 10)])
     np.testing.assert_array_equal(env.crossed(states), [True, False])
+
+
+def test_truncated_normal_respects_its_bounds():
+    x = truncated_normal(np.random.default_rng(0), (5000,), 1.0, 0.4, 0.2, 1.8)
+    assert x.min() >= 0.2 and x.max() <= 1.8 and abs(x.mean() - 1.0) < 0.02
+
+
+def test_wall_walks_take_released_step_lengths():
+    start, actions = wall_walks(np.random.default_rng(1), 300, 25)
+    assert start.shape == (300, 2) and actions.shape == (300, 25, 2)
+    lengths = np.hypot(actions[..., 0], actions[..., 1])
+    assert lengths.min() >= 0.2 - 1e-12 and lengths.max() <= 1.8 + 1e-12
+    assert np.all(np.abs(actions) <= Wall().action_space.high[0])
+
+
+def test_door_seeking_walks_cross_the_wall():
+    env = Wall()
+    start, actions = wall_walks(np.random.default_rng(2), 400, 25, door_fraction=1.0)
+    assert env.crossed(env.rollout_states(start, actions)).mean() > 0.85
+    start, actions = wall_walks(np.random.default_rng(2), 400, 25, door_fraction=0.0)
+    assert env.crossed(env.rollout_states(start, actions)).mean() < 0.2  # free walks rarely find the door
+    with pytest.raises(ValueError, match="door_fraction"):
+        wall_walks(np.random.default_rng(0), 2, 3, door_fraction=1.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmqlib.plan import CEMConfig, GDConfig, cem, make_generators, plan
+from wmqlib.plan import CEMConfig, cem, make_generators
 
 SEEDS = [3, 11, 42]
 
@@ -72,16 +72,6 @@ def test_nan_costs_are_never_elite(quadratic):
 def test_config_validation_names_field(field, value, exc):
     with pytest.raises(exc, match=field):
         CEMConfig(**{field: value})
-
-
-def test_plan_dispatches_on_the_config_type(quadratic):
-    cost = quadratic(SEEDS)
-    cfg = CEMConfig(opt_steps=3, samples=20, topk=4)
-    assert torch.equal(plan(cost, cfg, make_generators(SEEDS), 4).plans,
-                       cem(cost, cfg, make_generators(SEEDS), 4).plans)
-    assert plan(cost, GDConfig(opt_steps=2), make_generators(SEEDS), 4).plans.shape == (2, 3, 5, 4)
-    with pytest.raises(TypeError, match="CEMConfig"):
-        plan(cost, {"opt_steps": 3}, make_generators(SEEDS), 4)
 
 
 def test_bad_inputs(quadratic):

@@ -92,6 +92,7 @@ def test_valid_recipes_and_defaults():
 
 def test_recipe_builds_each_method_from_names():
     assert recipe_from_names("RTN", 4) == RTN(4, PerChannel())
+    assert recipe_from_names("RTN+hadamard", 4) == RTN(4, rotation="hadamard")  # a rotated method by name
     assert recipe_from_names("AWQ", 3, "per-group", 32) == AWQ(3, PerGroup(32))
     sq = recipe_from_names("SmoothQuant", 8, a_bits=8, a_granularity="per-tensor")
     assert sq == SmoothQuant(8, PerChannel(), a_bits=8, a_granularity=PerTensor())
@@ -101,6 +102,7 @@ def test_recipe_builds_each_method_from_names():
 
 @pytest.mark.parametrize("args, match", [
     (("GPFQ", 4), "method must be one of"),
+    (("AWQ+hadamard", 4), "AWQ does not support rotations"),
     (("RTN", 4, "per-row"), "w_granularity must be"),
     (("RTN", 4, "per-group"), "needs a group_size"),
     (("RTN", 4, "per-channel", None, 8, "per-channel"), "a_granularity must be"),

@@ -61,15 +61,6 @@ def check_render_size(size: Any, field: str = "render_size") -> int:
     return int(size)
 
 
-def check_int(name: str, value: Any, minimum: int, why: str = "") -> int:
-    """``value`` as an int >= ``minimum``, else a TypeError/ValueError naming ``name`` (``why`` explains the bound)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{why}, got {value}")
-    return int(value)
-
-
 def as_float_array(x: Any, shape: tuple[int | None, ...], field: str) -> np.ndarray:
     """``x`` as a finite float64 array of ``shape`` (None = any length), else a ValueError naming ``field``."""
     try:
@@ -85,6 +76,11 @@ def as_float_array(x: Any, shape: tuple[int | None, ...], field: str) -> np.ndar
 
 def _fmt(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """Angles (any shape, radians) wrapped into [-pi, pi)."""
+    return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 def resize_images(images: np.ndarray, size: int, antialias: bool = True) -> np.ndarray:

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from wmqlib.envs.base import DATA_STREAM, check_int, check_render_size, env_class, env_names, make_env
-from wmqlib.validate import atomic_path
+from wmqlib.envs.base import DATA_STREAM, check_render_size, env_class, env_names, make_env
+from wmqlib.validate import atomic_path, check_int
 
 FORMAT_VERSION = 1
 __all__ = ["DATA_STREAM", "FORMAT_VERSION", "TrajectoryData", "TrajectoryWindows", "collect_trajectories",

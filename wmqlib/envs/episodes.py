@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from wmqlib.envs.base import EPISODE_STREAM, check_int, env_class, env_names
+from wmqlib.envs.base import EPISODE_STREAM, env_class, env_names
+from wmqlib.validate import check_int
 
 SPLIT_OFFSETS = {"eval": 1, "calib": 2}
 __all__ = ["EPISODE_STREAM", "Episode", "SPLIT_OFFSETS", "episode_seeds", "sample_episodes"]

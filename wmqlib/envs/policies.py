@@ -1,7 +1,8 @@
-"""Scripted data-collection policies: Wall random walks that use the door, a noisy PushT pusher that moves the T
-anywhere, and a PushT demonstrator that pushes the T into the goal pose.
+"""PushT's scripted policies: a noisy pusher that moves the T anywhere and a demonstrator that pushes the T into
+the goal pose (Wall's random walks are ``wall.wall_walks``).
 
-Both draw every random number from a ``np.random.Generator`` they are given, so a seed fixes the data.
+Both draw every random number from a ``np.random.Generator`` they are given, so a seed fixes the data; they read
+the world's constants from ``pusht_physics`` and step the PushT env they are given.
 """
 
 from __future__ import annotations
@@ -10,91 +11,36 @@ import math
 
 import numpy as np
 
-from wmqlib.envs import pusht, wall
-
-# Wall: the released data generator's step model (DotDataset config): heading noise von Mises with concentration
-# 1 / 0.2, step length a normal(1, 0.4) truncated to [0.2, 1.8]; the env moves 2 px per unit of action.
-HEADING_CONCENTRATION = 1 / 0.2
-STEP_MEAN, STEP_STD, STEP_LOW, STEP_HIGH = 1.0, 0.4, 0.2, 1.8
-DOOR_PULL = 0.6  # fraction of the bearing error a door-seeking walk corrects per step
-DOOR_REACH = (2.0, 16.0)  # px between a door-seeking walk's start and the wall face
-
-
-def truncated_normal(rng: np.random.Generator, size: tuple[int, ...], mean: float, std: float, low: float,
-                     high: float) -> np.ndarray:
-    """Samples of a normal(mean, std) truncated to [low, high], by rejection (float64, ``size``)."""
-    out = rng.normal(mean, std, size)
-    bad = (out < low) | (out > high)
-    while bad.any():
-        out[bad] = rng.normal(mean, std, int(bad.sum()))
-        bad = (out < low) | (out > high)
-    return out
-
-
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
-
-
-def wall_walks(rng: np.random.Generator, n: int, horizon: int, layout: wall.WallLayout = wall.WallLayout(),
-               door_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Random-walk starts (n, 2) and raw actions (n, horizon, 2) for Wall datasets.
-
-    Every walk keeps its heading with von Mises noise and draws step lengths like the released generator. A
-    ``door_fraction`` of them start 2-16 px from the wall face, within 10 px of the door row, steer toward a point
-    in front of the door, then to a point beyond it, then wander on; the rest start anywhere in the free room with a
-    uniform heading. Headings are closed-loop, so actions are computed while simulating the dynamics
-    (:func:`wmqlib.envs.wall.wall_step`).
-    """
-    if not 0.0 <= door_fraction <= 1.0:
-        raise ValueError(f"door_fraction must be in [0, 1], got {door_fraction}")
-    seek = rng.random(n) < door_fraction
-    side = np.where(rng.random(n) < 0.5, -1.0, 1.0)  # -1: start left of the wall
-    lo, hi = wall.BORDER_LO + 1.0, wall.BORDER_HI - 1.0
-    x_any = np.where(side < 0, rng.uniform(lo, layout.wall_left - 1.0, n), rng.uniform(layout.wall_right + 1.0, hi, n))
-    face = np.where(side < 0, layout.wall_left, layout.wall_right)
-    x_door = face + side * rng.uniform(*DOOR_REACH, n)
-    y_door = layout.door_y + rng.uniform(-10.0, 10.0, n)
-    pos = np.stack([np.where(seek, x_door, x_any), np.where(seek, y_door, rng.uniform(lo, hi, n))], axis=1)
-    pos = np.clip(pos, lo, hi)
-    start = pos.copy()
-
-    # Door-seeking waypoints: in front of the door, 5 px from the face, then an exit point 4-16 px past the other face.
-    entry = np.stack([face + side * 5.0, layout.door_y + rng.uniform(-2.0, 2.0, n)], axis=1)
-    exit_face = np.where(side < 0, layout.wall_right, layout.wall_left)
-    exit_ = np.stack([exit_face - side * rng.uniform(4.0, 16.0, n), layout.door_y + rng.uniform(-3.0, 3.0, n)], axis=1)
-    stage = np.where(seek, 0, 2)  # 0: to entry, 1: to exit, 2: free walk
-
-    heading = rng.uniform(-np.pi, np.pi, n)
-    lengths = truncated_normal(rng, (n, horizon), STEP_MEAN, STEP_STD, STEP_LOW, STEP_HIGH)
-    noise = rng.vonmises(0.0, HEADING_CONCENTRATION, (n, horizon))
-    actions = np.empty((n, horizon, 2))
-    for t in range(horizon):
-        target = np.where((stage == 0)[:, None], entry, exit_)
-        bearing = np.arctan2(target[:, 1] - pos[:, 1], target[:, 0] - pos[:, 0])
-        pull = np.where(stage < 2, DOOR_PULL * _wrap(bearing - heading), 0.0)
-        heading = _wrap(heading + pull + noise[:, t])
-        actions[:, t] = lengths[:, t, None] * np.stack([np.cos(heading), np.sin(heading)], axis=1)
-        pos = wall.wall_step(pos, actions[:, t], layout)
-        past_entry = (np.hypot(*(pos - entry).T) < 2.5) | (side * (pos[:, 0] - face) <= 1.0)
-        stage = np.where((stage == 0) & past_entry, 1, stage)
-        stage = np.where((stage == 1) & (side * (pos[:, 0] - exit_[:, 0]) <= 0), 2, stage)
-    return start, actions
-
+from wmqlib.envs import pusht_physics as physics
+from wmqlib.envs.base import WmqEnv, wrap_angle
 
 # PushT: the T's outline (union of bar and stem) in body coordinates, counter-clockwise in the screen frame.
 _T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], float)
-
+_EDGES = np.roll(_T_OUTLINE, -1, axis=0) - _T_OUTLINE  # (8, 2) each outline edge as a vector
+_EDGE_LEN = np.hypot(_EDGES[:, 0], _EDGES[:, 1])  # (8,)
+# Outward normals (8, 2): the outline runs counter-clockwise on screen (y down), so outward is (dy, -dx).
+_NORMALS = np.stack([_EDGES[:, 1], -_EDGES[:, 0]], axis=1) / _EDGE_LEN[:, None]
 
 
 def _steer(agent: np.ndarray, target: np.ndarray, limit: float, rng: np.random.Generator,
            noise: float) -> np.ndarray:
     """The PushT action (2,) that moves the agent toward ``target`` (world px), its length capped at ``limit``, plus
     Gaussian noise of std ``noise``, clipped to the env's action range."""
-    action = (target - agent) / pusht.ACTION_SCALE
+    action = (target - agent) / physics.ACTION_SCALE
     norm = np.hypot(*action)
     if norm > limit:
         action *= limit / norm
-    return np.clip(action + rng.normal(0.0, noise, 2), -pusht.ACTION_LIMIT, pusht.ACTION_LIMIT)
+    return np.clip(action + rng.normal(0.0, noise, 2), -physics.ACTION_LIMIT, physics.ACTION_LIMIT)
+
+
+def _close_in(policy: PushTPusher | PushTDemonstrator, state: np.ndarray, agent: np.ndarray) -> np.ndarray:
+    """The "close" phase both policies share: head for touching distance of the contact (world px, (2,)); push
+    once within 8 px of it or after 8 steps."""
+    target = policy._world(state, physics.AGENT_RADIUS + 3.0)
+    if np.hypot(*(target - agent)) < 8.0 or policy._steps > 8:
+        policy._phase, policy._steps = "push", 0
+    return target
+
 
 class PushTPusher:
     """A noisy scripted pusher that makes the T move and turn.
@@ -110,11 +56,6 @@ class PushTPusher:
                  wander_prob: float = 0.15) -> None:
         self.rng = rng
         self.max_action, self.noise, self.wander_prob = max_action, noise, wander_prob
-        edges = np.roll(_T_OUTLINE, -1, axis=0) - _T_OUTLINE
-        self._edge_len = np.hypot(edges[:, 0], edges[:, 1])
-        # Outward normals: the outline runs counter-clockwise on screen (y down), so outward is (dy, -dx).
-        self._normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) / self._edge_len[:, None]
-        self._edges = edges
         self._phase, self._steps = "plan", 0
 
     def _plan(self, state: np.ndarray) -> None:
@@ -124,10 +65,10 @@ class PushTPusher:
             self._duration = int(self.rng.integers(3, 9))
             return
         for _ in range(8):  # prefer contacts whose approach side is inside the arena
-            k = self.rng.choice(len(self._edges), p=self._edge_len / self._edge_len.sum())
+            k = self.rng.choice(len(_EDGES), p=_EDGE_LEN / _EDGE_LEN.sum())
             u = self.rng.uniform(0.1, 0.9)
-            self._contact = _T_OUTLINE[k] + u * self._edges[k]
-            self._normal = self._normals[k]
+            self._contact = _T_OUTLINE[k] + u * _EDGES[k]
+            self._normal = _NORMALS[k]
             if np.all((self._world(state, 60.0) > 30) & (self._world(state, 60.0) < 482)):
                 break
         self._push_turn = self.rng.normal(0.0, 0.3)
@@ -154,13 +95,11 @@ class PushTPusher:
             if self._steps >= self._duration:
                 self._phase = "plan"
         elif self._phase == "around":
-            target = self._world(state, pusht.AGENT_RADIUS + 45.0)
+            target = self._world(state, physics.AGENT_RADIUS + 45.0)
             if np.hypot(*(target - agent)) < 12.0 or self._steps > 15:
                 self._phase, self._steps = "close", 0
         elif self._phase == "close":
-            target = self._world(state, pusht.AGENT_RADIUS + 3.0)
-            if np.hypot(*(target - agent)) < 8.0 or self._steps > 8:
-                self._phase, self._steps = "push", 0
+            target = _close_in(self, state, agent)
         else:
             target = self._world(state, -40.0, push=True)
             if self._steps >= self._duration:
@@ -174,16 +113,13 @@ def _to_world(local: np.ndarray, state: np.ndarray) -> np.ndarray:
     return np.array([state[2] + c * local[0] - s * local[1], state[3] + s * local[0] + c * local[1]])
 
 
-def pusht_trajectory(rng: np.random.Generator, horizon: int, env: "pusht.PushT | None" = None,
+def pusht_trajectory(rng: np.random.Generator, horizon: int, env: WmqEnv,
                      start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One PushT trajectory of the scripted pusher: states (horizon + 1, 7) and raw actions (horizon, 2).
-
-    ``start`` (7,) defaults to a draw from the release's reset distribution; ``env`` (a PushT) is reused if given.
-    """
-    env = pusht.PushT() if env is None else env
-    env.set_state(pusht.sample_start_state(rng) if start is None else start)
+    """One trajectory of the scripted pusher in ``env`` (a PushT): states (horizon + 1, 7) and raw actions
+    (horizon, 2). ``start`` (7,) defaults to a draw from the release's reset distribution."""
+    env.set_state(physics.sample_start_state(rng) if start is None else start)
     policy = PushTPusher(rng)
-    states = np.empty((horizon + 1, pusht.PushT.state_dim))
+    states = np.empty((horizon + 1, env.state_dim))
     actions = np.empty((horizon, 2))
     states[0] = env.get_state()
     for t in range(horizon):
@@ -215,15 +151,11 @@ class PushTDemonstrator:
 
     def __init__(self, rng: np.random.Generator, max_action: float = 0.35, noise: float = 0.03,
                  temperature: float = 0.15, done_pos: float = 6.0, done_angle: float = 0.08,
-                 goal: tuple[float, float, float] = pusht.GOAL_POSE) -> None:
+                 goal: tuple[float, float, float] = physics.GOAL_POSE) -> None:
         self.rng = rng
         self.max_action, self.noise, self.temperature = max_action, noise, temperature
         self.done_pos, self.done_angle = done_pos, done_angle
         self.goal = np.asarray(goal, dtype=np.float64)
-        edges = np.roll(_T_OUTLINE, -1, axis=0) - _T_OUTLINE
-        self._edge_len = np.hypot(edges[:, 0], edges[:, 1])
-        self._normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) / self._edge_len[:, None]
-        self._edges = edges
         self._phase, self._steps, self._duration = "plan", 0, 0
         self.done = False
 
@@ -231,24 +163,24 @@ class PushTDemonstrator:
         """Centre-of-gravity offset goal - current (2,) in px and wrapped angle error goal - current in rad."""
         goal_com = _to_world(_T_COM, np.array([0, 0, *self.goal[:2], self.goal[2]]))
         com = _to_world(_T_COM, state)
-        return goal_com - com, float(_wrap(np.array(self.goal[2] - state[4])))
+        return goal_com - com, float(wrap_angle(np.array(self.goal[2] - state[4])))
 
     def _plan(self, state: np.ndarray) -> None:
         e_pos, e_ang = self._errors(state)
         k = _T_GYRATION
-        cand_edges = np.repeat(np.arange(len(self._edges)), 6)
+        cand_edges = np.repeat(np.arange(len(_EDGES)), 6)
         u = self.rng.uniform(0.1, 0.9, len(cand_edges))
-        local = _T_OUTLINE[cand_edges] + u[:, None] * self._edges[cand_edges]
+        local = _T_OUTLINE[cand_edges] + u[:, None] * _EDGES[cand_edges]
         c, s = math.cos(state[4]), math.sin(state[4])
         rot = np.array([[c, -s], [s, c]])
         r = (local - _T_COM) @ rot.T  # world offsets from the centre of gravity
-        n_in = -self._normals[cand_edges] @ rot.T  # world inward normals
+        n_in = -_NORMALS[cand_edges] @ rot.T  # world inward normals
         cross = r[:, 0] * n_in[:, 1] - r[:, 1] * n_in[:, 0]
         speed = 1.0 / (1.0 + cross ** 2 / k ** 2)
         v, w = n_in * speed[:, None], cross / k ** 2 * speed
         err = math.sqrt(float(e_pos @ e_pos) + (k * e_ang) ** 2) + 1e-9
         score = (v @ e_pos + k ** 2 * w * e_ang) / err  # rate of pose-error decrease per unit push speed
-        approach = local + (pusht.AGENT_RADIUS + 45.0) * self._normals[cand_edges]
+        approach = local + (physics.AGENT_RADIUS + 45.0) * _NORMALS[cand_edges]
         world_approach = (approach - 0.0) @ rot.T + state[2:4]
         inside = np.all((world_approach > _ARENA_LO) & (world_approach < _ARENA_HI), axis=1)
         score = np.where(inside, score, -np.inf)
@@ -258,10 +190,10 @@ class PushTDemonstrator:
         logits = (score[best] - score[best].max()) / self.temperature
         p = np.exp(logits) / np.exp(logits).sum()
         pick = best[self.rng.choice(len(best), p=p)]
-        self._contact, self._normal = local[pick], self._normals[cand_edges[pick]]
+        self._contact, self._normal = local[pick], _NORMALS[cand_edges[pick]]
         self._duration = int(np.clip(round(err / 12.0), 1, 6))
         self._speed = float(np.clip(0.08 + err / 250.0, 0.08, self.max_action))
-        near = np.hypot(*(self._world(state, pusht.AGENT_RADIUS + 3.0) - state[:2])) < 10.0
+        near = np.hypot(*(self._world(state, physics.AGENT_RADIUS + 3.0) - state[:2])) < 10.0
         self._phase, self._steps = ("push" if near else "around"), 0
 
     def _world(self, state: np.ndarray, offset: float) -> np.ndarray:
@@ -273,7 +205,7 @@ class PushTDemonstrator:
         agent = state[:2]
         a_agent = math.atan2(agent[1] - centre[1], agent[0] - centre[0])
         a_target = math.atan2(target[1] - centre[1], target[0] - centre[0])
-        delta = float(_wrap(np.array(a_target - a_agent)))
+        delta = float(wrap_angle(np.array(a_target - a_agent)))
         if abs(delta) < 0.5:
             return target
         radius = 110.0
@@ -297,14 +229,12 @@ class PushTDemonstrator:
                 self._plan(state)
             self._steps += 1
             if self._phase == "around":
-                goal = self._world(state, pusht.AGENT_RADIUS + 40.0)
+                goal = self._world(state, physics.AGENT_RADIUS + 40.0)
                 target = self._around(state, goal)
                 if np.hypot(*(goal - agent)) < 12.0 or self._steps > 20:
                     self._phase, self._steps = "close", 0
             elif self._phase == "close":
-                target = self._world(state, pusht.AGENT_RADIUS + 3.0)
-                if np.hypot(*(target - agent)) < 8.0 or self._steps > 8:
-                    self._phase, self._steps = "push", 0
+                target = _close_in(self, state, agent)
             else:
                 target = self._world(state, -40.0)
                 limit = self._speed
@@ -313,18 +243,17 @@ class PushTDemonstrator:
         return _steer(agent, target, limit, self.rng, self.noise)
 
 
-def pusht_demonstration(rng: np.random.Generator, horizon: int, env: "pusht.PushT | None" = None,
-                        start: np.ndarray | None = None, min_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One PushT demonstration of :class:`PushTDemonstrator` from ``start`` (7,) or a draw from the release's reset
-    distribution; ``env`` (a PushT) is reused if given. Returns states (T + 1, 7) and raw actions (T, 2).
+def pusht_demonstration(rng: np.random.Generator, horizon: int, env: WmqEnv, start: np.ndarray | None = None,
+                        min_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One demonstration of :class:`PushTDemonstrator` in ``env`` (a PushT) from ``start`` (7,) or a draw from the
+    release's reset distribution. Returns states (T + 1, 7) and raw actions (T, 2).
 
     T = ``horizon`` when ``min_len`` is None; otherwise the demonstration ends, like a human one, once the
     demonstrator has put the T in place (but not before ``min_len`` steps, and at ``horizon`` steps at most).
     """
-    env = pusht.PushT() if env is None else env
-    env.set_state(pusht.sample_start_state(rng) if start is None else start)
+    env.set_state(physics.sample_start_state(rng) if start is None else start)
     policy = PushTDemonstrator(rng)
-    states = np.empty((horizon + 1, pusht.PushT.state_dim))
+    states = np.empty((horizon + 1, env.state_dim))
     actions = np.empty((horizon, 2))
     states[0] = env.get_state()
     for t in range(horizon):

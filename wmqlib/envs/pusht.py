@@ -1,19 +1,9 @@
-"""PushT: DINO-WM's pymunk T-pushing task, simulated as released and drawn headless with PIL.
+"""PushT: DINO-WM's T-pushing task as a ``WmqEnv`` (the simulated world is ``pusht_physics``).
 
-Facts follow the released environment (gaoyuezhou/dino_wm ``env/pusht``, itself from Diffusion Policy):
-
-- a 512x512 px world with four static border segments (radius 2, from 5 to 506), no gravity and ``damping = 0``
-  (bodies lose all velocity every tick, so the block only moves while pushed); physics at 100 Hz, control at 10 Hz.
-- the agent: a kinematic circle of radius 15. A raw action a (2,) moves it by a PD controller (kp 100, kv 20)
-  toward ``agent_pos + 100 * a`` for ten 10 ms ticks (DINO-WM's dataset actions are relative pixel moves / 100).
-  Being kinematic, the agent passes through the border walls, as in the release.
-- the block: a T of mass 1 (bar 120x30 px, stem 30x90 px, body origin at the top middle of the bar), centre of
-  gravity halfway between the two boxes' centroids, moment twice the bar's (the release passes the bar's vertices
-  for both boxes). Shapes have pymunk's default friction 0 (the release sets ``body.friction``, which pymunk ignores).
 - state (7) = agent x, y, block x, y, block angle mod 2 pi, agent vx, vy; proprio (4) = agent x, y, vx, vy.
 - ``set_state`` places the bodies (angle before position) and runs one 10 ms tick, as the release does on reset.
-- the goal T pose (256, 256, pi/4) is drawn light green in every frame.
 - success: ``||goal[:4] - cur[:4]|| < 20`` and wrapped angle difference < pi/9; state_dist = ||goal - cur|| (7-d).
+- episodes and training data come from the scripted policies of ``policies`` (a pusher and a demonstrator).
 
 One deliberate difference: actions are clipped to [-1, 1] per component (the released data's std is 0.2), which
 bounds the agent's speed (about 7 px per tick) well below the 15 px radius, so it cannot tunnel through the block.
@@ -25,136 +15,22 @@ import math
 from typing import Any
 
 import numpy as np
-import pymunk
 from gymnasium import spaces
-from PIL import Image, ImageDraw
+from PIL import Image
+from tqdm.auto import tqdm
 
 from wmqlib.envs.base import DATA_STREAM, EPISODE_STREAM, WmqEnv, register_env, resize_images
+from wmqlib.envs.policies import pusht_demonstration, pusht_trajectory
+from wmqlib.envs.pusht_physics import ACTION_LIMIT, DT, WINDOW, Sim, agent_velocities, draw_state, sample_start_state
 
-WINDOW = 512
-SIM_HZ, CONTROL_HZ = 100, 10
-SUBSTEPS = SIM_HZ // CONTROL_HZ
-DT = 1.0 / SIM_HZ
-KP, KV = 100.0, 20.0
-ACTION_SCALE = 100.0
-ACTION_LIMIT = 1.0
-AGENT_RADIUS = 15.0
-GOAL_POSE = (256.0, 256.0, math.pi / 4)
 SUCCESS_POS, SUCCESS_ANGLE = 20.0, math.pi / 9
 DEMO_MAX_LEN = 300  # control steps a held-out demonstration may take at most
 _DEMO_TAG = 0x44454D4F  # separates the demonstration streams from the scripted pusher's
 _PUSHER_EVERY = 4  # "mixed" data: every 4th trajectory comes from the exploratory pusher
-_SCALE, _LENGTH = 30.0, 4.0
-T_BAR = ((-_LENGTH * _SCALE / 2, _SCALE), (_LENGTH * _SCALE / 2, _SCALE), (_LENGTH * _SCALE / 2, 0.0),
-         (-_LENGTH * _SCALE / 2, 0.0))
-T_STEM = ((-_SCALE / 2, _SCALE), (-_SCALE / 2, _LENGTH * _SCALE), (_SCALE / 2, _LENGTH * _SCALE), (_SCALE / 2, _SCALE))
-WALL_SEGMENTS = (((5, 506), (5, 5)), ((5, 5), (506, 5)), ((506, 5), (506, 506)), ((5, 506), (506, 506)))
-WALL_RADIUS = 2.0
-# pygame colour names the release uses; "light" = the release's 1.2x brightened fill (capped at 255, truncated).
-WHITE, GOAL_GREEN, WALL_GRAY = (255, 255, 255), (144, 238, 144), (211, 211, 211)
-BLOCK_EDGE, BLOCK_FILL = (119, 136, 153), (142, 163, 183)
-AGENT_EDGE, AGENT_FILL = (65, 105, 225), (78, 126, 255)
-_EDGE_WIDTH = 4  # the release's outlines: fat segments of radius 2
-
-
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return points @ np.array([[c, s], [-s, c]])
-
-
-def t_polygons(x: float, y: float, angle: float) -> list[np.ndarray]:
-    """World vertices (4, 2) of the T's bar and stem for a body at origin (x, y) rotated by ``angle`` radians."""
-    return [_rotate(np.array(poly), angle) + (x, y) for poly in (T_BAR, T_STEM)]
-
-
-class _Sim:
-    """One pymunk space holding the released bodies; ``reset_to`` rebuilds it so no contact history carries over."""
-
-    def __init__(self) -> None:
-        self.space = self.agent = self.block = None
-
-    def reset_to(self, state: np.ndarray) -> None:
-        space = pymunk.Space()
-        space.gravity = (0, 0)
-        space.damping = 0
-        space.add(*[pymunk.Segment(space.static_body, a, b, WALL_RADIUS) for a, b in WALL_SEGMENTS])
-        agent = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
-        space.add(agent, pymunk.Circle(agent, AGENT_RADIUS))
-        block = pymunk.Body(1, 2 * pymunk.moment_for_poly(1, T_BAR))
-        bar, stem = pymunk.Poly(block, T_BAR), pymunk.Poly(block, T_STEM)
-        block.center_of_gravity = (bar.center_of_gravity + stem.center_of_gravity) / 2
-        space.add(block, bar, stem)
-        agent.velocity = (float(state[5]), float(state[6]))
-        agent.position = (float(state[0]), float(state[1]))
-        block.angle = float(state[4])
-        block.position = (float(state[2]), float(state[3]))
-        space.step(DT)
-        self.space, self.agent, self.block = space, agent, block
-
-    def state(self) -> np.ndarray:
-        a, b = self.agent, self.block
-        return np.array([a.position.x, a.position.y, b.position.x, b.position.y, b.angle % (2 * math.pi),
-                         a.velocity.x, a.velocity.y])
-
-    def run(self, velocities: list) -> None:
-        """Tick once per agent velocity (the PD controller's output, precomputed by :func:`agent_velocities`)."""
-        agent, step = self.agent, self.space.step
-        for v in velocities:
-            agent.velocity = v
-            step(DT)
-
-
-def agent_velocities(pos: np.ndarray, vel: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """The PD controller's agent velocities for every tick: (N, T, SUBSTEPS, 2) px/s.
-
-    pos, vel: (N, 2) agent position (px) and velocity (px/s) at the first control step; actions (N, T, 2) clipped raw
-    actions. The kinematic agent ignores contacts, so its path depends on the actions only and is integrated here
-    with the release's arithmetic (``acc = kp (target - p) + kv (0 - v); v += acc dt; p += v dt``, pymunk's
-    kinematic update), vectorised over plans.
-    """
-    n, horizon = actions.shape[:2]
-    out = np.empty((n, horizon, SUBSTEPS, 2))
-    p, v = pos.copy(), vel.copy()
-    for t in range(horizon):
-        target = p + actions[:, t] * ACTION_SCALE
-        for i in range(SUBSTEPS):
-            acc = KP * (target - p) + KV * (0.0 - v)
-            v = v + acc * DT
-            p = p + v * DT
-            out[:, t, i] = v
-    return out
-
-
-def draw_state(state: np.ndarray) -> Image.Image:
-    """The 512x512 scene of one state (7,) as the release draws it with pygame: goal T, border, block, agent."""
-    img = Image.new("RGB", (WINDOW, WINDOW), WHITE)
-    draw = ImageDraw.Draw(img)
-    for poly in t_polygons(*GOAL_POSE):
-        draw.polygon([tuple(v) for v in np.round(poly)], fill=GOAL_GREEN)
-    for a, b in WALL_SEGMENTS:
-        _fat_line(draw, np.array([a, b], dtype=float), WALL_GRAY)
-    for poly in t_polygons(state[2], state[3], state[4]):
-        pts = np.round(poly)
-        draw.polygon([tuple(v) for v in pts], fill=BLOCK_FILL)
-        _fat_line(draw, np.vstack([pts, pts[:1]]), BLOCK_EDGE)
-    cx, cy = round(state[0]), round(state[1])
-    for radius, colour in ((AGENT_RADIUS, AGENT_EDGE), (AGENT_RADIUS - 4, AGENT_FILL)):
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
-    return img
-
-
-def _fat_line(draw: ImageDraw.ImageDraw, pts: np.ndarray, colour: tuple[int, int, int]) -> None:
-    """A polyline of width 4 with round joints, as pygame draws pymunk's fat segments."""
-    pts = np.round(pts)
-    draw.line([tuple(v) for v in pts], fill=colour, width=_EDGE_WIDTH)
-    r = _EDGE_WIDTH / 2
-    for x, y in pts:
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-
 
 @register_env
 class PushT(WmqEnv):
-    """DINO-WM's PushT environment (see the module docstring for every rule).
+    """DINO-WM's PushT environment (see the module docstrings here and in ``pusht_physics`` for every rule).
 
     Args:
         render_size: side of ``obs["visual"]`` in pixels (64 for the small models, 224 for released checkpoints).
@@ -196,8 +72,6 @@ class PushT(WmqEnv):
         ``DEMO_MAX_LEN`` steps); the segment starts anywhere in it. ``"scripted"``: a ``2 * horizon``-step run of
         the exploratory pusher, the segment starting in its first ``horizon + 1`` steps (wmq's first sampler).
         """
-        from wmqlib.envs.policies import pusht_demonstration, pusht_trajectory
-
         sampler = cls.check_sampler(sampler)
         sim = cls()
         if sampler == "scripted":
@@ -225,10 +99,6 @@ class PushT(WmqEnv):
         (:func:`wmqlib.envs.policies.pusht_trajectory`), ``"demo"`` the demonstrator
         (:func:`wmqlib.envs.policies.pusht_demonstration`), ``"mixed"`` the pusher for every 4th trajectory
         (i = 3, 7, ...) and the demonstrator for the others."""
-        from tqdm.auto import tqdm
-
-        from wmqlib.envs.policies import pusht_demonstration, pusht_trajectory
-
         policy = cls.check_data_policy(policy)
         sim = cls()
         states = np.empty((n_traj, traj_len + 1, cls.state_dim))
@@ -248,7 +118,7 @@ class PushT(WmqEnv):
         self.antialias = antialias
         super().__init__(render_size=render_size, render_mode=render_mode)
         self.action_space = spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, (2,), dtype=np.float32)
-        self._sim = _Sim()
+        self._sim = Sim()
         self._sim.reset_to(np.array([256.0, 400.0, 256.0, 300.0, 0.0, 0.0, 0.0]))
 
     def _proprio_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +174,7 @@ class PushT(WmqEnv):
         # The first control step starts after set_state's tick, which moved the agent by v * dt.
         start_pos = states[:, :2] + states[:, 5:7] * DT
         vels = agent_velocities(start_pos, states[:, 5:7], actions)
-        sim = _Sim()
+        sim = Sim()
         for k in range(n):
             sim.reset_to(states[k])
             visited[k, 0] = sim.state()
@@ -320,12 +190,3 @@ class PushT(WmqEnv):
         angle_diff = np.abs((goal[..., 4] - cur[..., 4] + np.pi) % (2 * np.pi) - np.pi)
         success = (pos_diff < SUCCESS_POS) & (angle_diff < SUCCESS_ANGLE)
         return success, np.linalg.norm(goal - cur, axis=-1)
-
-
-def sample_start_state(rng: np.random.Generator) -> np.ndarray:
-    """A random PushT state (7,) with the release's reset distribution: agent x, y in [50, 450), block x, y in
-    [100, 400) (integers), block angle ``2 pi N(0, 1) - pi`` (taken mod 2 pi), agent at rest."""
-    agent = rng.integers(50, 450, size=2)
-    block = rng.integers(100, 400, size=2)
-    angle = (rng.standard_normal() * 2 * np.pi - np.pi) % (2 * np.pi)
-    return np.array([agent[0], agent[1], block[0], block[1], angle, 0.0, 0.0], dtype=np.float64)

@@ -12,6 +12,7 @@ Facts follow the released environment (gaoyuezhou/dino_wm ``env/wall``), default
   The release keeps the resized frame as float; here it is rounded to uint8 (at most 0.5/255 apart).
 - start/goal sampler: :func:`random_start_goal`, bit-identical to the release's ``generate_random_state(seed)``.
 - success: ``||goal - cur|| < 4.5`` pixels.
+- training data: :func:`wall_walks`, random walks like the released generator's, half of them through the door.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from wmqlib.envs.base import DATA_STREAM, WmqEnv, as_float_array, register_env, resize_images
+from wmqlib.envs.base import DATA_STREAM, WmqEnv, as_float_array, register_env, resize_images, wrap_angle
 
 IMG_SIZE = 65
 BORDER_LO, BORDER_HI = 4.0, 60.0  # border wall pixels: border_wall_loc - 1 and img_size - border_wall_loc
@@ -222,6 +223,71 @@ def random_start_goal(seed: int, layout: WallLayout = WallLayout()) -> tuple[np.
     return np.array([start_x, start_y]), np.array([goal_x, goal_y])
 
 
+# Wall: the released data generator's step model (DotDataset config): heading noise von Mises with concentration
+# 1 / 0.2, step length a normal(1, 0.4) truncated to [0.2, 1.8]; the env moves 2 px per unit of action.
+HEADING_CONCENTRATION = 1 / 0.2
+STEP_MEAN, STEP_STD, STEP_LOW, STEP_HIGH = 1.0, 0.4, 0.2, 1.8
+DOOR_PULL = 0.6  # fraction of the bearing error a door-seeking walk corrects per step
+DOOR_REACH = (2.0, 16.0)  # px between a door-seeking walk's start and the wall face
+
+
+def truncated_normal(rng: np.random.Generator, size: tuple[int, ...], mean: float, std: float, low: float,
+                     high: float) -> np.ndarray:
+    """Samples of a normal(mean, std) truncated to [low, high], by rejection (float64, ``size``)."""
+    out = rng.normal(mean, std, size)
+    bad = (out < low) | (out > high)
+    while bad.any():
+        out[bad] = rng.normal(mean, std, int(bad.sum()))
+        bad = (out < low) | (out > high)
+    return out
+
+
+def wall_walks(rng: np.random.Generator, n: int, horizon: int, layout: WallLayout = WallLayout(),
+               door_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Random-walk starts (n, 2) and raw actions (n, horizon, 2) for Wall datasets.
+
+    Every walk keeps its heading with von Mises noise and draws step lengths like the released generator. A
+    ``door_fraction`` of them start 2-16 px from the wall face, within 10 px of the door row, steer toward a point
+    in front of the door, then to a point beyond it, then wander on; the rest start anywhere in the free room with a
+    uniform heading. Headings are closed-loop, so actions are computed while simulating the dynamics
+    (:func:`wmqlib.envs.wall_step`).
+    """
+    if not 0.0 <= door_fraction <= 1.0:
+        raise ValueError(f"door_fraction must be in [0, 1], got {door_fraction}")
+    seek = rng.random(n) < door_fraction
+    side = np.where(rng.random(n) < 0.5, -1.0, 1.0)  # -1: start left of the wall
+    lo, hi = BORDER_LO + 1.0, BORDER_HI - 1.0
+    x_any = np.where(side < 0, rng.uniform(lo, layout.wall_left - 1.0, n), rng.uniform(layout.wall_right + 1.0, hi, n))
+    face = np.where(side < 0, layout.wall_left, layout.wall_right)
+    x_door = face + side * rng.uniform(*DOOR_REACH, n)
+    y_door = layout.door_y + rng.uniform(-10.0, 10.0, n)
+    pos = np.stack([np.where(seek, x_door, x_any), np.where(seek, y_door, rng.uniform(lo, hi, n))], axis=1)
+    pos = np.clip(pos, lo, hi)
+    start = pos.copy()
+
+    # Door-seeking waypoints: in front of the door, 5 px from the face, then an exit point 4-16 px past the other face.
+    entry = np.stack([face + side * 5.0, layout.door_y + rng.uniform(-2.0, 2.0, n)], axis=1)
+    exit_face = np.where(side < 0, layout.wall_right, layout.wall_left)
+    exit_ = np.stack([exit_face - side * rng.uniform(4.0, 16.0, n), layout.door_y + rng.uniform(-3.0, 3.0, n)], axis=1)
+    stage = np.where(seek, 0, 2)  # 0: to entry, 1: to exit, 2: free walk
+
+    heading = rng.uniform(-np.pi, np.pi, n)
+    lengths = truncated_normal(rng, (n, horizon), STEP_MEAN, STEP_STD, STEP_LOW, STEP_HIGH)
+    noise = rng.vonmises(0.0, HEADING_CONCENTRATION, (n, horizon))
+    actions = np.empty((n, horizon, 2))
+    for t in range(horizon):
+        target = np.where((stage == 0)[:, None], entry, exit_)
+        bearing = np.arctan2(target[:, 1] - pos[:, 1], target[:, 0] - pos[:, 0])
+        pull = np.where(stage < 2, DOOR_PULL * wrap_angle(bearing - heading), 0.0)
+        heading = wrap_angle(heading + pull + noise[:, t])
+        actions[:, t] = lengths[:, t, None] * np.stack([np.cos(heading), np.sin(heading)], axis=1)
+        pos = wall_step(pos, actions[:, t], layout)
+        past_entry = (np.hypot(*(pos - entry).T) < 2.5) | (side * (pos[:, 0] - face) <= 1.0)
+        stage = np.where((stage == 0) & past_entry, 1, stage)
+        stage = np.where((stage == 1) & (side * (pos[:, 0] - exit_[:, 0]) <= 0), 2, stage)
+    return start, actions
+
+
 @register_env
 class Wall(WmqEnv):
     """DINO-WM's Wall environment (see the module docstring for every rule).
@@ -259,10 +325,8 @@ class Wall(WmqEnv):
     @classmethod
     def collect_trajectories(cls, n_traj: int, traj_len: int, seed: int, policy: str = "walks",
                              progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Random walks that use the door (:func:`wmqlib.envs.policies.wall_walks`, half of them seek the door),
-        one generator for the batch."""
-        from wmqlib.envs.policies import wall_walks
-
+        """Random walks that use the door (:func:`wall_walks`, half of them seek the door), one generator for the
+        batch."""
         cls.check_data_policy(policy)
         sim = cls()
         start, actions = wall_walks(np.random.default_rng([DATA_STREAM, seed]), n_traj, traj_len, sim.layout)

@@ -14,6 +14,7 @@ CheckpointError naming it. Weights holding NaN or inf load and save with a ``Non
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -242,3 +243,13 @@ def load_world_model(name_or_path: str | Path, device: torch.device | str = "cpu
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device).eval()
+
+
+def fingerprint(folder: str | Path) -> tuple[str, str]:
+    """(env, sha) of the wmq checkpoint in ``folder``: the env its config names and the sha256 (16 hex digits) of its
+    config.json and model.safetensors, so whatever is keyed by it follows the weights, not the name."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        digest.update(hashlib.sha256((folder / name).read_bytes()).hexdigest().encode())
+    return read_checkpoint_config(folder)["config"]["env"], digest.hexdigest()[:16]

@@ -23,13 +23,13 @@ It reads (never modifies) ``model`` and returns a plain dict keyed ``"<linear na
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from torch import Tensor, nn
 
 from .calibration import Calibration
+from wmqlib.sweep import added_field
 from wmqlib.validate import check_bool, check_choice
 from .rotation import ROTATIONS
 from .points import QuantPoints
@@ -41,9 +41,6 @@ from .spec import (
 SearchFn = Callable[[nn.Module, "Recipe", list[str], QuantPoints, Optional[Calibration]], dict[str, Tensor]]
 QUANTITIES = ("input_scale", "input_shift", "weight", "weight_lo", "weight_hi", "act_lo", "act_hi", "input_rotation")
 SEARCHES: dict[type, SearchFn] = {}
-# Field metadata key: a field so marked is left out of cache keys while at its default.  The same string as
-# ``wmqlib.sweep.OMIT_AT_DEFAULT`` (quant must not import sweep; a test checks that they agree).
-OMIT_AT_DEFAULT = "wmq_omit_at_default"
 ROTATION_TAGS = {"hadamard": "had", "random": "rot"}  # the suffix ``label`` gives a rotated recipe
 
 
@@ -80,7 +77,7 @@ class Recipe:
     w_full_range: bool = False
     a_bits: Optional[int] = None
     a_granularity: Optional[Union[PerTensor, PerToken]] = None
-    rotation: str = dataclasses.field(default="none", kw_only=True, metadata={OMIT_AT_DEFAULT: True})
+    rotation: str = added_field("none", kw_only=True)
 
     needs_calibration: ClassVar[bool] = False
     supports_rotation: ClassVar[bool] = False  # its search and apply work in rotated coordinates (no folds)
@@ -144,14 +141,17 @@ def recipe_from_names(method: str, w_bits: int, w_granularity: str = "per-channe
                 a_bits: int | None = None, a_granularity: str | None = None, **options: Any) -> Recipe:
     """A quantization recipe from plain names (as a notebook's parameters cell holds them).
 
-    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, GPTQ, ...);
-    w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
+    method: a registered method (``recipe_types()``: RTN, OMSE, AWQ, SmoothQuant, OmniQuant, GPTQ, ...), with
+    ``+<rotation>`` for a rotated one ("GPTQ+hadamard": ``rotation="hadamard"``, see ``ROTATIONS``); w_granularity: "per-tensor" | "per-channel" | "per-group" (needs group_size); a_bits / a_granularity: None for
     weight-only, else bits and "per-tensor" (static) | "per-token" (dynamic); options: further fields of the
     method's dataclass (e.g. ``epochs`` for OmniQuant, ``act_order`` for GPTQ, ``rotation="hadamard"`` for RTN and
     GPTQ). Validated by the recipe.
     """
     methods = recipe_types()
+    method, plus, rotation = method.partition("+") if isinstance(method, str) else (method, "", "")
     check_choice("method", method, sorted(methods))
+    if plus:
+        options = {**options, "rotation": rotation}
     w_gran = granularity_from_name(w_granularity, "weight", group_size, "w_granularity")
     a_gran = None if a_granularity is None else granularity_from_name(a_granularity, "activation",
                                                                       field="a_granularity")

@@ -1,0 +1,123 @@
+"""wmqlib.findings: which rule each setting meets (by its bit width), the cheapest method within the margin of FP
+for each of its outcomes, and the text a notebook ends with; on constructed per-unit outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wmqlib import findings, verdicts
+
+N = 100
+BASELINES = {"no_action": np.zeros(N, bool), "straight_line": np.r_[np.ones(5, bool), np.zeros(N - 5, bool)]}
+
+
+def successes(*spans: tuple[int, int], n: int = N) -> np.ndarray:
+    """True on each half-open span (start, stop) of n units, False elsewhere."""
+    out = np.zeros(n, dtype=bool)
+    for start, stop in spans:
+        out[start:stop] = True
+    return out
+
+
+def by_unit(values: np.ndarray, seed: int = 0) -> pd.Series:
+    return pd.Series(values, index=pd.MultiIndex.from_product([[seed], range(len(values))],
+                                                              names=["planner_seed", "episode_seed"]))
+
+
+def base() -> dict[str, pd.Series]:
+    return {k: pd.Series(v, index=pd.Index(range(N), name="episode_seed")) for k, v in BASELINES.items()}
+
+
+def rows(label: str, method: str, w_bits: int, w_kind: str, values: np.ndarray, seed: int = 0) -> pd.DataFrame:
+    """One weight-only setting's rows of a tidy table (env wall, wmq's configuration)."""
+    quantized = w_bits < 32
+    return pd.DataFrame({"env": "wall", "label": label, "method": method, "w_bits": w_bits,
+                         "a_bits": 16 if quantized else 32, "bits": f"W{w_bits}A16" if quantized else "FP",
+                         "w_kind": w_kind, "acts": "-", "configuration": "wmq" if quantized else "-",
+                         "planner_seed": seed, "episode_seed": range(len(values)), "success": values})
+
+
+FP = successes((0, 60))
+
+
+def test_the_rule_a_weight_only_setting_meets_is_chosen_by_its_bit_width():
+    assert {b: rule.__name__ for b, rule in findings.W_BITS_RULES.items()} == {
+        8: "w8_close_to_fp", 4: "w4_loses_success", 3: "w3_breaks_planning"}
+    assert {b: rule.__name__ for b, rule in findings.GROUP_RULES.items()} == {
+        4: "groups_stabilise_w4", 3: "groups_do_not_rescue_w3"}
+    runs = pd.concat([rows("FP", "FP", 32, "-", FP), rows("RTN W8A16 per-channel", "RTN", 8, "per-channel", FP),
+                      rows("RTN W6A16 per-channel", "RTN", 6, "per-channel", FP),  # no finding at 6 bits
+                      rows("RTN W4A16 per-channel", "RTN", 4, "per-channel", successes((0, 30))),
+                      rows("RTN W4A16 g32", "RTN", 4, "per-group", successes((0, 50))),
+                      rows("RTN W3A16 per-channel", "RTN", 3, "per-channel", successes((0, 5)))])
+    found = findings.granularity_verdicts(runs, runs.iloc[:0], {"wall": base()})
+    assert [(v.finding.split()[0], v.comparison, v.outcome) for v in found] == [
+        ("F1a", "wall: RTN W8A16 per-channel vs FP", "reproduced"),
+        ("F1b", "wall: RTN W4A16 per-channel vs FP", "reproduced"),
+        ("F1b", "wall: RTN W4A16 g32 vs FP", "reproduced"),
+        ("F1c", "wall: RTN W3A16 per-channel vs FP", "reproduced"),
+        ("F2a", "wall: RTN W4A16 g32 vs RTN W4A16 per-channel", "reproduced")]
+
+
+def cheapest(candidates: dict[str, np.ndarray], fp: np.ndarray = FP, seeds: int = 1):
+    if seeds == 1:
+        series = {m: by_unit(v) for m, v in candidates.items()}
+        reference = by_unit(fp)
+    else:
+        series = {m: pd.concat([by_unit(v[i], i) for i in range(seeds)]) for m, v in candidates.items()}
+        reference = pd.concat([by_unit(fp, i) for i in range(seeds)])
+    return findings.cheapest_within_margin(series, reference, base(), margin=0.10)
+
+
+def test_the_cheapest_method_within_the_margin_is_the_first_that_reproduces():
+    chosen, pooled, found = cheapest({"RTN": successes((0, 30)), "GPTQ": FP, "QAT": FP})
+    assert (chosen, pooled) == ("GPTQ", "GPTQ")  # QAT also holds, but costs more
+    assert [v.outcome for v in found] == ["not reproduced", "reproduced", "reproduced"]
+    assert [v.comparison for v in found] == ["RTN vs FP", "GPTQ vs FP", "QAT vs FP"]
+
+
+def test_no_method_within_the_margin_says_none():
+    chosen, pooled, found = cheapest({"RTN": successes((0, 30)), "GPTQ": successes((10, 66))})
+    assert (chosen, pooled) == ("none", "none") and [v.outcome for v in found] == ["not reproduced", "inconclusive"]
+
+
+def test_no_testable_method_says_not_testable():
+    weak = successes((0, 8))  # FP 3 units above the best baseline: not decisively above it
+    chosen, pooled, found = cheapest({"RTN": weak, "GPTQ": weak}, fp=weak)
+    assert (chosen, pooled) == ("not testable", "not testable") and {v.outcome for v in found} == {"not testable"}
+
+
+def test_every_seed_and_pooled_can_choose_differently():
+    off = successes((0, 52))  # 8 points below FP on one seed: decisive there, within the margin pooled
+    chosen, pooled, found = cheapest({"RTN": [FP, off]}, seeds=2)
+    assert (chosen, pooled) == ("none", "RTN") and found[0].outcome == "inconclusive"
+
+
+def test_rescue_verdicts_choose_per_env_and_bits_among_the_methods_run():
+    def table(method: str, bits: str, values: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"env": "wall", "method": method, "bits": bits, "planner_seed": 0,
+                             "episode_seed": range(N), "success": values})
+    runs = pd.concat([table("FP", "FP", FP), table("RTN", "W4", successes((0, 30))), table("GPTQ", "W4", FP),
+                      table("RTN", "W4A4", successes((0, 5)))])
+    best, found = findings.rescue_verdicts(runs, {"wall": base()}, ["W4", "W4A4"], ["RTN", "GPTQ", "QAT"], 0.10)
+    assert best.to_dict("records") == [
+        {"env": "wall", "bits": "W4", "cheapest within margin (every seed)": "GPTQ", "(pooled over seeds)": "GPTQ"},
+        {"env": "wall", "bits": "W4A4", "cheapest within margin (every seed)": "none", "(pooled over seeds)": "none"}]
+    assert [v.comparison for v in found] == ["wall: RTN W4 vs FP", "wall: GPTQ W4 vs FP", "wall: RTN W4A4 vs FP"]
+
+
+def test_report_is_the_table_without_why_then_why():
+    found = [verdicts.w4_loses_success(by_unit(successes((0, 30))), by_unit(FP), base(), comparison="wall: W4")]
+    text = findings.report(found)
+    table = verdicts.verdict_table(found).drop(columns="why").to_string(index=False)
+    assert text == f"{table}\n\nwhy:\n  wall: W4: reproduced - {found[0].why}"
+    assert findings.why(found) == text.split("\n\n", 1)[1]
+
+
+def test_units_select_one_setting_by_planner_seed_and_episode():
+    runs = pd.concat([rows("FP", "FP", 32, "-", FP), rows("FP", "FP", 32, "-", FP, seed=1)])
+    assert list(findings.units(runs, label="FP").index.names) == ["planner_seed", "episode_seed"]
+    with pytest.raises(ValueError, match="no rows"):
+        findings.units(runs, label="W4")

@@ -1,0 +1,98 @@
+"""wmqlib.profiles: group sizes, profiles, settings sized by a profile (no file read), the notebook setup."""
+
+from __future__ import annotations
+
+import pytest
+
+from wmqlib import profiles as pr
+from wmqlib.envs import Wall
+from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
+from wmqlib.quant import RTN
+from wmqlib.train import PRESETS
+
+
+@pytest.mark.parametrize("width, group", [(384, 128), (1024, 128), (64, 32), (84, 32), (16, 8), (3, 1), (2, 1)])
+def test_group_size_keeps_about_three_groups_per_row(width, group):
+    g = pr.group_size_for(width)
+    assert g == group
+    assert g & (g - 1) == 0 and g <= max(1, width // 2)
+
+
+@pytest.mark.parametrize("bad", [1, 0, -4, 64.0, True, "64"])
+def test_group_size_rejects_bad_width(bad):
+    with pytest.raises(ValueError, match="encoder_dim"):
+        pr.group_size_for(bad)
+
+
+def test_make_profile_overrides_and_ignores_none():
+    p = pr.make_profile("smoke", n_evals=None, samples=40)
+    assert p.n_evals == pr.PROFILES["smoke"].n_evals and p.samples == 40
+    full = pr.make_profile("full")
+    assert (full.n_evals, full.samples, full.topk) == (50, 100, 10)
+    assert full.steps("wall") == full.steps("pusht") == 10
+    assert full.cem("pusht", trace=True).opt_steps == full.trace_steps
+    with pytest.raises(ValueError, match="profile must be one of"):
+        pr.make_profile("huge")
+    with pytest.raises(ValueError, match="unknown profile fields"):
+        pr.make_profile("full", episodes=3)
+    with pytest.raises(ValueError, match="topk"):
+        pr.make_profile("smoke", samples=3, topk=5)
+
+
+def test_profile_setting_sizes_everything(tiny):
+    p = pr.make_profile("smoke")
+    s = p.setting(tiny, "wall", device="cpu", long=True, recipe=p.recipe("OmniQuant", 4))
+    assert s.planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.trace_steps) and s.trace
+    assert s.calib_planner == CEMConfig(samples=p.samples, topk=p.topk, opt_steps=p.opt_steps)
+    assert (s.n_evals, s.n_calib, s.recipe.epochs) == (p.n_evals, p.n_calib, p.method_options["OmniQuant"]["epochs"])
+    short = p.setting(tiny, "wall", device="cpu")
+    assert short.trace and short.planner.opt_steps == p.steps("wall")  # open-loop CEM is always traced
+    gd = p.setting(tiny, "wall", device="cpu", planner="GD", mpc=True)
+    assert gd.planner == GDConfig(opt_steps=p.gd_steps) and gd.mpc == MPCConfig(max_rounds=p.mpc_rounds)
+    assert gd.trace  # MPC settings give one row per round
+    assert not p.setting(tiny, "wall", device="cpu", planner="GD").trace  # open-loop GD is not traced
+    with pytest.raises(ValueError, match=r"planner must be one of \['CEM', 'GD'\]"):  # the planner table's names
+        p.setting(tiny, "wall", planner="MPPI")
+    with pytest.raises(ValueError, match="long=True applies to open-loop CEM"):
+        p.setting(tiny, "wall", planner="GD", long=True)
+    with pytest.raises(ValueError, match="planner 'GD' has no protocol"):
+        p.setting(tiny, "wall", planner="GD", protocol=True)
+    protocol = p.setting(tiny, "wall", device="cpu", protocol=True)
+    assert protocol.planner == CEMConfig(samples=300, topk=30, opt_steps=Wall.plan_opt_steps)
+    assert protocol.trace and protocol.calib_planner == short.calib_planner
+
+
+def test_default_group_size_reads_the_encoder_width(tiny):
+    assert pr.default_group_size(tiny) == pr.group_size_for(PRESETS["tiny"].model.encoder_dim) == 8
+
+
+def test_profile_setting_passes_the_mixed_precision_and_calibration_options(tiny):
+    P = pr.PROFILES["smoke"]
+    s = P.setting(tiny, "wall", recipe=RTN(4), overrides={"encoder": RTN(8)}, calib_rounds=5, calib_source="dataset")
+    assert s.overrides == (("encoder", RTN(8)),) and (s.calib_rounds, s.calib_source) == (5, "dataset")
+    plain = P.setting(tiny, "wall")
+    assert (plain.overrides, plain.calib_rounds, plain.calib_source) == (None, 2, "planning")
+
+
+def test_a_profile_builds_a_setting_without_reading_its_checkpoint(tmp_path):
+    s = pr.PROFILES["smoke"].setting(str(tmp_path / "not-yet-there"), "pusht", device="cpu", protocol=True)
+    assert s.planner.opt_steps == 30 and s.checkpoint.endswith("not-yet-there")  # sized by the env given
+
+
+def test_setup_resolves_samplers_and_settings_carry_them(tiny, capsys):
+    S = pr.setup("smoke", [tiny], device="cpu")
+    assert S.samplers == {"wall": "random_state"} and "episodes: {'wall': 'random_state'}" in capsys.readouterr().out
+    assert S.setting(tiny).sampler == "random_state"
+    with pytest.raises(ValueError, match=r"samplers names envs \['pusht'\]"):
+        pr.setup("smoke", [tiny], samplers={"pusht": "demo"})
+    with pytest.raises(ValueError, match="sampler .*must be one of"):
+        pr.setup("smoke", [tiny], samplers={"wall": "demo"})
+
+
+def test_setup_gives_the_fp_references_the_seeds_and_the_footer(tiny, capsys):
+    S = pr.setup("smoke", [tiny], device="cpu")
+    assert S.fp_settings() == {"wall": S.setting(tiny, long=True)}
+    assert S.planner_seeds("wall", ["wall"]) == S.profile.planner_seeds
+    assert S.planner_seeds("wall", []) == S.profile.planner_seeds[:1]
+    assert S.footer("00_baseline", 7).startswith("00_baseline: ") and ", profile smoke, 7 settings, torch threads " \
+        in S.footer("00_baseline", 7)

@@ -1,0 +1,203 @@
+"""Each notebook's findings: the settings of its tidy table paired with the verdict rules of ``wmqlib.verdicts``.
+
+    found = granularity_verdicts(runs, longest, baselines)          # 01: the rule each setting meets
+    best, found = rescue_verdicts(runs, baselines, ["W4"], methods, margin=0.1)  # 04: cheapest within the margin
+    print(report(found))                                            # the table a notebook ends with, and why
+
+A unit is one (planner seed, episode) pair (``wmqlib.study.UNITS``): ``units`` selects one setting's outcomes from
+a table, ``judge`` applies a rule on the units its settings share and asks it to hold for every planner seed
+(``verdicts.every_stratum``). ``baselines`` is per env the trivial baselines' outcomes on the FP setting's episodes
+(``study.baseline_outcomes``). What is decided here, by name:
+
+- the rule a weight-only setting meets, by its weight bits (``W_BITS_RULES``: W8 close to FP, W4 loses success,
+  W3 breaks planning; other widths have no finding), and the rule of a per-group / per-channel pair (``GROUP_RULES``);
+- the cheapest method within the margin of FP (``cheapest_within_margin``): methods in order of cost, the first
+  that rule R (``verdicts.within_margin_of_fp``) reproduces; "none" when no method does, "not testable" when none
+  can be tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from wmqlib import verdicts
+from wmqlib.caches import CACHES, Caches
+from wmqlib.setting import Setting
+from wmqlib.study import UNITS, baseline_outcomes, describe, per_episode
+from wmqlib.verdicts import Verdict
+
+Baselines = Mapping[str, Mapping[str, pd.Series]]  # env -> trivial baseline -> outcomes by episode seed
+W_BITS_RULES: dict[int, Callable[..., Verdict]] = {
+    8: verdicts.w8_close_to_fp, 4: verdicts.w4_loses_success, 3: verdicts.w3_breaks_planning}
+GROUP_RULES: dict[int, Callable[..., Verdict]] = {4: verdicts.groups_stabilise_w4, 3: verdicts.groups_do_not_rescue_w3}
+
+
+def units(frame: pd.DataFrame, value: str = "success", **match: Any) -> pd.Series:
+    """``verdicts.outcomes`` by ``UNITS``: the ``value`` column of the one setting whose columns equal ``match``."""
+    return verdicts.outcomes(frame, UNITS, value=value, **match)
+
+
+def judge(rule: Callable[..., Verdict], comparison: str, *series: pd.Series, **kwargs: Any) -> Verdict:
+    """``rule`` on the units all its settings share (``verdicts.common``); with several planner seeds it must hold
+    for every seed (``verdicts.every_stratum``)."""
+    return verdicts.every_stratum(rule, "planner_seed", *verdicts.common(*series), comparison=comparison, **kwargs)
+
+
+def baselines_of(settings: Mapping[str, Setting], caches: Caches = CACHES) -> dict[str, dict[str, pd.Series]]:
+    """Per env, ``study.baseline_outcomes`` of its setting (the FP reference: the episodes every setting shares)."""
+    return {env: baseline_outcomes(s, caches) for env, s in settings.items()}
+
+
+def report(found: Sequence[Verdict]) -> str:
+    """``verdicts.verdict_table`` without its why column, then "why:" and one line per verdict."""
+    table = verdicts.verdict_table(found)
+    return f"{table.drop(columns='why').to_string(index=False)}\n\n{why(found)}"
+
+
+def why(found: Sequence[Verdict]) -> str:
+    """"why:" and, per verdict, "  <comparison>: <outcome> - <why>"."""
+    return "why:\n" + "\n".join(f"  {v.comparison}: {v.outcome} - {v.why}" for v in found)
+
+
+# ----- 00: FP against the trivial baselines ------------------------------------------------------------------------
+
+def fp_verdicts(table: pd.DataFrame, settings: Sequence[Setting], budget: Mapping[str, int],
+                caches: Caches = CACHES) -> list[Verdict]:
+    """F0 (``verdicts.fp_beats_baselines``) for each FP setting of ``table`` (traced CEM runs), read at its env's
+    ``budget`` (or its own iterations when fewer), against the baselines on its episodes; in the order given."""
+    found = []
+    for s in settings:
+        env = caches.resolved(s).env
+        k, search = min(budget[env], s.planner.opt_steps), describe(s)["search"]
+        fp = units(per_episode(table, k), env=env, search=search, **{"planner.opt_steps": s.planner.opt_steps})
+        found.append(verdicts.fp_beats_baselines(fp, baseline_outcomes(s, caches),
+                                                 comparison=f"{env}: FP {search} {k} it vs best baseline"))
+    return found
+
+
+# ----- 01: granularity -------------------------------------------------------------------------------------------
+
+def granularity_verdicts(runs: pd.DataFrame, longest: pd.DataFrame, baselines: Baselines) -> list[Verdict]:
+    """Per env of ``baselines``: every weight-only setting of ``runs`` against FP by the rule of its weight bits
+    (``W_BITS_RULES``), every per-group / per-channel pair of one method, configuration and width by ``GROUP_RULES``,
+    then F3 over the per-token / per-tensor pairs of ``longest`` (weight + activation settings at their longest
+    budget), against FP's units of the first pair."""
+    found = []
+    for env, base in baselines.items():
+        fp = units(runs, env=env, method="FP")
+        wo = runs[(runs["env"] == env) & (runs["a_bits"] == 16) & (runs["method"] != "FP")]
+        at = {label: units(wo, label=label) for label in wo["label"].unique()}
+        meta = wo.drop_duplicates("label").set_index("label")
+        for label, x in at.items():
+            rule = W_BITS_RULES.get(int(meta.loc[label, "w_bits"]))
+            if rule is not None:
+                found.append(judge(rule, f"{env}: {label} vs FP", x, fp, baselines=base))
+        pairs = meta.reset_index().pivot_table(index=["method", "configuration", "w_bits"], columns="w_kind",
+                                               values="label", aggfunc="first").dropna()
+        for (_, _, b), row in pairs.iterrows():
+            rule = GROUP_RULES.get(int(b))
+            if rule is not None:
+                found.append(judge(rule, f"{env}: {row['per-group']} vs {row['per-channel']}", at[row["per-group"]],
+                                   at[row["per-channel"]], fp, baselines=base))
+        wa = longest[longest["env"] == env]
+        tensor_token = wa.pivot_table(index=["method", "configuration", "bits"], columns="acts", values="label",
+                                      aggfunc="first").dropna()
+        act_pairs = {f"{env}: {m} {b}{' (QuantWM)' if c == 'QuantWM' else ''}": verdicts.common(
+                     units(wa, label=row["per-token"]), units(wa, label=row["per-tensor"]))
+                     for (m, c, b), row in tensor_token.iterrows()}
+        if act_pairs:
+            fp0 = verdicts.common(fp, next(iter(act_pairs.values()))[0])[0]
+            found.append(verdicts.per_token_no_benefit(act_pairs, fp0, base))
+    return found
+
+
+# ----- 02 and 03: encoder vs predictor, MPC rounds, the objective ---------------------------------------------------
+
+def round_verdicts(mpc: pd.DataFrame, fp: Mapping[str, Any], settings: Mapping[str, Mapping[str, Any]],
+                   base: Mapping[str, pd.Series]) -> list[Verdict]:
+    """F4 (``verdicts.rounds_do_not_help_low_bits``) for each of ``settings`` (comparison name -> the columns that
+    select it in ``mpc``, one env's per-round MPC table): its last round against its first, FP's (selected by
+    ``fp``) as the reference."""
+    last = int(mpc["round"].max())
+    fp_first, fp_last = (units(mpc, round=r, **fp) for r in (1, last))
+    return [verdicts.rounds_do_not_help_low_bits(*(units(mpc, round=r, **match) for r in (1, last)), fp_first,
+                                                 fp_last, base, comparison=f"{name} round {last} vs 1")
+            for name, match in settings.items()]
+
+
+def scope_verdicts(runs: pd.DataFrame, rounds: pd.DataFrame, baselines: Baselines, method: str,
+                   bits: Sequence[int], round_bits: Sequence[int]) -> list[Verdict]:
+    """Per env: F5 (encoder more sensitive) at each of ``bits``, then F4 for each scope at each of ``round_bits``."""
+    found = []
+    for env, base in baselines.items():
+        fp = units(runs, env=env, method="FP")
+        for b in bits:
+            enc, pred = (units(runs, env=env, w_bits=b, scope=scope) for scope in ("encoder", "predictor"))
+            found.append(judge(verdicts.encoder_more_sensitive, f"{env}: {method} W{b} encoder-only vs predictor-only",
+                               enc, pred, fp, baselines=base))
+        low = {f"{env}: W{b} {scope}-only": {"w_bits": b, "scope": scope}
+               for b in round_bits for scope in ("encoder", "predictor")}
+        found += round_verdicts(rounds[rounds["env"] == env], {"method": "FP"}, low, base)
+    return found
+
+
+def misalignment_verdicts(final: pd.DataFrame, rounds: pd.DataFrame, baselines: Baselines, low: str,
+                          round_bits: Sequence[int]) -> list[Verdict]:
+    """Per env: F6 (the loss stops predicting distance) for the ``low`` bits label against FP, then F4 at each of
+    ``round_bits``."""
+    found = []
+    for env, base in baselines.items():
+        of = {bits: [units(final, value, env=env, bits=bits) for value in ("plan_loss", "state_dist")]
+              for bits in (low, "FP")}
+        found.append(verdicts.loss_stops_predicting(*of[low], *of["FP"], units(final, env=env, bits="FP"), base,
+                                                    comparison=f"{env}: rho(loss, distance) {low} - FP"))
+        found += round_verdicts(rounds[rounds["env"] == env], {"bits": "FP"},
+                                {f"{env}: W{b}": {"bits": f"W{b}A16"} for b in round_bits}, base)
+    return found
+
+
+# ----- 04: rescuing low bits ---------------------------------------------------------------------------------------
+
+def cheapest_within_margin(candidates: Mapping[str, pd.Series], fp: pd.Series, base: Mapping[str, pd.Series],
+                           margin: float, comparison: str = "{method} vs FP") -> tuple[str, str, list[Verdict]]:
+    """The cheapest method that keeps planning within ``margin`` of FP.
+
+    candidates: method -> its per-unit outcomes, in order of cost. Each is judged by rule R
+    (``verdicts.within_margin_of_fp``) on the units it shares with ``fp``, for every planner seed (``judge``) and
+    pooled over the seeds. Returns (the first method reproduced for every seed, the first reproduced pooled, the
+    every-seed verdicts in order, named by ``comparison`` with the method); either choice is "none" when no method
+    reproduces, or "not testable" when every method's every-seed verdict is not testable.
+    """
+    found, pooled = [], []
+    for method, x in candidates.items():
+        pair = verdicts.common(x, fp)
+        found.append(judge(verdicts.within_margin_of_fp, comparison.format(method=method), *pair, baselines=base,
+                           margin=margin))
+        pooled.append(verdicts.within_margin_of_fp(*pair, baselines=base, margin=margin).outcome)
+    untestable = bool(found) and all(v.outcome == "not testable" for v in found)
+    none = "not testable" if untestable else "none"
+    chosen = next((m for m, v in zip(candidates, found) if v.outcome == "reproduced"), none)
+    pooled_choice = next((m for m, o in zip(candidates, pooled) if o == "reproduced"), none)
+    return chosen, pooled_choice, found
+
+
+def rescue_verdicts(runs: pd.DataFrame, baselines: Baselines, bits: Sequence[str], methods: Sequence[str],
+                    margin: float) -> tuple[pd.DataFrame, list[Verdict]]:
+    """Per env and bits label ("W4", "W4A4"): ``cheapest_within_margin`` over the ``methods`` (in order of cost)
+    that ``runs`` holds at those bits. Returns the table (env, bits, the every-seed and the pooled choice) and
+    every verdict."""
+    best, found = [], []
+    for env, base in baselines.items():
+        fp = units(runs, env=env, method="FP")
+        for b in bits:
+            at = runs[(runs["env"] == env) & (runs["bits"] == b)]
+            candidates = {m: units(at, method=m) for m in methods if (at["method"] == m).any()}
+            chosen, pooled, judged = cheapest_within_margin(candidates, fp, base, margin,
+                                                            comparison=f"{env}: {{method}} {b} vs FP")
+            best.append({"env": env, "bits": b, "cheapest within margin (every seed)": chosen,
+                         "(pooled over seeds)": pooled})
+            found += judged
+    return pd.DataFrame(best), found
