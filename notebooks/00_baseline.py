@@ -44,23 +44,21 @@ device = "auto"
 
 
 # %% tags=[]
-import time
-
 import pandas as pd
 
-from wmqlib import plots, stats, verdicts
+from wmqlib import findings, plots, stats, verdicts
+from wmqlib import profiles as pr
 from wmqlib import study as st
 from wmqlib.plan import ObjectiveConfig
 
-started = time.perf_counter()
-S = st.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
              trace_steps=trace_steps, gd_steps=gd_steps, mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
 ABLATIONS = {"visual": ObjectiveConfig(alpha=0.0), "proprio": ObjectiveConfig(visual_weight=0.0)}
 settings, protocol, study, mpc = [], {}, {}, {}
 for ck, env in zip(S.checkpoints, S.envs):  # FP: DINO-WM's CEM, the study's CEM (traced, long), GD, MPC, ablations
-    protocol[env] = S.setting(ck, planner="CEM-protocol")
+    protocol[env] = S.setting(ck, protocol=True)
     study[env] = S.setting(ck, long=True)
     mpc[env] = S.setting(ck, mpc=True)
     settings += [protocol[env], study[env], S.setting(ck, planner="GD"), mpc[env]]
@@ -106,10 +104,10 @@ print(rates[["env", "planner", "success", "mean_state_dist"]].to_string(index=Fa
 ablation = st.per_episode(table[table["planning"] == "CEM"], S.budget)
 rows = []
 for env in S.envs:
-    both = verdicts.outcomes(ablation, st.UNITS, env=env, latents="visual+proprio",
-                             **{"planner.opt_steps": P.trace_steps, "planner.samples": P.samples})
+    both = findings.units(ablation, env=env, latents="visual+proprio",
+                          **{"planner.opt_steps": P.trace_steps, "planner.samples": P.samples})
     for latents in ABLATIONS:
-        only = verdicts.outcomes(ablation, st.UNITS, env=env, latents=latents)
+        only = findings.units(ablation, env=env, latents=latents)
         test, (low, high) = stats.mcnemar(only, both), stats.paired_interval(only, both)
         rows.append({"env": env, "objective": f"{latents} only", "success": f"{only.mean():.0%}",
                      "both": f"{both.mean():.0%}", "effect": f"{test.effect * 100:+.0f} [{low * 100:+.0f}, "
@@ -188,17 +186,8 @@ _ = plots.savefig(fig, "00_baseline", "imagined_rollouts", figures_dir=figures_d
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = []
-for env in S.envs:
-    baselines = st.baseline_outcomes(study[env])
-    for s in (protocol[env], study[env]):
-        k = min(S.budget[env], s.planner.opt_steps)
-        name = f"{st.describe(s)['search']} {k} it"
-        fp = verdicts.outcomes(st.per_episode(cem, k), st.UNITS, env=env, search=st.describe(s)["search"],
-                               **{"planner.opt_steps": s.planner.opt_steps})
-        found.append(verdicts.fp_beats_baselines(fp, baselines, comparison=f"{env}: FP {name} vs best baseline"))
+found = findings.fp_verdicts(cem, [s for env in S.envs for s in (protocol[env], study[env])], S.budget)
 print(verdicts.verdict_table(found).to_string(index=False))
 
 # %% tags=[]
-print(f"00_baseline: {time.perf_counter() - started:.0f} s wall time, profile {P.name}, "
-      f"{len(settings)} settings, torch threads {__import__('torch').get_num_threads()}")
+print(S.footer("00_baseline", len(settings)))

@@ -22,7 +22,7 @@
 #
 # The whole model is quantized (encoder and predictor, every block linear and its input; see `wmqlib.quant.points`).
 # Calibration: FP CEM planning on separate episodes (seed 99, `seed * k + 2`) for 2 MPC rounds. Group size: the
-# paper uses g128 on DINO-WM's 384/404-wide layers; `study.group_size_for` keeps that proportion (g32 for the
+# paper uses g128 on DINO-WM's 384/404-wide layers; `profiles.group_size_for` keeps that proportion (g32 for the
 # shipped 64-wide encoder and 84-wide predictor tokens). Open-loop CEM settings are traced; the key settings
 # (`long_weight`, `long_act`) to `trace_steps` iterations, the others to the budget.
 
@@ -51,7 +51,7 @@ reference_bits = {"RTN": [4, 3], "AWQ": [4]}  # QuantWM's configuration (per cha
 reference_act_bits = {"OmniQuant": [[4, 8, "per-token"]]}  # ... and with activations [w, a, granularity]
 long_weight = [["RTN", 4, "per-channel"], ["RTN", 4, "per-group"], ["RTN", 3, "per-channel"]]  # traced long
 long_act = [["RTN", 4, 8, "per-tensor"], ["RTN", 4, 8, "per-token"]]  # traced to trace_steps
-group_size = None          # weight group size; None: study.group_size_for(encoder width) (32 for the mini models)
+group_size = None          # weight group size; None: profiles.group_size_for(encoder width) (32 for the mini models)
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
 recompute = False          # True: rerun every setting instead of reading the cache (smoke always recomputes)
@@ -65,25 +65,22 @@ device = "auto"
 
 
 # %% tags=[]
-import time
-
 import pandas as pd
 
-from wmqlib import plots, stats, verdicts
+from wmqlib import findings, plots, stats, verdicts
+from wmqlib import profiles as pr
 from wmqlib import study as st
 from wmqlib.quant import PerChannel, PerTensor, PerToken, quantwm_reference
 
-started = time.perf_counter()
-S = st.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
              trace_steps=trace_steps, planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
 ACTS = {"per-tensor": PerTensor(), "per-token": PerToken()}
-settings, fp_settings = [], {}
+settings, fp_settings = [], S.fp_settings()  # FP references (shared with 00, 02, 03)
 for ck, env in zip(S.checkpoints, S.envs):
-    g = group_size or st.default_group_size(ck)
-    seeds = P.planner_seeds if env in seeded_envs else P.planner_seeds[:1]
-    fp_settings[env] = S.setting(ck, long=True)  # FP reference (shared with 00, 02, 03)
+    g = group_size or pr.default_group_size(ck)
+    seeds = S.planner_seeds(env, seeded_envs)
     settings += [S.setting(ck, long=True, planner_seed=k) for k in seeds]
     extended = env in extended_envs
     weight = [("RTN", b) for b in weight_bits if extended or b != 6] + [(m, b) for m in weight_methods
@@ -109,7 +106,7 @@ print(len(settings), "settings")
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 runs = st.per_episode(table, S.budget)  # every setting at the budget
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
-base_rates = stats.success_table(pd.concat([st.baseline_table(s) for s in fp_settings.values()]), ["env", "baseline"])
+base_rates = st.baseline_rates(fp_settings.values())
 keys = ["env", "method", "bits", "w_bits", "a_bits", "w_kind", "weights", "acts", "configuration", "label"]
 rates = stats.success_table(first, keys)  # the first planner seed: every setting has it
 fp_rates = rates[rates["method"] == "FP"]
@@ -187,7 +184,6 @@ grid = plots.curves(curve[curve["label"] != "FP"], x="opt_steps", y="success_rat
                     .reset_index(), baselines=straight, xlabel="CEM iterations (open loop)")
 _ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figures_dir=figures_dir)
 
-
 # %% [markdown] tags=[]
 # ## Conclusion: the paper's findings 1-3, judged from these numbers
 #
@@ -212,44 +208,8 @@ _ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figure
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-def units(frame, **match):
-    return verdicts.outcomes(frame, st.UNITS, **match)
-
-
-def judge(rule, comparison, *series, **kwargs):
-    """The rule on the units all its settings share; with several planner seeds it must hold for every seed."""
-    return verdicts.every_stratum(rule, "planner_seed", *verdicts.common(*series), comparison=comparison, **kwargs)
-
-
-found = []
 longest = st.per_episode(table[table["a_bits"] < 16])  # weight + activation settings at their longest budget
-for env in S.envs:
-    base = st.baseline_outcomes(fp_settings[env])
-    fp = units(runs, env=env, method="FP")
-    wo = runs[(runs["env"] == env) & (runs["a_bits"] == 16) & (runs["method"] != "FP")]
-    at = {label: units(wo, label=label) for label in wo["label"].unique()}
-    meta = wo.drop_duplicates("label").set_index("label")
-    for label, x in at.items():
-        rule = {8: verdicts.w8_close_to_fp, 4: verdicts.w4_loses_success, 3: verdicts.w3_breaks_planning}.get(
-            int(meta.loc[label, "w_bits"]))
-        if rule is not None:
-            found.append(judge(rule, f"{env}: {label} vs FP", x, fp, baselines=base))
-    pairs = meta.reset_index().pivot_table(index=["method", "configuration", "w_bits"], columns="w_kind",
-                                           values="label", aggfunc="first").dropna()
-    for (method, _, b), row in pairs.iterrows():
-        rule = {4: verdicts.groups_stabilise_w4, 3: verdicts.groups_do_not_rescue_w3}.get(int(b))
-        if rule is not None:
-            found.append(judge(rule, f"{env}: {row['per-group']} vs {row['per-channel']}", at[row["per-group"]],
-                               at[row["per-channel"]], fp, baselines=base))
-    wa = longest[longest["env"] == env]
-    tensor_token = wa.pivot_table(index=["method", "configuration", "bits"], columns="acts", values="label",
-                                  aggfunc="first").dropna()
-    act_pairs = {f"{env}: {m} {b}{' (QuantWM)' if c == 'QuantWM' else ''}": verdicts.common(
-                 units(wa, label=row["per-token"]), units(wa, label=row["per-tensor"]))
-                 for (m, c, b), row in tensor_token.iterrows()}
-    if act_pairs:
-        fp0 = verdicts.common(fp, next(iter(act_pairs.values()))[0])[0]
-        found.append(verdicts.per_token_no_benefit(act_pairs, fp0, base))
+found = findings.granularity_verdicts(runs, longest, findings.baselines_of(fp_settings))
 verdict_table = verdicts.verdict_table(found)
 print(verdict_table.drop(columns="why").to_string(index=False))
 
@@ -257,9 +217,7 @@ print(verdict_table.drop(columns="why").to_string(index=False))
 # NBVAL_CHECK_OUTPUT
 summary = verdict_table.groupby(["finding", "verdict"]).size().unstack(fill_value=0)
 print(summary.to_string())
-print("\nwhy:")
-print("\n".join(f"  {r.comparison}: {r.verdict} - {r.why}" for r in verdict_table.itertuples()))
+print("\n" + findings.why(found))
 
 # %% tags=[]
-print(f"01_granularity: {time.perf_counter() - started:.0f} s wall time, profile {P.name}, "
-      f"{len(settings)} settings, torch threads {__import__('torch').get_num_threads()}")
+print(S.footer("01_granularity", len(settings)))

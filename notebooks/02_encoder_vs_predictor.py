@@ -35,7 +35,7 @@ long_bits = [4]            # bit widths traced to trace_steps open-loop CEM iter
 round_bits = [4]           # bit widths run with MPC for both scopes (success vs MPC rounds)
 show_bits = 3              # bit width of the decoded failure examples
 show_episodes = [0]        # evaluation episodes drawn
-group_size = None          # for "per-group"; None: study.group_size_for(encoder width)
+group_size = None          # for "per-group"; None: profiles.group_size_for(encoder width)
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
 recompute = False          # True: rerun every setting instead of reading the cache (smoke always recomputes)
@@ -49,24 +49,21 @@ device = "auto"
 
 
 # %% tags=[]
-import time
-
 import pandas as pd
 
-from wmqlib import plots, stats, verdicts
+from wmqlib import findings, plots, stats
+from wmqlib import profiles as pr
 from wmqlib import study as st
 
-started = time.perf_counter()
-S = st.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
              trace_steps=trace_steps, mpc_rounds=mpc_rounds, planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
 SCOPES = ("encoder", "predictor")
-settings, fp_settings, scoped = [], {}, {}
+settings, fp_settings, scoped = [], S.fp_settings(), {}  # FP references (shared with 00, 01, 03)
 for ck, env in zip(S.checkpoints, S.envs):
-    g = group_size or st.default_group_size(ck)
-    seeds = P.planner_seeds if env in seeded_envs else P.planner_seeds[:1]
-    fp_settings[env] = S.setting(ck, long=True)  # FP reference (shared with 00, 01, 03)
+    g = group_size or pr.default_group_size(ck)
+    seeds = S.planner_seeds(env, seeded_envs)
     settings += [S.setting(ck, long=True, planner_seed=k) for k in seeds] + [S.setting(ck, mpc=True)]
     for b in bits:
         for scope in SCOPES:
@@ -83,7 +80,7 @@ table = st.run_study(settings, S.results, recompute=S.recompute, executor=execut
 open_loop = table[table["planning"] == "CEM"]
 runs = st.per_episode(open_loop, S.budget)
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
-base_rates = stats.success_table(pd.concat([st.baseline_table(s) for s in fp_settings.values()]), ["env", "baseline"])
+base_rates = st.baseline_rates(fp_settings.values())
 rates = stats.success_table(first, ["env", "scope", "w_bits", "method", "label"])
 fp_rates = rates[rates["method"] == "FP"]
 
@@ -172,7 +169,6 @@ for (env, b, scope), s in scoped.items():
 fig = plots.frame_strip(rows, labels, title=f"W{show_bits} on the encoder vs the predictor: real, encoded, imagined")
 _ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_dir=figures_dir)
 
-
 # %% [markdown] tags=[]
 # ## Conclusion
 #
@@ -188,32 +184,8 @@ _ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_d
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-def units(frame, **match):
-    return verdicts.outcomes(frame, st.UNITS, **match)
-
-
-found = []
-for env in S.envs:
-    base = st.baseline_outcomes(fp_settings[env])
-    fp = units(runs, env=env, method="FP")
-    for b in bits:
-        enc, pred = (units(runs, env=env, w_bits=b, scope=scope) for scope in SCOPES)
-        found.append(verdicts.every_stratum(verdicts.encoder_more_sensitive, "planner_seed",
-                                            *verdicts.common(enc, pred, fp), baselines=base,
-                                            comparison=f"{env}: {method} W{b} encoder-only vs predictor-only"))
-    mpc = rounds[rounds["env"] == env]
-    last = int(mpc["round"].max())
-    fp_first, fp_last = (units(mpc, method="FP", round=r) for r in (1, last))
-    for b in round_bits:
-        for scope in SCOPES:
-            one, end = (units(mpc, w_bits=b, scope=scope, round=r) for r in (1, last))
-            found.append(verdicts.rounds_do_not_help_low_bits(
-                one, end, fp_first, fp_last, base, comparison=f"{env}: W{b} {scope}-only round {last} vs 1"))
-verdict_table = verdicts.verdict_table(found)
-print(verdict_table.drop(columns="why").to_string(index=False))
-print("\nwhy:")
-print("\n".join(f"  {r.comparison}: {r.verdict} - {r.why}" for r in verdict_table.itertuples()))
+found = findings.scope_verdicts(runs, rounds, findings.baselines_of(fp_settings), method, bits, round_bits)
+print(findings.report(found))
 
 # %% tags=[]
-print(f"02_encoder_vs_predictor: {time.perf_counter() - started:.0f} s wall time, profile {P.name}, "
-      f"{len(settings)} settings, torch threads {__import__('torch').get_num_threads()}")
+print(S.footer("02_encoder_vs_predictor", len(settings)))

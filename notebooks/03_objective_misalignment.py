@@ -26,7 +26,7 @@ scope = "all"              # "all", "encoder" or "predictor"
 bits = [8, 4, 3]           # quantized bit widths compared with FP
 long_bits = [4, 3]         # of these, traced to trace_steps (the others to the budget)
 round_bits = [4, 3]        # of these, run with MPC (success vs MPC rounds)
-group_size = None          # for "per-group"; None: study.group_size_for(encoder width)
+group_size = None          # for "per-group"; None: profiles.group_size_for(encoder width)
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
 recompute = False          # True: rerun every setting instead of reading the cache (smoke always recomputes)
@@ -40,22 +40,17 @@ device = "auto"
 
 
 # %% tags=[]
-import time
-
-import pandas as pd
-
-from wmqlib import plots, stats, verdicts
+from wmqlib import findings, plots, stats
+from wmqlib import profiles as pr
 from wmqlib import study as st
 
-started = time.perf_counter()
-S = st.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
              trace_steps=trace_steps, mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
-settings, fp_settings = [], {}
+settings, fp_settings = [], S.fp_settings()  # FP references (shared with 00, 01, 02)
 for ck, env in zip(S.checkpoints, S.envs):
-    g = group_size or st.default_group_size(ck)
-    fp_settings[env] = S.setting(ck, long=True)  # FP (shared with 00, 01, 02)
+    g = group_size or pr.default_group_size(ck)
     settings += [fp_settings[env], S.setting(ck, mpc=True)]
     for b in bits:
         recipe = P.recipe(method, b, granularity, g)
@@ -72,7 +67,7 @@ curve = stats.success_curve(open_loop, ["env", "bits"])
 final = st.per_episode(open_loop, S.budget)
 rho = stats.rank_correlation(final, "plan_loss", "state_dist", ["env", "bits"])
 end = st.per_episode(open_loop)  # at the last traced iteration
-base_rates = stats.success_table(pd.concat([st.baseline_table(s) for s in fp_settings.values()]), ["env", "baseline"])
+base_rates = st.baseline_rates(fp_settings.values())
 
 # %% [markdown] tags=[]
 # ## Loss vs distance, and success after more CEM iterations
@@ -114,7 +109,6 @@ grid.set(xscale="log")
 grid.set_axis_labels("final planning loss (model)", "final state distance (env)")
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", figures_dir=figures_dir)
 
-
 # %% [markdown] tags=[]
 # ## Conclusion
 #
@@ -128,30 +122,9 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-def units(frame, value="success", **match):
-    return verdicts.outcomes(frame, st.UNITS, value=value, **match)
-
-
-found, low = [], f"W{min(bits)}A16"
-for env in S.envs:
-    base = st.baseline_outcomes(fp_settings[env])
-    fp = units(final, env=env, bits="FP")
-    found.append(verdicts.loss_stops_predicting(
-        units(final, "plan_loss", env=env, bits=low), units(final, "state_dist", env=env, bits=low),
-        units(final, "plan_loss", env=env, bits="FP"), units(final, "state_dist", env=env, bits="FP"), fp, base,
-        comparison=f"{env}: rho(loss, distance) {low} - FP"))
-    mpc = rounds[rounds["env"] == env]
-    last = int(mpc["round"].max())
-    fp_first, fp_last = (units(mpc, bits="FP", round=r) for r in (1, last))
-    for b in round_bits:
-        one, end_ = (units(mpc, bits=f"W{b}A16", round=r) for r in (1, last))
-        found.append(verdicts.rounds_do_not_help_low_bits(one, end_, fp_first, fp_last, base,
-                                                          comparison=f"{env}: W{b} round {last} vs 1"))
-verdict_table = verdicts.verdict_table(found)
-print(verdict_table.drop(columns="why").to_string(index=False))
-print("\nwhy:")
-print("\n".join(f"  {r.comparison}: {r.verdict} - {r.why}" for r in verdict_table.itertuples()))
+found = findings.misalignment_verdicts(final, rounds, findings.baselines_of(fp_settings), f"W{min(bits)}A16",
+                                       round_bits)
+print(findings.report(found))
 
 # %% tags=[]
-print(f"03_objective_misalignment: {time.perf_counter() - started:.0f} s wall time, profile {P.name}, "
-      f"{len(settings)} settings, torch threads {__import__('torch').get_num_threads()}")
+print(S.footer("03_objective_misalignment", len(settings)))

@@ -63,43 +63,19 @@ device = "auto"
 
 
 # %% tags=[]
-import dataclasses
-import json
-import time
-
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from wmqlib import plots, stats, verdicts
+from wmqlib import findings, plots, rescue, stats
+from wmqlib import profiles as pr
 from wmqlib import study as st
-from wmqlib.caches import CACHES
-from wmqlib.mixed_study import sensitivity_for
 from wmqlib.paths import RESULTS_DIR
-from wmqlib.quant import PerToken, RTN, quantize
-from wmqlib.quant.mixed import allocate_bits, average_bits, mixed_overrides
-from wmqlib.sweep import config_key, sweep
-from wmqlib.validate import atomic_write, check_choice
 
-started = time.perf_counter()
-S = st.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
              opt_steps=opt_steps, planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
-for m in methods + act_methods:
-    check_choice("methods entry", m, ["RTN", "RTN+hadamard", "GPTQ", "GPTQ+hadamard", "mixed", "QAT"])
-
-
-def recipe(method, w_bits, a_bits=None):
-    """A per-channel recipe from a name like "GPTQ+hadamard" (the method, then an optional rotation)."""
-    name, _, rotation = method.partition("+")
-    r = P.recipe(name, w_bits, "per-channel", a_bits=a_bits, a_granularity=None if a_bits is None else "per-token")
-    return dataclasses.replace(r, rotation=rotation) if rotation else r
-
-
-# FP and RTN per channel as traced long in 01 (the same runs: a trace's iteration k is the k-iteration plan)
-fp_settings = {env: S.setting(ck, long=True) for ck, env in zip(S.checkpoints, S.envs)}
-seeds = {env: P.planner_seeds if env in seeded_envs else P.planner_seeds[:1] for env in S.envs}
-
+rescue.check_methods(methods + act_methods)  # registered recipes (with +rotation) or rescue.KINDS
+fp_settings = S.fp_settings()  # FP and RTN per channel are traced long, as in 01 (the same runs)
 
 # %% [markdown] tags=[]
 # ## Sensitivity: which layers the planning objective feels
@@ -114,64 +90,16 @@ seeds = {env: P.planner_seeds if env in seeded_envs else P.planner_seeds[:1] for
 # extra bit. The tables are cached like the settings, and each allocation is saved under `data/results/`.
 
 # %% tags=[]
-def run_sensitivity(config):
-    """The sensitivity table of one env's FP model (RTN per channel at each of ``bits``), with its seconds."""
-    t0 = time.perf_counter()
-    table = sensitivity_for(fp_settings[config["env"]], tuple(config["bit_widths"]), config["n_sequences"],
-                            recipe_for_bits=lambda b: RTN(b))
-    return table.drop(columns=["env", "n_sequences"]).assign(seconds=time.perf_counter() - t0)
-
-
-sens_configs = [{"env": env, "fp": CACHES.identity(fp_settings[env]), "bit_widths": [b for b in mixed_choices if b < 8],
-                 "n_sequences": sensitivity_sequences or P.samples} for env in S.envs]
-sensitivity = sweep(sens_configs, run_sensitivity, f"sensitivity-{P.name}", cache_dir=RESULTS_DIR,
-                    recompute=S.recompute, progress=False, key_config=lambda c: {k: v for k, v in c.items()})
-allocations, alloc_dir = {}, RESULTS_DIR / f"allocations-{P.name}"
-for env in S.envs:
-    table = sensitivity[sensitivity["env"] == env]
-    for budget in rescue_bits:
-        bits = allocate_bits(table, float(budget), tuple(mixed_choices))
-        allocations[env, budget] = bits
-        atomic_write(alloc_dir / f"{env}-{budget}bits.json", json.dumps(
-            {"env": env, "budget": budget, "average_bits": average_bits(bits, table), "bits": bits}, indent=1))
+sensitivity = rescue.sensitivity(S, fp_settings, [b for b in mixed_choices if b < 8],
+                                 sensitivity_sequences or P.samples)
+allocations = rescue.allocate(sensitivity, rescue_bits, mixed_choices, RESULTS_DIR / f"allocations-{P.name}")
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-low = min(mixed_choices)
-top = (sensitivity[sensitivity["bits"] == low].sort_values(["env", "sensitivity"], ascending=[True, False])
-       .groupby("env").head(6))
-print(f"most sensitive linears at {low} bits:")
-print(top[["env", "name", "part", "params", "sensitivity", "rank_corr"]].to_string(index=False,
-                                                                                float_format="%.3f"))
-share = sensitivity[sensitivity["bits"] == low].groupby(["env", "part"])["sensitivity"].sum().unstack()
-print("\nsummed sensitivity by part:\n" + share.to_string(float_format="%.3f"))
-rows = []
-for (env, budget), bits in allocations.items():
-    t = sensitivity[(sensitivity["env"] == env) & (sensitivity["bits"] == low)].set_index("name")
-    alloc = pd.Series(bits).rename("bits").to_frame().join(t[["part"]])
-    counts = alloc.groupby(["part", "bits"]).size().unstack(fill_value=0)
-    rows.append(f"{env}, budget {budget} bits (average {average_bits(bits, t.reset_index()):.2f}):\n"
-                + counts.to_string())
-print("\nlinears per bit width in each allocation:\n" + "\n".join(rows))
+print(rescue.sensitivity_summary(sensitivity, allocations, min(mixed_choices)))
 
 # %% tags=[]
-fig, axes = plt.subplots(1, len(S.envs), figsize=(6.5 * len(S.envs), 3.6), squeeze=False)
-for ax, env in zip(axes[0], S.envs):
-    t = sensitivity[(sensitivity["env"] == env)].pivot_table(index="name", columns="bits", values="sensitivity",
-                                                                aggfunc="first")
-    order = sensitivity[(sensitivity["env"] == env)].drop_duplicates("name")["name"]
-    t = t.loc[list(order)]
-    for b in t.columns:
-        ax.plot(range(len(t)), t[b].clip(lower=1e-6), marker="o", ms=3, lw=1, label=f"{b} bits")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(t)))
-    ax.set_xticklabels([n.replace("transformer.layers.", "L").replace("blocks.", "B") for n in t.index],
-                       rotation=90, fontsize=6)
-    ax.set_xlabel("quantized linear (model order: encoder, then predictor)")
-    ax.set_ylabel("objective change / FP spread")
-    ax.set_title(env)
-    ax.legend(fontsize=7)
-fig.tight_layout()
+fig = plots.layer_sensitivity(sensitivity, S.envs)
 _ = plots.savefig(fig, "04_rescue_low_bits", "sensitivity", figures_dir=figures_dir)
 
 # %% [markdown] tags=[]
@@ -182,36 +110,12 @@ _ = plots.savefig(fig, "04_rescue_low_bits", "sensitivity", figures_dir=figures_
 # `QAT` plans with the fine-tuned checkpoint. Cells: `successes/n rate [95% interval]` on the first planner seed.
 
 # %% tags=[]
-settings, meta = [], []
-for ck, env in zip(S.checkpoints, S.envs):
-    fp = fp_settings[env]
-    for k in seeds[env]:
-        settings.append(dataclasses.replace(fp, planner_seed=k))
-        meta.append(dict(env=env, method="FP", bits="FP", planner_seed=k))
-    for b in rescue_bits:
-        for m in methods:
-            for k in seeds[env]:
-                if m == "QAT":
-                    qat = qat_checkpoints[env].format(bits=b)
-                    s = P.setting(qat, S.device, S.seed, sampler=S.samplers[env], planner_seed=k)
-                elif m == "mixed":
-                    bits = allocations[env, b]
-                    s = S.setting(ck, recipe=RTN(min(bits.values())), planner_seed=k)
-                    s = dataclasses.replace(s, overrides=mixed_overrides(bits, lambda n: RTN(n)))
-                else:
-                    s = S.setting(ck, recipe=recipe(m, b), planner_seed=k, long=m == "RTN")
-                settings.append(s)
-                meta.append(dict(env=env, method=m, bits=f"W{b}", planner_seed=k))
-    for wb, ab in act_bits:
-        for m in act_methods:
-            settings.append(S.setting(ck, recipe=recipe(m, wb, ab)))
-            meta.append(dict(env=env, method=m, bits=f"W{wb}A{ab}", planner_seed=P.planner_seeds[0]))
+settings, labels = rescue.rescue_settings(S, methods, rescue_bits, act_bits, act_methods, seeded_envs, allocations,
+                                         qat_checkpoints)
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
-keys = pd.DataFrame([{"config_key": config_key(CACHES.identity(s)), **m} for s, m in zip(settings, meta)])
-runs = st.per_episode(table, S.budget).drop(columns=["env", "method", "bits"]).merge(keys, on=["config_key",
-                                                                                                  "planner_seed"])
+runs = rescue.relabel(table, settings, labels, S.budget)
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
-base_rates = stats.success_table(pd.concat([st.baseline_table(s) for s in fp_settings.values()]), ["env", "baseline"])
+base_rates = st.baseline_rates(fp_settings.values())
 rates = stats.success_table(first, ["env", "method", "bits"])
 fp_rates = rates[rates["method"] == "FP"]
 
@@ -244,15 +148,9 @@ _ = plots.savefig(grid.figure, "04_rescue_low_bits", "success", figures_dir=figu
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-anchors = pd.DataFrame({"setting": ["uniform W4 RTN", "W4, encoder FP16", "encoder W6 + predictor W4", "uniform W3 RTN"],
-                        "follow-up (budget 1)": [0.07 / 0.53, 0.27 / 0.53, 0.30 / 0.53, 0.0],
-                        "follow-up (budget 2)": [0.20 / 0.65, 0.50 / 0.65, None, 0.0]})
-print(anchors.to_string(index=False, float_format="%.2f"))
-kept = rates.merge(fp_rates[["env", "success_rate"]].rename(columns={"success_rate": "fp"}), on="env")
-kept["kept"] = kept["success_rate"] / kept["fp"]
+print(rescue.FOLLOW_UP.to_string(index=False, float_format="%.2f"))
 print("\nwmq, share of FP's success kept (first planner seed):")
-print(kept[kept["method"] != "FP"].pivot_table(index=["env", "method"], columns="bits", values="kept",
-                                               aggfunc="first").to_string(float_format="%.2f"))
+print(rescue.kept_share(rates).to_string(float_format="%.2f"))
 
 # %% [markdown] tags=[]
 # ## Calibration sensitivity (the paper's stated limitation)
@@ -263,46 +161,18 @@ print(kept[kept["method"] != "FP"].pivot_table(index=["env", "method"], columns=
 # rollouts of random actions). Paired against the protocol calibration of the same method: does success move?
 
 # %% tags=[]
-calib_settings, calib_meta = [], []
-for ck, env in zip(S.checkpoints, S.envs):
-    if env not in calib_envs:
-        continue
-    for m, wb, ab in calib_methods:
-        r = P.recipe(m, wb, "per-channel", a_bits=ab, a_granularity=None if ab is None else "per-tensor")
-        base = S.setting(ck, recipe=r)
-        variants = [("protocol", base)]
-        variants += [(f"{k} rounds", dataclasses.replace(base, calib_rounds=k)) for k in calib_rounds]
-        variants += [(f"{k} episodes", dataclasses.replace(base, n_calib=k)) for k in calib_episodes]
-        variants += [(f"source {k}", dataclasses.replace(base, calib_source=k)) for k in calib_sources]
-        for name, s in variants:
-            calib_settings.append(s)
-            calib_meta.append(dict(env=env, method=f"{m} {r.label}", calibration=name))
+calib_settings, calib_labels = rescue.calibration_settings(S, calib_envs, calib_methods, calib_rounds,
+                                                          calib_episodes, calib_sources)
 calib_table = st.run_study(calib_settings, S.results, recompute=S.recompute, executor=executor)
-ckeys = pd.DataFrame([{"config_key": config_key(CACHES.identity(s)), **m}
-                      for s, m in zip(calib_settings, calib_meta)])
-calib_runs = st.per_episode(calib_table, S.budget).drop(columns=["env", "method", "calibration"]).merge(ckeys,
-                                                                                                  on="config_key")
+calib_runs = rescue.relabel(calib_table, calib_settings, calib_labels, S.budget)
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-calib_order = {name: i for i, name in enumerate(dict.fromkeys(m["calibration"] for m in calib_meta))}
-calib_rates = stats.success_table(calib_runs, ["env", "method", "calibration"]).sort_values(
-    ["env", "calibration"], key=lambda c: c.map(calib_order) if c.name == "calibration" else c, kind="stable")
+calib_rates = rescue.calibration_rates(calib_runs, calib_labels)
 print(calib_rates.pivot_table(index=["env", "calibration"], columns="method", values="success", aggfunc="first",
                               sort=False).to_string())
-moves = []
-for (env, m), group in calib_runs.groupby(["env", "method"]):
-    ref = verdicts.outcomes(group, st.UNITS, calibration="protocol")
-    for name in group["calibration"].unique():
-        if name == "protocol":
-            continue
-        x, y = verdicts.common(verdicts.outcomes(group, st.UNITS, calibration=name), ref)
-        t = stats.mcnemar(x.to_numpy(), y.to_numpy())
-        low, high = stats.paired_interval(x.to_numpy(), y.to_numpy())
-        moves.append({"env": env, "method": m, "calibration": name, "effect": f"{t.effect * 100:+.0f}",
-                      "95% interval": f"[{low * 100:+.0f}, {high * 100:+.0f}]", "p": f"{t.p:.2g}"})
 print("\npaired against the protocol calibration (points):")
-print(pd.DataFrame(moves).to_string(index=False))
+print(rescue.calibration_moves(calib_runs).to_string(index=False))
 
 # %% tags=[]
 fp_calib = fp_rates[fp_rates["env"].isin(calib_envs)]
@@ -322,23 +192,8 @@ _ = plots.savefig(grid.figure, "04_rescue_low_bits", "calibration", figures_dir=
 # method and cached) is not counted.
 
 # %% tags=[]
-costs = []
-for ck, env in zip(S.checkpoints, S.envs):
-    fp_model = CACHES.model(fp_settings[env])
-    calib = CACHES.calibration(fp_settings[env])
-    for m in [m for m in methods if m not in ("mixed", "QAT")]:
-        t0 = time.perf_counter()
-        quantize(fp_model, recipe(m, max(rescue_bits)), calib)
-        costs.append({"env": env, "method": m, "seconds": time.perf_counter() - t0})
-    if "mixed" in methods:
-        costs.append({"env": env, "method": "mixed (sensitivity)",
-                      "seconds": float(sensitivity[sensitivity["env"] == env]["seconds"].iloc[0])})
-    if "QAT" in methods:
-        for b in rescue_bits:
-            card = json.loads((CACHES.checkpoint(qat_checkpoints[env].format(bits=b))[0] / "card.json").read_text())
-            costs.append({"env": env, "method": f"QAT W{b} (fine-tune; its card)",
-                          "seconds": card["seconds"]["training"]})
-print(pd.DataFrame(costs).pivot_table(index="method", columns="env", values="seconds").round(1).to_string())
+seconds = rescue.method_seconds(S, methods, rescue_bits, sensitivity, qat_checkpoints)
+print(seconds.round(1).to_string())
 
 # %% [markdown] tags=[]
 # ## Conclusion: the cheapest method within 10 points of FP
@@ -354,35 +209,10 @@ print(pd.DataFrame(costs).pivot_table(index="method", columns="env", values="sec
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found, best = [], []
-for env in S.envs:
-    base = st.baseline_outcomes(fp_settings[env])
-    fp = verdicts.outcomes(runs, st.UNITS, env=env, method="FP")
-    for b in [f"W{b}" for b in rescue_bits] + [f"W{w}A{a}" for w, a in act_bits]:
-        chosen, pooled_choice, outcomes = None, None, []
-        for m in methods:
-            x = runs[(runs["env"] == env) & (runs["method"] == m) & (runs["bits"] == b)]
-            if x.empty:
-                continue
-            pair = verdicts.common(verdicts.outcomes(x, st.UNITS), fp)
-            v = verdicts.every_stratum(verdicts.within_margin_of_fp, "planner_seed", *pair,
-                                       baselines=base, comparison=f"{env}: {m} {b} vs FP", margin=margin)
-            pooled = verdicts.within_margin_of_fp(*pair, baselines=base, margin=margin)
-            if pooled_choice is None and pooled.outcome == "reproduced":
-                pooled_choice = m
-            found.append(v)
-            outcomes.append(v.outcome)
-            if chosen is None and v.outcome == "reproduced":
-                chosen = m
-        untestable = bool(outcomes) and all(o == "not testable" for o in outcomes)
-        none = "not testable" if untestable else "none"
-        best.append({"env": env, "bits": b, "cheapest within margin (every seed)": chosen or none,
-                     "(pooled over seeds)": pooled_choice or none})
-verdict_table = verdicts.verdict_table(found)
-print(pd.DataFrame(best).to_string(index=False))
-print("\nwhy:")
-print("\n".join(f"  {r.comparison}: {r.verdict} - {r.why}" for r in verdict_table.itertuples()))
+bits = [f"W{b}" for b in rescue_bits] + [f"W{w}A{a}" for w, a in act_bits]
+best, found = findings.rescue_verdicts(runs, findings.baselines_of(fp_settings), bits, methods, margin)
+print(best.to_string(index=False))
+print("\n" + findings.why(found))
 
 # %% tags=[]
-print(f"04_rescue_low_bits: {time.perf_counter() - started:.0f} s wall time, profile {P.name}, "
-      f"{len(settings) + len(calib_settings)} settings, torch threads {__import__('torch').get_num_threads()}")
+print(S.footer("04_rescue_low_bits", len(settings) + len(calib_settings)))

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-import wmqlib.train as train_module
+import wmqlib.fitting as fitting
 from wmqlib.resume import STATE_FILE
 from wmqlib.train import PRESETS, train
 
@@ -18,7 +18,7 @@ class Killed(Exception):
 def _kill_at(monkeypatch, call: int) -> None:
     """Make the ``call``-th optimiser step of the run (counted over all stages, from 1) raise ``Killed``."""
     seen = {"n": 0}
-    real = train_module.lr_at
+    real = fitting.lr_at
 
     def lr_at(step: int, total: int, peak: float) -> float:
         seen["n"] += 1
@@ -26,7 +26,7 @@ def _kill_at(monkeypatch, call: int) -> None:
             raise Killed
         return real(step, total, peak)
 
-    monkeypatch.setattr(train_module, "lr_at", lr_at)
+    monkeypatch.setattr(fitting, "lr_at", lr_at)
 
 
 def _killed_run(monkeypatch, call: int, name: str, out, data_dir) -> None:

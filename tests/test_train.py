@@ -10,7 +10,8 @@ import torch
 
 from wmqlib.envs import TrajectoryData, generate_dataset
 from wmqlib.models import CheckpointError, load_world_model
-from wmqlib.train import PRESETS, TrainConfig, main, train, training_data_recipe, training_sample
+from wmqlib.train import PRESETS, TrainConfig, main, train
+from wmqlib.training_data import training_data_recipe, training_sample
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_the_model_card_says_how_to_regenerate_the_model():
 def test_foreground_weights_single_out_what_moves():
     import numpy as np
 
-    from wmqlib.train import background_frame, foreground_weights
+    from wmqlib.fitting import background_frame, foreground_weights
 
     frames = np.full((9, 4, 4, 3), 255, np.uint8)
     frames[:, 0, 0] = 0  # drawn in every frame: background

@@ -326,7 +326,7 @@ def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episode
       r])``), from the encoded current state; one of them (the first) is then executed in ``env`` (from the
       state the last round ended in) to give the next round's state. The encoder sees the goals once, the states of
       every round and the final states, as in planning. ``planner`` must be a CEMConfig.
-    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.train.training_sample``):
+    - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.training_data.training_sample``):
       every frame through the encoder once, then every teacher-forcing window of DINO-WM's training (``num_hist``
       frames ``frameskip`` env steps apart, with their actions, at every start) through the predictor. ``env``,
       ``episodes``, ``planner`` and ``evaluate_kwargs`` are not used and must not be given.

@@ -58,7 +58,9 @@ from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
-from wmqlib.train import TrainConfig, _fit, _frames_to_visual, checkpoint_recipe, data_policy, dataset_path
+from wmqlib.fitting import fit, uint8_to_visual
+from wmqlib.train import TrainConfig, data_policy, dataset_path
+from wmqlib.training_data import checkpoint_recipe
 from wmqlib.validate import check_float, check_int, check_type
 
 HELDOUT_SEED_OFFSET = 1000  # the held-out dataset: the base recipe's, drawn with seed + this
@@ -163,7 +165,7 @@ class Windows:
 def _visual_latents(model: WorldModel, frames: Tensor) -> Tensor:
     """uint8 frames (B, T, H, W, 3) -> visual latents (B, T, P, Dv)."""
     b, t = frames.shape[:2]
-    x = _frames_to_visual(frames.reshape(b * t, 1, *frames.shape[2:]))  # (B*T, 1, 3, H, W)
+    x = uint8_to_visual(frames.reshape(b * t, 1, *frames.shape[2:]))  # (B*T, 1, 3, H, W)
     zeros = torch.zeros(b * t, 1, model.config.proprio_dim, device=frames.device)
     return model.encode_obs(x, zeros)["visual"].reshape(b, t, model.config.num_patches, model.config.encoder_dim)
 
@@ -270,12 +272,12 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(seed)
 
-    def loss_fn(_: Tensor) -> Tensor:  # windows are drawn from `gen` (not from _fit's step seed), as always
+    def loss_fn(_: Tensor) -> Tensor:  # windows are drawn from `gen` (not from fit's step seed), as always
         pred_loss, enc_loss = latent_losses(model, fp, *train_windows.batch(*train_windows.draw(batch_size, gen)))
         return pred_loss + enc_loss
 
-    t1 = time.perf_counter()  # Adam: _fit's AdamW without weight decay, train.py's warm-up + cosine schedule
-    losses = _fit(params, loss_fn, steps, lr, 0.0, torch.Generator(), f"QAT W{w_bits} {folder.name}", progress)
+    t1 = time.perf_counter()  # Adam: fitting.fit's AdamW without weight decay, its warm-up + cosine schedule
+    losses = fit(params, loss_fn, steps, lr, 0.0, torch.Generator(), f"QAT W{w_bits} {folder.name}", progress)
     t_train = time.perf_counter() - t1
     model.requires_grad_(False)
     bake(model)

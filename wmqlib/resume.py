@@ -1,6 +1,6 @@
 """A training run's saved state, so a killed run continues where it stopped (``python -m wmqlib.train --resume``).
 
-A run is a fixed sequence of named stages, each a loop of optimiser steps (``wmqlib.train._fit``). ``RunState``
+A run is a fixed sequence of named stages, each a loop of optimiser steps (``wmqlib.fitting.fit``). ``RunState``
 saves, at most every ``every_s`` seconds and at the end of every stage, everything the remaining steps depend on:
 
 - the whole model's ``state_dict`` and the values of the stage's extra parameters (heads that are not part of the

@@ -50,7 +50,7 @@ from wmqlib.probe import outlier_stats, probe_frames, probe_model
 from wmqlib.quant import Calibration, QuantReport, is_quantwm_reference, quantize
 from wmqlib.setting import Resolved, Setting
 from wmqlib.sweep import config_key, sweep
-from wmqlib.train import training_sample
+from wmqlib.training_data import training_sample
 from wmqlib.validate import check_choice, check_int, check_type
 
 UNITS = ("planner_seed", "episode_seed")  # one paired unit: an episode planned with one planner seed
@@ -88,7 +88,7 @@ def prepare(setting: Setting, caches: Caches = CACHES, recompute_calibration: bo
     "calib", drawn once); the calibration when the recipe or an override's needs one or ``calibrate`` asks (in
     memory, else ``<calib_dir>/<calibration_key>.safetensors``, else recorded from the setting's ``calib_source``
     - FP CEM planning on the "calib" episodes for ``calib_rounds`` MPC rounds by default, random rollouts, or its
-    regenerated training data (``wmqlib.train.training_sample``) - and written atomically;
+    regenerated training data (``wmqlib.training_data.training_sample``) - and written atomically;
     ``recompute_calibration``: recorded again, once per process and key); the quantized copy
     ``quantize(fp, recipe, calibration, scope, overrides)`` with its report (one of the last few kept;
     ``recompute_calibration`` makes it again).

@@ -28,15 +28,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from wmqlib.card import fp_planning_summary, write_model_card
 from wmqlib.envs import TrajectoryData, env_class, env_names, generate_dataset
+from wmqlib.fitting import (Windows, background_frame, encode_dataset, fit, foreground_weights, latent_losses,
+                            uint8_to_visual)
 from wmqlib.joint import InverseDynamics, JointWeights, regularisers
 from wmqlib.models import WorldModel, WorldModelConfig, resolve_device, save_world_model
 from wmqlib.paths import DATASETS_DIR
@@ -195,79 +196,6 @@ PRESETS["tiny-joint"] = dataclasses.replace(PRESETS["tiny"], objective="joint", 
                                             rollout_steps=1, finetune_steps=2, decoder_steps=2)
 
 
-def lr_at(step: int, total: int, peak: float) -> float:
-    """Cosine decay to 0 after a linear warm-up over the first 5% of the steps."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    return 0.5 * peak * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def _fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float,
-         weight_decay: float, gen: torch.Generator, desc: str, progress: bool, run: RunState | None = None,
-         model: torch.nn.Module | None = None) -> list[float]:
-    """Run ``steps`` AdamW steps of ``loss_fn(step_seed)``; returns the loss of every step.
-
-    With ``run`` (and the ``model`` whose state it saves), the stage named ``desc`` is resumable: a finished stage
-    returns its recorded losses at once, a started one continues from its saved step, and progress is saved as
-    ``RunState`` says.
-    """
-    if run is not None and (done := run.finished(desc)) is not None:
-        return done
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    losses: list[float] = []
-    first, before = 0, run.seconds(desc) if run is not None else 0.0
-    if run is not None and (saved := run.started(desc)) is not None:
-        with torch.no_grad():
-            for p, value in zip(params, saved["params"]):
-                p.copy_(value)
-        opt.load_state_dict(saved["optimizer"])
-        losses, first = list(saved["losses"]), saved["step"]
-    t0 = time.perf_counter()
-    bar = tqdm(range(first, steps), desc=desc, disable=not progress, mininterval=2.0)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
-        loss = loss_fn(torch.randint(0, 2**62, (1,), generator=gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4g}")
-        if run is not None:
-            run.step_done(model, desc, step + 1, losses, params, opt, before + time.perf_counter() - t0)
-    if run is not None:
-        run.stage_done(model, desc, losses, before + time.perf_counter() - t0)
-    return losses
-
-
-def _frames_to_visual(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1], DINO-WM's normalisation (mean 0.5, std 0.5)."""
-    return frames.movedim(-1, -3).float() / 127.5 - 1.0
-
-
-BACKGROUND_SAMPLE = 1024  # frames whose per-pixel median is the background
-FOREGROUND_THRESHOLD = 24  # uint8 levels: a pixel further than this (any channel) from the background is foreground
-
-
-def background_frame(frames: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The per-pixel median of up to ``BACKGROUND_SAMPLE`` frames drawn by ``seed``: uint8 (H, W, 3).
-
-    frames: uint8 (N, H, W, 3). Whatever is drawn in every frame (walls, the goal T) is background; the moving
-    objects (the dot, the agent, the block) are not, as long as each pixel is free of them in most frames.
-    """
-    idx = np.random.default_rng(seed).choice(len(frames), min(len(frames), BACKGROUND_SAMPLE), replace=False)
-    return np.median(frames[np.sort(idx)], axis=0).astype(np.uint8)
-
-
-def foreground_weights(frames: torch.Tensor, background: torch.Tensor, weight: float) -> torch.Tensor:
-    """Per-pixel loss weights (B, 1, 1, H, W): 1 + ``weight`` where a frame uint8 (B, H, W, 3) differs from
-    ``background`` uint8 (H, W, 3) by more than ``FOREGROUND_THRESHOLD`` in some channel, else 1."""
-    differs = (frames.int() - background.int()).abs().amax(dim=-1) > FOREGROUND_THRESHOLD  # (B, H, W)
-    return (1.0 + weight * differs.float())[:, None, None]
-
-
 def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
                      progress: bool = True, run: RunState | None = None) -> list[float]:
     """Train encoder + decoder as an autoencoder on single frames; returns per-step losses.
@@ -293,7 +221,7 @@ def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, 
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
-        x = _frames_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
+        x = uint8_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
         tokens = model.encode_obs(x, proprio)["visual"]  # (B, 1, P, Dv)
         if cfg.foreground_weight:
             w = foreground_weights(frames[idx], background, cfg.foreground_weight)  # (B, 1, 1, H, W)
@@ -307,69 +235,8 @@ def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, 
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     if cfg.state_weight:
         params += list(readout.parameters())
-    return _fit(params, loss_fn, cfg.encoder_steps, cfg.encoder_lr, cfg.weight_decay, gen, "encoder (autoencoder)",
+    return fit(params, loss_fn, cfg.encoder_steps, cfg.encoder_lr, cfg.weight_decay, gen, "encoder (autoencoder)",
                 progress, run, model)
-
-
-@torch.no_grad()
-def encode_dataset(model: WorldModel, data: TrajectoryData, batch: int = 256) -> torch.Tensor:
-    """Visual latents of every frame with the frozen encoder: (N, T+1, P, Dv) float32."""
-    n, t1 = data.frames.shape[:2]
-    frames = torch.from_numpy(data.frames.reshape(n * t1, *data.frames.shape[2:]))
-    out = []
-    zeros = torch.zeros(batch, 1, model.config.proprio_dim, device=model.device)
-    for lo in range(0, len(frames), batch):
-        x = _frames_to_visual(frames[lo:lo + batch].to(model.device))[:, None]
-        out.append(model.encode_obs(x, zeros[:len(x)])["visual"][:, 0])
-    return torch.cat(out).reshape(n, t1, *out[0].shape[1:])
-
-
-class _Windows:
-    """Random training windows of ``frames`` frames ``frameskip`` env steps apart, drawn from ``gen``.
-
-    ``draw(b)`` -> (traj (B,), frames (B, L) frame indices, actions (B, L, Da) z-scored model-step actions, action
-    t taken between frames t and t+1); ``proprio`` holds the z-scored proprio (N, T+1, p) on the device.
-    """
-
-    def __init__(self, model: WorldModel, data: TrajectoryData, frames: int, gen: torch.Generator) -> None:
-        c = model.config
-        self.f, self.length, self.gen, self.device = c.frameskip, frames, gen, model.device
-        self.span = frames * c.frameskip
-        self.starts = data.traj_len - self.span + 1
-        self.n, self.da = len(data), c.frameskip * c.env_action_dim
-        self.act = torch.from_numpy(((data.actions - data.action_mean) / data.action_std).astype(np.float32))
-        self.act = self.act.to(self.device)
-        prop = ((data.proprio - data.proprio_mean) / data.proprio_std).astype(np.float32)
-        self.proprio = torch.from_numpy(prop).to(self.device)
-        self.offsets = torch.arange(frames, device=self.device) * c.frameskip
-
-    def draw(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        traj = torch.randint(0, self.n, (b,), generator=self.gen).to(self.device)
-        start = torch.randint(0, self.starts, (b,), generator=self.gen).to(self.device)
-        frames = start[:, None] + self.offsets  # (B, L)
-        steps = start[:, None] + torch.arange(self.span, device=self.device)  # (B, L*f) env steps of the actions
-        actions = self.act[traj[:, None], steps].reshape(b, self.length, self.da)  # "(n f) d -> n (f d)"
-        return traj, frames, actions
-
-
-def _latent_losses(model: WorldModel, vis: torch.Tensor, pemb: torch.Tensor, actions: torch.Tensor, k: int
-                   ) -> torch.Tensor:
-    """Teacher-forced next-latent MSE plus, for k > 0, the k-step open-loop rollout MSE from frame 0.
-
-    vis (B, L, P, Dv) visual latents, pemb (B, L, Ep) proprio embeddings, actions (B, L, Da) z-scored; the
-    proprio slice is weighted Ep / (Dv + Ep) of the rollout term, as in the teacher-forced MSE over all features.
-    """
-    c = model.config
-    h, dv, ep, p = c.num_hist, c.encoder_dim, c.proprio_emb_dim, vis.shape[2]
-    aemb = model.action_encoder(actions)
-    z = torch.cat([vis, pemb[:, :, None].expand(-1, -1, p, -1), aemb[:, :, None].expand(-1, -1, p, -1)], -1)
-    pred = model.predict(z[:, :h])
-    loss = F.mse_loss(pred[..., :dv + ep], z[:, 1:h + 1, :, :dv + ep])
-    if k:
-        imagined = model.rollout({"visual": vis[:, :1], "proprio": pemb[:, :1]}, actions[:, :k])
-        loss = loss + (dv * F.mse_loss(imagined["visual"][:, 1:], vis[:, 1:k + 1])
-                       + ep * F.mse_loss(imagined["proprio"][:, 1:], pemb[:, 1:k + 1])) / (dv + ep)
-    return loss
 
 
 def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tensor, cfg: TrainConfig,
@@ -382,16 +249,16 @@ def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tens
     ``cfg.rollout_steps = k > 0`` the same MSE of a k-step open-loop ``model.rollout`` from the window's first
     frame is added (the computation planning runs), so errors that compound over the horizon are trained too.
     """
-    windows = _Windows(model, data, max(model.config.num_hist, cfg.rollout_steps) + 1, gen)
+    windows = Windows(model, data, max(model.config.num_hist, cfg.rollout_steps) + 1, gen)
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         traj, frames, actions = windows.draw(cfg.predictor_batch)
         with torch.no_grad():
             pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
-        return _latent_losses(model, latents[traj[:, None], frames], pemb, actions, cfg.rollout_steps)
+        return latent_losses(model, latents[traj[:, None], frames], pemb, actions, cfg.rollout_steps)
 
     params = list(model.predictor.parameters()) + list(model.action_encoder.parameters())
-    return _fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, stage, progress,
+    return fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, stage, progress,
                 run, model)
 
 
@@ -413,7 +280,7 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
     """Encoder, predictor and action encoder trained together with ``wmqlib.joint``'s loss; returns per-step
     losses. The inverse-dynamics head is drawn from ``cfg.seed + 3`` and discarded afterwards."""
     c = model.config
-    windows = _Windows(model, data, max(c.num_hist, cfg.rollout_steps, 1) + 1, gen)
+    windows = Windows(model, data, max(c.num_hist, cfg.rollout_steps, 1) + 1, gen)
     frames_u8 = torch.from_numpy(data.frames).to(model.device)  # (N, T+1, H, W, 3)
     idm = InverseDynamics(c.num_patches, c.encoder_dim, c.action_dim, seed=cfg.seed + 3).to(model.device)
     weights = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight, cfg.rank_weight)
@@ -421,15 +288,15 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         traj, frames, actions = windows.draw(cfg.joint_batch)
-        vis = model.encode_obs(_frames_to_visual(frames_u8[traj[:, None], frames]), zeros)["visual"]  # (B,L,P,Dv)
+        vis = model.encode_obs(uint8_to_visual(frames_u8[traj[:, None], frames]), zeros)["visual"]  # (B,L,P,Dv)
         with torch.no_grad():
             pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
-        loss = _latent_losses(model, vis, pemb, actions, cfg.rollout_steps)
+        loss = latent_losses(model, vis, pemb, actions, cfg.rollout_steps)
         return loss + sum(regularisers(vis, idm, actions, weights).values())
 
     params = [*model.encoder.parameters(), *model.predictor.parameters(), *model.action_encoder.parameters(),
               *idm.parameters()]
-    return _fit(params, loss_fn, cfg.joint_steps, cfg.joint_lr, cfg.weight_decay, gen, "joint embedding", progress,
+    return fit(params, loss_fn, cfg.joint_steps, cfg.joint_lr, cfg.weight_decay, gen, "joint embedding", progress,
                 run, model)
 
 
@@ -442,12 +309,12 @@ def train_decoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
-        x = _frames_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
+        x = uint8_to_visual(frames[idx])[:, None]  # (B, 1, 3, H, W)
         with torch.no_grad():
             tokens = model.encode_obs(x, proprio)["visual"]  # (B, 1, P, Dv)
         return F.mse_loss(model.decode(tokens), x)
 
-    return _fit(list(model.decoder.parameters()), loss_fn, cfg.decoder_steps, cfg.encoder_lr, cfg.weight_decay, gen,
+    return fit(list(model.decoder.parameters()), loss_fn, cfg.decoder_steps, cfg.encoder_lr, cfg.weight_decay, gen,
                 "decoder", progress, run, model)
 
 
@@ -543,7 +410,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     return model
 
 
-# the card's name for each objective's stages -> the stage names ``_fit`` records them under
+# the card's name for each objective's stages -> the stage names ``fitting.fit`` records them under
 STAGES = {"autoencoder": {"encoder": "encoder (autoencoder)", "predictor": "predictor",
                           "finetune": "rollout fine-tune"},
           "joint": {"encoder": "joint embedding", "predictor": "predictor", "finetune": "rollout fine-tune",
@@ -634,73 +501,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# ----- a checkpoint's training data, regenerated (the "dataset" calibration source) ---------------------------------
-
-from wmqlib.envs import make_env  # noqa: E402  (this section's own imports)
-from wmqlib.models import CheckpointError  # noqa: E402
-
-
-def checkpoint_recipe(provenance: dict[str, Any], folder: str | Path) -> TrainConfig:
-    """The recipe a wmq checkpoint was trained with, from its ``provenance`` (config.json's, ``WorldModel.provenance``;
-    a fine-tuned checkpoint such as wmqlib.qat's: its base's, under ``base_provenance``). ``folder``: the checkpoint's
-    folder, only named: recipes written before the architecture was nested and the data policy named (the first
-    shipped models) are matched to the ``PRESETS`` entry named like the folder (or like ``base_checkpoint``).
-    CheckpointError when no recipe is found (e.g. a converted DINO-WM release).
-    """
-    recipe = provenance.get("recipe") or (provenance.get("base_provenance") or {}).get("recipe")
-    if isinstance(recipe, dict) and "model" in recipe:
-        return TrainConfig.from_dict(recipe)
-    legacy = ("env", "n_traj", "traj_len", "seed", "img_size")
-    names = (Path(folder).name, provenance.get("base_checkpoint"))
-    cfg = next((PRESETS[n] for n in names if n in PRESETS and isinstance(recipe, dict)
-                and all(recipe.get(k) == getattr(PRESETS[n], k) for k in legacy)), None)
-    if cfg is None:
-        raise CheckpointError(f"checkpoint {folder} records no training recipe that says how its data were generated "
-                              "(config.json provenance 'recipe'): its training data cannot be regenerated")
-    return cfg
-
-
-def training_data_recipe(provenance: dict[str, Any], folder: str | Path) -> dict[str, Any]:
-    """How a checkpoint's training data were generated: {"env", "n_traj", "traj_len", "seed", "img_size", "policy"}
-    (``wmqlib.envs.generate_dataset``'s arguments), from ``checkpoint_recipe(provenance, folder)``."""
-    cfg = checkpoint_recipe(provenance, folder)
-    return {"env": cfg.env, "n_traj": cfg.n_traj, "traj_len": cfg.traj_len, "seed": cfg.seed,
-            "img_size": cfg.img_size, "policy": data_policy(cfg)}
-
-
-def training_sample(model: WorldModel, folder: str | Path, n: int, seed: int) -> TrajectoryData:
-    """``n`` trajectories of the training data of ``model``, the checkpoint loaded from ``folder``, regenerated
-    (deterministic; nothing is read or written).
-
-    All ``n_traj`` trajectories of ``training_data_recipe(model.provenance, folder)`` are regenerated (states and
-    actions only: the shipped models' data take seconds), their action / proprio mean and std checked against
-    ``model.normalization()`` (computed from those data when it was trained, so a mismatch means the generator changed
-    since: CheckpointError), then ``n`` of them, drawn without replacement by ``np.random.default_rng(seed)`` and kept
-    in index order, are rendered: frames (n, T+1, img, img, 3). Returns a TrajectoryData with the full data's
-    statistics; ``meta`` holds the recipe and the chosen ``trajectories``.
-    """
-    recipe = training_data_recipe(model.provenance, folder)
-    normalization = model.normalization()
-    check_int("training_sample n (Setting.n_calib)", n, 1, recipe["n_traj"],
-              f" (the training data hold {recipe['n_traj']} trajectories)")
-    cls = env_class(recipe["env"])
-    states, actions = cls.collect_trajectories(recipe["n_traj"], recipe["traj_len"], recipe["seed"],
-                                               recipe["policy"], False)
-    renderer = make_env(recipe["env"], render_size=recipe["img_size"])
-    proprio = renderer.proprio_of(states)
-    stats = {}
-    for name, values in (("action", actions), ("proprio", proprio.astype(np.float64))):
-        flat = values.reshape(-1, values.shape[-1])
-        stats[f"{name}_mean"], stats[f"{name}_std"] = flat.mean(axis=0), flat.std(axis=0, ddof=1)
-    for name, value in stats.items():
-        if not np.allclose(value, np.asarray(normalization[name], dtype=np.float64), rtol=1e-5, atol=1e-7):
-            raise CheckpointError(f"the regenerated training data of {folder} do not match the model: their {name} "
-                                  f"is {value.tolist()}, the model's {normalization[name]}; the data generator has "
-                                  "changed since it was trained, so calib_source='dataset' cannot reproduce its data")
-    pick = np.sort(np.random.default_rng(seed).choice(recipe["n_traj"], n, replace=False))
-    size, steps = recipe["img_size"], recipe["traj_len"] + 1
-    frames = renderer.observe(states[pick].reshape(n * steps, -1), size)["visual"].reshape(n, steps, size, size, 3)
-    return TrajectoryData(recipe["env"], frames, actions[pick], proprio[pick], states[pick], **stats,
-                          meta={**recipe, "trajectories": pick.tolist()})
