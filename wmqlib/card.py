@@ -35,7 +35,7 @@ def fp_planning_summary(model: WorldModel, env: str, n_episodes: int, opt_steps:
 
 def _summary(r: dict[str, Any]) -> str:
     """How the recipe ``r`` (a TrainConfig dict) trained the model, in one paragraph."""
-    env, tune = r["model"]["env"], (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss."
+    env, tune = r.get("model", r)["env"], (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss."
                                     if r.get("finetune_steps") else ".")
     head = f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` " \
            f"(seed {r['seed']}). "
@@ -78,7 +78,7 @@ def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
     card = {**card, "regenerate": regenerate}
     atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
     r, fp = card["recipe"], card.get("fp_planning")
-    m = r["model"]
+    m = r.get("model") or card["architecture"]  # recipes of the first shipped models had no nested architecture
     lines = [
         f"# {out.name}", "", _summary(r), "",
         "| item | value |", "| --- | --- |",
@@ -124,8 +124,8 @@ def add_diagnostics(folder: Path, diagnostics: dict[str, Any]) -> None:
 
 def recipe_record(folders: list[Path]) -> pd.DataFrame:
     """The record of the recipes tried: one row per checkpoint folder that has a card with diagnostics (others are
-    skipped), in the given order. Columns: name, env, changes (the recipe fields that differ from the first row of
-    the same env, "model.<field>" for the architecture), train_s (the card's total seconds), probe (largest error
+    skipped), in the given order. Columns: name, env, changes (the recipe fields whose value differs from, or is
+    absent in, the first row of the same env; "model.<field>" for the architecture), train_s (the card's total seconds), probe (largest error
     over tolerance), spearman (per distance bin, "low-high: rho"), then per planning run of its diagnostics
     "<run>" as "rate [ci95]" (e.g. open_loop, open_loop_visual_only, mpc, visual_only, proprio_only), and
     exploitation (the rate, or "-" without demonstrated plans)."""
@@ -135,11 +135,10 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
         if card is None or "diagnostics" not in card:
             continue
         d, recipe = card["diagnostics"], _flat(card["recipe"])
-        env = card["recipe"]["model"]["env"]
+        env = (card["recipe"].get("model") or card["architecture"])["env"]
         base = first.setdefault(env, recipe)
         row = {"name": Path(folder).name, "env": env,
-               "changes": ", ".join(f"{k}={recipe.get(k)}" for k in sorted(set(recipe) | set(base))
-                                    if recipe.get(k) != base.get(k)) or "-",
+               "changes": ", ".join(f"{k}={recipe[k]}" for k in sorted(recipe) if recipe[k] != base.get(k)) or "-",
                "train_s": card.get("seconds", {}).get("total"),
                "probe": d["probe"]["error_over_tolerance"],
                "spearman": "; ".join(f"{b['low']:g}-{b['high']:g}: {b['spearman']:.2f}" for b in d["latent_alignment"])}
