@@ -1,5 +1,5 @@
 """wmqlib.book: the static site of the executed notebooks (pages, links, landing page); the browser test in
-tests/browser/test_book.py opens it in Chromium."""
+tests/browser/test_book_pages.py opens it in Chromium."""
 
 import re
 import shutil
