@@ -51,6 +51,10 @@ def test_screen_diagnostics_go_into_the_card(tiny):
     result = diagnose(model, "wall", level="screen", episodes=2, probe_trajectories=(4, 2))
     assert set(result["planning"]) == {"open_loop", "open_loop_visual_only"}
     assert result["exploitation"] is None  # Wall's episodes have no demonstrated plan
+    # the ceiling and the trivial baselines on the same episodes; MPC's ceiling only at card level
+    assert list(result["references"]) == ["simulator_open_loop", "no_action", "straight_line", "random"]
+    assert all(r["episodes"] == 2 for r in result["references"].values())
+    assert "seconds" in result["references"]["simulator_open_loop"]
     add_diagnostics(folder, result)
     card = read_card(folder)
     assert card["planning"]["open_loop"]["episodes"] == 2
@@ -58,7 +62,24 @@ def test_screen_diagnostics_go_into_the_card(tiny):
     assert json.loads(json.dumps(card["diagnostics"])) == card["diagnostics"]
     text = (folder / "MODEL_CARD.md").read_text()
     assert "planning: open loop visual only" in text and "Spearman(latent MSE" in text
+    assert "reference: simulator open loop" in text and "reference: straight line" in text
     assert "Regenerate: `python -m wmqlib.train --preset tiny-joint" in text
+
+
+def test_card_level_adds_the_closed_loop_runs_and_their_ceiling(tiny):
+    _, model = tiny
+    result = diagnose(model, "wall", level="card", episodes=2, mpc_rounds=2, probe_trajectories=(4, 2))
+    assert list(result["planning"]) == ["open_loop", "open_loop_visual_only", "mpc", "visual_only", "proprio_only"]
+    assert list(result["references"])[:2] == ["simulator_open_loop", "simulator_mpc"]
+    # MPC replans only what open loop failed: its ceiling is at least the open-loop ceiling
+    refs = result["references"]
+    assert refs["simulator_mpc"]["successes"] >= refs["simulator_open_loop"]["successes"]
+
+
+def test_without_the_ceiling_only_the_trivial_baselines_are_references(tiny):
+    _, model = tiny
+    result = diagnose(model, "wall", level="screen", episodes=2, probe_trajectories=(4, 2), ceiling=False)
+    assert list(result["references"]) == ["no_action", "straight_line", "random"]
 
 
 def test_unknown_level_is_refused(tiny):

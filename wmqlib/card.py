@@ -66,6 +66,10 @@ def _diagnostic_lines(d: dict[str, Any]) -> list[str]:
     lines.append("| exploitation | not measured: the episodes have no demonstrated plan |" if e is None else
                  f"| exploitation: CEM plan scored below the demonstrated plan and failing (open loop) | "
                  f"{e['rate']:.0%} ({e['exploited']}/{e['episodes']}); below the demonstrated plan {e['beats_demo']:.0%} |")
+    for name, run in d.get("references", {}).items():  # cards screened before references existed have none
+        lines.append(f"| reference: {name.replace('_', ' ')} | {run['success_rate']:.0%} ({run['successes']}/"
+                     f"{run['episodes']}, 95% CI {run['ci95'][0]:.0%}-{run['ci95'][1]:.0%})"
+                     f"{', ' + str(run['seconds']) + ' s' if 'seconds' in run else ''} |")
     if "seconds_per_cem_iteration" in d["planning"].get("open_loop", {}):
         lines.append(f"| planning cost per CEM iteration (all episodes x {p['samples']} samples) | "
                      f"{d['planning']['open_loop']['seconds_per_cem_iteration']} s |")

@@ -14,6 +14,9 @@ wmqlib.diagnostics CHECKPOINT``).
   while failing in the env: the planner found a hole in the model, not a better plan (None where the episodes have
   no demonstrated plan: Wall's sampler draws start and goal independently).
 - **Planning cost**: seconds per CEM iteration over all episodes x samples of the open-loop run.
+- **References** on the same episodes: the planner's ceiling (``wmqlib.ceiling``: the same CEM on the true
+  simulator, open loop, and at ``card`` level with MPC) and the trivial baselines of ``wmqlib.evaluate.baselines``
+  (no action, a straight line toward the goal, random actions) over the open-loop plan's env steps.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import pandas as pd
 import torch
 
 from wmqlib.card import add_diagnostics, recipe_record
+from wmqlib.ceiling import simulator_plan
 from wmqlib.envs import env_class, make_env, sample_episodes
 from wmqlib.envs.episodes import Episode
-from wmqlib.evaluate import evaluate
+from wmqlib.evaluate import baselines, evaluate
 from wmqlib.models import WorldModel, load_world_model
 from wmqlib.plan import CEMConfig, MPCConfig, ObjectiveConfig
 from wmqlib.plan.objective import Objective, encode_observations
@@ -133,11 +137,31 @@ def planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMC
     return out, table
 
 
+def references(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig, mpc: MPCConfig | None,
+               ceiling: bool = True) -> dict[str, Any]:
+    """What the model's planning success is read against, by name -> ``rate``: "simulator_open_loop" and (with
+    ``mpc``) "simulator_mpc", each with its seconds (``wmqlib.ceiling``; skipped when ``ceiling`` is False), then
+    the trivial baselines "no_action", "straight_line" and "random" over horizon * frameskip env steps."""
+    out: dict[str, Any] = {}
+    renderer = make_env(env, render_size=model.config.img_size)
+    for name, closed in (("simulator_open_loop", None), ("simulator_mpc", mpc)):
+        if not ceiling or (name == "simulator_mpc" and mpc is None):
+            continue
+        t0 = time.perf_counter()
+        table = simulator_plan(model, renderer, episodes, planner, closed)
+        out[name] = {**rate(int(table["success"].sum()), len(table)), "seconds": round(time.perf_counter() - t0, 1)}
+    table = baselines(renderer, episodes, steps=planner.horizon * model.config.frameskip)
+    for name, group in table.groupby("baseline", sort=False):
+        out[str(name)] = rate(int(group["success"].sum()), len(group))
+    return out
+
+
 def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 50, mpc_rounds: int = 5,
-             probe_trajectories: tuple[int, int] = (300, 40)) -> dict[str, Any]:
+             probe_trajectories: tuple[int, int] = (300, 40), ceiling: bool = True) -> dict[str, Any]:
     """All diagnostics of the module docstring for ``model`` in ``env``, as a JSON-able dict for card.json:
     probe, latent_alignment, planning (by ``PLANNING_RUNS`` name; ``level`` "screen" = the open-loop runs),
-    exploitation, planner, mpc_rounds, level."""
+    exploitation, references (``references``; ``ceiling`` False skips the simulator planner, slow in PushT),
+    planner, mpc_rounds, level."""
     check_choice("level", level, LEVELS)
     check_int("episodes", episodes, 1)
     check_int("mpc_rounds", mpc_rounds, 1)
@@ -163,6 +187,8 @@ def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 5
         # samplers that draw start and goal states independently (Wall's) have no demonstrated plan to compare with
         "exploitation": (exploitation(tables["open_loop"], demonstrated_plan_loss(model, env, eps))
                          if all(e.actions is not None for e in eps) else None),
+        "references": references(model, env, eps, planner, MPCConfig(max_rounds=mpc_rounds) if level == "card"
+                                 else None, ceiling),
         "planner": dataclasses.asdict(planner), "mpc_rounds": mpc_rounds,
     }
 
@@ -176,13 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--level", choices=LEVELS, default="card")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--mpc-rounds", type=int, default=5)
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="skip the simulator planner (wmqlib.ceiling; PushT's physics makes it slow)")
     args = parser.parse_args(argv)
     folder = Path(args.checkpoint)
     if args.record:
         print(recipe_record(sorted(p for p in folder.iterdir() if p.is_dir())).to_string(index=False))
         return 0
     model = load_world_model(folder)
-    result = diagnose(model, model.config.env, args.level, args.episodes, args.mpc_rounds)
+    result = diagnose(model, model.config.env, args.level, args.episodes, args.mpc_rounds,
+                      ceiling=not args.no_ceiling)
     add_diagnostics(folder, result)
     print((folder / "MODEL_CARD.md").read_text())
     return 0
