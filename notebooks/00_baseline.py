@@ -149,21 +149,25 @@ planners = rates[~rates["planner"].isin(BASELINES)]
 open_loop = base_rates[~base_rates["baseline"].str.endswith("(mpc)")]
 grid = plots.success_bars(planners, x="planner", col="env", baselines=open_loop, xlabel="planner",
                           title="FP planning vs trivial baselines (open-loop budget)")
-_ = plots.savefig(grid.figure, "00_baseline", "success", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "00_baseline", "success", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=runs)
 
 curve = stats.success_curve(cem, ["env", "search"])
 grid = plots.curves(curve, x="opt_steps", y="success_rate", hue="search", col="env", band=("ci_low", "ci_high"),
                     baselines=open_loop, xlabel="CEM iterations (open loop)")
-_ = plots.savefig(grid.figure, "00_baseline", "success_vs_iterations", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "00_baseline", "success_vs_iterations", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=cem)
 
 curve_r = stats.success_curve(rounds, ["env", "search"], step="round")
 grid = plots.curves(curve_r, x="round", y="success_rate", hue="search", col="env", band=("ci_low", "ci_high"),
                     baselines=base_rates[base_rates["baseline"].str.endswith("(mpc)")], xlabel="MPC rounds")
-_ = plots.savefig(grid.figure, "00_baseline", "success_vs_rounds", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "00_baseline", "success_vs_rounds", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=rounds)
 
 grid = plots.curves(curve, x="opt_steps", y="plan_loss", hue="search", col="env", logy=True,
                     xlabel="CEM iterations (open loop)", ylabel="median planning loss")
-_ = plots.savefig(grid.figure, "00_baseline", "planning_loss", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "00_baseline", "planning_loss", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=cem)
 
 # %% tags=[]
 rows, labels = [], []
@@ -173,7 +177,8 @@ for env, s in study.items():
         rows += [list(frames["real"]) + list(frames["goal"]), frames["seen"], frames["imagined"]]
         labels += [f"{env} {e}: real + goal", f"{env} {e}: encoded", f"{env} {e}: imagined"]
 fig = plots.frame_strip(rows, labels, title="real frames of the executed plan vs the FP model's imagined rollout")
-_ = plots.savefig(fig, "00_baseline", "imagined_rollouts", figures_dir=figures_dir)
+_ = plots.savefig(fig, "00_baseline", "imagined_rollouts", figures_dir=figures_dir,
+                  profile=P.name, results=S.results)
 
 # %% [markdown] tags=[]
 # ## Conclusion: the premise of the study

@@ -174,15 +174,18 @@ setting = lambda frame: frame.assign(setting=frame["method"] + " " + frame["bits
 grid = plots.success_bars(setting(weight_only[weight_only["method"] != "FP"]), x="setting", hue="weights", col="env",
                           baselines=base_rates, reference=fp_rates, xlabel="method and bits",
                           title="weight-only quantization of the whole model")
-_ = plots.savefig(grid.figure, "01_granularity", "weight_only", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "01_granularity", "weight_only", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=runs[runs["a_bits"] == 16])
 grid = plots.success_bars(setting(weight_act), x="setting", hue="acts", col="env", baselines=base_rates,
                           reference=fp_rates, xlabel="method and bits (weights per channel)",
                           title="weight + activation quantization of the whole model")
-_ = plots.savefig(grid.figure, "01_granularity", "weight_act", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "01_granularity", "weight_act", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=runs[runs["a_bits"] < 16])
 grid = plots.curves(curve[curve["label"] != "FP"], x="opt_steps", y="success_rate", hue="label", col="env",
                     band=("ci_low", "ci_high"), reference=curve[curve["label"] == "FP"].groupby("env").last()
                     .reset_index(), baselines=straight, xlabel="CEM iterations (open loop)")
-_ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=long)
 
 # %% [markdown] tags=[]
 # ## Conclusion: the paper's findings 1-3, judged from these numbers

@@ -147,16 +147,19 @@ print(per_seed.to_string(float_format="%.2f"))
 # %% tags=[]
 grid = plots.success_bars(quant.astype({"w_bits": str}), x="w_bits", hue="scope", col="env", baselines=base_rates,
                           reference=fp_rates, xlabel="weight bits", title=f"{method} {granularity} weights on one part")
-_ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_by_scope", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_by_scope", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=runs)
 probe_curve = worst.reset_index().assign(part="encoder (probe)")
 grid = plots.curves(probe_curve, x="w_bits", y="max error/tol", hue="part", col="env",
                     xlabel="encoder weight bits (32 = FP)", ylabel="largest probe error / success tolerance")
-_ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "probe_vs_bits", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "probe_vs_bits", figures_dir=figures_dir,
+                  profile=P.name, results=S.results)
 curve = stats.success_curve(rounds[rounds["method"] != "FP"], ["env", "label"], step="round")
 fp_end = stats.success_table(st.per_episode(rounds[rounds["method"] == "FP"]), ["env"]).assign(label="FP MPC")
 grid = plots.curves(curve, x="round", y="success_rate", hue="label", col="env", band=("ci_low", "ci_high"),
                     reference=fp_end, xlabel="MPC rounds (success latched)")
-_ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_vs_rounds", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_vs_rounds", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=rounds)
 
 # %% tags=[]
 rows, labels = [], []
@@ -167,7 +170,8 @@ for (env, b, scope), s in scoped.items():
             rows += [list(frames["real"]) + list(frames["goal"]), frames["seen"], frames["imagined"]]
             labels += [f"{env} {e} {scope}: real + goal", "encoded", "imagined"]
 fig = plots.frame_strip(rows, labels, title=f"W{show_bits} on the encoder vs the predictor: real, encoded, imagined")
-_ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_dir=figures_dir)
+_ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_dir=figures_dir,
+                  profile=P.name, results=S.results)
 
 # %% [markdown] tags=[]
 # ## Conclusion

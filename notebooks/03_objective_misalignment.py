@@ -97,17 +97,20 @@ print(per_round.pivot_table(index=["env", "bits"], columns="round", values="succ
 # %% tags=[]
 grid = plots.curves(curve, x="opt_steps", y="plan_loss", hue="bits", col="env", logy=True,
                     xlabel="CEM iterations (open loop)", ylabel="median planning loss")
-_ = plots.savefig(grid.figure, "03_objective_misalignment", "planning_loss", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "03_objective_misalignment", "planning_loss", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=open_loop)
 round_curve = stats.success_curve(rounds, ["env", "bits"], step="round")
 grid = plots.curves(round_curve, x="round", y="success_rate", hue="bits", col="env", band=("ci_low", "ci_high"),
                     baselines=base_rates[base_rates["baseline"] == "straight_line"],
                     xlabel="MPC rounds (success latched)")
-_ = plots.savefig(grid.figure, "03_objective_misalignment", "success_vs_rounds", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "03_objective_misalignment", "success_vs_rounds", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=rounds)
 grid = plots.sns.relplot(data=final.reset_index(drop=True), x="plan_loss", y="state_dist", hue="bits", col="env",
                          style="success", height=3.2, aspect=1.2, facet_kws={"sharex": False, "sharey": False})
 grid.set(xscale="log")
 grid.set_axis_labels("final planning loss (model)", "final state distance (env)")
-_ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=final)
 
 # %% [markdown] tags=[]
 # ## Conclusion

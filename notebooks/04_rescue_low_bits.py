@@ -100,7 +100,8 @@ print(rescue.sensitivity_summary(sensitivity, allocations, min(mixed_choices)))
 
 # %% tags=[]
 fig = plots.layer_sensitivity(sensitivity, S.envs)
-_ = plots.savefig(fig, "04_rescue_low_bits", "sensitivity", figures_dir=figures_dir)
+_ = plots.savefig(fig, "04_rescue_low_bits", "sensitivity", figures_dir=figures_dir,
+                  profile=P.name, results=S.results)
 
 # %% [markdown] tags=[]
 # ## Success at W4 and W3: every method against FP, on the same episodes
@@ -136,7 +137,8 @@ shown = rates[rates["method"] != "FP"].sort_values(
     ["env", "method"], key=lambda c: c.map(env_order if c.name == "env" else order).fillna(len(order)))
 grid = plots.success_bars(shown, x="method", hue="bits", col="env", baselines=base_rates, reference=fp_rates,
                           xlabel="method (weights per channel)", title="rescuing low-bit planning")
-_ = plots.savefig(grid.figure, "04_rescue_low_bits", "success", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "04_rescue_low_bits", "success", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=runs)
 
 # %% [markdown] tags=[]
 # ## Against the follow-up's numbers
@@ -180,7 +182,8 @@ grid = plots.success_bars(calib_rates, x="calibration", hue="method", col="env",
                           baselines=base_rates[base_rates["env"].isin(calib_envs)], reference=fp_calib,
                           xlabel="calibration (one choice changed from the protocol's)",
                           title="success vs calibration")
-_ = plots.savefig(grid.figure, "04_rescue_low_bits", "calibration", figures_dir=figures_dir)
+_ = plots.savefig(grid.figure, "04_rescue_low_bits", "calibration", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=calib_runs)
 
 # %% [markdown] tags=[]
 # ## Cost of each method

@@ -62,3 +62,32 @@ def test_figures_are_embedded_not_linked(site):
 def test_a_folder_without_notebooks_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no notebooks matching"):
         book.build(tmp_path, tmp_path / "out")
+
+
+def test_each_saved_figure_shows_its_provenance_under_its_cell(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from wmqlib import plots
+
+    notebooks, figures = tmp_path / "notebooks", tmp_path / "figures"
+    notebooks.mkdir()
+    fig, _ = plt.subplots()
+    plots.savefig(fig, "01_granularity", "weight_only", figures_dir=figures, profile="full", results="study-full",
+                  sources=pd.DataFrame({"config_key": ["k2", "k1"]}))
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Granularity\n\n**Question.** Which?"),
+        nbformat.v4.new_code_cell('_ = plots.savefig(grid.figure, "01_granularity", "weight_only", '
+                                  'figures_dir=figures_dir, profile=P.name)'),
+        nbformat.v4.new_code_cell('_ = plots.savefig(fig, "01_granularity", "never_saved", figures_dir=figures_dir)'),
+        nbformat.v4.new_code_cell("print('no figure here')")])
+    nbformat.write(nb, notebooks / "01_granularity.ipynb")
+    book.build(notebooks, tmp_path / "site")
+    page = (tmp_path / "site" / "01_granularity.html").read_text()
+    saved = page.index("figures/01_granularity__weight_only.png")
+    assert page.index("grid") < saved < page.index("never_saved") < page.index("no figure here")  # under its cell
+    assert "profile full, results study-full: 2 cached results (k1, k2)" in page
+    assert "figures/01_granularity__never_saved.png</code>: no provenance recorded" in page
+    assert page.count("Figure <code>") == 2

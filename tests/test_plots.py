@@ -2,13 +2,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import json
+import subprocess
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
+from PIL import PngImagePlugin
 
 from wmqlib import plots
+from wmqlib.paths import REPO_ROOT
+from wmqlib.provenance import describe, read_provenance
 
 
 def _table():
@@ -24,6 +30,57 @@ def test_savefig_names_files_after_notebook_and_panel(tmp_path):
     paths = plots.savefig(fig, "01_granularity", "w4-vs-w3", figures_dir=tmp_path)
     assert [p.name for p in paths] == ["01_granularity__w4-vs-w3.png", "01_granularity__w4-vs-w3.pdf"]
     assert all(p.stat().st_size > 0 for p in paths)
+    assert (tmp_path / "01_granularity__w4-vs-w3.json").is_file()  # the provenance sidecar
+
+
+def test_savefig_writes_the_provenance_into_both_files_and_the_sidecar(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    runs = pd.DataFrame({"config_key": ["b2", "a1", "b2", None], "success": [1, 0, 1, 1]})
+    live = pd.DataFrame({"success_rate": [0.5]})  # computed live: no cache key
+    png, pdf = plots.savefig(fig, "02_encoder_vs_predictor", "probe", figures_dir=tmp_path, profile="smoke",
+                             results="study-smoke", sources=[runs, live])
+    record = read_provenance(png)
+    assert record["notebook"] == "02_encoder_vs_predictor" and record["panel"] == "probe"
+    assert record["profile"] == "smoke" and record["results"] == "study-smoke"
+    assert record["cache_keys"] == ["a1", "b2"]
+    assert record["commit"] is None or len(record["commit"]) == 40
+    assert json.loads(PngImagePlugin.PngImageFile(png).text[plots.PROVENANCE_KEY]) == record
+    raw = pdf.read_bytes()  # the Subject string of the PDF info dictionary (parentheses escaped)
+    subject = raw[raw.index(b"/Subject (") + 10:].split(b") /")[0].split(b")\n")[0]
+    assert json.loads(subject.replace(b"\\(", b"(").replace(b"\\)", b")").decode()[len(plots.PROVENANCE_KEY) + 1:]) == record
+
+
+def test_provenance_names_the_checkouts_commit(tmp_path):
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    fig, _ = plt.subplots()
+    png, _ = plots.savefig(fig, "00_baseline", "loss", figures_dir=tmp_path)
+    assert read_provenance(png)["commit"] == head.stdout.strip()
+    assert read_provenance(png)["library_modified"] in (True, False)
+
+
+def test_provenance_reads_for_people():
+    record = {"notebook": "01_granularity", "panel": "x", "commit": "0123456789abcdef", "library_modified": True,
+              "profile": "full", "results": "study-full", "cache_keys": ["k1", "k2", "k3", "k4", "k5"]}
+    assert describe(record) == ("01_granularity.ipynb, commit 0123456789 + modified library, profile full, results "
+                                "study-full: 5 cached results (k1, k2, k3 and 2 more)")
+    assert describe({**record, "commit": None, "cache_keys": []}).endswith("0 cached results (computed live)")
+    assert "no git commit" in describe({**record, "commit": None})
+
+
+def test_sources_must_be_tables(tmp_path):
+    fig, _ = plt.subplots()
+    with pytest.raises(TypeError, match=r"sources\[0\] must be a pandas DataFrame"):
+        plots.savefig(fig, "00_baseline", "loss", figures_dir=tmp_path, sources=[[1, 2]])
+
+
+def test_a_sidecar_without_every_field_is_refused(tmp_path):
+    (tmp_path / "00_baseline__x.json").write_text(json.dumps({"notebook": "00_baseline"}))
+    with pytest.raises(ValueError, match="provenance lacks"):
+        read_provenance(tmp_path / "00_baseline__x.png")
+    assert read_provenance(tmp_path / "00_baseline__y.png") is None
 
 
 def test_savefig_is_byte_identical_for_identical_figures(tmp_path):

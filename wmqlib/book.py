@@ -3,7 +3,8 @@
 Nothing is re-executed: each page is nbconvert's HTML export ("lab" template, images embedded) of a notebook as
 committed, with a navigation bar (contents, previous, next). The landing page gives the question, the two
 commands, and per notebook its question and the summary of its verdict table as the notebook printed it. The
-explorer is shown as a static page that says how to run it live. ``python -m wmqlib.book --out DIR`` writes
+explorer is shown as a static page that says how to run it live. Under each cell that saves a figure
+(``plots.savefig``), the page says where that figure came from (``wmqlib.provenance``, read from its sidecar). ``python -m wmqlib.book --out DIR`` writes
 ``DIR/index.html`` and one ``<stem>.html`` per notebook; open ``DIR/index.html`` in a browser.
 
 Why nbconvert rather than Jupyter Book 2: the site only has to show notebooks that already carry their outputs,
@@ -25,10 +26,13 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from wmqlib.paths import REPO_ROOT
+from wmqlib.provenance import describe as describe_provenance
+from wmqlib.provenance import read_provenance
 from wmqlib.validate import atomic_write
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # the runner's pattern (wmqlib.reproduce)
 EXPLORER = "explorer.ipynb"
+SAVEFIG = re.compile(r"""savefig\([^,]+,\s*["'](\d\d_[a-z0-9_]+)["'],\s*["']([a-z0-9][a-z0-9_-]*)["']""")
 OUTCOME_WORDS = ("reproduced", "inconclusive", "not testable")
 LIVE = ("This page is a static view of the explorer: its controls do nothing here. To use it, run "
         "`make install`, then `.venv/bin/jupyter lab notebooks/explorer.ipynb`, and run all cells.")
@@ -90,10 +94,27 @@ def _nav(pages: list[Page], i: int | None) -> str:
     return f'{STYLE}<nav class="wmq-nav">{"".join(links)}</nav>'
 
 
-def render(nb: nbformat.NotebookNode, nav: str, live_note: bool) -> str:
-    """One notebook as a standalone HTML page with ``nav`` at the top; ``live_note`` puts ``LIVE`` first."""
+def with_provenance(nb: nbformat.NotebookNode, figures: Path) -> nbformat.NotebookNode:
+    """A copy of ``nb`` with, after every code cell that calls ``plots.savefig``, a note per saved figure: the
+    figure file and its provenance record from ``figures`` (or that it has none)."""
+    nb = nbformat.from_dict(nb)
+    cells = []
+    for cell in nb.cells:
+        cells.append(cell)
+        for stem, panel in SAVEFIG.findall(cell.source) if cell.cell_type == "code" else []:
+            png = figures / f"{stem}__{panel}.png"
+            record = read_provenance(png)
+            text = "no provenance recorded" if record is None else describe_provenance(record)
+            cells.append(nbformat.v4.new_markdown_cell(f"<small>Figure `figures/{png.name}`: {text}.</small>"))
+    nb.cells = cells
+    return nb
+
+
+def render(nb: nbformat.NotebookNode, nav: str, live_note: bool, figures: Path | None = None) -> str:
+    """One notebook as a standalone HTML page with ``nav`` at the top; ``live_note`` puts ``LIVE`` first;
+    ``figures``: the folder of its figure files, whose provenance is shown under each saving cell."""
+    nb = nbformat.from_dict(nb) if figures is None else with_provenance(nb, figures)  # the caller's stays as is
     if live_note:
-        nb = nbformat.from_dict(nb)  # a copy: the caller's notebook is left as it is
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"> **Static view.** {LIVE}"))
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, body, count=1)
@@ -118,21 +139,23 @@ def landing(pages: list[Page], summaries: dict[str, str | None]) -> str:
             f"<h2>Notebooks</h2><ol>{''.join(items)}</ol></body></html>")
 
 
-def build(notebooks_dir: Path | str = REPO_ROOT / "notebooks", out: Path | str = REPO_ROOT / "build" / "book"
-          ) -> list[Path]:
-    """Write the site into ``out``; returns the written pages (index first). FileNotFoundError when
-    ``notebooks_dir`` holds no numbered notebook."""
+def build(notebooks_dir: Path | str = REPO_ROOT / "notebooks", out: Path | str = REPO_ROOT / "build" / "book",
+          figures: Path | str | None = None) -> list[Path]:
+    """Write the site into ``out``; returns the written pages (index first). ``figures``: where the notebooks'
+    figures are (default ``figures/`` beside ``notebooks_dir``, as the notebooks' ``figures_dir`` says).
+    FileNotFoundError when ``notebooks_dir`` holds no numbered notebook."""
     paths = notebooks(Path(notebooks_dir))
     if not any(p.name != EXPLORER for p in paths):
         raise FileNotFoundError(f"{notebooks_dir}: no notebooks matching {NOTEBOOK_PATTERN} to build the book from")
     out = Path(out)
+    figures = Path(notebooks_dir).parent / "figures" if figures is None else Path(figures)
     out.mkdir(parents=True, exist_ok=True)
     loaded = {p: nbformat.read(p, as_version=4) for p in paths}
     pages = [describe(p, nb) for p, nb in loaded.items()]
     written = []
     for i, page in enumerate(pages):
         target = out / page.name
-        atomic_write(target, render(loaded[page.path], _nav(pages, i), page.path.name == EXPLORER))
+        atomic_write(target, render(loaded[page.path], _nav(pages, i), page.path.name == EXPLORER, figures))
         written.append(target)
     index = out / "index.html"
     atomic_write(index, landing(pages, {p.name: verdict_summary(loaded[p.path]) for p in pages}))

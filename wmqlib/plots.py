@@ -9,6 +9,7 @@ their line's colour; y fits the data; long tick labels wrap.
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -23,10 +24,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from wmqlib.paths import FIGURES_DIR
+from wmqlib.provenance import figure_provenance, sidecar
+from wmqlib.validate import atomic_write
 
 _NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+$")
 _PANEL = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 FORMATS = ("png", "pdf")
+PROVENANCE_KEY = "wmq-provenance"  # the PNG text key; the PDF Subject starts with it
 FP_COLOUR = "0.1"
 BAND_ALPHA = 0.18
 BASELINE_STYLES = ("--", ":", "-.")  # one per trivial baseline kind, in sorted order of their names
@@ -38,24 +42,33 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 130, "savefig.bbox": "tight"})
 
 
-def savefig(fig: plt.Figure, notebook: str, panel: str, figures_dir: Path | str = FIGURES_DIR) -> list[Path]:
-    """Write ``fig`` as ``<figures_dir>/<notebook>__<panel>.{png,pdf}`` and return the paths.
+def savefig(fig: plt.Figure, notebook: str, panel: str, figures_dir: Path | str = FIGURES_DIR,
+            profile: str | None = None, results: str | None = None,
+            sources: pd.DataFrame | Sequence[pd.DataFrame] = ()) -> list[Path]:
+    """Write ``fig`` as ``<figures_dir>/<notebook>__<panel>.{png,pdf}`` with its provenance, and return the paths.
 
     ``notebook`` is the producing notebook's stem (``"01_granularity"``), ``panel`` a short lower-case name.
-    File metadata carries no timestamps, so re-running a notebook rewrites identical files for identical numbers.
+    Provenance (``wmqlib.provenance``): the notebook, the checkout's commit, ``profile`` (the study profile's name),
+    ``results`` (the results cache folder) and the cache keys of ``sources`` (the tables the figure plots), in the
+    PNG text chunk / PDF Subject "wmq-provenance" and in ``<notebook>__<panel>.json`` beside the figure. File
+    metadata carries no timestamps, so re-running a notebook at one commit rewrites identical files for identical
+    numbers.
     """
     if not _NOTEBOOK.match(notebook):
         raise ValueError(f"notebook must be a notebook stem like '01_granularity' (NN_lowercase), got {notebook!r}")
     if not _PANEL.match(panel):
         raise ValueError(f"panel must be lower-case letters, digits, '_' or '-', got {panel!r}")
+    record = json.dumps(figure_provenance(notebook, panel, profile, results, sources), sort_keys=True)
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FORMATS:
         path = out / f"{notebook}__{panel}.{fmt}"
-        metadata = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None}
+        metadata = ({"Software": None, PROVENANCE_KEY: record} if fmt == "png" else
+                    {"CreationDate": None, "Producer": None, "Subject": f"{PROVENANCE_KEY} {record}"})
         fig.savefig(path, format=fmt, metadata=metadata)
         paths.append(path)
+    atomic_write(sidecar(paths[0]), record + "\n")
     return paths
 
 
