@@ -5,6 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.wmq-installed
 GOLDENS := tests/notebooks
+TEST_WORKERS ?= 2
 BENCHMARKS := $(sort $(wildcard benchmarks/*.py))
 # Idle OpenMP threads spin by default and starve a second process on a small machine.
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -39,7 +40,7 @@ figures: install
 # The goldens are looked up when the recipe runs, so `make goldens test` checks the fresh ones. tests/check_goldens.sh
 # checks them with nbval on two float paths side by side (README "Golden notebooks").
 test: install
-	@$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 	@bash tests/check_goldens.sh $(BIN)/python
 
 book: install

@@ -91,3 +91,19 @@ def test_each_saved_figure_shows_its_provenance_under_its_cell(tmp_path):
     assert "profile full, results study-full: 2 cached results (k1, k2)" in page
     assert "figures/01_granularity__never_saved.png</code>: no provenance recorded" in page
     assert page.count("Figure <code>") == 2
+
+
+def _printed(*texts):
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print()", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=t)]) for t in texts])
+
+
+def test_the_findings_shown_are_the_summary_else_the_last_output_naming_a_verdict():
+    summary = "verdict  reproduced  inconclusive\nF1  2  1\n"
+    table = "finding comparison verdict\nF0 wall: FP vs baseline reproduced\n"
+    best = " env bits cheapest within margin\nwall W4 GPTQ\n\nwhy:\n  wall W4: not reproduced - below FP\n"
+    assert book.verdict_summary(_printed(table, summary, "done")) == summary.rstrip()  # the summary first
+    assert book.verdict_summary(_printed("rates 3/50", table, best, "footer")) == " env bits cheapest within margin\n" \
+                                                                               "wall W4 GPTQ"  # cut before why
+    assert book.verdict_summary(_printed(table, "footer: 3 settings")) == table.rstrip()
+    assert book.verdict_summary(_printed("rates 3/50", "footer")) is None

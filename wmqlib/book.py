@@ -67,15 +67,18 @@ def describe(path: Path, nb: nbformat.NotebookNode) -> Page:
 
 
 def verdict_summary(nb: nbformat.NotebookNode) -> str | None:
-    """The notebook's printed summary of its verdict table: the first text output whose first line starts with
-    "verdict" and names an outcome; None when it printed none."""
-    for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            text = out.get("text", "") if out.get("output_type") == "stream" else ""
-            head = text.lstrip().splitlines()[0] if text.strip() else ""
-            if head.startswith("verdict") and any(word in head for word in OUTCOME_WORDS):
-                return text.split("\n\nwhy:")[0].rstrip()
-    return None
+    """The notebook's findings as it printed them: its summary of the verdict table (the first text output whose
+    first line starts with "verdict" and names an outcome), else the last text output that names an outcome (a
+    verdict table, or a table of what the verdicts decided), cut before its "why:" lines; None when it printed
+    neither."""
+    texts = [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+             for out in cell.get("outputs", []) if out.get("output_type") == "stream"]
+    for text in texts:
+        head = text.lstrip().splitlines()[0] if text.strip() else ""
+        if head.startswith("verdict") and any(word in head for word in OUTCOME_WORDS):
+            return text.split("\n\nwhy:")[0].rstrip()
+    named = [t for t in texts if any(word in t for word in OUTCOME_WORDS)]
+    return re.split(r"\n\s*why:", named[-1])[0].rstrip() if named else None
 
 
 def _markdown_inline(text: str) -> str:
