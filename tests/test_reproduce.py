@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from wmqlib import pairs, reproduce
-from wmqlib.paths import FIGURES_DIR
+from wmqlib.paths import FIGURES_DIR, REPO_ROOT
+from wmqlib.provenance import read_provenance
 from wmqlib.reproduce import ReproduceError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "00_fixture.ipynb"
@@ -218,6 +220,11 @@ def test_runs_the_fixture_with_the_given_parameters(tmp_path, monkeypatch, capsy
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", figure.read_bytes()[16:24])
     assert (width, height) == (4 * 72, 3 * 72)
+    # plots.savefig recorded where the figure came from: the notebook, the checkout's commit, the run's profile
+    record = read_provenance(figure)
+    assert (record["notebook"], record["profile"], record["cache_keys"]) == ("00_fixture", "smoke", ["fixture-seed-0"])
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert record["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert not (tmp_path / "figures").exists()
     assert "1 notebook(s), profile smoke, device cpu, kernel python3" in out
     assert "figures golden/figures" in out and "figure golden/figures/00_fixture__histogram.png" in out
