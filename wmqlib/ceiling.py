@@ -19,10 +19,9 @@ import torch
 
 from wmqlib.envs import WmqEnv
 from wmqlib.envs.episodes import Episode
+from wmqlib.evaluate import SEED_STRIDE
 from wmqlib.plan import CEMConfig, MPCConfig, cem, make_generators, mpc
 from wmqlib.plan.objective import PlanningModel
-
-SEED_STRIDE = 1_000_003  # as wmqlib.evaluate: episode e's generator is seeded episodes[e].seed + SEED_STRIDE * seed
 
 
 def simulator_plan(model: PlanningModel, env: WmqEnv, episodes: Sequence[Episode], planner: CEMConfig,
