@@ -1,7 +1,7 @@
 """Every figure has exactly one producing notebook, and every figure a notebook draws exists in figures/.
 
 Figures are written only by ``wmqlib.plots.savefig(fig, "<notebook stem>", "<panel>", ...)`` as
-``figures/<stem>__<panel>.png`` and ``.pdf``; panels are string literals in the notebooks' sources, so both
+``figures/<stem>__<panel>.png`` and ``.pdf``, with the provenance sidecar ``.json``; panels are string literals in the notebooks' sources, so both
 directions can be checked without running anything.
 """
 
@@ -51,8 +51,8 @@ def test_notebook_draws_into_the_folder_the_runner_passes(path):
     """The runner sends any run but the published one to ``<output>/figures`` through ``figures_dir``."""
     assert declared_parameters(path).get("figures_dir") == "../figures"
     source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    calls = re.findall(r"savefig\([^\n]*", source)
-    assert calls and all("figures_dir=figures_dir)" in call for call in calls), calls
+    calls = re.findall(r"savefig\([^)]*\)", source)  # a call's arguments (none of them calls anything)
+    assert calls and all(re.search(r"figures_dir=figures_dir[,)]", call) for call in calls), calls
 
 
 def executed_profile(path: Path) -> str | None:
@@ -79,8 +79,8 @@ def test_every_figure_file_has_a_producing_notebook():
         if path.name.startswith("."):
             continue
         match = FIGURE.match(path.name)
-        if match is None or match["ext"] not in FORMATS:
-            orphans.append(f"{path.name} (not <notebook>__<panel>.png|pdf)")
+        if match is None or match["ext"] not in (*FORMATS, "json"):
+            orphans.append(f"{path.name} (not <notebook>__<panel>.png|pdf|json)")
         elif (match["stem"], match["panel"]) not in PANELS.get(match["stem"], []):
             orphans.append(f"{path.name} (no notebook {match['stem']} drawing panel {match['panel']!r})")
     assert not orphans, f"figures without a producing notebook: {orphans}"

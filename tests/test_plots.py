@@ -211,3 +211,18 @@ def test_layer_sensitivity_draws_one_line_per_bit_width_in_model_order():
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["encoder.B0.attn.qkv", "predictor.L0.0.to_qkv"]
     assert axes[0].lines[1].get_ydata().min() == 1e-6  # zero sensitivity drawn at the log axis' floor
     plt.close(fig)
+
+
+def test_slots_never_run_say_so_and_a_measured_zero_does_not():
+    table = pd.DataFrame({
+        "env": ["a", "a", "a", "b", "b"], "bits": ["W8", "W8", "W4", "W8", "W8"], "weights": ["ch", "g", "ch", "ch", "g"],
+        "success_rate": [0.5, 0.6, 0.0, 0.4, 0.3], "ci_low": [0.3, 0.4, 0.0, 0.2, 0.1], "ci_high": [0.7, 0.8, 0.1, 0.6, 0.5]})
+    grid = plots.success_bars(table, x="bits", hue="weights", col="env")
+    marks = {env: sorted(round(t.get_position()[0], 3) for t in ax.texts if t.get_text().strip() == plots.NOT_RUN)
+             for env, ax in grid.axes_dict.items()}
+    # env a: W4 ran per channel only (a measured 0%): its g32 slot, right of centre 1, says "not run"; env b: no W4
+    assert marks == {"a": [1.2], "b": [1.0]}
+    # the label sits where seaborn would have drawn the missing bar: W4's per-channel bar is centred at 0.8
+    centres = sorted(round(p.get_x() + p.get_width() / 2, 3) for p in grid.axes_dict["a"].patches if p.get_width() > 0)
+    assert centres == [-0.2, 0.2, 0.8]
+    plt.close(grid.figure)

@@ -166,7 +166,8 @@ def success_bars(table: pd.DataFrame, x: str, hue: str | None = None, col: str |
                  baselines: pd.DataFrame | None = None, title: str | None = None,
                  reference: pd.DataFrame | None = None, xlabel: str | None = None,
                  ylabel: str = "success rate (95% interval)", wrap: int = 12) -> sns.FacetGrid:
-    """Bar chart of success rate with Wilson 95% error bars, one facet per ``col`` value, y fitted per facet.
+    """Bar chart of success rate with Wilson 95% error bars, one facet per ``col`` value, y fitted per facet; a slot
+    whose setting has no row in a facet says "not run" (never an empty, 0%-looking slot).
 
     table: one row per bar - columns ``x``, ``hue``, ``col``, ``success_rate``, ``ci_low``, ``ci_high``.
     baselines: trivial baselines (columns ``col`` (optional), ``baseline``, ``success_rate``), drawn as grey lines,
@@ -190,6 +191,7 @@ def success_bars(table: pd.DataFrame, x: str, hue: str | None = None, col: str |
     for key, ax in _facets(grid, col):
         sub = _facet_rows(table, col, key)
         _errorbars(ax, sub, x, hue, order, colours)
+        _mark_not_run(ax, sub, x, hue, order, list(colours) if hue else [None])
         heights = _draw_references(ax, _facet_rows(baselines, col, key), _facet_rows(reference, col, key),
                                    styles, legend)
         _fit_ylim(ax, [*sub["ci_high"], *heights])
@@ -199,6 +201,24 @@ def success_bars(table: pd.DataFrame, x: str, hue: str | None = None, col: str |
         grid.figure.suptitle(title, y=1.03)
     _declutter_ticks(grid, wrap)
     return grid
+
+
+NOT_RUN = "not run"
+
+
+def _mark_not_run(ax: plt.Axes, table: pd.DataFrame, x: str, hue: str | None, order: list[Any],
+                  levels: list[Any]) -> None:
+    """Write ``NOT_RUN`` (vertical, grey) in every bar slot of the facet that has no row, so a setting never run
+    does not read as a 0% bar (a measured 0% keeps its error bar and has no label): one label per category when
+    none of its hue levels ran, else one per missing level at seaborn's dodged position (width 0.8 split evenly)."""
+    width = 0.8 / len(levels)
+    for i, category in enumerate(order):
+        rows = table[table[x] == category]
+        ran = set(rows[hue]) if hue else ({None} if len(rows) else set())
+        slots = [i] if not ran else [i - 0.4 + width * (j + 0.5) for j, level in enumerate(levels) if level not in ran]
+        for pos in slots:
+            ax.text(pos, 0, f" {NOT_RUN}", rotation=90, ha="center", va="bottom", fontsize=7, color="0.45",
+                    transform=ax.get_xaxis_transform())
 
 
 def _errorbars(ax: plt.Axes, table: pd.DataFrame, x: str, hue: str | None, order: list[Any],
