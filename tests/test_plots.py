@@ -226,3 +226,12 @@ def test_slots_never_run_say_so_and_a_measured_zero_does_not():
     centres = sorted(round(p.get_x() + p.get_width() / 2, 3) for p in grid.axes_dict["a"].patches if p.get_width() > 0)
     assert centres == [-0.2, 0.2, 0.8]
     plt.close(grid.figure)
+
+
+def test_facets_come_in_sorted_order_whatever_the_tables_order():
+    plt.close("all")  # the figures earlier tests left open
+    rates = _table().assign(env=["wall", "wall", "pusht", "pusht"])
+    bars = plots.success_bars(rates, x="bits", hue="granularity", col="env")
+    lines = plots.curves(rates.assign(step=[1, 2, 1, 2]), x="step", y="success_rate", col="env")
+    assert list(bars.axes_dict) == list(lines.axes_dict) == ["pusht", "wall"]
+    plt.close(bars.figure), plt.close(lines.figure)

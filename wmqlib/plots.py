@@ -81,6 +81,11 @@ def palette_for(values: Sequence[Any]) -> dict[Any, Any]:
     return {v: FP_COLOUR if v == "FP" else colours[v] for v in order}
 
 
+def _col_order(table: pd.DataFrame, col: str | None) -> list[Any] | None:
+    """Facets in sorted order of their values (e.g. envs "pusht", "wall"), so every figure puts them alike."""
+    return sorted(pd.unique(table[col]), key=str) if col else None
+
+
 def _facets(grid: sns.FacetGrid, col: str | None) -> list[tuple[Any, plt.Axes]]:
     return list(grid.axes_dict.items()) if col else [(None, grid.ax)]
 
@@ -182,7 +187,8 @@ def success_bars(table: pd.DataFrame, x: str, hue: str | None = None, col: str |
     table = table.reset_index(drop=True)  # seaborn mis-draws a facet of a table with a repeated index (pd.concat)
     colours = palette_for(table[hue]) if hue else {None: sns.color_palette("colorblind")[0]}
     order = list(pd.unique(table[x]))
-    grid = sns.catplot(data=table, x=x, y="success_rate", hue=hue, col=col, kind="bar", errorbar=None,
+    grid = sns.catplot(data=table, x=x, y="success_rate", hue=hue, col=col, col_order=_col_order(table, col),
+                       kind="bar", errorbar=None,
                        order=order, hue_order=list(colours) if hue else None, palette=colours if hue else None,
                        color=None if hue else colours[None], saturation=1, height=3.2, aspect=1.3, sharex=False,
                        sharey=False, legend=False)
@@ -259,7 +265,8 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
     _check_columns("reference", reference, ["success_rate", "ci_low", "ci_high"])
     table = table.reset_index(drop=True)  # seaborn mis-draws a facet of a table with a repeated index (pd.concat)
     colours = palette_for(table[hue]) if hue else {None: sns.color_palette("colorblind")[0]}
-    grid = sns.relplot(data=table, x=x, y=y, hue=hue, col=col, kind="line", errorbar=None, height=3.2, aspect=1.3,
+    grid = sns.relplot(data=table, x=x, y=y, hue=hue, col=col, col_order=_col_order(table, col), kind="line",
+                       errorbar=None, height=3.2, aspect=1.3,
                        hue_order=list(colours) if hue else None, palette=colours if hue else None,
                        color=None if hue else colours[None], facet_kws={"sharey": False}, legend=False)
     legend = {str(k): Line2D([], [], color=c, lw=1.5) for k, c in colours.items()} if hue else {}
