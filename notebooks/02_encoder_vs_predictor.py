@@ -150,7 +150,7 @@ grid = plots.success_bars(quant.astype({"w_bits": str}), x="w_bits", hue="scope"
 _ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_by_scope", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=runs)
 probe_curve = worst.reset_index().assign(part="encoder (probe)")
-grid = plots.curves(probe_curve, x="w_bits", y="max error/tol", hue="part", col="env",
+grid = plots.curves(probe_curve, x="w_bits", y="max error/tol", hue="part", col="env", marker="o",
                     xlabel="encoder weight bits (32 = FP)", ylabel="largest probe error / success tolerance")
 _ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "probe_vs_bits", figures_dir=figures_dir,
                   profile=P.name, results=S.results)

@@ -100,8 +100,9 @@ grid = plots.curves(curve, x="opt_steps", y="plan_loss", hue="bits", col="env", 
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "planning_loss", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=open_loop)
 round_curve = stats.success_curve(rounds, ["env", "bits"], step="round")
+mpc_base = st.baseline_rates([S.setting(ck, mpc=True) for ck in S.checkpoints])  # the MPC run's env-step budget
 grid = plots.curves(round_curve, x="round", y="success_rate", hue="bits", col="env", band=("ci_low", "ci_high"),
-                    baselines=base_rates[base_rates["baseline"] == "straight_line"],
+                    baselines=mpc_base[mpc_base["baseline"] == "straight_line"],
                     xlabel="MPC rounds (success latched)")
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "success_vs_rounds", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=rounds)

@@ -235,3 +235,13 @@ def test_facets_come_in_sorted_order_whatever_the_tables_order():
     lines = plots.curves(rates.assign(step=[1, 2, 1, 2]), x="step", y="success_rate", col="env")
     assert list(bars.axes_dict) == list(lines.axes_dict) == ["pusht", "wall"]
     plt.close(bars.figure), plt.close(lines.figure)
+
+
+def test_curves_mark_the_measured_points_when_asked():
+    plt.close("all")
+    table = pd.DataFrame({"bits": [3, 4, 8, 32], "error": [2.0, 1.0, 0.2, 0.1]})
+    plain = plots.curves(table, x="bits", y="error")
+    marked = plots.curves(table, x="bits", y="error", marker="o")
+    assert [line.get_marker() for line in marked.ax.lines[:1]] == ["o"]
+    assert plain.ax.lines[0].get_marker() in ("None", None, "")
+    plt.close("all")

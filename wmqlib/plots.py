@@ -250,7 +250,7 @@ def _errorbars(ax: plt.Axes, table: pd.DataFrame, x: str, hue: str | None, order
 def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str | None = None,
            band: tuple[str, str] | None = None, logy: bool = False, baselines: pd.DataFrame | None = None,
            reference: pd.DataFrame | None = None, xlabel: str | None = None, ylabel: str | None = None,
-           title: str | None = None) -> sns.FacetGrid:
+           title: str | None = None, marker: str | None = None) -> sns.FacetGrid:
     """Line plot of ``y`` against ``x`` (success vs CEM iterations or MPC rounds, planning loss, ...).
 
     band: the (low, high) columns of the interval shaded around each line, in the line's own colour.
@@ -258,7 +258,8 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
         its band when it is not one of the ``hue`` curves; a hue level named "FP" is drawn near-black too).
     xlabel: name the axis ("CEM iterations", "MPC rounds"); ylabel: default "success rate (95% interval)" for
         success_rate, else ``y``. Linear axes of non-negative data start at 0 and end a little above the highest
-        value drawn.
+        value drawn. marker: a matplotlib marker drawn at every measured point (e.g. "o" where x takes a few
+        values, such as bit widths, so the line is not read as measured between them).
     """
     _check_columns("table", table, [x, y, hue, col, *(band or ())])
     _check_columns("baselines", baselines, ["baseline", "success_rate"])
@@ -268,7 +269,7 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
     grid = sns.relplot(data=table, x=x, y=y, hue=hue, col=col, col_order=_col_order(table, col), kind="line",
                        errorbar=None, height=3.2, aspect=1.3,
                        hue_order=list(colours) if hue else None, palette=colours if hue else None,
-                       color=None if hue else colours[None], facet_kws={"sharey": False}, legend=False)
+                       color=None if hue else colours[None], facet_kws={"sharey": False}, legend=False, marker=marker)
     legend = {str(k): Line2D([], [], color=c, lw=1.5) for k, c in colours.items()} if hue else {}
     styles = _baseline_styles(baselines)
     for key, ax in _facets(grid, col):
