@@ -11,11 +11,12 @@ BENCHMARKS := $(sort $(wildcard benchmarks/*.py))
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install figures test goldens bench train book
+.PHONY: help install figures test test-compile goldens bench train book
 
 help:
 	@echo "make figures   run every notebook (full profile), writing notebooks/ and figures/"
 	@echo "make test      unit tests, then the golden notebooks under $(GOLDENS) with nbval"
+	@echo "make test-compile  the torch.compile parity checks that make test leaves out (CI runs both)"
 	@echo "make goldens   re-execute the golden notebooks (smoke profile) on purpose"
 	@echo "make bench     run every benchmarks/*.py"
 	@echo "make book      render the committed executed notebooks as a static site in build/book (no re-execution)"
@@ -40,8 +41,13 @@ figures: install
 # The goldens are looked up when the recipe runs, so `make goldens test` checks the fresh ones. tests/check_goldens.sh
 # checks them with nbval on two float paths side by side (README "Golden notebooks").
 test: install
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not compile"
 	@bash tests/check_goldens.sh $(BIN)/python
+
+# The torch.compile parity checks (tests/test_compile.py), about two minutes of inductor C++ on two cores; CI runs
+# them after `make test`.
+test-compile: install
+	@$(BIN)/python -m pytest -q -m compile
 
 book: install
 	@$(BIN)/python -m wmqlib.book --out build/book
