@@ -1,8 +1,8 @@
 """Every figure has exactly one producing notebook, and every figure a notebook draws exists in figures/.
 
 Figures are written only by ``wmqlib.plots.savefig(fig, "<notebook stem>", "<panel>", ...)`` as
-``figures/<stem>__<panel>.png`` and ``.pdf``, with the provenance sidecar ``.json``; panels are string literals in the notebooks' sources, so both
-directions can be checked without running anything.
+``figures/<stem>__<panel>.png`` and ``.pdf``, with the provenance sidecar ``.json``; panels are string literals in
+the notebooks' sources, so both directions can be checked without running anything.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def test_savefig_writes_the_provenance_into_both_files_and_the_sidecar(tmp_path)
     assert json.loads(PngImagePlugin.PngImageFile(png).text[plots.PROVENANCE_KEY]) == record
     raw = pdf.read_bytes()  # the Subject string of the PDF info dictionary (parentheses escaped)
     subject = raw[raw.index(b"/Subject (") + 10:].split(b") /")[0].split(b")\n")[0]
-    assert json.loads(subject.replace(b"\\(", b"(").replace(b"\\)", b")").decode()[len(plots.PROVENANCE_KEY) + 1:]) == record
+    text = subject.replace(b"\\(", b"(").replace(b"\\)", b")").decode()
+    assert text.startswith(plots.PROVENANCE_KEY + " ") and json.loads(text[len(plots.PROVENANCE_KEY) + 1:]) == record
 
 
 def test_provenance_names_the_checkouts_commit(tmp_path):
@@ -215,8 +216,9 @@ def test_layer_sensitivity_draws_one_line_per_bit_width_in_model_order():
 
 def test_slots_never_run_say_so_and_a_measured_zero_does_not():
     table = pd.DataFrame({
-        "env": ["a", "a", "a", "b", "b"], "bits": ["W8", "W8", "W4", "W8", "W8"], "weights": ["ch", "g", "ch", "ch", "g"],
-        "success_rate": [0.5, 0.6, 0.0, 0.4, 0.3], "ci_low": [0.3, 0.4, 0.0, 0.2, 0.1], "ci_high": [0.7, 0.8, 0.1, 0.6, 0.5]})
+        "env": ["a", "a", "a", "b", "b"], "bits": ["W8", "W8", "W4", "W8", "W8"],
+        "weights": ["ch", "g", "ch", "ch", "g"], "success_rate": [0.5, 0.6, 0.0, 0.4, 0.3],
+        "ci_low": [0.3, 0.4, 0.0, 0.2, 0.1], "ci_high": [0.7, 0.8, 0.1, 0.6, 0.5]})
     grid = plots.success_bars(table, x="bits", hue="weights", col="env")
     marks = {env: sorted(round(t.get_position()[0], 3) for t in ax.texts if t.get_text().strip() == plots.NOT_RUN)
              for env, ax in grid.axes_dict.items()}

@@ -2,10 +2,11 @@
 
 Nothing is re-executed: each page is nbconvert's HTML export ("lab" template, images embedded) of a notebook as
 committed, with a navigation bar (contents, previous, next). The landing page gives the question, the two
-commands, and per notebook its question and the summary of its verdict table as the notebook printed it. The
+commands, and per notebook its question and its findings as the notebook printed them (``verdict_summary``). The
 explorer is shown as a static page that says how to run it live. Under each cell that saves a figure
-(``plots.savefig``), the page says where that figure came from (``wmqlib.provenance``, read from its sidecar). ``python -m wmqlib.book --out DIR`` writes
-``DIR/index.html`` and one ``<stem>.html`` per notebook; open ``DIR/index.html`` in a browser.
+(``plots.savefig``), the page says where that figure came from (``wmqlib.provenance``, read from its sidecar).
+``python -m wmqlib.book --out DIR`` writes ``DIR/index.html`` and one ``<stem>.html`` per notebook; open
+``DIR/index.html`` in a browser.
 
 Why nbconvert rather than Jupyter Book 2: the site only has to show notebooks that already carry their outputs,
 in order, with links between them; nbconvert ships with Jupyter (no Node.js toolchain, no second configuration
