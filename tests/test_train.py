@@ -158,6 +158,20 @@ def test_foreground_and_state_losses_shape_only_the_encoder_stage(tiny_run, tmp_
         assert torch.equal(a, b), name
 
 
+def test_the_state_read_out_also_shapes_the_joint_stage(tiny_run, tmp_path):
+    root, _ = tiny_run
+    plain = train(PRESETS["tiny-joint"], tmp_path / "plain", progress=False, evaluate_fp=False,
+                  data_dir=root / "data")
+    cfg = dataclasses.replace(PRESETS["tiny-joint"], state_weight=1.0)
+    read = train(cfg, tmp_path / "read", progress=False, evaluate_fp=False, data_dir=root / "data")
+    assert set(read.state_dict()) == set(plain.state_dict())  # the read-out is not saved
+    assert any(not torch.equal(p, plain.state_dict()[n]) for n, p in read.state_dict().items()
+               if n.startswith("encoder."))
+    again = train(cfg, tmp_path / "again", progress=False, evaluate_fp=False, data_dir=root / "data")
+    for (name, a), (_, b) in zip(read.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 # ----- a checkpoint's training data, regenerated -----
 
 def test_training_sample_is_the_checkpoints_training_data(tiny, tmp_path):

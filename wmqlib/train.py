@@ -75,7 +75,8 @@ class TrainConfig:
         data's background (the per-pixel median frame) 1 + w times, so small moving objects count;
         state_weight: 0 = reconstruction alone; w > 0 adds w times the MSE of a linear read-out (trained with the
         encoder, then discarded) from the flattened visual tokens to the z-scored ``state_features`` of the env
-        (the parts of the state that decide success), so the latent carries the state linearly;
+        (the parts of the state that decide success), so the latent carries the state linearly (with objective
+        "joint", in the joint stage; planning still sees pixels only);
         rollout_steps: 0 = DINO-WM's teacher forcing alone; k > 0 adds a k-step open-loop rollout loss to a
         second predictor stage of finetune_steps steps at peak rate finetune_lr (drawn from a generator seeded
         seed + 1, so the first stage's result does not depend on it).
@@ -196,6 +197,24 @@ PRESETS["tiny-joint"] = dataclasses.replace(PRESETS["tiny"], objective="joint", 
                                             rollout_steps=1, finetune_steps=2, decoder_steps=2)
 
 
+def state_readout(model: WorldModel, data: TrajectoryData, cfg: TrainConfig) -> tuple[torch.nn.Linear, torch.Tensor]:
+    """The linear state read-out of ``cfg.state_weight``: a map from the flattened visual tokens (P * Dv) of one
+    frame to the env's ``state_features`` z-scored over the data, drawn from a generator seeded ``cfg.seed + 2`` (the
+    global torch generator is left alone) and discarded after training; returns it and its targets (N, T+1, F) on
+    the model's device."""
+    states = data.states.reshape(-1, data.states.shape[-1])
+    features = env_class(cfg.env).state_features(states)  # (N*(T+1), F)
+    features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-6)
+    targets = torch.from_numpy(features.astype(np.float32)).to(model.device).reshape(*data.states.shape[:2], -1)
+    c = model.config
+    readout = torch.nn.Linear(c.num_patches * c.encoder_dim, targets.shape[-1]).to(model.device)
+    with torch.no_grad():
+        init = torch.Generator().manual_seed(cfg.seed + 2)
+        readout.weight.copy_(torch.randn(readout.weight.shape, generator=init) / math.sqrt(readout.in_features))
+        readout.bias.zero_()
+    return readout, targets
+
+
 def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
                      progress: bool = True, run: RunState | None = None) -> list[float]:
     """Train encoder + decoder as an autoencoder on single frames; returns per-step losses.
@@ -209,15 +228,8 @@ def pretrain_encoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, 
     proprio = torch.zeros(cfg.encoder_batch, 1, model.config.proprio_dim, device=model.device)
     background = torch.from_numpy(background_frame(data.frames.reshape(-1, *data.frames.shape[2:]), cfg.seed))
     background = background.to(model.device)
-    features = env_class(cfg.env).state_features(data.states.reshape(-1, data.states.shape[-1]))  # (N*(T+1), F)
-    features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-6)
-    targets = torch.from_numpy(features.astype(np.float32)).to(model.device)
-    c = model.config
-    readout = torch.nn.Linear(c.num_patches * c.encoder_dim, targets.shape[1]).to(model.device)
-    with torch.no_grad():  # seeded here, so the global torch generator is left alone
-        init = torch.Generator().manual_seed(cfg.seed + 2)
-        readout.weight.copy_(torch.randn(readout.weight.shape, generator=init) / math.sqrt(readout.in_features))
-        readout.bias.zero_()
+    readout, targets = state_readout(model, data, cfg)
+    targets = targets.flatten(0, 1)  # (N*(T+1), F)
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (cfg.encoder_batch,), generator=gen).to(model.device)
@@ -285,6 +297,7 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
     idm = InverseDynamics(c.num_patches, c.encoder_dim, c.action_dim, seed=cfg.seed + 3).to(model.device)
     weights = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight, cfg.rank_weight)
     zeros = torch.zeros(cfg.joint_batch, windows.length, c.proprio_dim, device=model.device)
+    readout, targets = state_readout(model, data, cfg)  # (N, T+1, F) targets; used when cfg.state_weight > 0
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
         traj, frames, actions = windows.draw(cfg.joint_batch)
@@ -292,10 +305,12 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
         with torch.no_grad():
             pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
         loss = latent_losses(model, vis, pemb, actions, cfg.rollout_steps)
+        if cfg.state_weight:
+            loss = loss + cfg.state_weight * F.mse_loss(readout(vis.flatten(2)), targets[traj[:, None], frames])
         return loss + sum(regularisers(vis, idm, actions, weights).values())
 
     params = [*model.encoder.parameters(), *model.predictor.parameters(), *model.action_encoder.parameters(),
-              *idm.parameters()]
+              *idm.parameters(), *(readout.parameters() if cfg.state_weight else ())]
     return fit(params, loss_fn, cfg.joint_steps, cfg.joint_lr, cfg.weight_decay, gen, "joint embedding", progress,
                 run, model)
 
