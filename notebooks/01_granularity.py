@@ -11,9 +11,12 @@
 # uses the exact McNemar test on the episodes where two settings disagree, the paired difference with its 95% Tango
 # interval, an equivalence test (TOST, 10 points) for every "close to FP" claim, and reports the minimum detectable
 # effect of the comparison (power 0.8). The key weight-only settings of the envs in `seeded_envs` run with every
-# planner seed of the profile (same episodes, other CEM draws): their verdicts must hold for every seed
-# (`verdicts.every_stratum`), and the seed-to-seed spread is shown. A verdict is *not testable* where FP does not
-# plan decisively better than the best trivial baseline (see 00) or the compared settings all sit at the floor.
+# planner seed of the profile (same episodes, other CEM draws). The episode is the unit of inference: where seeds
+# repeat an episode the test is the exact sign-flip test over episodes and the interval uses the effective number of
+# units, and each seed's own verdict is shown as the seed-to-seed spread (`verdicts.with_strata`). The table's
+# verdicts are one family: each decides on its Holm-adjusted p (`verdicts.holm_adjusted`). A verdict is *not
+# testable* where FP does not plan decisively better than the best trivial baseline (see 00) or the compared
+# settings all sit at the floor.
 #
 # **wmq's defaults and QuantWM's.** wmq quantizes weights on the symmetric grid max/(2^(b-1) - 1) (max/7 at 4 bits);
 # QuantWM, the paper's released code, uses the full signed range max/((2^b - 1)/2) (max/7.5), searches AWQ's scales
@@ -205,9 +208,10 @@ _ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figure
 #   per-token decisively better in any pair (Bonferroni) -> not reproduced; equivalent or worse in every pair ->
 #   reproduced.
 #
-# `effect` is the paired difference (first setting - second) with its 95% interval, `p` the exact McNemar p, `mde`
-# the smallest difference that comparison could detect with power 0.8. With several planner seeds a verdict must hold
-# for every seed (`why` counts the seeds).
+# `episodes` counts the distinct episodes (x the planner seeds that repeat them), `effect` is the paired difference
+# (first setting - second) with its interval, `p` the exact paired p clustered by episode, `p Holm` its Holm-adjusted
+# p within this table, on which the verdict decides (its interval is then at the matching stricter level), `mde` the
+# smallest difference that comparison could detect with power 0.8. `why` ends with the seed-to-seed spread.
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT

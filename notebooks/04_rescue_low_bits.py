@@ -24,8 +24,9 @@
 #
 # Every comparison is paired (same episodes, same planner draws): exact McNemar, the paired difference with its 95%
 # Tango interval, and the equivalence test (TOST, 10 points) for "within 10 points of FP". The Wall settings of the
-# methods run with every planner seed of the profile and a verdict must hold for every seed. PushT is run too, but
-# its FP model plans few episodes (see 00), so most of its cells are *not testable*.
+# methods run with every planner seed of the profile; the episode is the unit of inference (tests cluster by
+# episode) and the seeds' spread is shown. The verdicts of each table are one family, Holm-adjusted. PushT is run
+# too, but its FP model plans few episodes (see 00), so most of its cells are *not testable*.
 
 # %% tags=["parameters"]
 checkpoint = ["mini-wall", "mini-pusht"]  # shipped model names or wmq checkpoint folders, one per environment
@@ -202,13 +203,11 @@ print(seconds.round(1).to_string())
 # ## Conclusion: the cheapest method within 10 points of FP
 #
 # For every env and bit width, the methods in order of cost; each judged by `verdicts.within_margin_of_fp` on the
-# paired outcomes (every planner seed the settings share; with several seeds it must hold for every seed):
-# *reproduced* = equivalent to FP within `margin` (TOST), *not reproduced* = decisively below FP (McNemar) and not
-# equivalent, otherwise *inconclusive*; *not testable* where FP does not beat the best trivial baseline. The table
-# names the cheapest method that is within the margin, or says that none is: first as decided (every planner seed on
-# its own, 50 episodes each, which can rarely show equivalence within 10 points), then on the units pooled over the
-# seeds (150 on Wall; one episode counts once per seed, which overstates the evidence when the episode rather than the
-# draws decides its outcome, so the pooled column is the weaker claim).
+# paired outcomes of every planner seed the settings share, clustered by episode: *reproduced* = equivalent to FP
+# within `margin` (TOST), *not reproduced* = decisively below FP and not equivalent, otherwise *inconclusive*; *not
+# testable* where FP does not beat the best trivial baseline. All of them form one family, Holm-adjusted. The table
+# names the cheapest method that is within the margin, or says that none is. Planner seeds replicate the planner, not
+# the episodes: three seeds on 50 episodes are worth fewer than 150 episodes, and `episodes` says so.
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT

@@ -252,3 +252,36 @@ def test_clustered_mcnemar_counts_an_episode_once():
     assert stats.clustered_mcnemar(a, b, [0, 0, 1, 1, 2, 2]).p == pytest.approx(0.5)
     with pytest.raises(InvalidValue, match="clusters"):
         stats.clustered_mcnemar(a, b, [0, 1])
+
+
+# ----- clusters: one episode planned under several planner seeds -----
+
+def _copies(x: np.ndarray, k: int) -> np.ndarray:
+    return np.tile(x, k)
+
+
+def test_design_effect_of_exact_copies_by_hand():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(20) < 0.6, rng.random(20) < 0.4
+    labels = np.tile(np.arange(20), 2)
+    # C clusters of two identical units: robust / independent variance = (2C - 1) / (C - 1)
+    assert stats.design_effect(_copies(a, 2), _copies(b, 2), labels) == pytest.approx(39 / 19)
+    assert stats.design_effect(a, b, np.arange(20)) == 1.0  # every unit its own cluster
+    assert stats.design_effect(a, b) == 1.0
+    assert stats.design_effect(a, a, np.zeros(20)) == 1.0  # no discordant unit
+    with pytest.raises(InvalidValue, match="label every unit"):
+        stats.design_effect(a, b, np.arange(3))
+
+
+def test_copies_of_episodes_do_not_narrow_the_clustered_interval():
+    a = np.r_[np.ones(30, bool), np.zeros(20, bool)]
+    b = np.r_[np.ones(20, bool), np.zeros(30, bool)]
+    labels = np.tile(np.arange(50), 3)
+    once = stats.paired_interval(a, b)
+    naive = stats.paired_interval(_copies(a, 3), _copies(b, 3))
+    clustered = stats.paired_interval(_copies(a, 3), _copies(b, 3), clusters=labels)
+    assert naive[1] - naive[0] < once[1] - once[0]  # pooling copies claims more precision than one copy has
+    assert clustered[1] - clustered[0] >= once[1] - once[0] - 1e-9
+    eq = stats.equivalence(_copies(a, 3), _copies(b, 3), margin=0.3, clusters=labels)
+    assert (eq.ci_low, eq.ci_high) == pytest.approx(stats.paired_interval(_copies(a, 3), _copies(b, 3), 0.9,
+                                                                          clusters=labels))

@@ -15,7 +15,7 @@ def units(*spans, n=N):
     out = np.zeros(n, dtype=bool)
     for start, stop in spans:
         out[start:stop] = True
-    return pd.Series(out, index=pd.RangeIndex(n, name="unit"))
+    return pd.Series(out, index=pd.RangeIndex(n, name="episode_seed"))
 
 
 FP = units((0, 60))          # 60%
@@ -155,7 +155,9 @@ def test_baselines_broadcast_over_planner_seeds_and_units_must_match():
     w4 = pd.Series(np.tile(units((0, 30)).to_numpy(), 3), index=index)
     base = pd.Series(BASE.to_numpy(), index=pd.RangeIndex(N, name="episode_seed"))
     result = v.w4_loses_success(w4, fp, {"straight_line": base})
-    assert result.outcome == "reproduced" and result.p < 1e-20  # 90 discordant units pooled over 3 seeds
+    # 90 discordant units, but 30 episodes each lost under all 3 seeds: the exact sign-flip test over episodes
+    assert result.outcome == "reproduced" and result.p == pytest.approx(2 * 0.5**30)
+    assert (result.episodes, result.units) == (N, 3 * N)
     with pytest.raises(InvalidValue, match="same units"):
         v.w4_loses_success(w4.iloc[:-1], fp, {"straight_line": base})
     with pytest.raises(InvalidValue, match="pd.Series"):
@@ -177,7 +179,11 @@ def test_verdict_table_columns_and_formatting():
     rows = [v.w4_loses_success(units((0, 30)), FP, BASELINES, comparison="RTN W4 vs FP"),
             v.w8_close_to_fp(FP, FP, BASELINES)]
     table = v.verdict_table(rows)
-    assert list(table.columns) == ["finding", "comparison", "effect", "p", "mde", "verdict", "why"]
+    assert list(table.columns) == ["finding", "comparison", "episodes", "effect", "p", "p Holm", "mde", "verdict",
+                                   "why"]
+    assert table["episodes"].tolist() == [str(N), str(N)] and table["p Holm"].tolist() == ["-", "-"]
+    adjusted = v.verdict_table(v.holm_adjusted(rows))
+    assert adjusted["p Holm"][0] == "3.7e-09"  # 2 tests: twice the smaller p
     assert table["effect"].tolist() == ["-30 [-40, -22] pts (95%)", "+0 [-4, +4] pts (95%)"]
     assert table["p"][0] == "1.9e-09"  # 2 * 0.5**30
     assert table["verdict"].tolist() == ["reproduced", "reproduced"]
@@ -197,26 +203,53 @@ def _seeds(*per_seed):
     return pd.concat({seed: s for seed, s in enumerate(per_seed)}, names=["planner_seed"])
 
 
-def test_every_stratum_needs_the_finding_in_every_seed():
+def test_planner_seeds_add_their_spread_but_the_episode_decides():
     fp = _seeds(FP, FP, FP)
     w4 = _seeds(units((0, 30)), units((0, 30)), units((0, 30)))
-    held = v.every_stratum(v.w4_loses_success, "planner_seed", w4, fp, BASELINES)
-    assert held.outcome == "reproduced" and "3 reproduced" in held.why
+    held = v.with_strata(v.w4_loses_success, "planner_seed", w4, fp, BASELINES)
+    assert held.outcome == "reproduced" and held.why.endswith("spread over 3 planner_seeds (each alone): 3 reproduced")
+    assert (held.episodes, held.units) == (N, 3 * N)
     one_seed_off = _seeds(units((0, 30)), units((0, 30)), FP)  # the third seed: W4 equivalent to FP
-    split = v.every_stratum(v.w4_loses_success, "planner_seed", one_seed_off, fp, BASELINES)
-    assert v.w4_loses_success(one_seed_off, fp, BASELINES).outcome == "reproduced"  # pooled alone says yes
-    assert split.outcome == "inconclusive" and "2 reproduced, 1 not reproduced" in split.why
-    assert split.why.startswith("pooled reproduced: W4 decisively below FP")  # the pooled call, named as such
-    none = v.every_stratum(v.w4_loses_success, "planner_seed", _seeds(FP, FP, units((10, 66))), fp, BASELINES)
-    assert none.outcome == "not reproduced"
-    weak = _seeds(units((0, 7)), units((0, 7)))  # 2 units over the baseline per seed, 4 pooled: p 0.125
-    assert v.every_stratum(v.w4_loses_success, "planner_seed", weak, weak, BASELINES).outcome == "not testable"
+    split = v.with_strata(v.w4_loses_success, "planner_seed", one_seed_off, fp, BASELINES)
+    assert split.outcome == v.w4_loses_success(one_seed_off, fp, BASELINES).outcome == "reproduced"
+    assert "2 reproduced, 1 not reproduced" in split.why
+    # 30 episodes each lost under 2 of 3 seeds: the sign-flip test over episodes, not 60 pooled units
+    assert split.p == pytest.approx(2 * 0.5**30)
+    weak = _seeds(units((0, 7)), units((0, 7)))  # FP 2 episodes over the baseline (twice): p 0.5, not testable
+    assert v.with_strata(v.w4_loses_success, "planner_seed", weak, weak, BASELINES).outcome == "not testable"
     # Series inside mappings and tuples are split too
     pairs = {"W4A4": (_seeds(FP, FP), _seeds(FP, FP))}
-    assert v.every_stratum(v.per_token_no_benefit, "planner_seed", pairs, _seeds(FP, FP), BASELINES).outcome == \
+    assert v.with_strata(v.per_token_no_benefit, "planner_seed", pairs, _seeds(FP, FP), BASELINES).outcome == \
         "reproduced"
     with pytest.raises(InvalidValue, match="planner_seed"):
-        v.every_stratum(v.w4_loses_success, "planner_seed", FP, FP, BASELINES)
+        v.with_strata(v.w4_loses_success, "planner_seed", FP, FP, BASELINES)
+
+
+def test_repeated_episodes_widen_the_interval_and_the_mde():
+    once = v.w4_loses_success(units((12, 60)), FP, BASELINES)
+    thrice = v.w4_loses_success(_seeds(units((12, 60)), units((12, 60)), units((12, 60))), _seeds(FP, FP, FP),
+                                BASELINES)
+    assert thrice.effect == once.effect and thrice.p == once.p  # the same 100 episodes: no new evidence
+    assert thrice.ci_high - thrice.ci_low >= once.ci_high - once.ci_low - 1e-9
+    assert thrice.mde >= once.mde - 1e-9
+
+
+def test_holm_decides_each_way():
+    # one table of 3: W4 losing 12 of FP's episodes (raw p 2 / 2^12, adjusted 3 times that) stays reproduced; W4
+    # losing 6 (raw p 2 / 2^6 = 0.031) passes alpha alone but not after Holm (2 x 0.031): inconclusive
+    strong = v.w4_loses_success(units((12, 60)), FP, BASELINES, comparison="strong")
+    weak = v.w4_loses_success(units((6, 60)), FP, BASELINES, comparison="weak")
+    null = v.w4_loses_success(FP, FP, BASELINES, comparison="null")
+    assert weak.outcome == "reproduced" and weak.p == pytest.approx(2 * 0.5**6)
+    table = v.holm_adjusted([strong, weak, null])
+    assert [t.p_adjusted for t in table] == pytest.approx([3 * 2 * 0.5**12, 2 * 2 * 0.5**6, 1.0])
+    assert [t.outcome for t in table] == ["reproduced", "inconclusive", "not reproduced"]
+    assert [t.p for t in table] == [strong.p, weak.p, null.p]  # the raw p stays
+    assert table[1].level > 0.95  # judged again at the stricter level alpha * p / p_adjusted
+    alone = v.holm_adjusted([weak])  # a family of one: nothing to adjust
+    assert alone[0].outcome == "reproduced" and alone[0].p_adjusted == weak.p
+    with pytest.raises(InvalidValue, match="from a rule"):
+        v.holm_adjusted([v.Verdict("F", "c", 0, 0, 0, 0.95, 0.5, 0.1, "inconclusive", "")])
 
 
 def test_common_restricts_to_shared_units():

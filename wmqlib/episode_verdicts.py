@@ -28,14 +28,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from statistics import NormalDist
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from wmqlib.interaction import deficit_change
 from wmqlib.validate import InvalidValue, check_choice, check_float
-from wmqlib.verdicts import ALPHA, FLOOR, MARGIN, POWER, Verdict, _align, _untestable
+from wmqlib.verdicts import ALPHA, FLOOR, MARGIN, POWER, Verdict, _align, _untestable, episodes_of, rule
 
 CLAIMS = ("repaired", "irreversible")
 RHO_MARGIN = 0.10  # a change of the mean per-episode rho smaller than this is negligible
@@ -48,18 +47,19 @@ def _mde(se: float, alpha: float) -> float:
     return (normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(POWER)) * se
 
 
+@rule
 def iterations_repair(fp_first: pd.Series, q_first: pd.Series, fp_last: pd.Series, q_last: pd.Series,
                       baselines: pd.Series | Mapping[str, pd.Series], claim: str, comparison: str,
-                      clusters: pd.Series | None = None, alpha: float = ALPHA, margin: float = MARGIN,
+                      alpha: float = ALPHA, margin: float = MARGIN,
                       floor: float = FLOOR) -> Verdict:
     """F4 for one scope (module docstring). All series are per-unit successes aligned on ``fp_first``'s index;
-    ``clusters`` labels each unit's episode (None: every unit is its own episode); ``claim``: what the paper says
+    units of one episode (its "episode_seed" index level, ``verdicts.episodes_of``) form a cluster; ``claim``: what the paper says
     of this scope, "repaired" or "irreversible"."""
     check_choice("iterations_repair: claim", claim, CLAIMS)
     alpha = check_float("F4: alpha", alpha, minimum=0, maximum=0.5, strict=True)
     a = [_align(fp_first, s, name) for name, s in
          (("fp_first", fp_first), ("q_first", q_first), ("fp_last", fp_last), ("q_last", q_last))]
-    labels = None if clusters is None else _align(fp_first, clusters, "clusters", object)
+    labels = episodes_of(fp_first)
     change = deficit_change(*a, clusters=labels, level=1 - 2 * alpha)
     decisive = deficit_change(*a, clusters=labels, level=1 - alpha)
     se = (decisive.ci_high - decisive.effect) / NormalDist().inv_cdf(1 - alpha / 2)
@@ -88,6 +88,7 @@ def _signflip_mc(diff: np.ndarray, seed: int) -> float:
     return float((np.sum(null >= abs(diff.sum()) - 1e-12) + 1) / (N_PERMUTATIONS + 1))
 
 
+@rule
 def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
                     baselines: pd.Series | Mapping[str, pd.Series], comparison: str, alpha: float = ALPHA,
                     rho_margin: float = RHO_MARGIN, seed: int = 0) -> Verdict:
@@ -123,10 +124,3 @@ def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
         outcome, why = "inconclusive", numbers
     return Verdict("F6 loss misaligned within episodes", comparison, effect, effect - z * se, effect + z * se,
                    1 - alpha, p, _mde(se, alpha), outcome, why)
-
-
-def unit_labels(index: pd.Index, level: str = "episode_seed") -> Any:
-    """The episode of every unit of a (planner seed, episode) index: the clusters of ``iterations_repair``."""
-    if level not in index.names:
-        raise InvalidValue(f"unit_labels: the index has no level {level!r}; it has {list(index.names)}")
-    return pd.Series(index.get_level_values(level), index=index)

@@ -4,16 +4,18 @@
     best, found = rescue_verdicts(runs, baselines, ["W4"], methods, margin=0.1)  # 04: cheapest within the margin
     print(report(found))                                            # the table a notebook ends with, and why
 
-A unit is one (planner seed, episode) pair (``wmqlib.study.UNITS``): ``units`` selects one setting's outcomes from
-a table, ``judge`` applies a rule on the units its settings share and asks it to hold for every planner seed
-(``verdicts.every_stratum``). ``baselines`` is per env the trivial baselines' outcomes on the FP setting's episodes
-(``study.baseline_outcomes``). What is decided here, by name:
+A unit is one (planner seed, episode) pair (``wmqlib.study.UNITS``) and the episode is the unit of inference:
+``units`` selects one setting's outcomes from a table, ``judge`` applies a rule on the units its settings share
+(tests clustered by episode) and adds the planner seeds' spread (``verdicts.with_strata``). Each function below
+returns one notebook's family of verdicts, Holm-adjusted within it (``verdicts.holm_adjusted``). ``baselines`` is
+per env the trivial baselines' outcomes on the FP setting's episodes (``study.baseline_outcomes``). What is decided
+here, by name:
 
 - the rule a weight-only setting meets, by its weight bits (``W_BITS_RULES``: W8 close to FP, W4 loses success,
   W3 breaks planning; other widths have no finding), and the rule of a per-group / per-channel pair (``GROUP_RULES``);
-- the cheapest method within the margin of FP (``cheapest_within_margin``): methods in order of cost, the first
-  that rule R (``verdicts.within_margin_of_fp``) reproduces; "none" when no method does, "not testable" when none
-  can be tested.
+- the cheapest method within the margin of FP (``cheapest``): methods in order of cost, the first that rule R
+  (``verdicts.within_margin_of_fp``, ``cheapest_within_margin``) reproduces after the Holm adjustment; "none" when
+  no method does, "not testable" when none can be tested.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ def units(frame: pd.DataFrame, value: str = "success", **match: Any) -> pd.Serie
 
 
 def judge(rule: Callable[..., Verdict], comparison: str, *series: pd.Series, **kwargs: Any) -> Verdict:
-    """``rule`` on the units all its settings share (``verdicts.common``); with several planner seeds it must hold
-    for every seed (``verdicts.every_stratum``)."""
-    return verdicts.every_stratum(rule, "planner_seed", *verdicts.common(*series), comparison=comparison, **kwargs)
+    """``rule`` on the units all its settings share (``verdicts.common``), with the planner seeds' spread
+    (``verdicts.with_strata``)."""
+    return verdicts.with_strata(rule, "planner_seed", *verdicts.common(*series), comparison=comparison, **kwargs)
 
 
 def baselines_of(settings: Mapping[str, Setting], caches: Caches = CACHES) -> dict[str, dict[str, pd.Series]]:
@@ -75,7 +77,7 @@ def fp_verdicts(table: pd.DataFrame, settings: Sequence[Setting], budget: Mappin
         fp = units(per_episode(table, k), env=env, search=search, **{"planner.opt_steps": s.planner.opt_steps})
         found.append(verdicts.fp_beats_baselines(fp, baseline_outcomes(s, caches),
                                                  comparison=f"{env}: FP {search} {k} it vs best baseline"))
-    return found
+    return verdicts.holm_adjusted(found)
 
 
 # ----- 01: granularity -------------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def granularity_verdicts(runs: pd.DataFrame, longest: pd.DataFrame, baselines: B
         if act_pairs:
             fp0 = verdicts.common(fp, next(iter(act_pairs.values()))[0])[0]
             found.append(verdicts.per_token_no_benefit(act_pairs, fp0, base))
-    return found
+    return verdicts.holm_adjusted(found)
 
 
 # ----- 02 and 03: encoder vs predictor, MPC rounds, the objective ---------------------------------------------------
@@ -141,7 +143,7 @@ def scope_verdicts(runs: pd.DataFrame, rounds: pd.DataFrame, baselines: Baseline
         low = {f"{env}: W{b} {scope}-only": {"w_bits": b, "scope": scope}
                for b in round_bits for scope in ("encoder", "predictor")}
         found += round_verdicts(rounds[rounds["env"] == env], {"method": "FP"}, low, base)
-    return found
+    return verdicts.holm_adjusted(found)
 
 
 def misalignment_verdicts(final: pd.DataFrame, rounds: pd.DataFrame, baselines: Baselines, low: str,
@@ -156,48 +158,43 @@ def misalignment_verdicts(final: pd.DataFrame, rounds: pd.DataFrame, baselines: 
                                                     comparison=f"{env}: rho(loss, distance) {low} - FP"))
         found += round_verdicts(rounds[rounds["env"] == env], {"bits": "FP"},
                                 {f"{env}: W{b}": {"bits": f"W{b}A16"} for b in round_bits}, base)
-    return found
+    return verdicts.holm_adjusted(found)
 
 
 # ----- 04: rescuing low bits ---------------------------------------------------------------------------------------
 
 def cheapest_within_margin(candidates: Mapping[str, pd.Series], fp: pd.Series, base: Mapping[str, pd.Series],
-                           margin: float, comparison: str = "{method} vs FP") -> tuple[str, str, list[Verdict]]:
-    """The cheapest method that keeps planning within ``margin`` of FP.
+                           margin: float, comparison: str = "{method} vs FP") -> list[Verdict]:
+    """Rule R (``verdicts.within_margin_of_fp``) for each of ``candidates`` (method -> its per-unit outcomes, in
+    order of cost) on the units it shares with ``fp`` (``judge``), named by ``comparison`` with the method."""
+    return [judge(verdicts.within_margin_of_fp, comparison.format(method=method), *verdicts.common(x, fp),
+                  baselines=base, margin=margin) for method, x in candidates.items()]
 
-    candidates: method -> its per-unit outcomes, in order of cost. Each is judged by rule R
-    (``verdicts.within_margin_of_fp``) on the units it shares with ``fp``, for every planner seed (``judge``) and
-    pooled over the seeds. Returns (the first method reproduced for every seed, the first reproduced pooled, the
-    every-seed verdicts in order, named by ``comparison`` with the method); either choice is "none" when no method
-    reproduces, or "not testable" when every method's every-seed verdict is not testable.
-    """
-    found, pooled = [], []
-    for method, x in candidates.items():
-        pair = verdicts.common(x, fp)
-        found.append(judge(verdicts.within_margin_of_fp, comparison.format(method=method), *pair, baselines=base,
-                           margin=margin))
-        pooled.append(verdicts.within_margin_of_fp(*pair, baselines=base, margin=margin).outcome)
-    untestable = bool(found) and all(v.outcome == "not testable" for v in found)
-    none = "not testable" if untestable else "none"
-    chosen = next((m for m, v in zip(candidates, found) if v.outcome == "reproduced"), none)
-    pooled_choice = next((m for m, o in zip(candidates, pooled) if o == "reproduced"), none)
-    return chosen, pooled_choice, found
+
+def cheapest(judged: Sequence[Verdict], methods: Sequence[str]) -> str:
+    """The first of ``methods`` (in order of cost) whose verdict in ``judged`` (aligned) is reproduced; "none" when
+    none is, "not testable" when every verdict is not testable."""
+    if judged and all(v.outcome == "not testable" for v in judged):
+        return "not testable"
+    return next((m for m, v in zip(methods, judged) if v.outcome == "reproduced"), "none")
 
 
 def rescue_verdicts(runs: pd.DataFrame, baselines: Baselines, bits: Sequence[str], methods: Sequence[str],
                     margin: float) -> tuple[pd.DataFrame, list[Verdict]]:
-    """Per env and bits label ("W4", "W4A4"): ``cheapest_within_margin`` over the ``methods`` (in order of cost)
-    that ``runs`` holds at those bits. Returns the table (env, bits, the every-seed and the pooled choice) and
-    every verdict."""
-    best, found = [], []
+    """Per env and bits label ("W4", "W4A4"): rule R for each of the ``methods`` (in order of cost) that ``runs``
+    holds at those bits, Holm-adjusted over all of them, and the cheapest method it reproduces (``cheapest``).
+    Returns the table (env, bits, cheapest within margin) and every verdict."""
+    cells, found = [], []
     for env, base in baselines.items():
         fp = units(runs, env=env, method="FP")
         for b in bits:
             at = runs[(runs["env"] == env) & (runs["bits"] == b)]
             candidates = {m: units(at, method=m) for m in methods if (at["method"] == m).any()}
-            chosen, pooled, judged = cheapest_within_margin(candidates, fp, base, margin,
-                                                            comparison=f"{env}: {{method}} {b} vs FP")
-            best.append({"env": env, "bits": b, "cheapest within margin (every seed)": chosen,
-                         "(pooled over seeds)": pooled})
-            found += judged
+            cells.append((env, b, list(candidates)))
+            found += cheapest_within_margin(candidates, fp, base, margin, comparison=f"{env}: {{method}} {b} vs FP")
+    found = verdicts.holm_adjusted(found)
+    best, start = [], 0
+    for env, b, names in cells:
+        best.append({"env": env, "bits": b, "cheapest within margin": cheapest(found[start:start + len(names)], names)})
+        start += len(names)
     return pd.DataFrame(best), found

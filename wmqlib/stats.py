@@ -21,11 +21,15 @@ difference ``d = rate(a) - rate(b)``:
 - ``min_detectable_effect``: the smallest ``|d|`` that the exact McNemar test detects with the stated power, from
   its exact power (``mcnemar_power``) under a stated discordance.
 - ``spearman`` / ``rank_correlation`` (Fisher z interval) and ``correlation_change`` (paired bootstrap).
-- Strata (planner seeds): ``mcnemar`` on all units pools the discordant pairs of all strata into one exact test
-  (valid when units are independent; it treats the same episode under two planner seeds as two units, which is
-  optimistic when an episode's outcome is driven by the episode rather than by the draws); ``per_stratum``
-  gives each stratum's rates and test so a notebook shows the seed-to-seed spread; ``clustered_mcnemar`` is the
-  exact test that counts an episode once however many planner seeds planned it.
+- Clusters (one episode planned under several planner seeds): ``mcnemar`` on all units pools the discordant pairs
+  of all strata into one exact test, valid only when units are independent; it counts the same episode under two
+  planner seeds as two units, which is optimistic when the episode rather than the draws decides. The study's
+  inference therefore clusters by episode: ``clustered_mcnemar`` is the exact sign-flip test that counts an
+  episode once however many planner seeds planned it; ``design_effect`` is the ratio of the cluster-robust to the
+  independent-units variance of d_hat (at least 1), and ``paired_interval`` / ``equivalence`` / the MDE given
+  ``clusters`` use the effective counts n10 / deff, n01 / deff, U / deff (Rao and Scott's 1992 correction for
+  clustered binary data), so the interval widens by about sqrt(deff). ``per_stratum`` gives each stratum's rates
+  and test: the seed-to-seed spread, shown as a separate measurement.
 
 No scipy: the binomial tail is summed exactly with integers, the normal distribution comes from the standard
 library (``statistics.NormalDist``), root finding is bisection.
@@ -227,7 +231,7 @@ def signflip_p(sums: Any) -> float:
     return 1.0 if observed == 0 else min(1.0, float(law[np.abs(np.arange(-total, total + 1)) >= observed].sum()))
 
 
-def _tango_score(a_only: int, b_only: int, units: int, d: float) -> float:
+def _tango_score(a_only: float, b_only: float, units: float, d: float) -> float:
     """Tango's score statistic T(d) for H0: rate(a) - rate(b) = d (decreasing in d; +-inf at the boundary)."""
     big_b = -a_only - b_only + (2 * units - a_only + b_only) * d
     c = -b_only * d * (1 - d)
@@ -239,7 +243,7 @@ def _tango_score(a_only: int, b_only: int, units: int, d: float) -> float:
     return num / math.sqrt(var)
 
 
-def _score_root(a_only: int, b_only: int, units: int, target: float, low: float, high: float) -> float:
+def _score_root(a_only: float, b_only: float, units: float, target: float, low: float, high: float) -> float:
     """The d in [low, high] where T(d) = target (T decreasing), by bisection to 1e-12."""
     for _ in range(60):
         mid = (low + high) / 2
@@ -250,16 +254,48 @@ def _score_root(a_only: int, b_only: int, units: int, target: float, low: float,
     return (low + high) / 2
 
 
-def paired_interval(a: Any, b: Any, level: float = 0.95) -> tuple[float, float]:
+def design_effect(a: Any, b: Any, clusters: Any = None) -> float:
+    """Variance inflation of d_hat = mean(a - b) from clustered units (bool ``a``, ``b`` and labels ``clusters``,
+    all ``(U,)``): the cluster-robust variance C / (C - 1) * sum_c (s_c - m_c d_hat)^2 / U^2 (s_c, m_c: cluster c's
+    sum of a - b and its size) over the independent-units variance sum_u (d_u - d_hat)^2 / (U (U - 1)), floored
+    at 1 (clustering is never read as more evidence than independent units). 1 when ``clusters`` is None, every
+    unit is its own cluster, there is a single cluster or no unit is discordant."""
+    a, b = _pair(a, b)
+    if clusters is None:
+        return 1.0
+    labels = np.asarray(clusters)
+    if labels.shape != a.shape:
+        raise InvalidValue(f"clusters must label every unit: got {labels.size} labels for {a.size} units")
+    diff = a.astype(float) - b.astype(float)
+    _, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    units, count = diff.size, sizes.size
+    if count in (1, units) or not diff.any():
+        return 1.0
+    sums = np.zeros(count)
+    np.add.at(sums, inverse.ravel(), diff)
+    mean = diff.mean()
+    robust = count / (count - 1) * np.sum((sums - sizes * mean) ** 2) / units**2
+    independent = np.sum((diff - mean) ** 2) / (units * (units - 1))
+    return max(1.0, float(robust / independent)) if independent > 0 else 1.0
+
+
+def _effective(a: Any, b: Any, clusters: Any) -> tuple[float, float, float, float]:
+    """(n10, n01, U) divided by ``design_effect`` (the Rao-Scott effective counts), and the effect."""
+    test, deff = mcnemar(a, b), design_effect(a, b, clusters)
+    return test.a_only / deff, test.b_only / deff, test.units / deff, test.effect
+
+
+def paired_interval(a: Any, b: Any, level: float = 0.95, clusters: Any = None) -> tuple[float, float]:
     """Tango's score interval at ``level`` for rate(a) - rate(b) on paired outcomes (bool ``(U,)``); see the
-    module docstring for why this method. Returns (low, high) in [-1, 1]."""
-    test = mcnemar(a, b)
+    module docstring for why this method; with ``clusters`` ``(U,)`` (the episode of each unit) on the effective
+    counts of ``design_effect``. Returns (low, high) in [-1, 1]."""
     level = check_float("paired_interval: level", level, minimum=0, maximum=1, strict=True)
     if level >= 1:
         raise InvalidValue(f"paired_interval: level must be in (0, 1), got {level}")
     z = _NORMAL.inv_cdf((1 + level) / 2)
-    args = (test.a_only, test.b_only, test.units)
-    return (_score_root(*args, z, -1.0, test.effect), _score_root(*args, -z, test.effect, 1.0))
+    a_only, b_only, units, effect = _effective(a, b, clusters)
+    args = (a_only, b_only, units)
+    return (_score_root(*args, z, -1.0, effect), _score_root(*args, -z, effect, 1.0))
 
 
 @dataclass(frozen=True)
@@ -275,21 +311,22 @@ class Equivalence:
     equivalent: bool
 
 
-def equivalence(a: Any, b: Any, margin: float = 0.10, alpha: float = 0.05) -> Equivalence:
+def equivalence(a: Any, b: Any, margin: float = 0.10, alpha: float = 0.05, clusters: Any = None) -> Equivalence:
     """Two one-sided score tests (Tango's statistic) that rate(a) - rate(b) lies inside (-margin, margin).
 
     a, b: bool ``(U,)`` paired outcomes; margin: the largest difference called "close" (0.10 = 10 points);
-    alpha: level of each one-sided test, so the interval shown is the ``1 - 2 alpha`` (90%) one.
+    alpha: level of each one-sided test, so the interval shown is the ``1 - 2 alpha`` (90%) one; clusters
+    ``(U,)``: the episode of each unit (effective counts of ``design_effect``), None for independent units.
     """
     margin = check_float("equivalence: margin", margin, minimum=0, maximum=1, strict=True)
     alpha = check_float("equivalence: alpha", alpha, minimum=0, maximum=0.5, strict=True)
-    test = mcnemar(a, b)
-    args = (test.a_only, test.b_only, test.units)
+    a_only, b_only, units, effect = _effective(a, b, clusters)
+    args = (a_only, b_only, units)
     p_low = 1 - _NORMAL.cdf(min(_tango_score(*args, -margin), 40.0))  # H0: d <= -margin
     p_high = _NORMAL.cdf(max(_tango_score(*args, margin), -40.0))     # H0: d >= margin
-    low, high = paired_interval(a, b, level=1 - 2 * alpha)
+    low, high = paired_interval(a, b, level=1 - 2 * alpha, clusters=clusters)
     p = max(p_low, p_high)
-    return Equivalence(test.effect, low, high, p, margin, alpha, bool(p < alpha))
+    return Equivalence(effect, low, high, p, margin, alpha, bool(p < alpha))
 
 
 def _binomial_pmfs(units: int, p: float) -> np.ndarray:

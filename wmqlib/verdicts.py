@@ -12,27 +12,35 @@ one of four outcomes:
                      settings all sit at the floor (success <= ``floor``) or all at the ceiling (>= 1 - floor),
                      where nothing can move
 
-Shared definitions (``wmqlib.stats``): "decisively" = exact McNemar p < alpha (default 0.05) in the stated
-direction; "equivalent" = TOST at alpha with ``margin`` (default 10 points), i.e. the 90% Tango interval of the
-paired difference inside (-margin, margin). Equivalence is checked before a decisive difference: a difference
-inside the margin is negligible by definition, even when it is decisive. ``effect`` is the key comparison's
-difference in success rate (``a - b`` as its ``comparison`` names them) with its 95% Tango interval, ``p`` its
-exact McNemar p and ``mde`` its minimum detectable effect (alpha, power 0.8, the pair's observed discordance).
-Multiplicity: each rule decides one comparison at alpha, except ``per_token_no_benefit``, which Bonferroni-adjusts
-its "per-token better anywhere" test over its pairs. Baselines without the planner-seed level are repeated for
-every planner seed.
+Shared definitions (``wmqlib.stats``): "decisively" = p < alpha (default 0.05) in the stated direction, p the
+exact paired test clustered by episode (``stats.clustered_mcnemar``: exact McNemar when every episode is one unit,
+the exact sign-flip test over episodes when planner seeds repeat them); "equivalent" = TOST at alpha with
+``margin`` (default 10 points), i.e. the 90% Tango interval of the paired difference inside (-margin, margin), on
+the effective counts of ``stats.design_effect`` where episodes repeat. Equivalence is checked before a decisive
+difference: a difference inside the margin is negligible by definition, even when it is decisive. ``effect`` is
+the key comparison's difference in success rate (``a - b`` as its ``comparison`` names them) with its Tango
+interval, ``p`` its clustered p and ``mde`` its minimum detectable effect (alpha, power 0.8, the pair's observed
+discordance, the effective number of units). ``episodes`` counts the distinct episodes, ``units`` the (planner
+seed, episode) pairs. Baselines without the planner-seed level are repeated for every planner seed.
 
-Planner seeds: pooled over seeds, one episode counts once per seed, which overstates the evidence when the episode
-rather than the draws decides its outcome. ``every_stratum(rule, "planner_seed", ...)`` asks the rule to hold for
-every seed separately (each seed's units are distinct episodes); ``stats.clustered_mcnemar`` and
-``stats.per_stratum`` show the clustered p and the seed-to-seed spread.
+Planner seeds replicate the planner, not the episodes: the episode is the unit of inference (above), and
+``with_strata(rule, "planner_seed", ...)`` adds each seed's own outcome as the seed-to-seed spread, a separate,
+labelled measurement that does not decide.
+
+Multiplicity: a notebook's verdicts are one family. ``holm_adjusted`` computes Holm's adjusted p over the family's
+key p and decides each verdict again at the level where its raw p crosses exactly where its adjusted p crosses
+alpha (alpha * p / p_adjusted), so its key test decides on the adjusted p and its other tests (equivalence,
+testability) at that stricter level too; the table shows both p. ``per_token_no_benefit`` also Bonferroni-adjusts
+its "per-token better anywhere" test over its own pairs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
@@ -40,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from wmqlib import stats
+from wmqlib.multiplicity import holm
 from wmqlib.validate import InvalidValue, check_float
 
 OUTCOMES = ("reproduced", "not reproduced", "inconclusive", "not testable")
@@ -49,7 +58,10 @@ MARGIN, ALPHA, FLOOR, POWER = 0.10, 0.05, 0.05, 0.8
 @dataclass(frozen=True)
 class Verdict:
     """One finding judged on one comparison. effect / ci_low / ci_high: difference in success rate (F6: in
-    Spearman's rho) and its interval at ``level``; p: the key test's p; mde: its minimum detectable effect."""
+    Spearman's rho) and its interval at ``level``; p: the key test's p (clustered by episode); mde: its minimum
+    detectable effect; episodes / units: distinct episodes and (planner seed, episode) units judged; p_adjusted:
+    Holm's adjusted p within the verdict's table (NaN until ``holm_adjusted``); rerun(alpha): the same rule on the
+    same data at another level (set by ``rule``)."""
     finding: str
     comparison: str
     effect: float
@@ -60,10 +72,68 @@ class Verdict:
     mde: float
     outcome: str
     why: str
+    episodes: int = 0
+    units: int = 0
+    p_adjusted: float = math.nan
+    rerun: Callable[[float], "Verdict"] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise InvalidValue(f"Verdict.outcome must be one of {list(OUTCOMES)}, got {self.outcome!r}")
+
+
+def _first_series(values: Sequence[Any]) -> pd.Series | None:
+    """The first pd.Series among ``values``, searched into mappings and tuples; None when there is none."""
+    for value in values:
+        if isinstance(value, pd.Series):
+            return value
+        nested = list(value.values()) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else []
+        found = _first_series(nested)
+        if found is not None:
+            return found
+    return None
+
+
+def episodes_of(series: pd.Series) -> np.ndarray:
+    """The episode of each unit of ``series`` (U,): its "episode_seed" index level, or each unit its own episode
+    when the index has no such level. The clusters of every test here."""
+    if "episode_seed" in (series.index.names or []):
+        return np.asarray(series.index.get_level_values("episode_seed"))
+    return np.arange(len(series))
+
+
+def rule(fn: Callable[..., Verdict]) -> Callable[..., Verdict]:
+    """Decorator of every verdict rule (which takes ``alpha`` as a keyword): the returned Verdict counts the
+    episodes and units of the rule's first Series argument and can be judged again at another level
+    (``Verdict.rerun``, used by ``holm_adjusted``)."""
+    @functools.wraps(fn)
+    def judged(*args: Any, **kwargs: Any) -> Verdict:
+        verdict = fn(*args, **kwargs)
+        first = _first_series(list(args) + list(kwargs.values()))
+        counts = {} if first is None or verdict.units else {
+            "episodes": int(np.unique(episodes_of(first)).size), "units": len(first)}
+        return dataclasses.replace(verdict, **counts,
+                                   rerun=lambda alpha: judged(*args, **{**kwargs, "alpha": alpha}))
+    return judged
+
+
+def holm_adjusted(found: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
+    """One table's verdicts with Holm's adjusted p (``multiplicity.holm`` over the finite p) and each decided again
+    at level alpha * p / p_adjusted (module docstring): its key test then decides exactly on p_adjusted < alpha.
+    A verdict whose p is NaN keeps its outcome and a NaN adjusted p."""
+    alpha = check_float("holm_adjusted: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    if any(v.rerun is None for v in found):
+        raise InvalidValue("holm_adjusted: every verdict must come from a rule (verdicts.rule) to be judged again")
+    adjusted = holm([v.p for v in found])
+    out = []
+    for v, p_adj in zip(found, adjusted):
+        if math.isnan(p_adj):
+            out.append(v)
+            continue
+        level = alpha if v.p >= p_adj else alpha * v.p / p_adj
+        again = v if level == alpha else v.rerun(level)
+        out.append(dataclasses.replace(again, p_adjusted=float(p_adj)))
+    return out
 
 
 def outcomes(table: pd.DataFrame, units: Sequence[str], value: str = "success", **match: Any) -> pd.Series:
@@ -121,6 +191,25 @@ def _decisive(test: stats.McNemar, alpha: float, sign: int) -> bool:
     return test.p < alpha and np.sign(test.effect) == sign
 
 
+def _test(reference: pd.Series, a: np.ndarray, b: np.ndarray) -> stats.McNemar:
+    """The paired test of a vs b, units aligned on ``reference``, clustered by its episodes."""
+    return stats.clustered_mcnemar(a, b, episodes_of(reference))
+
+
+def _equivalence(reference: pd.Series, a: np.ndarray, b: np.ndarray, margin: float, alpha: float
+                 ) -> stats.Equivalence:
+    return stats.equivalence(a, b, margin, alpha, clusters=episodes_of(reference))
+
+
+def _interval_and_mde(reference: pd.Series, a: np.ndarray, b: np.ndarray, test: stats.McNemar, alpha: float
+                      ) -> tuple[float, float, float]:
+    """The 1 - alpha interval of a - b and the MDE on the effective number of units, both clustered by episode."""
+    clusters = episodes_of(reference)
+    low, high = stats.paired_interval(a, b, level=1 - alpha, clusters=clusters)
+    effective = max(1, round(test.units / stats.design_effect(a, b, clusters)))
+    return low, high, stats.min_detectable_effect(effective, test.discordance, alpha, POWER)
+
+
 def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], cells: Sequence[np.ndarray],
                 alpha: float, floor: float) -> str | None:
     """Why the finding cannot be judged on these units, or None when it can."""
@@ -130,7 +219,7 @@ def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], c
     f = _align(fp, fp, "fp")
     rates = {k: _align(fp, v, f"baselines[{k!r}]").mean() for k, v in base.items()}
     best = max(rates, key=rates.get)
-    vs = stats.mcnemar(f, _align(fp, base[best], "baseline"))
+    vs = _test(fp, f, _align(fp, base[best], "baseline"))
     if not _decisive(vs, alpha, +1):
         return f"FP {f.mean():.0%} is not decisively above the best baseline {best} {rates[best]:.0%} (p {vs.p:.2g})"
     cell_rates = [np.mean(c) for c in cells]
@@ -148,12 +237,11 @@ def _judge(finding: str, comparison: str, a: pd.Series, b: pd.Series, fp: pd.Ser
     alpha = check_float(f"{finding}: alpha", alpha, minimum=0, maximum=0.5, strict=True)
     xa, xb = _align(a, a, "a"), _align(a, b, "b")
     _align(a, fp, "fp")
-    test = stats.mcnemar(xa, xb)
-    low, high = stats.paired_interval(xa, xb, level=1 - alpha)
-    mde = stats.min_detectable_effect(test.units, test.discordance, alpha, POWER)
+    test = _test(a, xa, xb)
+    low, high, mde = _interval_and_mde(a, xa, xb, test, alpha)
     why = _untestable(fp, baselines, [xa, xb], alpha, floor)
     if why is None:
-        eq = stats.equivalence(xa, xb, margin, alpha)
+        eq = _equivalence(a, xa, xb, margin, alpha)
         outcome, why = rules(test, eq)
     else:
         outcome = "not testable"
@@ -169,6 +257,7 @@ def _numbers(t: stats.McNemar) -> str:
     return f"{t.effect * 100:+.0f} points, {t.a_only} units gained vs {t.b_only} lost, p {t.p:.2g}"
 
 
+@rule
 def fp_beats_baselines(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                        comparison: str = "FP vs best trivial baseline", alpha: float = ALPHA, margin: float = MARGIN,
                        floor: float = FLOOR) -> Verdict:
@@ -178,9 +267,8 @@ def fp_beats_baselines(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Ser
     testability every other rule applies first."""
     alpha = check_float("F0: alpha", alpha, minimum=0, maximum=0.5, strict=True)
     f, base = _align(fp, fp, "fp"), _best_baseline(fp, baselines)
-    test, eq = stats.mcnemar(f, base), stats.equivalence(f, base, margin, alpha)
-    low, high = stats.paired_interval(f, base, level=1 - alpha)
-    mde = stats.min_detectable_effect(test.units, test.discordance, alpha, POWER)
+    test, eq = _test(fp, f, base), _equivalence(fp, f, base, margin, alpha)
+    low, high, mde = _interval_and_mde(fp, f, base, test, alpha)
     if _decisive(test, alpha, +1) and not eq.equivalent:
         outcome, why = "reproduced", f"FP decisively above the best baseline: {_numbers(test)}"
     elif eq.equivalent or _decisive(test, alpha, -1):
@@ -191,6 +279,7 @@ def fp_beats_baselines(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Ser
                    outcome, why)
 
 
+@rule
 def w8_close_to_fp(w8: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                    comparison: str = "W8 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
                    floor: float = FLOOR) -> Verdict:
@@ -205,6 +294,7 @@ def w8_close_to_fp(w8: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[
     return _judge("F1a W8 close to FP", comparison, w8, fp, fp, baselines, alpha, margin, floor, rules)
 
 
+@rule
 def w4_loses_success(w4: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                      comparison: str = "W4 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
                      floor: float = FLOOR) -> Verdict:
@@ -221,6 +311,7 @@ def w4_loses_success(w4: pd.Series, fp: pd.Series, baselines: pd.Series | Mappin
     return _judge("F1b W4 loses success", comparison, w4, fp, fp, baselines, alpha, margin, floor, rules)
 
 
+@rule
 def w3_breaks_planning(w3: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                        comparison: str = "W3 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
                        floor: float = FLOOR) -> Verdict:
@@ -230,7 +321,7 @@ def w3_breaks_planning(w3: pd.Series, fp: pd.Series, baselines: pd.Series | Mapp
     base = _best_baseline(w3, baselines)
 
     def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
-        vs_base = stats.mcnemar(_align(w3, w3, "w3"), base)
+        vs_base = _test(w3, _align(w3, w3, "w3"), base)
         if eq.equivalent:
             return "not reproduced", f"W3 equivalent to FP: {_equivalent(eq)}"
         if _decisive(vs_base, alpha, +1):
@@ -243,6 +334,7 @@ def w3_breaks_planning(w3: pd.Series, fp: pd.Series, baselines: pd.Series | Mapp
     return _judge("F1c W3 breaks planning", comparison, w3, fp, fp, baselines, alpha, margin, floor, rules)
 
 
+@rule
 def within_margin_of_fp(x: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                         comparison: str = "method vs FP", alpha: float = ALPHA, margin: float = MARGIN,
                         floor: float = FLOOR) -> Verdict:
@@ -263,6 +355,7 @@ def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.
     return max(aligned, key=np.mean)
 
 
+@rule
 def groups_stabilise_w4(grouped: pd.Series, per_channel: pd.Series, fp: pd.Series,
                         baselines: pd.Series | Mapping[str, pd.Series], comparison: str = "W4 per-group vs per-channel",
                         alpha: float = ALPHA, margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
@@ -280,6 +373,7 @@ def groups_stabilise_w4(grouped: pd.Series, per_channel: pd.Series, fp: pd.Serie
                   rules)
 
 
+@rule
 def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.Series,
                             baselines: pd.Series | Mapping[str, pd.Series],
                             comparison: str = "W3 per-group vs per-channel", alpha: float = ALPHA,
@@ -292,8 +386,8 @@ def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.S
     g, f = _align(grouped, grouped, "grouped"), _align(grouped, fp, "fp")
 
     def rules(t: stats.McNemar, _: stats.Equivalence) -> tuple[str, str]:
-        vs_fp, vs_base = stats.mcnemar(g, f), stats.mcnemar(g, base)
-        eq_fp = stats.equivalence(g, f, margin, alpha)
+        vs_fp, vs_base = _test(grouped, g, f), _test(grouped, g, base)
+        eq_fp = _equivalence(grouped, g, f, margin, alpha)
         if eq_fp.equivalent:
             return "not reproduced", f"per-group W3 equivalent to FP: {_equivalent(eq_fp)}"
         if _decisive(t, alpha, +1) and _decisive(vs_base, alpha, +1):
@@ -307,6 +401,7 @@ def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.S
                   floor, rules)
 
 
+@rule
 def encoder_more_sensitive(encoder_only: pd.Series, predictor_only: pd.Series, fp: pd.Series,
                            baselines: pd.Series | Mapping[str, pd.Series],
                            comparison: str = "encoder-only vs predictor-only", alpha: float = ALPHA,
@@ -326,6 +421,7 @@ def encoder_more_sensitive(encoder_only: pd.Series, predictor_only: pd.Series, f
                   margin, floor, rules)
 
 
+@rule
 def rounds_do_not_help_low_bits(first: pd.Series, last: pd.Series, fp_first: pd.Series, fp_last: pd.Series,
                                 baselines: pd.Series | Mapping[str, pd.Series],
                                 comparison: str = "low-bit last vs first MPC round", alpha: float = ALPHA,
@@ -339,7 +435,7 @@ def rounds_do_not_help_low_bits(first: pd.Series, last: pd.Series, fp_first: pd.
     Testability uses ``fp_last`` against the baselines and the quantized first / last rounds for the floor.
     """
     f0, f1 = _align(last, fp_first, "fp_first"), _align(last, fp_last, "fp_last")
-    fp_gain = stats.mcnemar(f1, f0)
+    fp_gain = _test(last, f1, f0)
 
     def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
         ref = f"FP gains {fp_gain.effect * 100:+.0f} points (p {fp_gain.p:.2g})"
@@ -354,6 +450,7 @@ def rounds_do_not_help_low_bits(first: pd.Series, last: pd.Series, fp_first: pd.
                   floor, rules)
 
 
+@rule
 def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: pd.Series,
                          baselines: pd.Series | Mapping[str, pd.Series], alpha: float = ALPHA,
                          margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
@@ -382,7 +479,7 @@ def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: p
         xa, xb = _align(tok, tok, name), _align(tok, ten, name)
         if v.p < alpha / k and v.effect > 0:
             better.append(name)
-        elif stats.equivalence(xa, xb, margin, alpha).equivalent or (v.p < alpha and v.effect < 0):
+        elif _equivalence(tok, xa, xb, margin, alpha).equivalent or (v.p < alpha and v.effect < 0):
             settled.append(name)
     counts = f"{len(better)} of {k} pairs favour per-token (p < {alpha / k:.2g}), {len(settled)} equivalent or " \
              f"favour per-tensor"
@@ -394,6 +491,7 @@ def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: p
                    counts)
 
 
+@rule
 def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.Series, fp_dist: pd.Series,
                           fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                           comparison: str = "rho(loss, distance): low-bit - FP", alpha: float = ALPHA,
@@ -455,37 +553,27 @@ def _strata(values: Sequence[Any], level: str) -> list[Any]:
     return []
 
 
-def every_stratum(rule: Callable[..., Verdict], level: str, *args: Any, **kwargs: Any) -> Verdict:
-    """A verdict that must hold for every stratum (planner seed): ``rule(*args, **kwargs)`` on all units, and again
-    on each value of the index level ``level`` (e.g. "planner_seed") of the Series arguments, whose units are
-    distinct episodes, so each stratum's test is valid however strongly an episode drives its outcomes.
-
-    Reproduced only when every stratum reproduces; not reproduced when some stratum does and none reproduces;
-    inconclusive otherwise (strata disagree, or one is inconclusive or not testable); not testable when the pooled
-    rule is. Numbers (effect, interval, p, mde) are the pooled ones; ``why`` gives the pooled outcome and its reason,
-    then the count per outcome of the strata.
-    """
-    pooled = rule(*args, **kwargs)
+@rule
+def with_strata(rule_fn: Callable[..., Verdict], level: str, *args: Any, **kwargs: Any) -> Verdict:
+    """``rule_fn(*args, **kwargs)`` on all units, which decides (its tests cluster by episode), with each stratum's
+    own outcome (each value of the index level ``level``, e.g. "planner_seed", of the Series arguments: the same
+    rule on that stratum's units alone) added to ``why`` as the seed-to-seed spread: a labelled measurement that
+    does not change the outcome."""
+    pooled = rule_fn(*args, **kwargs)
     keys = _strata(list(args) + list(kwargs.values()), level)
     if not keys:
-        raise InvalidValue(f"every_stratum: no Series argument has the index level {level!r}")
-    per = [rule(*_stratum(args, level, k), **_stratum(kwargs, level, k)).outcome for k in keys]
+        raise InvalidValue(f"with_strata: no Series argument has the index level {level!r}")
+    if len(keys) == 1:
+        return pooled
+    per = [rule_fn(*_stratum(args, level, k), **_stratum(kwargs, level, k)).outcome for k in keys]
     counts = ", ".join(f"{per.count(o)} {o}" for o in OUTCOMES if per.count(o))
-    if pooled.outcome == "not testable":
-        outcome = "not testable"
-    elif all(o == "reproduced" for o in per):
-        outcome = "reproduced"
-    elif "not reproduced" in per and "reproduced" not in per:
-        outcome = "not reproduced"
-    else:
-        outcome = "inconclusive"
-    return dataclasses.replace(pooled, outcome=outcome, why=f"pooled {pooled.outcome}: {pooled.why}; per {level}: "
-                                                            f"{counts}")
+    return dataclasses.replace(pooled, why=f"{pooled.why}; spread over {len(keys)} {level}s (each alone): {counts}")
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """The one table a notebook ends with: finding, comparison, effect (points with its interval; F6 in rho),
-    p, mde, verdict, why - one row per verdict, in the order given."""
+    """The one table a notebook ends with: finding, comparison, episodes (distinct episodes, "x k seeds" where
+    planner seeds repeat them), effect (points with its interval; F6 in rho), p (clustered by episode), p Holm
+    (adjusted within the table; "-" before ``holm_adjusted``), mde, verdict, why - one row per verdict, in order."""
     rows = []
     for v in verdicts:
         rho = v.finding.startswith("F6")
@@ -494,6 +582,11 @@ def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
         effect = f"{fmt.format(v.effect * scale)} [{fmt.format(v.ci_low * scale)}, " \
                  f"{fmt.format(v.ci_high * scale)}]{unit} ({v.level:.0%})"
         mde = f"{v.mde:.2f}" if rho else f"{v.mde * 100:.0f} pts"
-        rows.append({"finding": v.finding, "comparison": v.comparison, "effect": effect, "p": f"{v.p:.2g}",
+        repeats = v.units // v.episodes if v.episodes and v.units % v.episodes == 0 else 0
+        episodes = f"{v.episodes}" + (f" x {repeats} seeds" if repeats > 1 else
+                                      f" ({v.units} units)" if v.units != v.episodes else "")
+        rows.append({"finding": v.finding, "comparison": v.comparison, "episodes": episodes, "effect": effect,
+                     "p": f"{v.p:.2g}", "p Holm": "-" if math.isnan(v.p_adjusted) else f"{v.p_adjusted:.2g}",
                      "mde": mde, "verdict": v.outcome, "why": v.why})
-    return pd.DataFrame(rows, columns=["finding", "comparison", "effect", "p", "mde", "verdict", "why"])
+    return pd.DataFrame(rows, columns=["finding", "comparison", "episodes", "effect", "p", "p Holm", "mde", "verdict",
+                                       "why"])
