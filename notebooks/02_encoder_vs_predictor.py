@@ -178,10 +178,15 @@ _ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_d
 #
 # - **F5 the encoder is more sensitive than the predictor** (each bit width): encoder-only decisively below
 #   predictor-only (exact McNemar) -> reproduced; equivalent (TOST, 10 points) or decisively above -> not reproduced.
-# - **F4 more MPC rounds do not help** (encoder-only and predictor-only at `round_bits`): the quantized model's gain
-#   from round 1 to the last round, with FP's own gain as the reference. The paper's claim "encoder errors are not
-#   repaired by more iterations, predictor errors partly are" reads as *reproduced* for the encoder-only row and
-#   *not reproduced* for the predictor-only row.
+# - **F4 more planning repairs predictor errors, not encoder errors** (encoder-only and predictor-only at
+#   `round_bits`): per episode, the quantized model's deficit to FP (success latched) at round 1 and at the last
+#   round; the change of that deficit is the interaction (`episode_verdicts.iterations_repair`). *Repaired* when the
+#   deficit shrinks decisively (exact sign-flip test over episodes), *irreversible* when its 90% interval shows it
+#   shrinks by less than 10 points, else neither. The paper claims *repaired* for the predictor and *irreversible*
+#   for the encoder: the claim's outcome reads *reproduced*, the other *not reproduced*; *not testable* when there is
+#   no deficit at round 1.
+#
+# The verdicts form one family: each decides on its Holm-adjusted p.
 #
 # Why a part fails shows in the probe (a representation that lost the state) and the decoded frames; whether the
 # stand-in encoders share what makes a large pretrained encoder fragile shows in the outlier table.

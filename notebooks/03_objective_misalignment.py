@@ -120,9 +120,13 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 #   final loss and final distance drops decisively (paired bootstrap over episodes) and the low-bit rho is not
 #   decisively above 0 -> reproduced; the low-bit rho stays decisively positive -> not reproduced; *not testable*
 #   when FP's own loss does not predict the distance.
-# - **F4 more MPC rounds do not help at low bits** (per env and `round_bits`, whole model): the low-bit gain from the
-#   first to the last round is equivalent to zero while FP gains decisively -> reproduced; the low-bit model gains
-#   decisively -> not reproduced.
+# - **F4 more MPC rounds do not repair low bits** (per env and `round_bits`, whole model): per episode, the low-bit
+#   model's deficit to FP at round 1 and at the last round (`episode_verdicts.iterations_repair`). The paper's claim
+#   is *irreversible* (the deficit shrinks by less than 10 points, 90% interval) -> reproduced; *repaired* (it
+#   shrinks decisively, exact sign-flip test over episodes) -> not reproduced; *not testable* without a deficit at
+#   round 1.
+#
+# The verdicts form one family: each decides on its Holm-adjusted p.
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT

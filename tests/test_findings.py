@@ -125,3 +125,25 @@ def test_units_select_one_setting_by_planner_seed_and_episode():
     assert list(findings.units(runs, label="FP").index.names) == ["planner_seed", "episode_seed"]
     with pytest.raises(ValueError, match="no rows"):
         findings.units(runs, label="W4")
+
+
+def test_f4_rounds_judge_the_change_of_the_deficit_against_each_scopes_claim():
+    def rounds(scope: str, first: np.ndarray, last: np.ndarray) -> pd.DataFrame:
+        return pd.concat([pd.DataFrame({"env": "wall", "scope": scope, "w_bits": 4, "round": r, "planner_seed": 0,
+                                        "episode_seed": range(N), "success": v}) for r, v in ((1, first), (5, last))])
+    fp = successes((0, 60))
+    mpc = pd.concat([rounds("-", fp, fp).assign(method="FP"),
+                     rounds("encoder", successes((0, 20)), successes((0, 20))).assign(method="RTN"),  # deficit kept
+                     rounds("predictor", successes((0, 20)), successes((0, 58))).assign(method="RTN")])  # repaired
+    settings = {f"wall: W4 {scope}-only": ({"w_bits": 4, "scope": scope, "method": "RTN"},
+                                           findings.SCOPE_CLAIMS[scope]) for scope in ("encoder", "predictor")}
+    found = findings.round_verdicts(mpc, {"method": "FP"}, settings, base())
+    assert [v.outcome for v in found] == ["reproduced", "reproduced"]
+    assert [v.comparison for v in found] == ["wall: W4 encoder-only deficit round 5 vs 1",
+                                             "wall: W4 predictor-only deficit round 5 vs 1"]
+    assert found[1].effect == pytest.approx(-0.38) and found[0].effect == 0
+    # the claims swapped, the same data say the opposite
+    swapped = {name: (match, "repaired" if claim == "irreversible" else "irreversible")
+               for name, (match, claim) in settings.items()}
+    assert [v.outcome for v in findings.round_verdicts(mpc, {"method": "FP"}, swapped, base())] == \
+        ["not reproduced", "not reproduced"]

@@ -97,18 +97,6 @@ def test_encoder_more_sensitive_each_outcome():
     assert outcome(v.encoder_more_sensitive(units((0, 98)), full, full, BASELINES)) == "not testable"
 
 
-def test_rounds_do_not_help_low_bits_each_outcome():
-    first, fp_first = units((0, 30)), units((0, 40))
-    assert outcome(v.rounds_do_not_help_low_bits(first, first, fp_first, FP, BASELINES)) == "reproduced"
-    helps = v.rounds_do_not_help_low_bits(first, units((0, 45)), fp_first, FP, BASELINES)
-    assert helps.outcome == "not reproduced" and helps.effect == pytest.approx(0.15)
-    no_fp_gain = v.rounds_do_not_help_low_bits(first, first, FP, FP, BASELINES)
-    assert no_fp_gain.outcome == "inconclusive" and "help neither" in no_fp_gain.why
-    assert outcome(v.rounds_do_not_help_low_bits(first, units((20, 54)), fp_first, FP, BASELINES)) == "inconclusive"
-    floor = v.rounds_do_not_help_low_bits(units((0, 1)), units((0, 2)), fp_first, FP, BASELINES)
-    assert floor.outcome == "not testable" and "floor" in floor.why
-
-
 def test_per_token_no_benefit_each_outcome():
     same = units((0, 40))
     assert outcome(v.per_token_no_benefit({"W4A8": (same, same), "W8A8": (units((0, 20)), units((0, 50)))},

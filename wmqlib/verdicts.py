@@ -422,35 +422,6 @@ def encoder_more_sensitive(encoder_only: pd.Series, predictor_only: pd.Series, f
 
 
 @rule
-def rounds_do_not_help_low_bits(first: pd.Series, last: pd.Series, fp_first: pd.Series, fp_last: pd.Series,
-                                baselines: pd.Series | Mapping[str, pd.Series],
-                                comparison: str = "low-bit last vs first MPC round", alpha: float = ALPHA,
-                                margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
-    """F4 "more planning iterations (MPC rounds) do not help at low bits": the quantized model's success after the
-    last round vs after the first (latched per round, same units), FP's own gain as the reference.
-
-    Not reproduced when the quantized gain is decisively positive (more rounds help); reproduced when the gain is
-    equivalent to zero (TOST) while FP's own gain is decisively positive (rounds help FP but not the low-bit
-    model); inconclusive otherwise (including a null gain when FP does not gain decisively either).
-    Testability uses ``fp_last`` against the baselines and the quantized first / last rounds for the floor.
-    """
-    f0, f1 = _align(last, fp_first, "fp_first"), _align(last, fp_last, "fp_last")
-    fp_gain = _test(last, f1, f0)
-
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
-        ref = f"FP gains {fp_gain.effect * 100:+.0f} points (p {fp_gain.p:.2g})"
-        if _decisive(t, alpha, +1):
-            return "not reproduced", f"more rounds help the low-bit model: {_numbers(t)}; {ref}"
-        if eq.equivalent and _decisive(fp_gain, alpha, +1):
-            return "reproduced", f"low-bit gain equivalent to 0 ({_equivalent(eq)}) while {ref}"
-        if eq.equivalent:
-            return "inconclusive", f"low-bit gain equivalent to 0 but {ref}, so rounds help neither"
-        return "inconclusive", f"low-bit gain neither decisive nor equivalent to 0: {_numbers(t)}; {ref}"
-    return _judge("F4 rounds do not help low bits", comparison, last, first, fp_last, baselines, alpha, margin,
-                  floor, rules)
-
-
-@rule
 def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: pd.Series,
                          baselines: pd.Series | Mapping[str, pd.Series], alpha: float = ALPHA,
                          margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
