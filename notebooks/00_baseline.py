@@ -194,5 +194,12 @@ _ = plots.savefig(fig, "00_baseline", "imagined_rollouts", figures_dir=figures_d
 found = findings.fp_verdicts(cem, [s for env in S.envs for s in (protocol[env], study[env])], S.budget)
 print(verdicts.verdict_table(found).to_string(index=False))
 
+# %% [markdown] tags=[]
+# The findings as the README quotes them (`python -m wmqlib.readme` copies this cell's output into README.md).
+
+# %% tags=["findings"]
+# NBVAL_CHECK_OUTPUT
+print(findings.markdown(found))
+
 # %% tags=[]
 print(S.footer("00_baseline", len(settings)))

@@ -226,5 +226,12 @@ summary = verdict_table.groupby(["finding", "verdict"]).size().unstack(fill_valu
 print(summary.to_string())
 print("\n" + findings.why(found))
 
+# %% [markdown] tags=[]
+# The findings as the README quotes them (`python -m wmqlib.readme` copies this cell's output into README.md).
+
+# %% tags=["findings"]
+# NBVAL_CHECK_OUTPUT
+print(findings.markdown(found))
+
 # %% tags=[]
 print(S.footer("01_granularity", len(settings)))

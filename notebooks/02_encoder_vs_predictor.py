@@ -196,5 +196,12 @@ _ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_d
 found = findings.scope_verdicts(runs, rounds, findings.baselines_of(fp_settings), method, bits, round_bits)
 print(findings.report(found))
 
+# %% [markdown] tags=[]
+# The findings as the README quotes them (`python -m wmqlib.readme` copies this cell's output into README.md).
+
+# %% tags=["findings"]
+# NBVAL_CHECK_OUTPUT
+print(findings.markdown(found))
+
 # %% tags=[]
 print(S.footer("02_encoder_vs_predictor", len(settings)))

@@ -134,5 +134,12 @@ found = findings.misalignment_verdicts(final, rounds, findings.baselines_of(fp_s
                                        round_bits)
 print(findings.report(found))
 
+# %% [markdown] tags=[]
+# The findings as the README quotes them (`python -m wmqlib.readme` copies this cell's output into README.md).
+
+# %% tags=["findings"]
+# NBVAL_CHECK_OUTPUT
+print(findings.markdown(found))
+
 # %% tags=[]
 print(S.footer("03_objective_misalignment", len(settings)))

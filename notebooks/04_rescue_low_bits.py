@@ -216,5 +216,12 @@ best, found = findings.rescue_verdicts(runs, findings.baselines_of(fp_settings),
 print(best.to_string(index=False))
 print("\n" + findings.why(found))
 
+# %% [markdown] tags=[]
+# The findings as the README quotes them (`python -m wmqlib.readme` copies this cell's output into README.md).
+
+# %% tags=["findings"]
+# NBVAL_CHECK_OUTPUT
+print(findings.markdown(found, decided=best))
+
 # %% tags=[]
 print(S.footer("04_rescue_low_bits", len(settings) + len(calib_settings)))

@@ -33,6 +33,7 @@ def test_f4_a_closed_deficit_is_repaired():
 def test_f4_an_unchanged_deficit_is_irreversible():
     kept = f4(np.zeros(N, bool), np.zeros(N, bool), "irreversible")
     assert kept.outcome == "reproduced" and kept.effect == 0 and "irreversible" in kept.why
+    assert kept.p_equivalence == 0.0  # no episode changed: the change is certainly above -10 points
     assert f4(np.zeros(N, bool), np.zeros(N, bool), "repaired").outcome == "not reproduced"
 
 

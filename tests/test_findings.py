@@ -147,3 +147,17 @@ def test_f4_rounds_judge_the_change_of_the_deficit_against_each_scopes_claim():
                for name, (match, claim) in settings.items()}
     assert [v.outcome for v in findings.round_verdicts(mpc, {"method": "FP"}, swapped, base())] == \
         ["not reproduced", "not reproduced"]
+
+
+def test_markdown_counts_the_outcomes_and_quotes_the_table():
+    found = verdicts.holm_adjusted([verdicts.w4_loses_success(by_unit(successes((0, 30))), by_unit(FP), base(),
+                                                              comparison="wall: W4 | per-channel"),
+                                    verdicts.w8_close_to_fp(by_unit(FP), by_unit(FP), base(), comparison="wall: W8")])
+    text = findings.markdown(found, decided=pd.DataFrame({"env": ["wall"], "cheapest": ["GPTQ"]}))
+    head, decided, table = text.split("\n\n")
+    assert head.startswith("2 verdicts (2 reproduced); episodes per comparison: 100;")
+    assert decided == "| env | cheapest |\n| --- | --- |\n| wall | GPTQ |"
+    lines = table.splitlines()
+    assert lines[0] == "| finding | comparison | episodes | effect | p | p equiv | p Holm | mde | verdict |"
+    assert "wall: W4 \\| per-channel" in lines[2] and lines[2].endswith("| reproduced |")
+    assert len(lines) == 4

@@ -1,10 +1,13 @@
 """Every verdict rule on constructed per-unit outcomes, for each of its outcomes (including "not testable")."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from wmqlib import verdicts as v
+from wmqlib.multiplicity import holm
 from wmqlib.validate import InvalidValue
 
 N = 100
@@ -167,12 +170,13 @@ def test_verdict_table_columns_and_formatting():
     rows = [v.w4_loses_success(units((0, 30)), FP, BASELINES, comparison="RTN W4 vs FP"),
             v.w8_close_to_fp(FP, FP, BASELINES)]
     table = v.verdict_table(rows)
-    assert list(table.columns) == ["finding", "comparison", "episodes", "effect", "p", "p Holm", "mde", "verdict",
-                                   "why"]
+    assert list(table.columns) == ["finding", "comparison", "episodes", "effect", "p", "p equiv", "p Holm", "mde",
+                                   "verdict", "why"]
     assert table["episodes"].tolist() == [str(N), str(N)] and table["p Holm"].tolist() == ["-", "-"]
     adjusted = v.verdict_table(v.holm_adjusted(rows))
     assert adjusted["p Holm"][0] == "3.7e-09"  # 2 tests: twice the smaller p
     assert table["effect"].tolist() == ["-30 [-40, -22] pts (95%)", "+0 [-4, +4] pts (95%)"]
+    assert table["p equiv"][1] != "-" and float(table["p equiv"][1]) < 0.001  # W8 = FP: equivalent
     assert table["p"][0] == "1.9e-09"  # 2 * 0.5**30
     assert table["verdict"].tolist() == ["reproduced", "reproduced"]
     assert table["mde"][0].endswith(" pts")
@@ -224,20 +228,54 @@ def test_repeated_episodes_widen_the_interval_and_the_mde():
 
 def test_holm_decides_each_way():
     # one table of 3: W4 losing 12 of FP's episodes (raw p 2 / 2^12, adjusted 3 times that) stays reproduced; W4
-    # losing 6 (raw p 2 / 2^6 = 0.031) passes alpha alone but not after Holm (2 x 0.031): inconclusive
+    # losing 6 (raw p 2 / 2^6 = 0.031) passes alpha alone but not after Holm (2 x 0.031): inconclusive; a noisy
+    # pair (14 lost, 6 gained: p 2 P(Bin(20, 1/2) <= 6)) decides nothing either way
     strong = v.w4_loses_success(units((12, 60)), FP, BASELINES, comparison="strong")
     weak = v.w4_loses_success(units((6, 60)), FP, BASELINES, comparison="weak")
-    null = v.w4_loses_success(FP, FP, BASELINES, comparison="null")
+    noise = v.w4_loses_success(units((14, 66)), FP, BASELINES, comparison="noise")
+    p_noise = 2 * sum(math.comb(20, k) for k in range(7)) / 2**20
     assert weak.outcome == "reproduced" and weak.p == pytest.approx(2 * 0.5**6)
-    table = v.holm_adjusted([strong, weak, null])
-    assert [t.p_adjusted for t in table] == pytest.approx([3 * 2 * 0.5**12, 2 * 2 * 0.5**6, 1.0])
-    assert [t.outcome for t in table] == ["reproduced", "inconclusive", "not reproduced"]
-    assert [t.p for t in table] == [strong.p, weak.p, null.p]  # the raw p stays
+    assert noise.p == pytest.approx(p_noise) and noise.outcome == "inconclusive"
+    assert all(x.p_equivalence > x.p for x in (strong, weak, noise))  # Holm takes the difference p here
+    table = v.holm_adjusted([strong, weak, noise])
+    assert [t.p_adjusted for t in table] == pytest.approx([3 * 2 * 0.5**12, 2 * 2 * 0.5**6, p_noise])
+    assert [t.outcome for t in table] == ["reproduced", "inconclusive", "inconclusive"]
+    assert [t.p for t in table] == [strong.p, weak.p, noise.p]  # the raw p stays
     assert table[1].level > 0.95  # judged again at the stricter level alpha * p / p_adjusted
     alone = v.holm_adjusted([weak])  # a family of one: nothing to adjust
     assert alone[0].outcome == "reproduced" and alone[0].p_adjusted == weak.p
     with pytest.raises(InvalidValue, match="from a rule"):
         v.holm_adjusted([v.Verdict("F", "c", 0, 0, 0, 0.95, 0.5, 0.1, "inconclusive", "")])
+
+
+def test_holm_adjusts_an_equivalence_claim_by_its_tost_p():
+    close = v.w8_close_to_fp(units((0, 58)), FP, BASELINES, comparison="W8")  # 2 lost of 100: equivalent
+    assert close.outcome == "reproduced" and close.p_equivalence < 0.05 < close.p
+    others = [v.w4_loses_success(units((k, 60)), FP, BASELINES) for k in (12, 30, 40)]
+    family = v.holm_adjusted([close] + others)
+    smaller = [min(x.p, x.p_equivalence) for x in [close] + others]
+    assert smaller[0] == close.p_equivalence
+    assert [x.p_adjusted for x in family] == pytest.approx(list(holm(smaller)))
+    assert family[0].outcome == ("reproduced" if family[0].p_adjusted < 0.05 else "inconclusive")
+    assert family[0].p_adjusted >= close.p_equivalence  # never below its own TOST p
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_holm_only_ever_takes_a_decision_back(seed):
+    """Judged again at a stricter level, a verdict keeps its outcome or becomes inconclusive: testability and the
+    conditions that argue against a claim stay at alpha, so no claim gets easier (e.g. "W3 still plans")."""
+    rng = np.random.default_rng(seed)
+    rules = [v.w8_close_to_fp, v.w4_loses_success, v.w3_breaks_planning, v.within_margin_of_fp,
+             v.encoder_more_sensitive, v.groups_do_not_rescue_w3, v.fp_beats_baselines]
+    found = []
+    for rule in rules * 3:
+        x, y = (pd.Series(rng.random(N) < rng.uniform(0.05, 0.7), index=FP.index) for _ in range(2))
+        args = (x, BASELINES) if rule is v.fp_beats_baselines else (x, y, FP, BASELINES) \
+            if rule in (v.encoder_more_sensitive, v.groups_do_not_rescue_w3) else (x, FP, BASELINES)
+        found.append(rule(*args))
+    for raw, adjusted in zip(found, v.holm_adjusted(found)):
+        assert adjusted.outcome in (raw.outcome, "inconclusive"), (raw, adjusted)
+        assert (raw.outcome == "not testable") == (adjusted.outcome == "not testable")
 
 
 def test_common_restricts_to_shared_units():

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from wmqlib.interaction import deficit_change
-from wmqlib.validate import InvalidValue, check_choice, check_float
-from wmqlib.verdicts import ALPHA, FLOOR, MARGIN, POWER, Verdict, _align, _untestable, episodes_of, rule
+from wmqlib.validate import InvalidValue, check_choice
+from wmqlib.verdicts import ALPHA, FLOOR, MARGIN, POWER, Verdict, _align, _levels, _untestable, episodes_of, rule
 
 CLAIMS = ("repaired", "irreversible")
 RHO_MARGIN = 0.10  # a change of the mean per-episode rho smaller than this is negligible
@@ -50,35 +50,38 @@ def _mde(se: float, alpha: float) -> float:
 @rule
 def iterations_repair(fp_first: pd.Series, q_first: pd.Series, fp_last: pd.Series, q_last: pd.Series,
                       baselines: pd.Series | Mapping[str, pd.Series], claim: str, comparison: str,
-                      alpha: float = ALPHA, margin: float = MARGIN,
-                      floor: float = FLOOR) -> Verdict:
+                      alpha: float = ALPHA, margin: float = MARGIN, floor: float = FLOOR,
+                      key_alpha: float | None = None) -> Verdict:
     """F4 for one scope (module docstring). All series are per-unit successes aligned on ``fp_first``'s index;
     units of one episode (its "episode_seed" index level, ``verdicts.episodes_of``) form a cluster; ``claim``: what the paper says
-    of this scope, "repaired" or "irreversible"."""
+    of this scope, "repaired" or "irreversible"; the claims are judged at ``key_alpha`` (``verdicts._levels``)."""
     check_choice("iterations_repair: claim", claim, CLAIMS)
-    alpha = check_float("F4: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    alpha, key = _levels("F4", alpha, key_alpha)
     a = [_align(fp_first, s, name) for name, s in
          (("fp_first", fp_first), ("q_first", q_first), ("fp_last", fp_last), ("q_last", q_last))]
     labels = episodes_of(fp_first)
-    change = deficit_change(*a, clusters=labels, level=1 - 2 * alpha)
-    decisive = deficit_change(*a, clusters=labels, level=1 - alpha)
-    se = (decisive.ci_high - decisive.effect) / NormalDist().inv_cdf(1 - alpha / 2)
+    change = deficit_change(*a, clusters=labels, level=1 - 2 * key)
+    decisive = deficit_change(*a, clusters=labels, level=1 - key)
+    se = (decisive.ci_high - decisive.effect) / NormalDist().inv_cdf(1 - key / 2)
     numbers = (f"deficit {change.deficit_first * 100:+.0f} -> {change.deficit_last * 100:+.0f} points, change "
                f"{change.effect * 100:+.0f} [{change.ci_low * 100:+.0f}, {change.ci_high * 100:+.0f}] "
-               f"({1 - 2 * alpha:.0%}), p {change.p:.2g}, {change.clusters} episodes")
+               f"({1 - 2 * key:.4g}), p {change.p:.2g}, {change.clusters} episodes")
     why = _untestable(fp_last, baselines, [], alpha, floor)
     if why is None and change.deficit_first <= floor:
         why = f"no deficit to repair at the first stage: {numbers}"
     if why is not None:
         outcome = "not testable"
     else:
-        repaired = change.p < alpha and change.effect < 0
-        irreversible = not repaired and change.ci_low > -margin
+        repaired = change.p < key and change.effect < 0
+        irreversible = not (change.p < alpha and change.effect < 0) and change.ci_low > -margin
         found = "repaired" if repaired else "irreversible" if irreversible else None
         outcome = "inconclusive" if found is None else "reproduced" if found == claim else "not reproduced"
         why = f"{found or 'neither repaired nor provably irreversible'}: {numbers}"
+    # the irreversibility claim's p: one-sided normal test that the change is at most -margin
+    p_small = 1 - NormalDist().cdf((change.effect + margin) / se) if se > 0 else float(change.effect <= -margin)
     return Verdict(f"F4 iterations {claim}", comparison, change.effect, decisive.ci_low, decisive.ci_high,
-                   1 - alpha, change.p, _mde(se, alpha) if math.isfinite(se) else math.nan, outcome, why)
+                   1 - key, change.p, _mde(se, key) if math.isfinite(se) else math.nan, outcome, why,
+                   p_equivalence=p_small if math.isfinite(se) else math.nan)
 
 
 def _signflip_mc(diff: np.ndarray, seed: int) -> float:
@@ -91,10 +94,10 @@ def _signflip_mc(diff: np.ndarray, seed: int) -> float:
 @rule
 def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
                     baselines: pd.Series | Mapping[str, pd.Series], comparison: str, alpha: float = ALPHA,
-                    rho_margin: float = RHO_MARGIN, seed: int = 0) -> Verdict:
+                    rho_margin: float = RHO_MARGIN, seed: int = 0, key_alpha: float | None = None) -> Verdict:
     """F6 within episodes (module docstring): per-episode rho of the quantized and the FP model (indexed by
     episode, aligned on ``q_rho``); ``fp`` / ``baselines``: FP's and the baselines' successes for testability."""
-    alpha = check_float("F6: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    alpha, key = _levels("F6", alpha, key_alpha)
     if not (isinstance(q_rho, pd.Series) and isinstance(fp_rho, pd.Series)) or len(q_rho) != len(fp_rho) \
             or not q_rho.index.is_unique or not q_rho.index.isin(fp_rho.index).all():
         raise InvalidValue("F6: q_rho and fp_rho must be pd.Series of per-episode rho over the same episodes")
@@ -106,21 +109,23 @@ def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
     normal = NormalDist()
     se = float(diff.std(ddof=1) / math.sqrt(n))
     effect = float(diff.mean())
-    z, z2 = normal.inv_cdf(1 - alpha / 2), normal.inv_cdf(1 - alpha)
+    z, z_key, z2 = normal.inv_cdf(1 - alpha / 2), normal.inv_cdf(1 - key / 2), normal.inv_cdf(1 - key)
     p = _signflip_mc(diff, seed)
     fp_low = float(f[keep].mean() - z * f[keep].std(ddof=1) / math.sqrt(n))
     numbers = (f"mean rho Q {q[keep].mean():.2f}, FP {f[keep].mean():.2f}; change {effect:+.2f} "
-               f"[{effect - z * se:+.2f}, {effect + z * se:+.2f}], p {p:.2g}, {n} episodes")
+               f"[{effect - z_key * se:+.2f}, {effect + z_key * se:+.2f}], p {p:.2g}, {n} episodes")
     why = _untestable(fp, baselines, [], alpha, 0.0)
     if why is None and not fp_low > 0:
         why = f"FP's own loss does not decisively rank plans by outcome: {numbers}"
     if why is not None:
         outcome = "not testable"
-    elif p < alpha and effect < 0:
+    elif p < key and effect < 0:
         outcome, why = "reproduced", f"the loss ranks plans decisively worse: {numbers}"
     elif effect - z2 * se > -rho_margin and effect + z2 * se < rho_margin:
         outcome, why = "not reproduced", f"alignment within +-{rho_margin} of FP's: {numbers}"
     else:
         outcome, why = "inconclusive", numbers
-    return Verdict("F6 loss misaligned within episodes", comparison, effect, effect - z * se, effect + z * se,
-                   1 - alpha, p, _mde(se, alpha), outcome, why)
+    p_tost = max(1 - normal.cdf((effect + rho_margin) / se), normal.cdf((effect - rho_margin) / se)) if se > 0 \
+        else float(abs(effect) >= rho_margin)
+    return Verdict("F6 loss misaligned within episodes", comparison, effect, effect - z_key * se,
+                   effect + z_key * se, 1 - key, p, _mde(se, key), outcome, why, p_equivalence=p_tost)

@@ -67,6 +67,32 @@ def why(found: Sequence[Verdict]) -> str:
     return "why:\n" + "\n".join(f"  {v.comparison}: {v.outcome} - {v.why}" for v in found)
 
 
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub markdown table (header, separator, one line per row; "|" in cells escaped)."""
+    lines = ["| " + " | ".join(_cell(c) for c in frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def markdown(found: Sequence[Verdict], decided: pd.DataFrame | None = None) -> str:
+    """A notebook's findings for the README (``wmqlib.readme``): the count of each outcome, ``decided`` (a table of
+    what the verdicts decided, e.g. 04's cheapest method) when given, then the verdict table without its why
+    column. Every number in it is the verdicts' own."""
+    table = verdicts.verdict_table(found)
+    counts = ", ".join(f"{(table['verdict'] == o).sum()} {o}" for o in verdicts.OUTCOMES if (table["verdict"] == o).any())
+    episodes = sorted(set(table["episodes"]))
+    parts = [f"{len(table)} verdicts ({counts}); episodes per comparison: {', '.join(episodes)}; each decided on "
+             f"its Holm-adjusted p within this table."]
+    if decided is not None:
+        parts.append(markdown_table(decided))
+    parts.append(markdown_table(table.drop(columns="why")))
+    return "\n\n".join(parts)
+
+
 # ----- 00: FP against the trivial baselines ------------------------------------------------------------------------
 
 def fp_verdicts(table: pd.DataFrame, settings: Sequence[Setting], budget: Mapping[str, int],

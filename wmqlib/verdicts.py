@@ -28,9 +28,10 @@ Planner seeds replicate the planner, not the episodes: the episode is the unit o
 labelled measurement that does not decide.
 
 Multiplicity: a notebook's verdicts are one family. ``holm_adjusted`` computes Holm's adjusted p over the family's
-key p and decides each verdict again at the level where its raw p crosses exactly where its adjusted p crosses
-alpha (alpha * p / p_adjusted), so its key test decides on the adjusted p and its other tests (equivalence,
-testability) at that stricter level too; the table shows both p. ``per_token_no_benefit`` also Bonferroni-adjusts
+key p and decides each verdict again with its claims' tests (the key test, equivalence) at the level where its raw
+p crosses exactly where its adjusted p crosses alpha (alpha * p / p_adjusted, the rule's ``key_alpha``), so the key
+test decides on the adjusted p; testability and the conditions that argue against a claim stay at alpha. The table
+shows both p. ``per_token_no_benefit`` also Bonferroni-adjusts
 its "per-token better anywhere" test over its own pairs.
 """
 
@@ -59,9 +60,11 @@ MARGIN, ALPHA, FLOOR, POWER = 0.10, 0.05, 0.05, 0.8
 class Verdict:
     """One finding judged on one comparison. effect / ci_low / ci_high: difference in success rate (F6: in
     Spearman's rho) and its interval at ``level``; p: the key test's p (clustered by episode); mde: its minimum
-    detectable effect; episodes / units: distinct episodes and (planner seed, episode) units judged; p_adjusted:
-    Holm's adjusted p within the verdict's table (NaN until ``holm_adjusted``); rerun(alpha): the same rule on the
-    same data at another level (set by ``rule``)."""
+    detectable effect; episodes / units: distinct episodes and (planner seed, episode) units judged;
+    p_equivalence: the p of the claim that the difference is smaller than the margin (TOST; NaN where the rule
+    makes no such claim); p_adjusted: Holm's adjusted p of the smaller of the two within the verdict's table (NaN
+    until ``holm_adjusted``); rerun(level): the same rule on the same data with its claims judged at ``level``
+    (set by ``rule``)."""
     finding: str
     comparison: str
     effect: float
@@ -74,6 +77,7 @@ class Verdict:
     why: str
     episodes: int = 0
     units: int = 0
+    p_equivalence: float = math.nan
     p_adjusted: float = math.nan
     rerun: Callable[[float], "Verdict"] | None = field(default=None, compare=False, repr=False)
 
@@ -113,24 +117,30 @@ def rule(fn: Callable[..., Verdict]) -> Callable[..., Verdict]:
         counts = {} if first is None or verdict.units else {
             "episodes": int(np.unique(episodes_of(first)).size), "units": len(first)}
         return dataclasses.replace(verdict, **counts,
-                                   rerun=lambda alpha: judged(*args, **{**kwargs, "alpha": alpha}))
+                                   rerun=lambda level: judged(*args, **{**kwargs, "key_alpha": level}))
     return judged
 
 
 def holm_adjusted(found: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
-    """One table's verdicts with Holm's adjusted p (``multiplicity.holm`` over the finite p) and each decided again
-    at level alpha * p / p_adjusted (module docstring): its key test then decides exactly on p_adjusted < alpha.
-    A verdict whose p is NaN keeps its outcome and a NaN adjusted p."""
+    """One table's verdicts with Holm's adjusted p and each decided again with its claims at level
+    alpha * p / p_adjusted (its rule's ``key_alpha``; module docstring). Each comparison enters Holm once, with the
+    smaller of its difference p and its equivalence p: its two null hypotheses (no difference; a difference of at
+    least the margin) cannot both be true, so at most one true null per comparison is at stake. The claim that p
+    belongs to then decides exactly on p_adjusted < alpha; testability and the conditions that argue against a
+    claim stay at alpha (a stricter level there would make a claim easier). A verdict without a finite p keeps its
+    outcome and a NaN adjusted p."""
     alpha = check_float("holm_adjusted: alpha", alpha, minimum=0, maximum=0.5, strict=True)
     if any(v.rerun is None for v in found):
         raise InvalidValue("holm_adjusted: every verdict must come from a rule (verdicts.rule) to be judged again")
-    adjusted = holm([v.p for v in found])
+    smallest = [float(np.nanmin([v.p, v.p_equivalence])) if np.isfinite([v.p, v.p_equivalence]).any() else math.nan
+                for v in found]
+    adjusted = holm(smallest)
     out = []
-    for v, p_adj in zip(found, adjusted):
+    for v, p, p_adj in zip(found, smallest, adjusted):
         if math.isnan(p_adj):
             out.append(v)
             continue
-        level = alpha if v.p >= p_adj else alpha * v.p / p_adj
+        level = alpha if p >= p_adj or p == 0 else alpha * p / p_adj
         again = v if level == alpha else v.rerun(level)
         out.append(dataclasses.replace(again, p_adjusted=float(p_adj)))
     return out
@@ -229,23 +239,37 @@ def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], c
     return None
 
 
+def _levels(finding: str, alpha: float, key_alpha: float | None) -> tuple[float, float]:
+    """(alpha, key level): the rule's alpha for testability and the conditions that argue against its claims, and
+    the level of its key test and equivalence (``key_alpha``, set by ``holm_adjusted``; alpha when None)."""
+    alpha = check_float(f"{finding}: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    key = alpha if key_alpha is None else check_float(f"{finding}: key_alpha", key_alpha, minimum=0, maximum=alpha,
+                                                      strict=True)
+    return alpha, key
+
+
 def _judge(finding: str, comparison: str, a: pd.Series, b: pd.Series, fp: pd.Series,
            baselines: pd.Series | Mapping[str, pd.Series], alpha: float, margin: float, floor: float,
-           rules: Callable[[stats.McNemar, stats.Equivalence], tuple[str, str]]) -> Verdict:
-    """Shared frame of the pairwise rules: testability, the key McNemar test of a vs b with its 95% interval, its
-    MDE, then ``rules(test, eq)`` -> (outcome, why) with the TOST ``eq`` of a vs b."""
-    alpha = check_float(f"{finding}: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+           rules: Callable[[stats.McNemar, stats.Equivalence, float], tuple[str, str]],
+           key_alpha: float | None = None) -> Verdict:
+    """Shared frame of the pairwise rules: testability (at alpha), the key test of a vs b with its interval and MDE
+    at the key level (``_levels``), then ``rules(test, eq, key)`` -> (outcome, why) with the TOST ``eq`` of a vs b
+    at the key level."""
+    alpha, key = _levels(finding, alpha, key_alpha)
     xa, xb = _align(a, a, "a"), _align(a, b, "b")
     _align(a, fp, "fp")
     test = _test(a, xa, xb)
-    low, high, mde = _interval_and_mde(a, xa, xb, test, alpha)
+    low, high, mde = _interval_and_mde(a, xa, xb, test, key)
     why = _untestable(fp, baselines, [xa, xb], alpha, floor)
+    p_equivalence = math.nan
     if why is None:
-        eq = _equivalence(a, xa, xb, margin, alpha)
-        outcome, why = rules(test, eq)
+        eq = _equivalence(a, xa, xb, margin, key)
+        outcome, why = rules(test, eq, key)
+        p_equivalence = eq.p
     else:
         outcome = "not testable"
-    return Verdict(finding, comparison, test.effect, low, high, 1 - alpha, test.p, mde, outcome, why)
+    return Verdict(finding, comparison, test.effect, low, high, 1 - key, test.p, mde, outcome, why,
+                   p_equivalence=p_equivalence)
 
 
 def _equivalent(eq: stats.Equivalence) -> str:
@@ -260,93 +284,93 @@ def _numbers(t: stats.McNemar) -> str:
 @rule
 def fp_beats_baselines(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                        comparison: str = "FP vs best trivial baseline", alpha: float = ALPHA, margin: float = MARGIN,
-                       floor: float = FLOOR) -> Verdict:
+                       floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F0, the study's premise (DINO-WM's): planning with the FP model reaches goals the trivial baselines do not.
     Reproduced when FP is decisively above the best baseline on the same units; not reproduced when FP is
     equivalent to it or decisively below; inconclusive otherwise. Never "not testable": it is the test of
     testability every other rule applies first."""
-    alpha = check_float("F0: alpha", alpha, minimum=0, maximum=0.5, strict=True)
+    _, key = _levels("F0", alpha, key_alpha)
     f, base = _align(fp, fp, "fp"), _best_baseline(fp, baselines)
-    test, eq = _test(fp, f, base), _equivalence(fp, f, base, margin, alpha)
-    low, high, mde = _interval_and_mde(fp, f, base, test, alpha)
-    if _decisive(test, alpha, +1) and not eq.equivalent:
+    test, eq = _test(fp, f, base), _equivalence(fp, f, base, margin, key)
+    low, high, mde = _interval_and_mde(fp, f, base, test, key)
+    if _decisive(test, key, +1) and not eq.equivalent:
         outcome, why = "reproduced", f"FP decisively above the best baseline: {_numbers(test)}"
-    elif eq.equivalent or _decisive(test, alpha, -1):
+    elif eq.equivalent or _decisive(test, key, -1):
         outcome, why = "not reproduced", f"FP no better than the best baseline: {_numbers(test)}"
     else:
         outcome, why = "inconclusive", f"no decisive difference: {_numbers(test)}"
-    return Verdict("F0 FP beats trivial baselines", comparison, test.effect, low, high, 1 - alpha, test.p, mde,
-                   outcome, why)
+    return Verdict("F0 FP beats trivial baselines", comparison, test.effect, low, high, 1 - key, test.p, mde,
+                   outcome, why, p_equivalence=eq.p)
 
 
 @rule
 def w8_close_to_fp(w8: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                    comparison: str = "W8 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
-                   floor: float = FLOOR) -> Verdict:
+                   floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F1a "W8 is close to FP": reproduced when W8 and FP are equivalent (TOST within ``margin``); not reproduced
     when the 90% interval lies wholly outside the margin (decisively farther than the margin); else inconclusive."""
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         if eq.equivalent:
             return "reproduced", f"equivalent: {_equivalent(eq)}"
         if eq.ci_low > margin or eq.ci_high < -margin:
             return "not reproduced", f"decisively farther than {margin:.0%}: {_numbers(t)}"
         return "inconclusive", f"neither equivalent nor decisively apart: {_numbers(t)}"
-    return _judge("F1a W8 close to FP", comparison, w8, fp, fp, baselines, alpha, margin, floor, rules)
+    return _judge("F1a W8 close to FP", comparison, w8, fp, fp, baselines, alpha, margin, floor, rules, key_alpha)
 
 
 @rule
 def w4_loses_success(w4: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                      comparison: str = "W4 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
-                     floor: float = FLOOR) -> Verdict:
+                     floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F1b "W4 is unstable / loses success": reproduced when W4 is decisively below FP (beyond equivalence); not
     reproduced when W4 is equivalent to FP or decisively above it; else inconclusive."""
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         if eq.equivalent:
             return "not reproduced", f"W4 equivalent to FP: {_equivalent(eq)}"
-        if _decisive(t, alpha, -1):
+        if _decisive(t, key, -1):
             return "reproduced", f"W4 decisively below FP: {_numbers(t)}"
-        if _decisive(t, alpha, +1):
+        if _decisive(t, key, +1):
             return "not reproduced", f"W4 decisively above FP: {_numbers(t)}"
         return "inconclusive", f"no decisive difference, not equivalent: {_numbers(t)}"
-    return _judge("F1b W4 loses success", comparison, w4, fp, fp, baselines, alpha, margin, floor, rules)
+    return _judge("F1b W4 loses success", comparison, w4, fp, fp, baselines, alpha, margin, floor, rules, key_alpha)
 
 
 @rule
 def w3_breaks_planning(w3: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                        comparison: str = "W3 vs FP", alpha: float = ALPHA, margin: float = MARGIN,
-                       floor: float = FLOOR) -> Verdict:
+                       floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F1c "W3 breaks planning": reproduced when W3 is decisively below FP AND not decisively above the best
     trivial baseline (planning reduced to what needs no model); not reproduced when W3 is equivalent to FP or
     decisively above the best baseline (it still plans); else inconclusive."""
     base = _best_baseline(w3, baselines)
 
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         vs_base = _test(w3, _align(w3, w3, "w3"), base)
         if eq.equivalent:
             return "not reproduced", f"W3 equivalent to FP: {_equivalent(eq)}"
-        if _decisive(vs_base, alpha, +1):
+        if _decisive(vs_base, key, +1):
             return "not reproduced", f"W3 still plans: {vs_base.effect * 100:+.0f} points over the best " \
                                      f"baseline (p {vs_base.p:.2g})"
-        if _decisive(t, alpha, -1):
+        if _decisive(t, key, -1) and not _decisive(vs_base, alpha, +1):
             return "reproduced", f"W3 decisively below FP ({_numbers(t)}) and not above the best baseline " \
                                  f"(p {vs_base.p:.2g})"
         return "inconclusive", f"W3 not decisively below FP: {_numbers(t)}"
-    return _judge("F1c W3 breaks planning", comparison, w3, fp, fp, baselines, alpha, margin, floor, rules)
+    return _judge("F1c W3 breaks planning", comparison, w3, fp, fp, baselines, alpha, margin, floor, rules, key_alpha)
 
 
 @rule
 def within_margin_of_fp(x: pd.Series, fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                         comparison: str = "method vs FP", alpha: float = ALPHA, margin: float = MARGIN,
-                        floor: float = FLOOR) -> Verdict:
+                        floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """R "the method keeps planning within ``margin`` of FP" (notebook 04's rescue): reproduced when equivalent to
     FP (TOST); not reproduced when decisively below FP and not equivalent; else inconclusive."""
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         if eq.equivalent:
             return "reproduced", f"equivalent to FP: {_equivalent(eq)}"
-        if _decisive(t, alpha, -1):
+        if _decisive(t, key, -1):
             return "not reproduced", f"decisively below FP: {_numbers(t)}"
         return "inconclusive", f"neither equivalent to FP nor decisively below it: {_numbers(t)}"
-    return _judge("R within margin of FP", comparison, x, fp, fp, baselines, alpha, margin, floor, rules)
+    return _judge("R within margin of FP", comparison, x, fp, fp, baselines, alpha, margin, floor, rules, key_alpha)
 
 
 def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.Series]) -> np.ndarray:
@@ -358,26 +382,26 @@ def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.
 @rule
 def groups_stabilise_w4(grouped: pd.Series, per_channel: pd.Series, fp: pd.Series,
                         baselines: pd.Series | Mapping[str, pd.Series], comparison: str = "W4 per-group vs per-channel",
-                        alpha: float = ALPHA, margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+                        alpha: float = ALPHA, margin: float = MARGIN, floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F2a "group-wise weights stabilise W4": reproduced when per-group W4 is decisively above per-channel W4; not
     reproduced when they are equivalent or per-group is decisively below; else inconclusive."""
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         if eq.equivalent:
             return "not reproduced", f"per-group equivalent to per-channel: {_equivalent(eq)}"
-        if _decisive(t, alpha, +1):
+        if _decisive(t, key, +1):
             return "reproduced", f"per-group decisively above per-channel: {_numbers(t)}"
-        if _decisive(t, alpha, -1):
+        if _decisive(t, key, -1):
             return "not reproduced", f"per-group decisively below per-channel: {_numbers(t)}"
         return "inconclusive", f"no decisive difference, not equivalent: {_numbers(t)}"
     return _judge("F2a groups stabilise W4", comparison, grouped, per_channel, fp, baselines, alpha, margin, floor,
-                  rules)
+                  rules, key_alpha)
 
 
 @rule
 def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.Series,
                             baselines: pd.Series | Mapping[str, pd.Series],
                             comparison: str = "W3 per-group vs per-channel", alpha: float = ALPHA,
-                            margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+                            margin: float = MARGIN, floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F2b "group-wise weights do not rescue W3". Not reproduced when per-group W3 is equivalent to FP, or when it
     is decisively above BOTH per-channel W3 and the best trivial baseline (groups restore planning); reproduced
     when per-group W3 stays decisively below FP and is not above both; else inconclusive. The effect shown is
@@ -385,46 +409,50 @@ def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.S
     base = _best_baseline(grouped, baselines)
     g, f = _align(grouped, grouped, "grouped"), _align(grouped, fp, "fp")
 
-    def rules(t: stats.McNemar, _: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, _: stats.Equivalence, key: float) -> tuple[str, str]:
         vs_fp, vs_base = _test(grouped, g, f), _test(grouped, g, base)
-        eq_fp = _equivalence(grouped, g, f, margin, alpha)
+        eq_fp = _equivalence(grouped, g, f, margin, key)
         if eq_fp.equivalent:
             return "not reproduced", f"per-group W3 equivalent to FP: {_equivalent(eq_fp)}"
-        if _decisive(t, alpha, +1) and _decisive(vs_base, alpha, +1):
+        if _decisive(t, key, +1) and _decisive(vs_base, key, +1):
             return "not reproduced", f"groups restore planning: {_numbers(t)}; {vs_base.effect * 100:+.0f} " \
                                      f"points over the best baseline (p {vs_base.p:.2g})"
-        if _decisive(vs_fp, alpha, -1):
+        if _decisive(vs_fp, key, -1) and not (_decisive(t, alpha, +1) and _decisive(vs_base, alpha, +1)):
             return "reproduced", f"per-group W3 decisively below FP ({_numbers(vs_fp)}); vs per-channel " \
                                  f"{_numbers(t)}"
         return "inconclusive", f"per-group W3 neither equivalent to nor decisively below FP: {_numbers(vs_fp)}"
-    return _judge("F2b groups do not rescue W3", comparison, grouped, per_channel, fp, baselines, alpha, margin,
-                  floor, rules)
+    judged = _judge("F2b groups do not rescue W3", comparison, grouped, per_channel, fp, baselines, alpha, margin,
+                    floor, rules, key_alpha)
+    if judged.outcome == "not testable":
+        return judged
+    # its equivalence claim is per-group W3 vs FP (the p of a TOST does not depend on the level)
+    return dataclasses.replace(judged, p_equivalence=_equivalence(grouped, g, f, margin, alpha).p)
 
 
 @rule
 def encoder_more_sensitive(encoder_only: pd.Series, predictor_only: pd.Series, fp: pd.Series,
                            baselines: pd.Series | Mapping[str, pd.Series],
                            comparison: str = "encoder-only vs predictor-only", alpha: float = ALPHA,
-                           margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+                           margin: float = MARGIN, floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F5 "the encoder is more sensitive than the predictor" (same bits): reproduced when quantizing only the
     encoder leaves decisively less success than quantizing only the predictor; not reproduced when they are
     equivalent or encoder-only is decisively above; else inconclusive."""
-    def rules(t: stats.McNemar, eq: stats.Equivalence) -> tuple[str, str]:
+    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         if eq.equivalent:
             return "not reproduced", f"encoder-only equivalent to predictor-only: {_equivalent(eq)}"
-        if _decisive(t, alpha, -1):
+        if _decisive(t, key, -1):
             return "reproduced", f"encoder-only decisively below predictor-only: {_numbers(t)}"
-        if _decisive(t, alpha, +1):
+        if _decisive(t, key, +1):
             return "not reproduced", f"encoder-only decisively above predictor-only: {_numbers(t)}"
         return "inconclusive", f"no decisive difference, not equivalent: {_numbers(t)}"
     return _judge("F5 encoder more sensitive", comparison, encoder_only, predictor_only, fp, baselines, alpha,
-                  margin, floor, rules)
+                  margin, floor, rules, key_alpha)
 
 
 @rule
 def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: pd.Series,
                          baselines: pd.Series | Mapping[str, pd.Series], alpha: float = ALPHA,
-                         margin: float = MARGIN, floor: float = FLOOR) -> Verdict:
+                         margin: float = MARGIN, floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """F3 "per-token activations give no consistent benefit over per-tensor", over several settings at once.
 
     pairs: name -> (per-token outcomes, per-tensor outcomes) of one method / bit width. Pairs at the floor or
@@ -435,8 +463,9 @@ def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: p
     """
     if not pairs:
         raise InvalidValue("per_token_no_benefit: pairs must hold at least one (per-token, per-tensor) pair")
+    _, key = _levels("F3", alpha, key_alpha)
     judged = {name: _judge("F3", name, tok, ten, fp, baselines, alpha, margin, floor,
-                           lambda t, eq: ("inconclusive", "")) for name, (tok, ten) in pairs.items()}
+                           lambda t, eq, key: ("inconclusive", ""), key_alpha) for name, (tok, ten) in pairs.items()}
     testable = {k: v for k, v in judged.items() if v.outcome != "not testable"}
     top = max(testable.values() if testable else judged.values(), key=lambda v: (v.effect, -v.p))
     finding, comparison = "F3 per-token no consistent benefit", f"per-token vs per-tensor: {top.comparison}"
@@ -448,11 +477,11 @@ def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: p
     for name, v in testable.items():
         tok, ten = pairs[name]
         xa, xb = _align(tok, tok, name), _align(tok, ten, name)
-        if v.p < alpha / k and v.effect > 0:
+        if v.p < key / k and v.effect > 0:
             better.append(name)
-        elif _equivalence(tok, xa, xb, margin, alpha).equivalent or (v.p < alpha and v.effect < 0):
+        elif _equivalence(tok, xa, xb, margin, key).equivalent or (v.p < key and v.effect < 0):
             settled.append(name)
-    counts = f"{len(better)} of {k} pairs favour per-token (p < {alpha / k:.2g}), {len(settled)} equivalent or " \
+    counts = f"{len(better)} of {k} pairs favour per-token (p < {key / k:.2g}), {len(settled)} equivalent or " \
              f"favour per-tensor"
     if better:
         outcome = "not reproduced"
@@ -466,7 +495,7 @@ def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: p
 def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.Series, fp_dist: pd.Series,
                           fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
                           comparison: str = "rho(loss, distance): low-bit - FP", alpha: float = ALPHA,
-                          n_boot: int = 2000, seed: int = 0) -> Verdict:
+                          n_boot: int = 2000, seed: int = 0, key_alpha: float | None = None) -> Verdict:
     """F6 "at low bits the planning loss stops predicting success": Spearman's rho between the final planning
     loss and the final distance to the goal, low-bit vs FP on the same units (``stats.correlation_change``).
 
@@ -475,12 +504,15 @@ def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.
     and the low-bit rho is not decisively > 0; not reproduced when the low-bit rho is decisively > 0 and the
     change is not decisively negative; inconclusive otherwise. The mde is the smallest rho detectable at n.
     """
-    z = NormalDist().inv_cdf(1 - alpha / 2)
+    alpha, key = _levels("F6", alpha, key_alpha)
+    z, z_key = (NormalDist().inv_cdf(1 - a / 2) for a in (alpha, key))
     values = [_align(low_loss, s, name, float) for name, s in
               (("low_loss", low_loss), ("low_dist", low_dist), ("fp_loss", fp_loss), ("fp_dist", fp_dist))]
-    change = stats.correlation_change(*values, level=1 - alpha, n_boot=n_boot, seed=seed)
+    change, change_key = (stats.correlation_change(*values, level=1 - a, n_boot=n_boot, seed=seed)
+                          for a in (alpha, key))
     rho_low, rho_fp = stats.spearman(*values[:2], z), stats.spearman(*values[2:], z)
-    mde = stats.min_detectable_correlation(rho_low.n, alpha, POWER)
+    rho_low_key = stats.spearman(*values[:2], z_key)
+    mde = stats.min_detectable_correlation(rho_low.n, key, POWER)
     rhos = f"rho low-bit {rho_low.rho:.2f} [{rho_low.ci_low:.2f}, {rho_low.ci_high:.2f}], FP {rho_fp.rho:.2f} " \
            f"[{rho_fp.ci_low:.2f}, {rho_fp.ci_high:.2f}]"
     why = _untestable(fp, baselines, [], alpha, 0.0)
@@ -488,15 +520,15 @@ def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.
         why = f"FP's own loss does not decisively predict distance: {rhos}"
     if why is not None:
         outcome = "not testable"
-    elif change.ci_high < 0 and not rho_low.ci_low > 0:
+    elif change_key.ci_high < 0 and not rho_low.ci_low > 0:
         outcome, why = "reproduced", f"rho drops decisively, low-bit rho not above 0: {rhos}"
-    elif rho_low.ci_low > 0 and not change.ci_high < 0:
+    elif rho_low_key.ci_low > 0 and not change.ci_high < 0:
         outcome, why = "not reproduced", f"low-bit loss still predicts distance: {rhos}"
     else:
         outcome, why = "inconclusive", f"change {change.effect:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}]: " \
                                        f"{rhos}"
-    return Verdict("F6 loss stops predicting", comparison, change.effect, change.ci_low, change.ci_high,
-                   1 - alpha, change.p, mde, outcome, why)
+    return Verdict("F6 loss stops predicting", comparison, change_key.effect, change_key.ci_low, change_key.ci_high,
+                   1 - key, change.p, mde, outcome, why)
 
 
 def _stratum(value: Any, level: str, key: Any) -> Any:
@@ -543,21 +575,24 @@ def with_strata(rule_fn: Callable[..., Verdict], level: str, *args: Any, **kwarg
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
     """The one table a notebook ends with: finding, comparison, episodes (distinct episodes, "x k seeds" where
-    planner seeds repeat them), effect (points with its interval; F6 in rho), p (clustered by episode), p Holm
-    (adjusted within the table; "-" before ``holm_adjusted``), mde, verdict, why - one row per verdict, in order."""
+    planner seeds repeat them), effect (points with its interval at the level its claims were judged; F6 in rho), p
+    (of a difference, clustered by episode), p equiv (of equivalence within the margin), p Holm (of the smaller of
+    the two, adjusted within the table; "-" before ``holm_adjusted``), mde, verdict, why - one row per verdict, in
+    order."""
     rows = []
     for v in verdicts:
         rho = v.finding.startswith("F6")
         scale, unit = (1, "") if rho else (100, " pts")
         fmt = "{:+.2f}" if rho else "{:+.0f}"
         effect = f"{fmt.format(v.effect * scale)} [{fmt.format(v.ci_low * scale)}, " \
-                 f"{fmt.format(v.ci_high * scale)}]{unit} ({v.level:.0%})"
+                 f"{fmt.format(v.ci_high * scale)}]{unit} ({v.level * 100:.4g}%)"
         mde = f"{v.mde:.2f}" if rho else f"{v.mde * 100:.0f} pts"
         repeats = v.units // v.episodes if v.episodes and v.units % v.episodes == 0 else 0
         episodes = f"{v.episodes}" + (f" x {repeats} seeds" if repeats > 1 else
                                       f" ({v.units} units)" if v.units != v.episodes else "")
         rows.append({"finding": v.finding, "comparison": v.comparison, "episodes": episodes, "effect": effect,
-                     "p": f"{v.p:.2g}", "p Holm": "-" if math.isnan(v.p_adjusted) else f"{v.p_adjusted:.2g}",
+                     "p": f"{v.p:.2g}", "p equiv": "-" if math.isnan(v.p_equivalence) else f"{v.p_equivalence:.2g}",
+                     "p Holm": "-" if math.isnan(v.p_adjusted) else f"{v.p_adjusted:.2g}",
                      "mde": mde, "verdict": v.outcome, "why": v.why})
-    return pd.DataFrame(rows, columns=["finding", "comparison", "episodes", "effect", "p", "p Holm", "mde", "verdict",
-                                       "why"])
+    return pd.DataFrame(rows, columns=["finding", "comparison", "episodes", "effect", "p", "p equiv", "p Holm", "mde",
+                                       "verdict", "why"])
