@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wmqlib import profiles as pr
 from wmqlib.envs import Wall
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
 from wmqlib.quant import RTN
+from wmqlib.sweep import config_key, sweep
 from wmqlib.train import PRESETS
 
 
@@ -96,3 +99,15 @@ def test_setup_gives_the_fp_references_the_seeds_and_the_footer(tiny, capsys):
     assert S.planner_seeds("wall", []) == S.profile.planner_seeds[:1]
     assert S.footer("00_baseline", 7).startswith("00_baseline: ") and ", profile smoke, 7 settings, torch threads " \
         in S.footer("00_baseline", 7)
+
+
+def test_a_kept_profiles_footer_records_the_notebooks_reads(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pr, "RESULTS_DIR", tmp_path)
+    sweep([1, 2], lambda c: {"v": c}, "study-full", cache_dir=tmp_path, progress=False)
+    sweep([3], lambda c: {"v": c}, "study-smoke", cache_dir=tmp_path, progress=False)
+    pr.setup("full", [tiny], device="cpu").footer("01_x", 2)
+    assert json.loads((tmp_path / "study-full" / "reads" / "01_x.json").read_text()) == \
+        sorted(config_key(c) for c in (1, 2))
+    assert not (tmp_path / "study-smoke" / "reads").exists()  # another profile's folder
+    pr.setup("smoke", [tiny], device="cpu").footer("02_y", 2)  # smoke recomputes everything: nothing recorded
+    assert not (tmp_path / "study-full" / "reads" / "02_y.json").exists()

@@ -17,8 +17,10 @@ import pytest
 
 from sweep_child import make_configs, rows
 from wmqlib.sweep import (
-    OMIT_AT_DEFAULT, SweepError, added_field, canonical, config_key, flatten_config, sweep, without_defaults,
+    OMIT_AT_DEFAULT, SweepError, added_field, canonical, config_key, flatten_config, inventory, record_reads, served,
+    sweep, without_defaults,
 )
+from wmqlib.sweep import main as sweep_main
 from wmqlib.validate import HOST
 
 CHILD = Path(__file__).with_name("sweep_child.py")  # the sweep a test SIGKILLs, and its configs and rows
@@ -175,3 +177,22 @@ def test_sweep_removes_stale_temporary_files_only(tmp_path, stale_tmp):
     live.write_text("{half")
     sweep([{"bits": 4}], _counting([]), "stale", cache_dir=tmp_path, progress=False)
     assert not stale.exists() and live.exists()
+
+
+def test_the_inventory_names_the_files_no_recorded_reader_asked_for(tmp_path, capsys):
+    def run(config):
+        return {"value": config * 2}
+    sweep([1, 2, 3], run, "inv", cache_dir=tmp_path, progress=False)
+    folder = tmp_path / "inv"
+    assert {config_key(c) for c in (1, 2, 3)} <= served(folder)
+    (folder / "stale.json").write_text("{}")  # a file of a setting nobody asks for any more
+    assert record_reads("01_reader", [folder, tmp_path / "unused"]) == [folder.resolve() / "reads" / "01_reader.json"]
+    table = inventory(folder)
+    assert table.set_index("key")["readers"].to_dict() == {**{config_key(c): "01_reader" for c in (1, 2, 3)},
+                                                           "stale": ""}
+    assert sweep_main(["--inventory", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "4 files, read by ['01_reader']; 1 read by none:" in out and out.rstrip().endswith("stale.json")
+    assert sweep_main(["--inventory", str(tmp_path / "missing")]) == 2
+    with pytest.raises(ValueError, match="reader"):
+        record_reads("../x", [folder])

@@ -31,6 +31,8 @@ from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.plan import PLANNERS, CEMConfig, GDConfig, MPCConfig, ObjectiveConfig, PlannerConfig
 from wmqlib.quant import Recipe, recipe_from_names, recipe_types
 from wmqlib.setting import CALIB_MPC_ROUNDS, CALIB_SOURCE, Setting
+from wmqlib.paths import RESULTS_DIR
+from wmqlib.sweep import record_reads
 from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
 
@@ -206,7 +208,11 @@ class Setup:
         return seeds if env in seeded_envs else seeds[:1]
 
     def footer(self, notebook: str, n_settings: int) -> str:
-        """A notebook's last line: its wall time since ``setup``, profile, settings and torch threads."""
+        """A notebook's last line: its wall time since ``setup``, profile, settings and torch threads. A profile
+        whose results are kept (not ``always_recompute``) also records the cache keys the notebook read in the
+        profile's results folders (``<results>/*-<profile>``; ``sweep.record_reads``), for the cache inventory."""
+        if not self.profile.always_recompute:
+            record_reads(notebook, sorted(RESULTS_DIR.glob(f"*-{self.profile.name}")))
         return (f"{notebook}: {time.perf_counter() - self.started:.0f} s wall time, profile {self.profile.name}, "
                 f"{n_settings} settings, torch threads {torch.get_num_threads()}")
 

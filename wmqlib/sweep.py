@@ -18,6 +18,11 @@ host that no longer runs) are removed when a sweep starts on the folder.
 
 Configurations run one by one in this process, or as tasks of a ``concurrent.futures.Executor`` (or a Dask cluster,
 ``"local:2"`` / ``"dask://HOST:PORT"``, see ``wmqlib.cluster``) whose results come back: only this process writes.
+
+Inventory: every sweep remembers, per cache folder, the keys this process asked for (``served``);
+``record_reads(reader)`` writes them to ``<folder>/reads/<reader>.json`` (each notebook does at its end, through
+``profiles.Setup.footer``), and ``python -m wmqlib.sweep --inventory FOLDER`` lists the cache files of a folder that
+no recorded reader asked for: stale results a cleanup can remove.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, as_completed
@@ -240,6 +246,44 @@ def _opened(executor: Executor | str | None, idle: bool) -> Iterator[Executor | 
                         f"{type(executor).__name__}")
 
 
+_SERVED: dict[Path, set[str]] = {}  # cache folder -> the keys sweeps of this process asked for
+READS = "reads"  # subfolder of a cache folder holding each reader's keys
+
+
+def served(folder: str | os.PathLike) -> set[str]:
+    """The keys that sweeps of this process asked for in the cache folder ``folder`` (cached or computed)."""
+    return set(_SERVED.get(Path(folder).resolve(), ()))
+
+
+def record_reads(reader: str, folders: Sequence[str | os.PathLike]) -> list[Path]:
+    """Write, for each of the cache ``folders`` a sweep of this process used, ``<folder>/reads/<reader>.json``: the
+    sorted keys it asked for there (replacing the reader's earlier record). Returns the files written."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", reader):
+        raise ValueError(f"reader must be letters, digits, '.', '_' or '-' (a file name), got {reader!r}")
+    written = []
+    for folder in sorted({Path(f).resolve() for f in folders} & set(_SERVED)):
+        keys = _SERVED[folder]
+        path = folder / READS / f"{reader}.json"
+        path.parent.mkdir(exist_ok=True)
+        written.append(atomic_write(path, json.dumps(sorted(keys), indent=0) + "\n"))
+    return written
+
+
+def inventory(folder: str | os.PathLike) -> pd.DataFrame:
+    """The cache files of ``folder`` and who reads them: columns file, key, readers (the ``reads/*.json`` records
+    naming the key, comma-separated; "" for a file no recorded reader asked for), sorted by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"inventory: no cache folder {folder}")
+    readers: dict[str, list[str]] = {}
+    for record in sorted((folder / READS).glob("*.json")):
+        for key in json.loads(record.read_text()):
+            readers.setdefault(key, []).append(record.stem)
+    rows = [{"file": path.name, "key": path.stem, "readers": ",".join(readers.get(path.stem, []))}
+            for path in sorted(folder.glob("*.json"))]
+    return pd.DataFrame(rows, columns=["file", "key", "readers"])
+
+
 def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
           cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False, progress: bool = True,
           key_config: Callable[[Any], Any] | None = None,
@@ -279,6 +323,7 @@ def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
     folder = Path(cache_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(folder)
+    _SERVED.setdefault(folder.resolve(), set()).update(keys)
     paths = [folder / f"{key}.json" for key in keys]
     rows: dict[int, pd.DataFrame] = {}
     for i, (path, identity, key) in enumerate(zip(paths, identities, keys)):
@@ -316,3 +361,27 @@ def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
     if not configs:
         return pd.DataFrame(columns=["config_key"])
     return pd.concat([_table(identities[i], rows[i], keys[i]) for i in range(len(configs))], ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m wmqlib.sweep", description="The cache folders' inventory.")
+    parser.add_argument("--inventory", type=Path, required=True, metavar="FOLDER",
+                        help="a cache folder (e.g. data/results/study-full): list the files no recorded reader asks for")
+    args = parser.parse_args(argv)
+    try:
+        table = inventory(args.inventory)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    unread = table[table["readers"] == ""]
+    readers = sorted({r for cell in table["readers"] for r in cell.split(",") if r})
+    print(f"{args.inventory}: {len(table)} files, read by {readers or 'no recorded reader'}; "
+          f"{len(unread)} read by none" + (":" if len(unread) else ""))
+    for name in unread["file"]:
+        print(f"  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
