@@ -69,8 +69,9 @@ print(len(settings), "settings")
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 cem = table[(table["planning"] == "CEM") & (table["latents"] == "visual+proprio")]
 rounds = table[table["planning"] == "MPC-CEM"].astype({"round": int})
-base = pd.concat([st.baseline_table(s) for s in study.values()] +
-                 [st.baseline_table(s).assign(baseline=lambda d: d["baseline"] + " (mpc)") for s in mpc.values()])
+base = pd.concat([st.baseline_table(s, results=S.results) for s in study.values()] +
+                 [st.baseline_table(s, results=S.results).assign(baseline=lambda d: d["baseline"] + " (mpc)")
+                  for s in mpc.values()])
 base_rates = stats.success_table(base, ["env", "baseline"])
 
 # %% [markdown] tags=[]
@@ -191,7 +192,8 @@ _ = plots.savefig(fig, "00_baseline", "imagined_rollouts", figures_dir=figures_d
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = findings.fp_verdicts(cem, [s for env in S.envs for s in (protocol[env], study[env])], S.budget)
+found = findings.fp_verdicts(cem, [s for env in S.envs for s in (protocol[env], study[env])], S.budget,
+                             S.results)
 print(verdicts.verdict_table(found).to_string(index=False))
 
 # %% [markdown] tags=[]

@@ -67,7 +67,7 @@ curve = stats.success_curve(open_loop, ["env", "bits"])
 final = st.per_episode(open_loop, S.budget)
 rho = stats.rank_correlation(final, "plan_loss", "state_dist", ["env", "bits"])
 end = st.per_episode(open_loop)  # at the last traced iteration
-base_rates = st.baseline_rates(fp_settings.values())
+base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
 
 # %% [markdown] tags=[]
 # ## Loss vs distance, and success after more CEM iterations
@@ -100,7 +100,8 @@ grid = plots.curves(curve, x="opt_steps", y="plan_loss", hue="bits", col="env", 
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "planning_loss", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=open_loop)
 round_curve = stats.success_curve(rounds, ["env", "bits"], step="round")
-mpc_base = st.baseline_rates([S.setting(ck, mpc=True) for ck in S.checkpoints])  # the MPC run's env-step budget
+# the MPC run's env-step budget
+mpc_base = st.baseline_rates([S.setting(ck, mpc=True) for ck in S.checkpoints], results=S.results)
 grid = plots.curves(round_curve, x="round", y="success_rate", hue="bits", col="env", band=("ci_low", "ci_high"),
                     baselines=mpc_base[mpc_base["baseline"] == "straight_line"],
                     xlabel="MPC rounds (success latched)")
@@ -130,8 +131,8 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = findings.misalignment_verdicts(final, rounds, findings.baselines_of(fp_settings), f"W{min(bits)}A16",
-                                       round_bits)
+found = findings.misalignment_verdicts(final, rounds, findings.baselines_of(fp_settings, S.results),
+                                       f"W{min(bits)}A16", round_bits)
 print(findings.report(found))
 
 # %% [markdown] tags=[]

@@ -278,3 +278,19 @@ def test_per_episode_reads_each_traced_setting_at_its_budget():
     assert list(out["success"]) == [False, True, True, True, True, False]
     last = st.per_episode(table)
     assert list(last["opt_steps"]) == [3, 3, 2, 2, 7, 7] and list(last["success"][:2]) == [True, True]
+
+
+def test_baselines_are_cached_like_any_setting(tiny, caches, tmp_path, monkeypatch):
+    s = setting(tiny, mpc=MPCConfig(max_rounds=2))
+    live = st.baseline_table(s, caches=caches)
+    cached = st.baseline_table(s, caches=caches, results="unit", cache_dir=tmp_path)
+    files = list((tmp_path / "unit").glob("*.json"))
+    assert len(files) == 1 and set(cached["config_key"]) == {files[0].stem}
+    pd.testing.assert_frame_equal(cached.drop(columns="config_key"), live)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("cached baselines were computed again")
+
+    monkeypatch.setattr(st.ev, "baselines", boom)
+    again = st.baseline_table(s, caches=caches, results="unit", cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(again, cached)

@@ -51,9 +51,11 @@ def judge(rule: Callable[..., Verdict], comparison: str, *series: pd.Series, **k
     return verdicts.with_strata(rule, "planner_seed", *verdicts.common(*series), comparison=comparison, **kwargs)
 
 
-def baselines_of(settings: Mapping[str, Setting], caches: Caches = CACHES) -> dict[str, dict[str, pd.Series]]:
-    """Per env, ``study.baseline_outcomes`` of its setting (the FP reference: the episodes every setting shares)."""
-    return {env: baseline_outcomes(s, caches) for env, s in settings.items()}
+def baselines_of(settings: Mapping[str, Setting], results: str | None = None, caches: Caches = CACHES
+                 ) -> dict[str, dict[str, pd.Series]]:
+    """Per env, ``study.baseline_outcomes`` of its setting (the FP reference: the episodes every setting shares),
+    cached in the sweep ``results`` when given."""
+    return {env: baseline_outcomes(s, caches, results) for env, s in settings.items()}
 
 
 def report(found: Sequence[Verdict]) -> str:
@@ -83,7 +85,7 @@ def markdown(found: Sequence[Verdict], decided: pd.DataFrame | None = None) -> s
     what the verdicts decided, e.g. 04's cheapest method) when given, then the verdict table without its why
     column. Every number in it is the verdicts' own."""
     table = verdicts.verdict_table(found)
-    counts = ", ".join(f"{(table['verdict'] == o).sum()} {o}" for o in verdicts.OUTCOMES if (table["verdict"] == o).any())
+    counts = ", ".join(f"{n} {o}" for o in verdicts.OUTCOMES if (n := int((table["verdict"] == o).sum())))
     episodes = sorted(set(table["episodes"]))
     parts = [f"{len(table)} verdicts ({counts}); episodes per comparison: {', '.join(episodes)}; each decided on "
              f"its Holm-adjusted p within this table."]
@@ -96,7 +98,7 @@ def markdown(found: Sequence[Verdict], decided: pd.DataFrame | None = None) -> s
 # ----- 00: FP against the trivial baselines ------------------------------------------------------------------------
 
 def fp_verdicts(table: pd.DataFrame, settings: Sequence[Setting], budget: Mapping[str, int],
-                caches: Caches = CACHES) -> list[Verdict]:
+                results: str | None = None, caches: Caches = CACHES) -> list[Verdict]:
     """F0 (``verdicts.fp_beats_baselines``) for each FP setting of ``table`` (traced CEM runs), read at its env's
     ``budget`` (or its own iterations when fewer), against the baselines on its episodes; in the order given."""
     found = []
@@ -104,7 +106,7 @@ def fp_verdicts(table: pd.DataFrame, settings: Sequence[Setting], budget: Mappin
         env = caches.resolved(s).env
         k, search = min(budget[env], s.planner.opt_steps), describe(s)["search"]
         fp = units(per_episode(table, k), env=env, search=search, **{"planner.opt_steps": s.planner.opt_steps})
-        found.append(verdicts.fp_beats_baselines(fp, baseline_outcomes(s, caches),
+        found.append(verdicts.fp_beats_baselines(fp, baseline_outcomes(s, caches, results),
                                                  comparison=f"{env}: FP {search} {k} it vs best baseline"))
     return verdicts.holm_adjusted(found)
 

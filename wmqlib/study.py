@@ -283,10 +283,11 @@ def outlier_table(setting: Setting, caches: Caches = CACHES) -> pd.DataFrame:
     return outlier_stats(p.fp, p.calibration).assign(env=p.run.env)
 
 
-def baseline_outcomes(setting: Setting, caches: Caches = CACHES) -> dict[str, pd.Series]:
-    """Per trivial baseline, its success on the setting's eval episodes (``baseline_table``) as a boolean Series
-    indexed by ``episode_seed``: the ``baselines`` argument of the verdict rules (``wmqlib.verdicts``)."""
-    table = baseline_table(setting, caches=caches)
+def baseline_outcomes(setting: Setting, caches: Caches = CACHES, results: str | None = None) -> dict[str, pd.Series]:
+    """Per trivial baseline, its success on the setting's eval episodes (``baseline_table``, cached in ``results``
+    when given) as a boolean Series indexed by ``episode_seed``: the ``baselines`` argument of the verdict rules
+    (``wmqlib.verdicts``)."""
+    table = baseline_table(setting, caches=caches, results=results)
     return {name: rows.set_index("seed")["success"].rename_axis("episode_seed").sort_index()
             for name, rows in table.groupby("baseline", sort=True)}
 
@@ -299,19 +300,48 @@ def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict
                       objective=setting.objective or ObjectiveConfig())
 
 
-def baseline_rates(settings: Sequence[Setting], caches: Caches = CACHES) -> pd.DataFrame:
+def baseline_rates(settings: Sequence[Setting], caches: Caches = CACHES, results: str | None = None) -> pd.DataFrame:
     """``stats.success_table`` by env and baseline of the settings' ``baseline_table``s (one setting per env: the
-    trivial baselines on its episodes with its planner's env-step budget)."""
-    return stats.success_table(pd.concat([baseline_table(s, caches=caches) for s in settings]), ["env", "baseline"])
+    trivial baselines on its episodes with its planner's env-step budget; cached in ``results`` when given)."""
+    return stats.success_table(pd.concat([baseline_table(s, caches=caches, results=results) for s in settings]),
+                               ["env", "baseline"])
 
 
-def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES) -> pd.DataFrame:
+@dataclass(frozen=True)
+class BaselineRun:
+    """The trivial baselines on an FP setting's eval episodes, executed open loop for ``steps`` env steps, random
+    draws from ``seed``: what one cached result of ``baseline_table`` holds."""
+    setting: Setting
+    steps: int
+    seed: int = 0
+
+
+def _run_baselines(run: BaselineRun, caches: Caches) -> pd.DataFrame:
+    p = prepare(run.setting, caches)
+    return ev.baselines(p.env, p.episodes, steps=run.steps, seed=run.seed)
+
+
+BASELINE_COLUMNS = ("episode", "seed", "baseline", "success", "state_dist")
+
+
+def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES, results: str | None = None,
+                   cache_dir: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
     """Trivial baselines (``wmqlib.evaluate.BASELINES``) on the setting's eval episodes with the planner's
-    env-step budget (horizon * frameskip * MPC rounds); one row per (episode, baseline), with env and steps."""
-    p = prepare(fp_of(setting), caches)
+    env-step budget (horizon * frameskip * MPC rounds); one row per (episode, baseline), with env and steps.
+    ``results``: the sweep (cache folder ``<cache_dir>/<results>``) that caches them like any setting, keyed by the
+    FP setting's identity, the steps and the seed, with a ``config_key`` column; None computes them here."""
+    fp = fp_of(setting)
+    p = prepare(fp, caches)
     rounds = 1 if setting.mpc is None else setting.mpc.max_rounds
     steps = setting.planner.horizon * p.fp.config.frameskip * rounds
-    table = ev.baselines(p.env, p.episodes, steps=steps, seed=seed)
+    if results is None:
+        table = ev.baselines(p.env, p.episodes, steps=steps, seed=seed)
+    else:
+        table = sweep([BaselineRun(fp, steps, seed)], partial(_run_baselines, caches=caches), results,
+                      cache_dir=cache_dir, progress=False,
+                      key_config=lambda r: {"baselines": caches.resolved(r.setting).identity, "steps": r.steps,
+                                            "baseline_seed": r.seed})
+        table = table[["config_key", *BASELINE_COLUMNS]]
     return table.assign(env=p.run.env, steps=steps)
 
 
