@@ -5,8 +5,12 @@
 # planning iterations do not help and the loss can even fall while the true distance to the goal does not. Here the
 # whole model is quantized with RTN at several bit widths and, on the same episodes and planner draws:
 #
-# - per episode, the final planning loss (what the model believes) against the true final distance to the goal
-#   (what the env measures), with Spearman's rank correlation and its interval per bit width;
+# - **within each episode**, whether the model's planning loss still ranks the same candidate plans (`candidates`
+#   plans drawn like CEM's first iteration, the same for every model) by their true outcome in the env: Spearman's
+#   rho per episode, low bits against FP, paired by episode (`wmqlib.alignment`);
+# - across episodes, the final planning loss (what the model believes) against the true final distance to the goal
+#   (what the env measures), with Spearman's rank correlation and its interval per bit width (descriptive: a model
+#   that plans worse also spans a narrower range of distances, so this mixes alignment with success);
 # - the planning loss over the open-loop CEM iterations of the long traced runs;
 # - success over **MPC rounds** (the paper's planning iterations; success latched per round), FP vs low bits.
 
@@ -26,6 +30,7 @@ scope = "all"              # "all", "encoder" or "predictor"
 bits = [8, 4, 3]           # quantized bit widths compared with FP
 long_bits = [4, 3]         # of these, traced to trace_steps (the others to the budget)
 round_bits = [4, 3]        # of these, run with MPC (success vs MPC rounds)
+candidates = 64            # candidate plans per episode scored by each model and executed in the env (alignment)
 group_size = None          # for "per-group"; None: profiles.group_size_for(encoder width)
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
@@ -48,13 +53,15 @@ S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, sampler
              trace_steps=trace_steps, mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
-settings, fp_settings = [], S.fp_settings()  # FP references (shared with 00, 01, 02)
+settings, fp_settings, aligned = [], S.fp_settings(), []  # FP references (shared with 00, 01, 02)
 for ck, env in zip(S.checkpoints, S.envs):
     g = group_size or pr.default_group_size(ck)
     settings += [fp_settings[env], S.setting(ck, mpc=True)]
+    aligned.append(fp_settings[env])
     for b in bits:
         recipe = P.recipe(method, b, granularity, g)
         settings.append(S.setting(ck, recipe=recipe, scope=scope, long=b in long_bits))
+        aligned.append(S.setting(ck, recipe=recipe, scope=scope))
         if b in round_bits:
             settings.append(S.setting(ck, recipe=recipe, scope=scope, mpc=True))
 print(len(settings), "settings")
@@ -68,6 +75,7 @@ final = st.per_episode(open_loop, S.budget)
 rho = stats.rank_correlation(final, "plan_loss", "state_dist", ["env", "bits"])
 end = st.per_episode(open_loop)  # at the last traced iteration
 base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
+alignment = st.alignment_table(aligned, S.results, samples=candidates)
 
 # %% [markdown] tags=[]
 # ## Loss vs distance, and success after more CEM iterations
@@ -85,6 +93,25 @@ summary["loss budget"] = final.groupby(keys)["plan_loss"].median().to_numpy()
 summary["loss long"] = end.groupby(keys)["plan_loss"].median().to_numpy()
 summary = summary.merge(rho.rename(columns={"rho": "spearman", "ci_low": "rho_low", "ci_high": "rho_high"}), on=keys)
 print(summary.to_string(index=False, float_format="%.3f"))
+
+# %% [markdown] tags=[]
+# ## Does the loss rank the same plans by their outcome? (within episodes)
+#
+# Per env and bit width: the per-episode Spearman rho between the model's planning loss and the true final distance
+# of the same candidate plans (mean, spread and quartiles over episodes; an episode whose candidates all score the
+# same loss has no rho), and the median true distance reached by the plan the model scores best next to that of the
+# best candidate.
+
+# %% tags=[]
+# NBVAL_CHECK_OUTPUT
+by_bits = alignment.groupby(["env", "bits"], sort=False)
+print(by_bits["rho"].describe().join(by_bits[["best_loss_distance", "best_distance"]].median())
+      .to_string(float_format="%.3f"))
+grid = plots.sns.catplot(data=alignment, x="bits", y="rho", col="env", kind="box", height=3.2, aspect=1.1,
+                         sharey=True)
+grid.set_axis_labels("weights", "rho(loss, true distance) per episode")
+_ = plots.savefig(grid.figure, "03_objective_misalignment", "alignment_within_episodes", figures_dir=figures_dir,
+                  profile=P.name, results=S.results, sources=alignment)
 
 # %% [markdown] tags=[]
 # ## Success over MPC rounds
@@ -117,10 +144,10 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 # %% [markdown] tags=[]
 # ## Conclusion
 #
-# - **F6 the planning loss stops predicting success** (per env, the lowest bit width vs FP): Spearman's rho between
-#   final loss and final distance drops decisively (paired bootstrap over episodes) and the low-bit rho is not
-#   decisively above 0 -> reproduced; the low-bit rho stays decisively positive -> not reproduced; *not testable*
-#   when FP's own loss does not predict the distance.
+# - **F6 the planning loss no longer ranks plans by their outcome at low bits** (per env, the lowest bit width vs
+#   FP, within episodes; `episode_verdicts.loss_misaligned`): the mean per-episode rho is decisively lower than FP's
+#   (sign-flip test over episodes) -> reproduced; it is within 0.1 of FP's (TOST) -> not reproduced; *not testable*
+#   when FP does not beat the trivial baselines or FP's own loss does not decisively rank the plans.
 # - **F4 more MPC rounds do not repair low bits** (per env and `round_bits`, whole model): per episode, the low-bit
 #   model's deficit to FP at round 1 and at the last round (`episode_verdicts.iterations_repair`). The paper's claim
 #   is *irreversible* (the deficit shrinks by less than 10 points, 90% interval) -> reproduced; *repaired* (it
@@ -131,7 +158,7 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = findings.misalignment_verdicts(final, rounds, findings.baselines_of(fp_settings, S.results),
+found = findings.misalignment_verdicts(alignment, final, rounds, findings.baselines_of(fp_settings, S.results),
                                        f"W{min(bits)}A16", round_bits)
 print(findings.report(found))
 

@@ -86,3 +86,10 @@ def test_f6_needs_three_episodes_with_both_rhos():
         f6([0.5, np.nan, 0.4], [0.6, 0.6, np.nan])
 
 
+
+
+def test_f6_a_decisive_change_inside_the_margin_is_negligible():
+    rng = np.random.default_rng(1)
+    f = 0.9 + 0.02 * rng.normal(size=50)
+    small = f6(f - 0.05 + 0.005 * rng.normal(size=50), f)  # decisively lower, but by 0.05 < 0.1
+    assert small.p < 0.05 and small.outcome == "not reproduced" and small.p_equivalence < 0.05

@@ -161,3 +161,20 @@ def test_markdown_counts_the_outcomes_and_quotes_the_table():
     assert lines[0] == "| finding | comparison | episodes | effect | p | p equiv | p Holm | mde | verdict |"
     assert "wall: W4 \\| per-channel" in lines[2] and lines[2].endswith("| reproduced |")
     assert len(lines) == 4
+
+
+def test_f6_reads_the_per_episode_alignment_of_the_low_bits_against_fp():
+    rng = np.random.default_rng(0)
+    fp_rho = np.clip(0.8 + 0.05 * rng.normal(size=N), -1, 1)
+
+    def alignment(low_rho: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"env": "wall", "bits": np.repeat(["FP", "W3A16"], N),
+                             "episode_seed": np.tile(np.arange(N), 2), "rho": np.r_[fp_rho, low_rho]})
+    final = pd.concat([rows("FP", "FP", 32, "-", FP), rows("RTN W3A16", "RTN", 3, "per-channel", successes((0, 5)))])
+    empty = final.iloc[:0].assign(round=1)
+    lost = findings.misalignment_verdicts(alignment(fp_rho - 0.5), final, empty, {"wall": base()}, "W3A16", [])
+    kept = findings.misalignment_verdicts(alignment(fp_rho + 0.01 * rng.normal(size=N)), final, empty,
+                                          {"wall": base()}, "W3A16", [])
+    assert [(v.finding, v.outcome) for v in lost] == [("F6 loss misaligned within episodes", "reproduced")]
+    assert lost[0].effect == pytest.approx(-0.5) and lost[0].episodes == N
+    assert kept[0].outcome == "not reproduced"  # within +-0.1 of FP's rho

@@ -186,33 +186,6 @@ def test_rank_correlation_per_group():
     assert out["rho"].tolist() == pytest.approx([0.8, -1.0])
 
 
-def test_min_detectable_correlation_formula():
-    assert stats.min_detectable_correlation(53) == pytest.approx(
-        math.tanh((Z95 + 0.8416212335729143) * math.sqrt(1.06 / 50)))
-    assert math.isnan(stats.min_detectable_correlation(3))
-
-
-def test_correlation_change_identical_is_zero_and_p_one():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=40)
-    y = x + rng.normal(size=40)
-    ch = stats.correlation_change(x, y, x, y, n_boot=500)
-    assert ch.effect == 0 and ch.ci_low == 0 and ch.ci_high == 0 and ch.p == 1
-
-
-def test_correlation_change_detects_a_lost_correlation_deterministically():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=60)
-    noise = rng.normal(size=60)
-    close = x + 0.1 * rng.normal(size=60)
-    first = stats.correlation_change(x, noise, x, close, n_boot=500, seed=3)
-    again = stats.correlation_change(x, noise, x, close, n_boot=500, seed=3)
-    assert first.ci_high < 0 and first.p < 0.01 and first.rho_b > 0.9
-    assert first.ci_low == again.ci_low
-    with pytest.raises(InvalidValue, match="one length"):
-        stats.correlation_change(x, noise, x[:5], noise)
-
-
 def test_success_tables_and_curves():
     t = pd.DataFrame({"s": ["a"] * 4 + ["b"] * 4, "round": [0, 0, 1, 1] * 2,
                       "success": [0, 1, 1, 1, 0, 0, 0, 1], "plan_loss": np.arange(8.0)})

@@ -294,3 +294,16 @@ def test_baselines_are_cached_like_any_setting(tiny, caches, tmp_path, monkeypat
     monkeypatch.setattr(st.ev, "baselines", boom)
     again = st.baseline_table(s, caches=caches, results="unit", cache_dir=tmp_path)
     pd.testing.assert_frame_equal(again, cached)
+
+
+def test_alignment_is_cached_per_setting_and_pairs_episodes(tiny, caches, tmp_path, monkeypatch):
+    fp, low = setting(tiny), setting(tiny, recipe=RTN(3))
+    table = st.alignment_table([fp, low], "unit", samples=8, caches=caches, cache_dir=tmp_path)
+    seeds = [e.seed for e in st.prepare(fp, caches).episodes]
+    assert len(table) == 2 * len(seeds) and list(table["bits"].unique()) == ["FP", "W3A16"]
+    for _, rows in table.groupby("bits"):
+        assert list(rows["episode_seed"]) == seeds and (rows["candidates"] == 8).all()
+    assert set(table["env"]) == {"wall"} and len(list((tmp_path / "unit").glob("*.json"))) == 2
+    monkeypatch.setattr(st, "candidate_alignment", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
+    again = st.alignment_table([fp, low], "unit", samples=8, caches=caches, cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(again, table)

@@ -118,28 +118,6 @@ def test_per_token_no_benefit_each_outcome():
     assert outcome(v.per_token_no_benefit({"W4A8": (same, same)}, WEAK_FP, BASELINES)) == "not testable"
 
 
-def _correlated(x, rng, noise):
-    return pd.Series(x + noise * rng.normal(size=x.size), index=pd.RangeIndex(x.size, name="unit"))
-
-
-def test_loss_stops_predicting_each_outcome():
-    rng = np.random.default_rng(0)
-    fp_loss = pd.Series(rng.normal(size=N), index=pd.RangeIndex(N, name="unit"))
-    fp_dist = _correlated(fp_loss.to_numpy(), rng, 0.3)
-    low_loss = pd.Series(rng.normal(size=N), index=fp_loss.index)
-    unrelated = pd.Series(rng.normal(size=N), index=fp_loss.index)
-    args = (fp_loss, fp_dist, FP, BASELINES)
-    assert outcome(v.loss_stops_predicting(low_loss, unrelated, *args)) == "reproduced"
-    assert outcome(v.loss_stops_predicting(low_loss, _correlated(low_loss.to_numpy(), rng, 0.3), *args)) == \
-        "not reproduced"
-    weakened = v.loss_stops_predicting(low_loss, _correlated(low_loss.to_numpy(), rng, 1.0), *args)
-    assert weakened.outcome == "inconclusive" and weakened.ci_high < 0
-    no_fp = v.loss_stops_predicting(low_loss, unrelated, fp_loss, unrelated, FP, BASELINES)
-    assert no_fp.outcome == "not testable" and "FP's own loss" in no_fp.why
-    assert outcome(v.loss_stops_predicting(low_loss, unrelated, fp_loss, fp_dist, WEAK_FP, BASELINES)) == \
-        "not testable"
-
-
 def test_baselines_broadcast_over_planner_seeds_and_units_must_match():
     index = pd.MultiIndex.from_product([[0, 1, 2], range(N)], names=["planner_seed", "episode_seed"])
     fp = pd.Series(np.tile(FP.to_numpy(), 3), index=index)

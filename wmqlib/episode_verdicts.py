@@ -14,10 +14,11 @@ several planner seeds its units form a cluster that counts once.
   at the first stage (FP rate - Q rate <= ``floor``).
 - ``loss_misaligned`` (F6, "at low bits the planning loss no longer ranks plans by their outcome"): per episode,
   Spearman's rho between the model's loss and the true outcome of the same candidate plans
-  (``wmqlib.alignment``), quantized vs FP, paired by episode. *Reproduced* when the quantized rho is decisively
-  lower (sign-flip test of the mean per-episode difference, Monte Carlo with a fixed seed, p < alpha); *not
-  reproduced* when the mean difference is provably within +-``rho_margin`` (TOST: its ``1 - 2 alpha`` normal
-  interval inside the margin); *inconclusive* otherwise; *not testable* when FP is not decisively above the best
+  (``wmqlib.alignment``), quantized vs FP, paired by episode. *Not reproduced* when the mean difference is
+  provably within +-``rho_margin`` (TOST: its ``1 - 2 alpha`` normal interval inside the margin; checked first, as
+  a change inside the margin is negligible even when decisive); *reproduced* when the quantized rho is decisively
+  lower (sign-flip test of the mean per-episode difference, Monte Carlo with a fixed seed, p < alpha);
+  *inconclusive* otherwise; *not testable* when FP is not decisively above the best
   baseline or FP's own mean rho is not decisively above 0 (the loss ranks nothing even at full precision).
 
 The MDE of both rules is the normal approximation (z_(1-alpha/2) + z_0.8) x the standard error of the mean change.
@@ -65,7 +66,7 @@ def iterations_repair(fp_first: pd.Series, q_first: pd.Series, fp_last: pd.Serie
     se = (decisive.ci_high - decisive.effect) / NormalDist().inv_cdf(1 - key / 2)
     numbers = (f"deficit {change.deficit_first * 100:+.0f} -> {change.deficit_last * 100:+.0f} points, change "
                f"{change.effect * 100:+.0f} [{change.ci_low * 100:+.0f}, {change.ci_high * 100:+.0f}] "
-               f"({1 - 2 * key:.4g}), p {change.p:.2g}, {change.clusters} episodes")
+               f"({(1 - 2 * key) * 100:.4g}%), p {change.p:.2g}, {change.clusters} episodes")
     why = _untestable(fp_last, baselines, [], alpha, floor)
     if why is None and change.deficit_first <= floor:
         why = f"no deficit to repair at the first stage: {numbers}"
@@ -119,10 +120,10 @@ def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
         why = f"FP's own loss does not decisively rank plans by outcome: {numbers}"
     if why is not None:
         outcome = "not testable"
+    elif effect - z2 * se > -rho_margin and effect + z2 * se < rho_margin:  # a change inside the margin is negligible
+        outcome, why = "not reproduced", f"alignment within +-{rho_margin} of FP's: {numbers}"
     elif p < key and effect < 0:
         outcome, why = "reproduced", f"the loss ranks plans decisively worse: {numbers}"
-    elif effect - z2 * se > -rho_margin and effect + z2 * se < rho_margin:
-        outcome, why = "not reproduced", f"alignment within +-{rho_margin} of FP's: {numbers}"
     else:
         outcome, why = "inconclusive", numbers
     p_tost = max(1 - normal.cdf((effect + rho_margin) / se), normal.cdf((effect - rho_margin) / se)) if se > 0 \

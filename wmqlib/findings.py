@@ -27,7 +27,7 @@ import pandas as pd
 
 from wmqlib import verdicts
 from wmqlib.caches import CACHES, Caches
-from wmqlib.episode_verdicts import iterations_repair
+from wmqlib.episode_verdicts import iterations_repair, loss_misaligned
 from wmqlib.setting import Setting
 from wmqlib.study import UNITS, baseline_outcomes, describe, per_episode
 from wmqlib.verdicts import Verdict
@@ -154,6 +154,8 @@ def round_verdicts(mpc: pd.DataFrame, fp: Mapping[str, Any], settings: Mapping[s
     """F4 as an interaction (``episode_verdicts.iterations_repair``) for each of ``settings`` (comparison name ->
     (the columns that select it in ``mpc``, one env's per-round MPC table; the paper's claim for it, "repaired" or
     "irreversible")): the change of its per-episode deficit to FP (selected by ``fp``) from round 1 to the last."""
+    if not settings:
+        return []
     last = int(mpc["round"].max())
     fp_first, fp_last = (units(mpc, round=r, **fp) for r in (1, last))
     found = []
@@ -181,16 +183,18 @@ def scope_verdicts(runs: pd.DataFrame, rounds: pd.DataFrame, baselines: Baseline
     return verdicts.holm_adjusted(found)
 
 
-def misalignment_verdicts(final: pd.DataFrame, rounds: pd.DataFrame, baselines: Baselines, low: str,
-                          round_bits: Sequence[int]) -> list[Verdict]:
-    """Per env: F6 (the loss stops predicting distance) for the ``low`` bits label against FP, then F4 for the whole
-    model at each of ``round_bits`` (the paper's claim at low bits: "irreversible")."""
+def misalignment_verdicts(alignment: pd.DataFrame, final: pd.DataFrame, rounds: pd.DataFrame, baselines: Baselines,
+                          low: str, round_bits: Sequence[int]) -> list[Verdict]:
+    """Per env: F6 within episodes (``episode_verdicts.loss_misaligned``: the per-episode rho of ``alignment``,
+    ``study.alignment_table``, of the ``low`` bits label against FP's, with FP's successes in ``final`` for
+    testability), then F4 for the whole model at each of ``round_bits`` (the paper's claim at low bits:
+    "irreversible")."""
     found = []
     for env, base in baselines.items():
-        of = {bits: [units(final, value, env=env, bits=bits) for value in ("plan_loss", "state_dist")]
-              for bits in (low, "FP")}
-        found.append(verdicts.loss_stops_predicting(*of[low], *of["FP"], units(final, env=env, bits="FP"), base,
-                                                    comparison=f"{env}: rho(loss, distance) {low} - FP"))
+        at = alignment[alignment["env"] == env].set_index("episode_seed")
+        q_rho, fp_rho = (at.loc[at["bits"] == bits, "rho"].sort_index() for bits in (low, "FP"))
+        found.append(loss_misaligned(q_rho, fp_rho, units(final, env=env, bits="FP"), base,
+                                     comparison=f"{env}: rho(loss, outcome) within episodes {low} - FP"))
         found += round_verdicts(rounds[rounds["env"] == env], {"bits": "FP"},
                                 {f"{env}: W{b}": ({"bits": f"W{b}A16"}, "irreversible") for b in round_bits}, base)
     return verdicts.holm_adjusted(found)

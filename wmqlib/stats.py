@@ -20,7 +20,7 @@ difference ``d = rate(a) - rate(b)``:
   ``1 - 2 alpha`` (90% for alpha 0.05) Tango interval lies inside ``(-margin, margin)``; p = the larger one-sided p.
 - ``min_detectable_effect``: the smallest ``|d|`` that the exact McNemar test detects with the stated power, from
   its exact power (``mcnemar_power``) under a stated discordance.
-- ``spearman`` / ``rank_correlation`` (Fisher z interval) and ``correlation_change`` (paired bootstrap).
+- ``spearman`` / ``rank_correlation`` (Fisher z interval).
 - Clusters (one episode planned under several planner seeds): ``mcnemar`` on all units pools the discordant pairs
   of all strata into one exact test, valid only when units are independent; it counts the same episode under two
   planner seeds as two units, which is optimistic when the episode rather than the draws decides. The study's
@@ -467,54 +467,3 @@ def rank_correlation(table: pd.DataFrame, x: str, y: str, by: str | Sequence[str
     return pd.DataFrame(rows, columns=[*by, "n", "rho", "ci_low", "ci_high"])
 
 
-def min_detectable_correlation(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest |rho| a two-sided Fisher-z test of rho = 0 detects at ``alpha`` with ``power`` on n pairs:
-    tanh((z_(1 - alpha/2) + z_power) sqrt(1.06 / (n - 3))); NaN for n <= 3."""
-    n = check_int("min_detectable_correlation: n", n, minimum=1)
-    if n <= 3:
-        return math.nan
-    return math.tanh((_NORMAL.inv_cdf(1 - alpha / 2) + _NORMAL.inv_cdf(power)) * math.sqrt(1.06 / (n - 3)))
-
-
-@dataclass(frozen=True)
-class CorrelationChange:
-    """rho(a) - rho(b) on the same units: ``effect``, its paired-bootstrap percentile interval and a two-sided
-    bootstrap p (see ``correlation_change``)."""
-    rho_a: float
-    rho_b: float
-    effect: float
-    ci_low: float
-    ci_high: float
-    p: float
-    n_boot: int
-
-
-def correlation_change(xa: Any, ya: Any, xb: Any, yb: Any, level: float = 0.95, n_boot: int = 2000,
-                       seed: int = 0) -> CorrelationChange:
-    """Test a change between two Spearman correlations measured on the SAME units (e.g. final planning loss vs
-    final distance, quantized ``(xa, ya)`` vs FP ``(xb, yb)``, all ``(N,)`` aligned by unit).
-
-    Paired bootstrap: units are resampled with replacement (one ``np.random.default_rng(seed)``, so the result is
-    deterministic), both correlations are recomputed on the same resample (ranks recomputed), and the percentile
-    interval of their difference is returned; p = 2 (k + 1) / (B + 1) with k the resampled differences on the
-    rarer side of 0, B the finite resamples. Units with a non-finite value in any of the four are dropped.
-    """
-    arrays = [np.asarray(v, dtype=float) for v in (xa, ya, xb, yb)]
-    if any(v.ndim != 1 or v.shape != arrays[0].shape for v in arrays):
-        raise InvalidValue(f"correlation_change: xa, ya, xb, yb must be 1-D of one length, got "
-                           f"{[v.shape for v in arrays]}")
-    n_boot = check_int("correlation_change: n_boot", n_boot, minimum=100)
-    level = check_float("correlation_change: level", level, minimum=0, maximum=1, strict=True)
-    keep = np.all([np.isfinite(v) for v in arrays], axis=0)
-    xa, ya, xb, yb = (v[keep] for v in arrays)
-    rho_a, rho_b = spearman(xa, ya).rho, spearman(xb, yb).rho
-    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
-    diffs = _pearson(_ranks(xa[idx]), _ranks(ya[idx])) - _pearson(_ranks(xb[idx]), _ranks(yb[idx]))
-    diffs = diffs[np.isfinite(diffs)]
-    if diffs.size < n_boot / 2 or not math.isfinite(rho_a - rho_b):
-        return CorrelationChange(rho_a, rho_b, rho_a - rho_b, math.nan, math.nan, math.nan, n_boot)
-    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    # (count + 1) / (B + 1): a bootstrap p is never 0, its resolution is 1 / B
-    tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
-    p = min(1.0, 2 * (tail + 1) / (diffs.size + 1))
-    return CorrelationChange(rho_a, rho_b, rho_a - rho_b, float(low), float(high), float(p), n_boot)

@@ -39,6 +39,7 @@ import torch
 
 from wmqlib import evaluate as ev
 from wmqlib import stats
+from wmqlib.alignment import ALIGNMENT_COLUMNS, candidate_alignment
 from wmqlib.caches import CACHES, Caches, provenance
 from wmqlib.envs import Episode, WmqEnv, make_env, sample_episodes
 from wmqlib.evaluate import collect_calibration
@@ -290,6 +291,41 @@ def baseline_outcomes(setting: Setting, caches: Caches = CACHES, results: str | 
     table = baseline_table(setting, caches=caches, results=results)
     return {name: rows.set_index("seed")["success"].rename_axis("episode_seed").sort_index()
             for name, rows in table.groupby("baseline", sort=True)}
+
+
+@dataclass(frozen=True)
+class AlignmentRun:
+    """``alignment.candidate_alignment`` of a setting's (quantized) model: ``samples`` candidate plans per episode
+    drawn with ``seed``, scored by the model and executed in the env; what one cached alignment result holds."""
+    setting: Setting
+    samples: int
+    seed: int = 0
+
+
+def _run_alignment(run: AlignmentRun, caches: Caches) -> pd.DataFrame:
+    p = prepare(run.setting, caches)
+    return candidate_alignment(p.model, p.env, p.episodes, run.setting.planner, run.samples, run.seed,
+                               run.setting.objective or ObjectiveConfig())
+
+
+def alignment_table(settings: Sequence[Setting], results: str, samples: int = 64, seed: int = 0,
+                    caches: Caches = CACHES, cache_dir: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+    """Per setting and episode, how well its model's planning loss ranks the same candidate plans by their true
+    outcome (``wmqlib.alignment``: Spearman rho over ``samples`` plans, the same plans for every setting of an
+    episode), cached in the sweep ``results`` like any setting (keyed by the setting's identity, ``samples`` and
+    ``seed``). One row per (setting, episode): config_key, the ``describe`` columns, then ``ALIGNMENT_COLUMNS``
+    with the episode's seed as ``episode_seed``."""
+    runs = [AlignmentRun(s, check_int("alignment_table: samples", samples, minimum=3), seed) for s in settings]
+
+    def identity(run: AlignmentRun) -> dict[str, Any]:
+        return {"alignment": caches.resolved(run.setting).identity, "samples": run.samples, "candidate_seed": run.seed}
+
+    table = sweep(runs, partial(_run_alignment, caches=caches), results, cache_dir=cache_dir, progress=False,
+                  key_config=identity)
+    labels = pd.DataFrame([{"config_key": config_key(identity(r)), "env": caches.resolved(r.setting).env,
+                            **describe(r.setting)} for r in runs])
+    return labels.merge(table[["config_key", *ALIGNMENT_COLUMNS]], on="config_key", how="right",
+                        validate="one_to_many").rename(columns={"seed": "episode_seed"})
 
 
 def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict[str, Any]:

@@ -42,7 +42,6 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -489,46 +488,6 @@ def per_token_no_benefit(pairs: Mapping[str, tuple[pd.Series, pd.Series]], fp: p
         outcome = "reproduced" if len(settled) == k else "inconclusive"
     return Verdict(finding, comparison, top.effect, top.ci_low, top.ci_high, top.level, top.p, top.mde, outcome,
                    counts)
-
-
-@rule
-def loss_stops_predicting(low_loss: pd.Series, low_dist: pd.Series, fp_loss: pd.Series, fp_dist: pd.Series,
-                          fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series],
-                          comparison: str = "rho(loss, distance): low-bit - FP", alpha: float = ALPHA,
-                          n_boot: int = 2000, seed: int = 0, key_alpha: float | None = None) -> Verdict:
-    """F6 "at low bits the planning loss stops predicting success": Spearman's rho between the final planning
-    loss and the final distance to the goal, low-bit vs FP on the same units (``stats.correlation_change``).
-
-    Not testable when FP is not decisively above the best baseline or FP's own rho is not decisively > 0 (the
-    loss does not predict distance even at full precision). Reproduced when the change is decisively negative
-    and the low-bit rho is not decisively > 0; not reproduced when the low-bit rho is decisively > 0 and the
-    change is not decisively negative; inconclusive otherwise. The mde is the smallest rho detectable at n.
-    """
-    alpha, key = _levels("F6", alpha, key_alpha)
-    z, z_key = (NormalDist().inv_cdf(1 - a / 2) for a in (alpha, key))
-    values = [_align(low_loss, s, name, float) for name, s in
-              (("low_loss", low_loss), ("low_dist", low_dist), ("fp_loss", fp_loss), ("fp_dist", fp_dist))]
-    change, change_key = (stats.correlation_change(*values, level=1 - a, n_boot=n_boot, seed=seed)
-                          for a in (alpha, key))
-    rho_low, rho_fp = stats.spearman(*values[:2], z), stats.spearman(*values[2:], z)
-    rho_low_key = stats.spearman(*values[:2], z_key)
-    mde = stats.min_detectable_correlation(rho_low.n, key, POWER)
-    rhos = f"rho low-bit {rho_low.rho:.2f} [{rho_low.ci_low:.2f}, {rho_low.ci_high:.2f}], FP {rho_fp.rho:.2f} " \
-           f"[{rho_fp.ci_low:.2f}, {rho_fp.ci_high:.2f}]"
-    why = _untestable(fp, baselines, [], alpha, 0.0)
-    if why is None and not rho_fp.ci_low > 0:
-        why = f"FP's own loss does not decisively predict distance: {rhos}"
-    if why is not None:
-        outcome = "not testable"
-    elif change_key.ci_high < 0 and not rho_low.ci_low > 0:
-        outcome, why = "reproduced", f"rho drops decisively, low-bit rho not above 0: {rhos}"
-    elif rho_low_key.ci_low > 0 and not change.ci_high < 0:
-        outcome, why = "not reproduced", f"low-bit loss still predicts distance: {rhos}"
-    else:
-        outcome, why = "inconclusive", f"change {change.effect:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}]: " \
-                                       f"{rhos}"
-    return Verdict("F6 loss stops predicting", comparison, change_key.effect, change_key.ci_low, change_key.ci_high,
-                   1 - key, change.p, mde, outcome, why)
 
 
 def _stratum(value: Any, level: str, key: Any) -> Any:
