@@ -9,8 +9,9 @@ import pytest
 import shutil
 
 from wmqlib.card import add_diagnostics, read_card, recipe_record
-from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, main, rate
+from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, main
 from wmqlib.envs import env_class
+from wmqlib.stats import success_summary
 from wmqlib.train import PRESETS, train
 
 
@@ -21,8 +22,8 @@ def tiny(tmp_path_factory):
     return root / "tiny", model
 
 
-def test_rate_is_the_share_with_its_wilson_interval():
-    r = rate(3, 4)
+def test_success_summary_is_the_share_with_its_wilson_interval():
+    r = success_summary(3, 4)
     assert r["success_rate"] == 0.75 and r["successes"] == 3 and r["episodes"] == 4
     # Wilson: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96, by hand for 3 of 4
     z, n, p = 1.96, 4, 0.75

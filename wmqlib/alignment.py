@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from wmqlib.envs import Episode, WmqEnv
-from wmqlib.plan import CEMConfig, Objective, ObjectiveConfig, PlanningModel, encode_observations
+from wmqlib.plan import CEMConfig, Objective, ObjectiveConfig, PlanningModel
 from wmqlib.stats import spearman
 from wmqlib.validate import check_int
 
@@ -46,10 +46,8 @@ def candidate_alignment(model: PlanningModel, env: WmqEnv, episodes: Sequence[Ep
     starts = np.stack([e.start_state for e in episodes])
     goals = np.stack([e.goal_state for e in episodes])
     plans = candidate_plans(model, episodes, planner, samples, seed)  # (E, S, H, Da)
-    size = env.render_size
     with torch.no_grad():
-        cost = Objective(model, encode_observations(model, env.observe(starts, size)),
-                         encode_observations(model, env.observe(goals, size)), objective)
+        cost = Objective.of_states(model, env, starts, goals, objective)
         loss = cost(plans).double().cpu().numpy()  # (E, S)
         raw = model.actions_to_env(plans).double().cpu().numpy()  # (E, S, H * frameskip, 2)
     e, s = loss.shape

@@ -15,7 +15,7 @@ from wmqlib.envs import make_env, sample_episodes
 from wmqlib.evaluate import evaluate
 from wmqlib.models import WorldModel
 from wmqlib.plan import CEMConfig
-from wmqlib.stats import wilson_interval
+from wmqlib.stats import success_summary
 from wmqlib.validate import atomic_write
 
 
@@ -26,11 +26,8 @@ def fp_planning_summary(model: WorldModel, env: str, n_episodes: int, opt_steps:
     planner = CEMConfig(opt_steps=opt_steps)
     episodes = sample_episodes(env, n_episodes, seed=99, split="eval", goal_H=5, frameskip=model.config.frameskip)
     table = evaluate(model, make_env(env, render_size=model.config.img_size), planner, episodes)
-    k, n = int(table["success"].sum()), len(table)
-    low, high = wilson_interval(k, n)
-    return {"planner": dataclasses.asdict(planner), "episodes": n, "successes": k, "success_rate": k / n,
-            "ci95": [round(low, 4), round(high, 4)], "mean_state_dist": float(table["state_dist"].mean()),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {"planner": dataclasses.asdict(planner), **success_summary(int(table["success"].sum()), len(table)),
+            "mean_state_dist": float(table["state_dist"].mean()), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _summary(r: dict[str, Any]) -> str:

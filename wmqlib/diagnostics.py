@@ -40,9 +40,9 @@ from wmqlib.envs.episodes import Episode
 from wmqlib.evaluate import baselines, evaluate
 from wmqlib.models import WorldModel, load_world_model
 from wmqlib.plan import CEMConfig, MPCConfig, ObjectiveConfig
-from wmqlib.plan.objective import Objective, encode_observations
+from wmqlib.plan.objective import Objective
 from wmqlib.probe import encode_frames, probe_frames, probe_model, state_components
-from wmqlib.stats import spearman, wilson_interval
+from wmqlib.stats import spearman, success_summary
 from wmqlib.validate import check_choice, check_int
 
 DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, math.inf)  # in units of the env's position success tolerance
@@ -87,13 +87,6 @@ def latent_alignment(model: WorldModel, env: str, n_traj: int = 100, traj_len: i
     return pd.DataFrame(rows)
 
 
-def rate(successes: int, n: int) -> dict[str, Any]:
-    """{"successes", "episodes", "success_rate", "ci95": Wilson 95% interval} of ``successes`` out of ``n``."""
-    low, high = wilson_interval(successes, n)
-    return {"successes": int(successes), "episodes": int(n), "success_rate": successes / n,
-            "ci95": [round(float(low), 4), round(float(high), 4)]}
-
-
 def demonstrated_plan_loss(model: WorldModel, env: str, episodes: list[Episode],
                            objective: ObjectiveConfig = ObjectiveConfig()) -> np.ndarray:
     """The model's planning loss of each episode's demonstrated (replayed) actions: float64 (E,)."""
@@ -102,8 +95,7 @@ def demonstrated_plan_loss(model: WorldModel, env: str, episodes: list[Episode],
     goals = np.stack([e.goal_state for e in episodes])
     actions = model.env_to_actions(np.stack([e.actions for e in episodes]))  # (E, H, Da)
     with torch.no_grad():
-        cost = Objective(model, encode_observations(model, renderer.observe(starts)),
-                         encode_observations(model, renderer.observe(goals)), objective)
+        cost = Objective.of_states(model, renderer, starts, goals, objective)
         return cost(actions[:, None]).reshape(-1).double().cpu().numpy()
 
 
@@ -131,7 +123,7 @@ def planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMC
     table = evaluate(model, make_env(env, render_size=model.config.img_size), planner, episodes, mpc=mpc,
                      objective=objective)
     seconds = time.perf_counter() - t0
-    out = {**rate(int(table["success"].sum()), len(table)), "seconds": round(seconds, 1)}
+    out = {**success_summary(int(table["success"].sum()), len(table)), "seconds": round(seconds, 1)}
     if mpc is None:
         out["seconds_per_cem_iteration"] = round(seconds / planner.opt_steps, 2)
     return out, table
@@ -149,10 +141,10 @@ def references(model: WorldModel, env: str, episodes: list[Episode], planner: CE
             continue
         t0 = time.perf_counter()
         table = simulator_plan(model, renderer, episodes, planner, closed)
-        out[name] = {**rate(int(table["success"].sum()), len(table)), "seconds": round(time.perf_counter() - t0, 1)}
+        out[name] = {**success_summary(int(table["success"].sum()), len(table)), "seconds": round(time.perf_counter() - t0, 1)}
     table = baselines(renderer, episodes, steps=planner.horizon * model.config.frameskip)
     for name, group in table.groupby("baseline", sort=False):
-        out[str(name)] = rate(int(group["success"].sum()), len(group))
+        out[str(name)] = success_summary(int(group["success"].sum()), len(group))
     return out
 
 

@@ -47,7 +47,7 @@ from wmqlib.plan import parse_planning
 from wmqlib.plots import frame_strip
 from wmqlib.profiles import default_group_size, make_profile
 from wmqlib.setting import SCOPES, Setting
-from wmqlib.stats import success_curve, wilson_interval
+from wmqlib.stats import success_curve, success_summary
 from wmqlib.sweep import SweepError
 from wmqlib.quant import recipe_types
 from wmqlib.validate import InvalidValue, check_int
@@ -74,14 +74,9 @@ def _set_image(image: widgets.Image, png: bytes) -> None:
     image.layout.display = None if png else "none"  # an empty image would show as a broken one
 
 
-def rate(successes: int, n: int) -> dict[str, float]:
-    """``{"successes", "n", "rate", "low", "high"}``: a success count with its Wilson 95% interval."""
-    low, high = wilson_interval(successes, n)
-    return {"successes": int(successes), "n": int(n), "rate": successes / n, "low": float(low), "high": float(high)}
-
-
 def _shown(r: Mapping[str, float]) -> str:
-    return f"{r['successes']}/{r['n']} = {r['rate']:.0%} [{r['low']:.0%}, {r['high']:.0%}]"
+    low, high = r["ci95"]
+    return f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%} [{low:.0%}, {high:.0%}]"
 
 
 class Explorer:
@@ -93,7 +88,7 @@ class Explorer:
     "study"), calibrations in ``<cache_dir>/calibration``. device, seed, samplers: as the notebooks' cells.
     checkpoint: the model selected first (shipped name or path). live: refresh whenever a control changes.
     ``result`` (set by ``refresh()``, None on bad input): ``setting``, ``cached`` (the result file or None), per
-    trivial baseline ``baselines[name]``; when cached ``success`` (each a ``rate(...)``), ``effective_bits`` and
+    trivial baseline ``baselines[name]``; when cached ``success`` (each a ``stats.success_summary``), ``effective_bits`` and
     ``per_episode`` (the rows at the budget, ``study.per_episode``).
     """
 
@@ -246,7 +241,7 @@ class Explorer:
             self.buttons["run"].layout.display = "none"
             table = self._read(setting, path)
             final = st.per_episode(table, k)
-            result["success"] = rate(int(final["success"].sum()), len(final))
+            result["success"] = success_summary(int(final["success"].sum()), len(final))
             result["effective_bits"] = float(final["effective_bits"].iloc[0])
             result["per_episode"] = final
             self.summary.value = (f"{title}<br><b>success {_shown(result['success'])}</b> (Wilson 95%) · "
@@ -277,7 +272,7 @@ class Explorer:
                setting.sampler, setting.planner.horizon, setting.mpc)  # what fixes the episodes and the env steps
         if key not in self._baselines:
             outcomes = st.baseline_outcomes(setting, self.caches)
-            self._baselines[key] = {name: rate(int(s.sum()), len(s)) for name, s in outcomes.items()}
+            self._baselines[key] = {name: success_summary(int(s.sum()), len(s)) for name, s in outcomes.items()}
         return self._baselines[key]
 
     def _curve(self, tables: Mapping[str, pd.DataFrame], k: int | None) -> bytes:

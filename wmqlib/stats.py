@@ -79,6 +79,14 @@ def _by(table: pd.DataFrame, by: str | Sequence[str], *columns: str) -> list[str
     return by
 
 
+def success_summary(successes: int, n: int) -> dict[str, Any]:
+    """A success count as the model cards, the diagnostics and the explorer report it: {"successes", "episodes",
+    "success_rate", "ci95": the Wilson 95% interval [low, high], rounded to 4 decimals}."""
+    low, high = wilson_interval(successes, n)
+    return {"successes": int(successes), "episodes": int(n), "success_rate": successes / n,
+            "ci95": [round(float(low), 4), round(float(high), 4)]}
+
+
 def success_rates(table: pd.DataFrame, by: str | Sequence[str], success: str = "success",
                   z: float = 1.96) -> pd.DataFrame:
     """Per group of ``by``: n units, successes, success_rate and its Wilson interval (ci_low, ci_high).

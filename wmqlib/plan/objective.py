@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -177,6 +177,14 @@ class Objective:
         self.model, self.start, self.goal, self.cfg, self.chunk = model, start, goal, cfg, chunk
         self.device, self.dtype = model_device_dtype(model)
         self.n_episodes = n_start
+
+    @classmethod
+    def of_states(cls, model: PlanningModel, env: Any, starts: Any, goals: Any,
+                  cfg: ObjectiveConfig = ObjectiveConfig()) -> "Objective":
+        """The objective of E episodes given by env states: starts and goals (E, state_dim) observed by ``env``
+        (a ``wmqlib.envs`` environment, at its render size) and encoded by ``model``."""
+        return cls(model, encode_observations(model, env.observe(starts)), encode_observations(model, env.observe(goals)),
+                   cfg)
 
     def _pieces(self, n_ep: int, n_samples: int) -> list[tuple[slice, slice]]:
         """(episodes, samples) blocks of at most ``chunk`` sequences that never split an episode's samples across
