@@ -135,7 +135,7 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
         card = read_card(Path(folder))
         if card is None or "diagnostics" not in card:
             continue
-        d, recipe = card["diagnostics"], _flat(card["recipe"])
+        d, recipe = card["diagnostics"], _flat(card["recipe"], card.get("architecture", {}))
         env = (card["recipe"].get("model") or card["architecture"])["env"]
         base = first.setdefault(env, recipe)
         row = {"name": Path(folder).name, "env": env,
@@ -150,10 +150,11 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A recipe dict with its architecture's fields as "model.<field>"."""
+def _flat(recipe: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict with its architecture's fields as "model.<field>": the recipe's nested ``model``, or for the
+    first shipped recipes (flat, no ``model``) the card's ``architecture``."""
     return {**{k: v for k, v in recipe.items() if k != "model"},
-            **{f"model.{k}": v for k, v in recipe.get("model", {}).items()}}
+            **{f"model.{k}": v for k, v in recipe.get("model", architecture).items()}}
 
 
 def read_card(folder: Path) -> dict[str, Any] | None:
