@@ -105,3 +105,9 @@ def test_the_record_lists_each_diagnosed_recipe_and_what_it_changed(tiny, tmp_pa
     shutil.copytree(folder, tmp_path / "tiny")
     assert main([str(tmp_path), "--record"]) == 0  # folders sorted: "other" is the base, "tiny" differs from it
     assert "joint_steps=3" in capsys.readouterr().out
+    flat = tmp_path / "flat"  # a first shipped recipe: no nested model, the architecture only in the card
+    shutil.copytree(folder, flat)
+    card = read_card(flat)
+    card["architecture"] = card["recipe"].pop("model")
+    (flat / "card.json").write_text(json.dumps(card))
+    assert list(recipe_record([flat, folder])["changes"]) == ["-", "-"]
