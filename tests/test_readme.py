@@ -1,5 +1,7 @@
-"""wmqlib.readme: the README's findings blocks are the notebooks' own printed findings, and a stale one is caught."""
+"""wmqlib.readme: the README's generated blocks are the notebooks' own printed findings and the candidates' record,
+and a stale one is caught."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -27,10 +29,10 @@ TEXT = "intro\n<!-- findings 01 -->\nold numbers\n<!-- /findings 01 -->\nmiddle\
 def test_blocks_are_rewritten_from_the_tagged_cells_and_staleness_is_caught(tmp_path):
     notebook(tmp_path, "01_one.ipynb", "| verdict | 3 |\n")
     notebook(tmp_path, "02_two.ipynb", "| a |\n")
-    assert readme.stale(TEXT, tmp_path) == ["01"]
-    new = readme.render(TEXT, tmp_path)
+    assert readme.stale(TEXT, tmp_path, tmp_path) == ["findings 01"]
+    new = readme.render(TEXT, tmp_path, tmp_path)
     assert new == TEXT.replace("old numbers\n", "| verdict | 3 |\n")
-    assert readme.stale(new, tmp_path) == [] and readme.render(new, tmp_path) == new  # idempotent
+    assert readme.stale(new, tmp_path, tmp_path) == [] and readme.render(new, tmp_path, tmp_path) == new
 
 
 def test_cli_check_exits_1_on_a_stale_block_and_the_rewrite_fixes_it(tmp_path, capsys):
@@ -38,8 +40,8 @@ def test_cli_check_exits_1_on_a_stale_block_and_the_rewrite_fixes_it(tmp_path, c
     notebook(tmp_path, "02_two.ipynb", "| a |\n")
     path = tmp_path / "README.md"
     path.write_text(TEXT)
-    args = ["--readme", str(path), "--notebooks", str(tmp_path)]
-    assert readme.main(args + ["--check"]) == 1 and "['01']" in capsys.readouterr().err
+    args = ["--readme", str(path), "--notebooks", str(tmp_path), "--candidates", str(tmp_path)]
+    assert readme.main(args + ["--check"]) == 1 and "['findings 01']" in capsys.readouterr().err
     assert path.read_text() == TEXT  # check changes nothing
     assert readme.main(args) == 0
     assert readme.main(args + ["--check"]) == 0 and "fresh\n" in path.read_text()
@@ -47,6 +49,7 @@ def test_cli_check_exits_1_on_a_stale_block_and_the_rewrite_fixes_it(tmp_path, c
 
 @pytest.mark.parametrize("text, match", [
     ("<!-- findings 01 -->\nx\n", "never closed"),
+    ("<!-- record -->\n<!-- /findings 01 -->\n", "unmatched"),
     ("<!-- /findings 01 -->\n", "unmatched"),
     ("<!-- findings 01 -->\n<!-- /findings 02 -->\n", "unmatched"),
     ("<!-- findings 07 -->\nx\n<!-- /findings 07 -->\n", "07_"),
@@ -54,20 +57,46 @@ def test_cli_check_exits_1_on_a_stale_block_and_the_rewrite_fixes_it(tmp_path, c
 def test_malformed_blocks_and_missing_notebooks_are_named(tmp_path, text, match):
     notebook(tmp_path, "01_one.ipynb", "x\n")
     with pytest.raises(InvalidValue, match=match):
-        readme.render(text, tmp_path)
+        readme.render(text, tmp_path, tmp_path)
 
 
 def test_a_notebook_without_its_findings_cell_or_not_executed_is_named(tmp_path):
     notebook(tmp_path, "01_one.ipynb", "x\n", tagged=False)
     with pytest.raises(InvalidValue, match="01_one.ipynb: expected one code cell tagged 'findings', found 0"):
-        readme.render(TEXT[:TEXT.index("middle")], tmp_path)
+        readme.render(TEXT[:TEXT.index("middle")], tmp_path, tmp_path)
     notebook(tmp_path, "01_one.ipynb", None)
     with pytest.raises(InvalidValue, match="printed nothing"):
-        readme.render(TEXT[:TEXT.index("middle")], tmp_path)
+        readme.render(TEXT[:TEXT.index("middle")], tmp_path, tmp_path)
 
 
 def test_the_readme_quotes_the_committed_notebooks():
-    """The stale-number test: every findings block of README.md is what its executed notebook printed."""
+    """The stale-number test: every generated block of README.md is what its executed notebook printed, and the
+    record is the candidates' cards."""
     text = (readme.PACKAGE_ROOT / "README.md").read_text()
-    assert len(readme.BLOCK.findall(text)) == 5
-    assert readme.stale(text, readme.PACKAGE_ROOT / "notebooks") == [], "run python -m wmqlib.readme"
+    assert len(readme.BLOCK.findall(text)) == 6
+    root = readme.PACKAGE_ROOT
+    assert readme.stale(text, root / "notebooks", root / "data" / "candidates") == [], "run python -m wmqlib.readme"
+
+
+def card(folder: Path, recipe: dict, open_loop: int) -> None:
+    folder.mkdir()
+    planning = {"open_loop": {"successes": open_loop, "episodes": 50, "success_rate": open_loop / 50,
+                              "ci95": [0.1, 0.9]}}
+    (folder / "card.json").write_text(json.dumps({
+        "recipe": recipe, "architecture": {"env": "wall"}, "seconds": {"total": 60.0},
+        "diagnostics": {"probe": {"error_over_tolerance": 0.5}, "planning": planning, "exploitation": None,
+                        "latent_alignment": [{"low": 0, "high": 4.5, "spearman": 0.9}]}}))
+
+
+def test_the_record_block_is_the_candidates_cards(tmp_path):
+    card(tmp_path / "a", {"seed": 0, "joint_steps": 10}, 20)
+    card(tmp_path / "b", {"seed": 0, "joint_steps": 20}, 40)
+    (tmp_path / "c").mkdir()  # no card: not a diagnosed candidate
+    text = readme.record(tmp_path)
+    lines = text.splitlines()
+    assert lines[0].startswith("| name | env | train_s | probe | spearman | open_loop |") and len(lines) == 4
+    assert lines[2].startswith("| a | wall | 60.0 | 0.5 | 0-4.5: 0.90 | 40% [10%, 90%] | - |")
+    assert lines[3].endswith("| - | - | - | - | - | joint_steps=20 |")
+    block = "x\n<!-- record -->\nold\n<!-- /record -->\n"
+    assert readme.stale(block, tmp_path, tmp_path) == ["record"]
+    assert readme.render(block, tmp_path, tmp_path) == f"x\n<!-- record -->\n{text}<!-- /record -->\n"

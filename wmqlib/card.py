@@ -128,8 +128,9 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
     skipped), in the given order. Columns: name, env, changes (the recipe fields whose value differs from, or is
     absent in, the first row of the same env; "model.<field>" for the architecture), train_s (the card's total seconds), probe (largest error
     over tolerance), spearman (per distance bin, "low-high: rho"), then per planning run of its diagnostics
-    "<run>" as "rate [ci95]" (e.g. open_loop, open_loop_visual_only, mpc, visual_only, proprio_only), and
-    exploitation (the rate, or "-" without demonstrated plans)."""
+    "<run>" as "rate [ci95]" (e.g. open_loop, open_loop_visual_only, mpc, visual_only, proprio_only), the same for
+    each of its references (simulator_open_loop, simulator_mpc, straight_line, ...), and exploitation (the rate, or
+    "-" without demonstrated plans)."""
     rows, first = [], {}
     for folder in folders:
         card = read_card(Path(folder))
@@ -143,7 +144,7 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
                "train_s": card.get("seconds", {}).get("total"),
                "probe": d["probe"]["error_over_tolerance"],
                "spearman": "; ".join(f"{b['low']:g}-{b['high']:g}: {b['spearman']:.2f}" for b in d["latent_alignment"])}
-        for run, value in d["planning"].items():
+        for run, value in [*d["planning"].items(), *d.get("references", {}).items()]:
             row[run] = f"{value['success_rate']:.0%} [{value['ci95'][0]:.0%}, {value['ci95'][1]:.0%}]"
         row["exploitation"] = "-" if d["exploitation"] is None else f"{d['exploitation']['rate']:.0%}"
         rows.append(row)

@@ -1,12 +1,15 @@
-"""The README's generated blocks: each notebook's findings as the notebook printed them, so every number in them is
-the notebook's own, and a stale one fails a test (tests/test_readme.py).
+"""The README's generated blocks, so every number in them comes from the data and a stale one fails a test
+(tests/test_readme.py).
 
-A block is the text between the lines ``<!-- findings NN -->`` and ``<!-- /findings NN -->``, NN a numbered
-notebook's two-digit prefix; its content is the text output of that notebook's cell tagged ``findings`` (which
-prints ``findings.markdown`` of its verdicts), read from the executed notebook in ``notebooks/`` (the full
-profile's, committed).
+A block is the text between the lines ``<!-- NAME -->`` and ``<!-- /NAME -->``:
 
-    python -m wmqlib.readme            # rewrite the README's blocks from the executed notebooks
+- ``findings NN`` (NN a numbered notebook's two-digit prefix): the text output of that notebook's cell tagged
+  ``findings`` (which prints ``findings.markdown`` of its verdicts), read from the executed notebook in
+  ``notebooks/`` (the full profile's, committed);
+- ``record``: the record of every candidate model diagnosed under ``data/candidates/`` (``card.recipe_record``) as
+  a markdown table.
+
+    python -m wmqlib.readme            # rewrite the README's blocks
     python -m wmqlib.readme --check    # exit 1 naming every stale block, change nothing
 """
 
@@ -19,12 +22,18 @@ from pathlib import Path
 
 import nbformat
 
+from wmqlib.card import recipe_record
+from wmqlib.findings import markdown_table
 from wmqlib.validate import InvalidValue, atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and the committed notebooks
 TAG = "findings"
-BLOCK = re.compile(r"^<!-- findings (\d\d) -->\n(.*?)^<!-- /findings \1 -->$", re.M | re.S)
-OPEN = re.compile(r"^<!-- (/?)findings (\d\d) -->$", re.M)
+NAMES = r"findings \d\d|record"
+BLOCK = re.compile(rf"^<!-- ({NAMES}) -->\n(.*?)^<!-- /\1 -->$", re.M | re.S)
+OPEN = re.compile(rf"^<!-- (/?)({NAMES}) -->$", re.M)
+RECORD_COLUMNS = ("name", "env", "train_s", "probe", "spearman", "open_loop", "open_loop_visual_only", "mpc",
+                  "visual_only", "proprio_only", "exploitation", "straight_line", "simulator_open_loop",
+                  "simulator_mpc", "changes")
 
 
 def notebook_findings(path: Path) -> str:
@@ -51,51 +60,64 @@ def _notebook(folder: Path, prefix: str) -> Path:
 def _check_markers(text: str) -> None:
     """InvalidValue unless every opening marker is closed by its own closing marker before the next one."""
     markers = [(m.group(1) == "/", m.group(2), text.count("\n", 0, m.start()) + 1) for m in OPEN.finditer(text)]
-    for i, (closing, prefix, line) in enumerate(markers):
-        expected_closing = i % 2 == 1
-        if closing != expected_closing or (closing and markers[i - 1][1] != prefix):
-            raise InvalidValue(f"README line {line}: unmatched marker '<!-- {'/' if closing else ''}findings "
-                               f"{prefix} -->'; blocks are '<!-- findings NN -->' ... '<!-- /findings NN -->'")
+    for i, (closing, name, line) in enumerate(markers):
+        if closing != (i % 2 == 1) or (closing and markers[i - 1][1] != name):
+            raise InvalidValue(f"README line {line}: unmatched marker '<!-- {'/' if closing else ''}{name} -->'; "
+                               f"blocks are '<!-- NAME -->' ... '<!-- /NAME -->', NAME one of {NAMES!r}")
     if len(markers) % 2:
-        raise InvalidValue(f"README line {markers[-1][2]}: 'findings {markers[-1][1]}' is never closed")
+        raise InvalidValue(f"README line {markers[-1][2]}: '{markers[-1][1]}' is never closed")
 
 
-def render(text: str, notebooks: Path) -> str:
-    """``text`` (a README) with every block's content replaced by its notebook's findings."""
+def record(candidates: Path) -> str:
+    """The ``record`` block: ``card.recipe_record`` of the folders under ``candidates`` (sorted by name) as a
+    markdown table; "-" where a candidate lacks a run."""
+    table = recipe_record(sorted(p for p in Path(candidates).iterdir() if p.is_dir()))
+    table = table.reindex(columns=list(RECORD_COLUMNS)).astype(object).fillna("-")
+    return markdown_table(table) + "\n"
+
+
+def content(name: str, notebooks: Path, candidates: Path) -> str:
+    """What the block ``name`` holds now."""
+    if name == "record":
+        return record(candidates)
+    return notebook_findings(_notebook(notebooks, name.split()[1]))
+
+
+def render(text: str, notebooks: Path, candidates: Path) -> str:
+    """``text`` (a README) with every block's content replaced by what it holds now (``content``)."""
     _check_markers(text)
-    return BLOCK.sub(lambda m: f"<!-- findings {m.group(1)} -->\n"
-                               f"{notebook_findings(_notebook(notebooks, m.group(1)))}<!-- /findings {m.group(1)} -->",
-                     text)
+    return BLOCK.sub(lambda m: f"<!-- {m.group(1)} -->\n{content(m.group(1), notebooks, candidates)}"
+                               f"<!-- /{m.group(1)} -->", text)
 
 
-def stale(text: str, notebooks: Path) -> list[str]:
-    """The prefixes of the blocks of ``text`` whose content differs from their notebook's findings."""
+def stale(text: str, notebooks: Path, candidates: Path) -> list[str]:
+    """The names of the blocks of ``text`` whose content differs from what they hold now."""
     _check_markers(text)
-    return [m.group(1) for m in BLOCK.finditer(text)
-            if m.group(2) != notebook_findings(_notebook(notebooks, m.group(1)))]
+    return [m.group(1) for m in BLOCK.finditer(text) if m.group(2) != content(m.group(1), notebooks, candidates)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wmqlib.readme", description=__doc__.split("\n\n")[0])
     parser.add_argument("--readme", type=Path, default=PACKAGE_ROOT / "README.md")
     parser.add_argument("--notebooks", type=Path, default=PACKAGE_ROOT / "notebooks")
+    parser.add_argument("--candidates", type=Path, default=PACKAGE_ROOT / "data" / "candidates")
     parser.add_argument("--check", action="store_true", help="exit 1 naming the stale blocks; change nothing")
     args = parser.parse_args(argv)
     text = args.readme.read_text()
     try:
         if args.check:
-            old = stale(text, args.notebooks)
+            old = stale(text, args.notebooks, args.candidates)
             if old:
-                print(f"{args.readme}: stale findings blocks {old}; run python -m wmqlib.readme", file=sys.stderr)
+                print(f"{args.readme}: stale generated blocks {old}; run python -m wmqlib.readme", file=sys.stderr)
                 return 1
             return 0
-        new = render(text, args.notebooks)
+        new = render(text, args.notebooks, args.candidates)
     except InvalidValue as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if new != text:
         atomic_write(args.readme, new)
-    print(f"{args.readme}: {len(BLOCK.findall(new))} findings blocks up to date")
+    print(f"{args.readme}: {len(BLOCK.findall(new))} generated blocks up to date")
     return 0
 
 
