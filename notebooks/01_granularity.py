@@ -202,8 +202,11 @@ _ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figure
 #   FP -> not reproduced.
 # - **F1c W3 breaks planning** (each weight-only W3 setting): decisively below FP and not decisively above the best
 #   trivial baseline -> reproduced; equivalent to FP, or still decisively above the best baseline -> not reproduced.
-# - **F2a groups stabilise W4** / **F2b groups do not rescue W3** (per method): per-group vs per-channel, and per-group
-#   W3 vs FP.
+# - **F2a groups stabilise W4** (per method): per-group W4 decisively above per-channel -> reproduced; equivalent or
+#   below -> not reproduced.
+# - **F2b groups do not rescue W3** (per method): a rescue brings W3 back to FP, so per-group W3 is judged against FP:
+#   decisively below FP -> reproduced (`why` adds how much the groups recover against per-channel W3); equivalent to
+#   FP -> not reproduced.
 # - **F3 per-token gives no consistent benefit** (per env, over every weight + activation pair at its longest budget):
 #   per-token decisively better in any pair (Bonferroni) -> not reproduced; equivalent or worse in every pair ->
 #   reproduced.

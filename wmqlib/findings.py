@@ -133,7 +133,8 @@ def granularity_verdicts(runs: pd.DataFrame, longest: pd.DataFrame, baselines: B
         for (_, _, b), row in pairs.iterrows():
             rule = GROUP_RULES.get(int(b))
             if rule is not None:
-                found.append(judge(rule, f"{env}: {row['per-group']} vs {row['per-channel']}", at[row["per-group"]],
+                versus = "FP" if rule is verdicts.groups_do_not_rescue_w3 else row["per-channel"]  # its key comparison
+                found.append(judge(rule, f"{env}: {row['per-group']} vs {versus}", at[row["per-group"]],
                                    at[row["per-channel"]], fp, baselines=base))
         wa = longest[longest["env"] == env]
         tensor_token = wa.pivot_table(index=["method", "configuration", "bits"], columns="acts", values="label",
