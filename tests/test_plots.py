@@ -127,6 +127,13 @@ def test_curves_bands_take_their_line_colours():
     assert ax.get_xlabel() == "MPC rounds" and ax.get_ylabel() == "success rate (95% interval)"
 
 
+def test_curves_shade_only_the_bands_asked_for():
+    grid = plots.curves(_curve_table(), "round", "success_rate", hue="setting", band=("ci_low", "ci_high"),
+                        band_levels=["FP"])
+    bands = [to_rgba(c.get_facecolor()[0][:3]) for c in grid.ax.collections]
+    assert bands == [to_rgba(plots.FP_COLOUR)]  # FP's band alone; W4 and W3 stay lines
+
+
 def test_curves_fit_the_y_axis_to_low_rates_and_leave_other_values_alone():
     grid = plots.curves(_curve_table(), "round", "success_rate", hue="setting", band=("ci_low", "ci_high"))
     low, high = grid.ax.get_ylim()

@@ -250,10 +250,12 @@ def _errorbars(ax: plt.Axes, table: pd.DataFrame, x: str, hue: str | None, order
 def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str | None = None,
            band: tuple[str, str] | None = None, logy: bool = False, baselines: pd.DataFrame | None = None,
            reference: pd.DataFrame | None = None, xlabel: str | None = None, ylabel: str | None = None,
-           title: str | None = None, marker: str | None = None) -> sns.FacetGrid:
+           title: str | None = None, marker: str | None = None, band_levels: Sequence[Any] | None = None
+           ) -> sns.FacetGrid:
     """Line plot of ``y`` against ``x`` (success vs CEM iterations or MPC rounds, planning loss, ...).
 
-    band: the (low, high) columns of the interval shaded around each line, in the line's own colour.
+    band: the (low, high) columns of the interval shaded around each line, in the line's own colour; band_levels:
+        the hue levels whose band is shaded (None: every line's), so many overlapping bands can be left out.
     baselines / reference: as in ``success_bars`` (trivial baselines as grey lines; FP as a near-black line with
         its band when it is not one of the ``hue`` curves; a hue level named "FP" is drawn near-black too).
     xlabel: name the axis ("CEM iterations", "MPC rounds"); ylabel: default "success rate (95% interval)" for
@@ -276,7 +278,7 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
         sub = _facet_rows(table, col, key)
         drawn = list(sub[y])
         for name, g in (sub.groupby(hue, sort=False) if hue else [(None, sub)]):
-            if band is not None:
+            if band is not None and (band_levels is None or name in band_levels):
                 g = g.sort_values(x)
                 ax.fill_between(g[x], g[band[0]], g[band[1]], alpha=BAND_ALPHA, color=colours[name], lw=0)
                 drawn += list(g[band[1]])
