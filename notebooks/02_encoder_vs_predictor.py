@@ -34,7 +34,7 @@ seeded_bits = [4, 3]       # bit widths run with every planner seed in seeded_en
 long_bits = [4]            # bit widths traced to trace_steps open-loop CEM iterations for both scopes
 round_bits = [4]           # bit widths run with MPC for both scopes (success vs MPC rounds)
 show_bits = 3              # bit width of the decoded failure examples
-show_episodes = [0]        # evaluation episodes drawn
+show_episodes = 1          # evaluation episodes drawn per env: FP solves them and quantized parts fail (if any do)
 group_size = None          # for "per-group"; None: profiles.group_size_for(encoder width)
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
@@ -163,13 +163,17 @@ _ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_vs_rounds", f
 
 # %% tags=[]
 rows, labels = [], []
-for (env, b, scope), s in scoped.items():
-    if b == show_bits:
-        for e in show_episodes:
-            frames = st.imagine(s, e)
+for env in S.envs:
+    shown = st.contrast_episodes(first, {"env": env, "method": "FP"},
+                                 [{"env": env, "w_bits": show_bits, "scope": scope} for scope in SCOPES], show_episodes)
+    for e in shown:
+        for scope in SCOPES:
+            frames = st.imagine(scoped[env, show_bits, scope], e)
             rows += [list(frames["real"]) + list(frames["goal"]), frames["seen"], frames["imagined"]]
             labels += [f"{env} {e} {scope}: real + goal", "encoded", "imagined"]
-fig = plots.frame_strip(rows, labels, title=f"W{show_bits} on the encoder vs the predictor: real, encoded, imagined")
+horizon = len(rows[0]) - 1
+fig = plots.frame_strip(rows, labels, title=f"W{show_bits} on the encoder vs the predictor: real, encoded, imagined",
+                        columns=[f"t={t}" for t in range(horizon)] + ["goal"])
 _ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_dir=figures_dir,
                   profile=P.name, results=S.results)
 

@@ -254,3 +254,11 @@ def test_curves_mark_the_measured_points_when_asked():
     assert [line.get_marker() for line in marked.ax.lines[:1]] == ["o"]
     assert plain.ax.lines[0].get_marker() in ("None", None, "")
     plt.close("all")
+
+
+def test_frame_strip_titles_its_columns():
+    frames = np.zeros((3, 4, 4, 3), dtype=np.uint8)
+    fig = plots.frame_strip([frames, frames[:2]], ["real + goal", "imagined"], columns=["t=0", "t=1", "goal"])
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["t=0", "t=1", "goal"]
+    with pytest.raises(ValueError, match="columns must title every column"):
+        plots.frame_strip([frames], ["real"], columns=["t=0"])

@@ -307,3 +307,14 @@ def test_alignment_is_cached_per_setting_and_pairs_episodes(tiny, caches, tmp_pa
     monkeypatch.setattr(st, "candidate_alignment", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     again = st.alignment_table([fp, low], "unit", samples=8, caches=caches, cache_dir=tmp_path)
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_contrast_episodes_prefer_what_fp_solves_and_quantization_breaks():
+    def rows(label, success):
+        return pd.DataFrame({"label": label, "episode": range(len(success)), "success": success})
+    runs = pd.concat([rows("FP", [0, 1, 1, 1, 1]), rows("enc", [0, 1, 0, 1, 0]), rows("pred", [1, 1, 1, 0, 0])])
+    others = [{"label": "enc"}, {"label": "pred"}]
+    assert st.contrast_episodes(runs, {"label": "FP"}, others, k=3) == [4, 2, 3]  # both fail, then one, then one
+    assert st.contrast_episodes(runs, {"label": "FP"}, others, k=5) == [4, 2, 3, 1, 0]
+    with pytest.raises(ValueError, match="must select one setting"):
+        st.contrast_episodes(runs, {"label": "W2"}, others)

@@ -297,11 +297,16 @@ def curves(table: pd.DataFrame, x: str, y: str, hue: str | None = None, col: str
     return grid
 
 
-def frame_strip(rows: Sequence[np.ndarray], labels: Sequence[str], title: str | None = None) -> plt.Figure:
-    """Show image sequences as rows of a grid: each ``rows[i]`` is uint8 or float (T, H, W, 3) (floats in [-1, 1])."""
+def frame_strip(rows: Sequence[np.ndarray], labels: Sequence[str], title: str | None = None,
+                columns: Sequence[str] | None = None) -> plt.Figure:
+    """Show image sequences as rows of a grid: each ``rows[i]`` is uint8 or float (T, H, W, 3) (floats in [-1, 1]);
+    ``columns`` titles the columns (default "t=0", "t=1", ...)."""
     if len(rows) != len(labels):
         raise ValueError(f"labels must name every row: got {len(labels)} labels for {len(rows)} rows")
     t = max(len(r) for r in rows)
+    columns = [f"t={c}" for c in range(t)] if columns is None else list(columns)
+    if len(columns) != t:
+        raise ValueError(f"columns must title every column: got {len(columns)} titles for {t} columns")
     fig, axes = plt.subplots(len(rows), t, figsize=(1.3 * t, 1.4 * len(rows)), squeeze=False)
     for r, (seq, label) in enumerate(zip(rows, labels)):
         for c in range(t):
@@ -317,7 +322,7 @@ def frame_strip(rows: Sequence[np.ndarray], labels: Sequence[str], title: str | 
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
             if r == 0:
-                ax.set_title(f"t={c}", fontsize=8)
+                ax.set_title(columns[c], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

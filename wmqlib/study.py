@@ -328,6 +328,28 @@ def alignment_table(settings: Sequence[Setting], results: str, samples: int = 64
                         validate="one_to_many").rename(columns={"seed": "episode_seed"})
 
 
+def contrast_episodes(runs: pd.DataFrame, reference: Mapping[str, Any], others: Sequence[Mapping[str, Any]],
+                      k: int = 1) -> list[int]:
+    """Up to ``k`` eval-episode indices (column ``episode`` of a per-episode table, one planner seed) to show what
+    quantization breaks: first those the ``reference`` setting (the rows whose columns equal it, e.g. FP) solves and
+    every one of ``others`` fails, then those it solves and some fail, then any it solves, then the first ones."""
+    def solved(match: Mapping[str, Any]) -> pd.Series:
+        rows = runs
+        for column, value in match.items():
+            rows = rows[rows[column] == value]
+        if rows.empty or not rows["episode"].is_unique:
+            raise ValueError(f"contrast_episodes: {dict(match)} must select one setting's episodes, got {len(rows)} "
+                             "rows")
+        return rows.set_index("episode")["success"].astype(bool)
+    ref = solved(reference)
+    fails = pd.concat([~solved(m).reindex(ref.index, fill_value=False) for m in others], axis=1)
+    order = [ref & fails.all(axis=1), ref & fails.any(axis=1), ref, pd.Series(True, index=ref.index)]
+    chosen: list[int] = []
+    for mask in order:
+        chosen += [int(e) for e in mask[mask].index if e not in chosen]
+    return chosen[:k]
+
+
 def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict[str, Any]:
     """``wmqlib.evaluate.imagine`` for eval episode ``episode`` of ``setting`` (its quantized model, planner and
     episodes): real, seen and imagined frames, and the goal."""
