@@ -133,7 +133,8 @@ def granularity_verdicts(runs: pd.DataFrame, longest: pd.DataFrame, baselines: B
         for (_, _, b), row in pairs.iterrows():
             rule = GROUP_RULES.get(int(b))
             if rule is not None:
-                versus = "FP" if rule is verdicts.groups_do_not_rescue_w3 else row["per-channel"]  # its key comparison
+                versus = f"FP (rescue of {row['per-channel']})" if rule is verdicts.groups_do_not_rescue_w3 \
+                    else row["per-channel"]  # the rule's key comparison
                 found.append(judge(rule, f"{env}: {row['per-group']} vs {versus}", at[row["per-group"]],
                                    at[row["per-channel"]], fp, baselines=base))
         wa = longest[longest["env"] == env]
