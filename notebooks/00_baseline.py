@@ -166,7 +166,8 @@ _ = plots.savefig(grid.figure, "00_baseline", "success_vs_rounds", figures_dir=f
                   profile=P.name, results=S.results, sources=rounds)
 
 grid = plots.curves(curve, x="opt_steps", y="plan_loss", hue="search", col="env", logy=True,
-                    xlabel="CEM iterations (open loop)", ylabel="median planning loss")
+                    band=("plan_loss_q25", "plan_loss_q75"),
+                    xlabel="CEM iterations (open loop)", ylabel="planning loss (median, quartiles)")
 _ = plots.savefig(grid.figure, "00_baseline", "planning_loss", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=cem)
 

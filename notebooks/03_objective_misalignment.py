@@ -123,7 +123,8 @@ print(per_round.pivot_table(index=["env", "bits"], columns="round", values="succ
 
 # %% tags=[]
 grid = plots.curves(curve, x="opt_steps", y="plan_loss", hue="bits", col="env", logy=True,
-                    xlabel="CEM iterations (open loop)", ylabel="median planning loss")
+                    band=("plan_loss_q25", "plan_loss_q75"),
+                    xlabel="CEM iterations (open loop)", ylabel="planning loss (median, quartiles)")
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "planning_loss", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=open_loop)
 round_curve = stats.success_curve(rounds, ["env", "bits"], step="round")

@@ -194,6 +194,9 @@ def test_success_tables_and_curves():
     curve = stats.success_curve(t, "s", step="round")
     assert list(curve["round"]) == [0, 1, 0, 1] and curve["success_rate"].tolist() == [0.5, 1, 0, 0.5]
     assert curve["plan_loss"].tolist() == [0.5, 2.5, 4.5, 6.5]
+    # quartiles of two values x < y (linear interpolation): x + (y - x) / 4 and x + 3 (y - x) / 4
+    assert curve["plan_loss_q25"].tolist() == [0.25, 2.25, 4.25, 6.25]
+    assert curve["plan_loss_q75"].tolist() == [0.75, 2.75, 4.75, 6.75]
     traced = stats.success_curve(t.rename(columns={"round": "iteration"}), "s")
     assert "iteration" not in traced and list(traced["opt_steps"]) == [1, 2, 1, 2]
     with pytest.raises(InvalidValue, match="not in the table"):

@@ -119,13 +119,16 @@ def success_curve(trace: pd.DataFrame, by: str | Sequence[str], step: str = "ite
 
     trace: one row per (unit, step) with boolean ``success``. step: the step column; "iteration" (0-based CEM
     iterations) is reported as ``opt_steps = iteration + 1`` (the budget the row reflects), any other column
-    (e.g. "round") as it is. loss: a column whose median per group and step is added (skipped when None or absent).
-    Returns columns ``by``, the step (or opt_steps), n, successes, success_rate, ci_low, ci_high[, loss].
+    (e.g. "round") as it is. loss: a column whose median and quartiles over the units per group and step are added
+    (``loss``, ``<loss>_q25``, ``<loss>_q75``; skipped when None or absent).
+    Returns columns ``by``, the step (or opt_steps), n, successes, success_rate, ci_low, ci_high[, the loss's three].
     """
     by = _by(trace, by, step)
     out = success_rates(trace, [*by, step])
     if loss is not None and loss in trace.columns:
-        out[loss] = trace.groupby([*by, step], dropna=False, sort=True)[loss].median().to_numpy()
+        groups = trace.groupby([*by, step], dropna=False, sort=True)[loss]
+        out[loss] = groups.median().to_numpy()
+        out[f"{loss}_q25"], out[f"{loss}_q75"] = groups.quantile(0.25).to_numpy(), groups.quantile(0.75).to_numpy()
     if step == "iteration":
         out = out.assign(opt_steps=out["iteration"] + 1).drop(columns="iteration")
     return out
