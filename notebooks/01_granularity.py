@@ -176,12 +176,12 @@ setting = lambda frame: frame.assign(setting=frame["method"] + " " + frame["bits
                                      frame["configuration"].map({"QuantWM": " (QuantWM)"}).fillna(""))
 grid = plots.success_bars(setting(weight_only[weight_only["method"] != "FP"]), x="setting", hue="weights", col="env",
                           baselines=base_rates, reference=fp_rates, xlabel="method and bits",
-                          title="weight-only quantization of the whole model")
+                          title="weight-only quantization of the whole model (first planner seed)")
 _ = plots.savefig(grid.figure, "01_granularity", "weight_only", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=runs[runs["a_bits"] == 16])
 grid = plots.success_bars(setting(weight_act), x="setting", hue="acts", col="env", baselines=base_rates,
                           reference=fp_rates, xlabel="method and bits (weights per channel)",
-                          title="weight + activation quantization of the whole model")
+                          title="weight + activation quantization of the whole model (first planner seed)")
 _ = plots.savefig(grid.figure, "01_granularity", "weight_act", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=runs[runs["a_bits"] < 16])
 # FP as its own curve with its band; the quantized settings' intervals are in the bar figures above

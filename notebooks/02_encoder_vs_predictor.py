@@ -146,7 +146,8 @@ print(per_seed.to_string(float_format="%.2f"))
 
 # %% tags=[]
 grid = plots.success_bars(quant.astype({"w_bits": str}), x="w_bits", hue="scope", col="env", baselines=base_rates,
-                          reference=fp_rates, xlabel="weight bits", title=f"{method} {granularity} weights on one part")
+                          reference=fp_rates, xlabel="weight bits",
+                          title=f"{method} {granularity} weights on one part (first planner seed)")
 _ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_by_scope", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=runs)
 probe_curve = worst.reset_index().assign(part="encoder (probe)")

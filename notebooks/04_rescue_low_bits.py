@@ -137,7 +137,7 @@ env_order = {e: i for i, e in enumerate(S.envs)}
 shown = rates[rates["method"] != "FP"].sort_values(
     ["env", "method"], key=lambda c: c.map(env_order if c.name == "env" else order).fillna(len(order)))
 grid = plots.success_bars(shown, x="method", hue="bits", col="env", baselines=base_rates, reference=fp_rates,
-                          xlabel="method (weights per channel)", title="rescuing low-bit planning")
+                          xlabel="method (weights per channel)", title="rescuing low-bit planning (first planner seed)")
 _ = plots.savefig(grid.figure, "04_rescue_low_bits", "success", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=runs)
 
