@@ -27,12 +27,12 @@ Planner seeds replicate the planner, not the episodes: the episode is the unit o
 ``with_strata(rule, "planner_seed", ...)`` adds each seed's own outcome as the seed-to-seed spread, a separate,
 labelled measurement that does not decide.
 
-Multiplicity: a notebook's verdicts are one family. ``holm_adjusted`` computes Holm's adjusted p over the family's
-key p and decides each verdict again with its claims' tests (the key test, equivalence) at the level where its raw
-p crosses exactly where its adjusted p crosses alpha (alpha * p / p_adjusted, the rule's ``key_alpha``), so the key
-test decides on the adjusted p; testability and the conditions that argue against a claim stay at alpha. The table
-shows both p. ``per_token_no_benefit`` also Bonferroni-adjusts
-its "per-token better anywhere" test over its own pairs.
+Multiplicity: a notebook's verdicts are one family. ``holm_adjusted`` takes from each comparison the smaller of
+its difference p and its equivalence p, computes Holm's adjusted p over the family, and decides each verdict again
+with its claims' tests (the key test, equivalence) at the level where that p crosses exactly where its adjusted p
+crosses alpha (alpha * p / p_adjusted, the rule's ``key_alpha``); testability and the conditions that argue against
+a claim stay at alpha. The table shows the raw p, the equivalence p and the adjusted one. ``per_token_no_benefit``
+also Bonferroni-adjusts its "per-token better anywhere" test over its own pairs.
 """
 
 from __future__ import annotations
