@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,16 +85,13 @@ class Verdict:
             raise InvalidValue(f"Verdict.outcome must be one of {list(OUTCOMES)}, got {self.outcome!r}")
 
 
-def _first_series(values: Sequence[Any]) -> pd.Series | None:
-    """The first pd.Series among ``values``, searched into mappings and tuples; None when there is none."""
+def _series_in(values: Sequence[Any]) -> Iterator[pd.Series]:
+    """Every pd.Series among ``values``, depth first, searched into mappings and tuples."""
     for value in values:
         if isinstance(value, pd.Series):
-            return value
-        nested = list(value.values()) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else []
-        found = _first_series(nested)
-        if found is not None:
-            return found
-    return None
+            yield value
+        elif isinstance(value, (Mapping, tuple)):
+            yield from _series_in(list(value.values()) if isinstance(value, Mapping) else list(value))
 
 
 def episodes_of(series: pd.Series) -> np.ndarray:
@@ -112,7 +109,7 @@ def rule(fn: Callable[..., Verdict]) -> Callable[..., Verdict]:
     @functools.wraps(fn)
     def judged(*args: Any, **kwargs: Any) -> Verdict:
         verdict = fn(*args, **kwargs)
-        first = _first_series(list(args) + list(kwargs.values()))
+        first = next(_series_in(list(args) + list(kwargs.values())), None)
         counts = {} if first is None or verdict.units else {
             "episodes": int(np.unique(episodes_of(first)).size), "units": len(first)}
         return dataclasses.replace(verdict, **counts,
@@ -363,13 +360,21 @@ def within_margin_of_fp(x: pd.Series, fp: pd.Series, baselines: pd.Series | Mapp
                         floor: float = FLOOR, key_alpha: float | None = None) -> Verdict:
     """R "the method keeps planning within ``margin`` of FP" (notebook 04's rescue): reproduced when equivalent to
     FP (TOST); not reproduced when decisively below FP and not equivalent; else inconclusive."""
+    return _judge("R within margin of FP", comparison, x, fp, fp, baselines, alpha, margin, floor,
+                  _against_fp("", "reproduced", "not reproduced"), key_alpha)
+
+
+def _against_fp(subject: str, if_equivalent: str, if_below: str, note: str = ""
+                ) -> Callable[[stats.McNemar, stats.Equivalence, float], tuple[str, str]]:
+    """The rules of a setting judged against FP (``_judge``'s ``rules``): ``if_equivalent`` when equivalent to FP
+    (TOST), ``if_below`` when decisively below it, else inconclusive; ``subject`` starts and ``note`` ends ``why``."""
     def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
         if eq.equivalent:
-            return "reproduced", f"equivalent to FP: {_equivalent(eq)}"
+            return if_equivalent, f"{subject}equivalent to FP: {_equivalent(eq)}{note}"
         if _decisive(t, key, -1):
-            return "not reproduced", f"decisively below FP: {_numbers(t)}"
-        return "inconclusive", f"neither equivalent to FP nor decisively below it: {_numbers(t)}"
-    return _judge("R within margin of FP", comparison, x, fp, fp, baselines, alpha, margin, floor, rules, key_alpha)
+            return if_below, f"{subject}decisively below FP: {_numbers(t)}{note}"
+        return "inconclusive", f"{subject}neither equivalent to FP nor decisively below it: {_numbers(t)}{note}"
+    return rules
 
 
 def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.Series]) -> np.ndarray:
@@ -406,14 +411,7 @@ def groups_do_not_rescue_w3(grouped: pd.Series, per_channel: pd.Series, fp: pd.S
     it is equivalent to FP (TOST within ``margin``); else inconclusive. ``why`` adds how much the groups recover
     against per-channel W3 (a partial recovery that stays decisively below FP is not a rescue)."""
     gain = _test(grouped, _align(grouped, grouped, "grouped"), _align(grouped, per_channel, "per_channel"))
-    recovered = f"; per-group vs per-channel {_numbers(gain)}"
-
-    def rules(t: stats.McNemar, eq: stats.Equivalence, key: float) -> tuple[str, str]:
-        if eq.equivalent:
-            return "not reproduced", f"per-group W3 equivalent to FP: {_equivalent(eq)}{recovered}"
-        if _decisive(t, key, -1):
-            return "reproduced", f"per-group W3 decisively below FP: {_numbers(t)}{recovered}"
-        return "inconclusive", f"per-group W3 neither equivalent to nor decisively below FP: {_numbers(t)}{recovered}"
+    rules = _against_fp("per-group W3 ", "not reproduced", "reproduced", f"; per-group vs per-channel {_numbers(gain)}")
     return _judge("F2b groups do not rescue W3", comparison, grouped, fp, fp, baselines, alpha, margin, floor, rules,
                   key_alpha)
 
@@ -493,16 +491,10 @@ def _stratum(value: Any, level: str, key: Any) -> Any:
 
 
 def _strata(values: Sequence[Any], level: str) -> list[Any]:
-    """The values of index level ``level`` in the first Series found among ``values`` (searched into mappings and
-    tuples); [] when none has it."""
-    for value in values:
-        if isinstance(value, pd.Series) and level in (value.index.names or []):
-            return list(pd.unique(value.index.get_level_values(level)))
-        nested = list(value.values()) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else []
-        found = _strata(nested, level)
-        if found:
-            return found
-    return []
+    """The values of index level ``level`` in the first Series among ``values`` that has it (searched into mappings
+    and tuples); [] when none has it."""
+    found = next((v for v in _series_in(values) if level in (v.index.names or [])), None)
+    return [] if found is None else list(pd.unique(found.index.get_level_values(level)))
 
 
 @rule
