@@ -195,6 +195,23 @@ def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes
     }, columns=list(EPISODE_COLUMNS))
 
 
+def planned_actions(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes: Sequence[Episode],
+                    objective: ObjectiveConfig = ObjectiveConfig(), chunk: int = 4096, render_size: int | None = None,
+                    seed: int = 0) -> np.ndarray:
+    """The open-loop plan of every episode as raw env actions float64 (E, horizon * frameskip, A), the plan
+    ``evaluate`` executes with the same arguments (a non-finite plan becomes zeros, "no action")."""
+    check_planner("planner", planner)
+    starts, goals, seeds = _episode_states(env, episodes)
+    size = env.render_size if render_size is None else render_size
+    device, _ = model_device_dtype(model)
+    with _eval_mode(model):
+        cost_fn = Objective(model, encode_observations(model, env.observe(starts, size)),
+                            encode_observations(model, env.observe(goals, size)), objective, chunk)
+        result = plan(cost_fn, planner, make_generators([s + SEED_STRIDE * seed for s in seeds], device),
+                      model.action_dim, device=device)
+    return _to_env_actions(model, result.plan)[0]
+
+
 def _per_round(outcome: Any, rounds_seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_rounds: int,
                scored_nan: np.ndarray, seeds: list[int], episode_success: np.ndarray) -> pd.DataFrame:
     """One row per (episode, round 1..max_rounds) from the MPC outcome and the executor's per-round records.

@@ -104,32 +104,60 @@ def encode_dataset(model: WorldModel, data: TrajectoryData, batch: int = 256) ->
     return torch.cat(out).reshape(n, t1, *out[0].shape[1:])
 
 
-class Windows:
-    """Random training windows of ``frames`` frames ``frameskip`` env steps apart, drawn from ``gen``.
+def freeze_encoder(model: WorldModel, data: TrajectoryData) -> torch.Tensor:
+    """Start a predictor stage: the encoder frozen (the whole model in eval mode, no gradients), every frame of
+    ``data`` encoded once (``encode_dataset``), then the predictor and the action encoder trainable, the predictor
+    in train mode. Returns the latents (N, T+1, P, Dv)."""
+    model.requires_grad_(False)
+    model.eval()
+    latents = encode_dataset(model, data)
+    model.predictor.requires_grad_(True)
+    model.action_encoder.requires_grad_(True)
+    model.predictor.train()
+    return latents
 
-    ``draw(b)`` -> (traj (B,), frames (B, L) frame indices, actions (B, L, Da) z-scored model-step actions, action
-    t taken between frames t and t+1); ``proprio`` holds the z-scored proprio (N, T+1, p) on the device.
+
+class Windows:
+    """Random training windows over a ``TrajectoryData``: ``length`` frames ``frameskip`` env steps apart, the
+    one window sampler of training (``wmqlib.train``) and QAT (``wmqlib.qat``); ``envs.TrajectoryWindows`` is the
+    same window as an indexable torch Dataset.
+
+    Actions and proprio are z-scored with ``stats`` (a model's ``normalization()``: "action_mean", "action_std",
+    "proprio_mean", "proprio_std") or, when None, the data's own statistics. ``draw(b, gen)`` -> (traj (B,),
+    start (B,)) from ``gen`` (trajectory first, then start); ``gather(traj, start)`` -> (frames (B, L) frame
+    indices, actions (B, L, frameskip * Da) z-scored, action t taken between frames t and t+1, proprio (B, L, p)
+    z-scored) on ``device``; ``pixels(traj, frames)`` -> the uint8 frames (B, L, H, W, 3) on ``device``.
     """
 
-    def __init__(self, model: WorldModel, data: TrajectoryData, frames: int, gen: torch.Generator) -> None:
-        c = model.config
-        self.f, self.length, self.gen, self.device = c.frameskip, frames, gen, model.device
-        self.span = frames * c.frameskip
-        self.starts = data.traj_len - self.span + 1
-        self.n, self.da = len(data), c.frameskip * c.env_action_dim
-        self.act = torch.from_numpy(((data.actions - data.action_mean) / data.action_std).astype(np.float32))
-        self.act = self.act.to(self.device)
-        prop = ((data.proprio - data.proprio_mean) / data.proprio_std).astype(np.float32)
-        self.proprio = torch.from_numpy(prop).to(self.device)
-        self.offsets = torch.arange(frames, device=self.device) * c.frameskip
+    def __init__(self, data: TrajectoryData, length: int, frameskip: int, device: torch.device | str = "cpu",
+                 stats: dict[str, list[float]] | None = None) -> None:
+        self.length, self.frameskip, self.device = length, frameskip, torch.device(device)
+        self.span = length * frameskip
+        self.n, self.starts = len(data), data.traj_len - self.span + 1
+        if self.starts < 1:
+            raise ValueError(f"dataset trajectories of {data.traj_len} steps are shorter than one window "
+                             f"({length} frames x frameskip {frameskip})")
+        given = {} if stats is None else {k: np.asarray(v, np.float32) for k, v in stats.items()}
+        am, asd, pm, psd = (given.get(k, getattr(data, k)) for k in ("action_mean", "action_std", "proprio_mean",
+                                                                      "proprio_std"))
+        self.act = torch.from_numpy(((data.actions - am) / asd).astype(np.float32)).to(self.device)
+        self.proprio = torch.from_numpy(((data.proprio - pm) / psd).astype(np.float32)).to(self.device)
+        self.frames = torch.from_numpy(data.frames)  # uint8 (N, T+1, H, W, 3), moved per batch
+        self.offsets = torch.arange(length) * frameskip
 
-    def draw(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        traj = torch.randint(0, self.n, (b,), generator=self.gen).to(self.device)
-        start = torch.randint(0, self.starts, (b,), generator=self.gen).to(self.device)
-        frames = start[:, None] + self.offsets  # (B, L)
+    def draw(self, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``b`` random (trajectory, start) pairs, each (B,) on the CPU."""
+        return torch.randint(0, self.n, (b,), generator=gen), torch.randint(0, self.starts, (b,), generator=gen)
+
+    def gather(self, traj: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        traj, start = traj.to(self.device), start.to(self.device)
+        frames = start[:, None] + self.offsets.to(self.device)  # (B, L)
         steps = start[:, None] + torch.arange(self.span, device=self.device)  # (B, L*f) env steps of the actions
-        actions = self.act[traj[:, None], steps].reshape(b, self.length, self.da)  # "(n f) d -> n (f d)"
-        return traj, frames, actions
+        actions = self.act[traj[:, None], steps].reshape(len(traj), self.length, -1)  # "(n f) d -> n (f d)"
+        return frames, actions, self.proprio[traj[:, None], frames]
+
+    def pixels(self, traj: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        return self.frames[traj.cpu()[:, None], frames.cpu()].to(self.device)
 
 
 def latent_losses(model: WorldModel, vis: torch.Tensor, pemb: torch.Tensor, actions: torch.Tensor, k: int

@@ -58,7 +58,7 @@ from wmqlib.models import CheckpointError, WorldModel, load_world_model, resolve
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
-from wmqlib.fitting import fit, uint8_to_visual
+from wmqlib.fitting import Windows, fit, uint8_to_visual
 from wmqlib.train import TrainConfig, data_policy, dataset_path
 from wmqlib.training_data import checkpoint_recipe
 from wmqlib.validate import check_float, check_int, check_type
@@ -132,34 +132,11 @@ def _dataset(cfg: TrainConfig, data_dir: Path, progress: bool) -> tuple[Trajecto
     return TrajectoryData.load(path), path
 
 
-class Windows:
-    """DINO-WM teacher-forcing windows of ``num_hist + 1`` frames ``frameskip`` env steps apart, as train.py draws
-    them: ``batch(traj, start)`` gives frames uint8 (B, L, H, W, 3), z-scored proprio (B, L, p) and actions
-    (B, L, frameskip * a), L = num_hist + 1, on ``device``."""
-
-    def __init__(self, data: TrajectoryData, model: WorldModel) -> None:
-        c = model.config
-        self.f, self.length, self.device = c.frameskip, c.num_hist + 1, model.device
-        self.n, self.starts = len(data), data.traj_len - self.length * self.f + 1
-        if self.starts < 1:
-            raise ValueError(f"dataset trajectories of {data.traj_len} steps are shorter than one window "
-                             f"({self.length} frames x frameskip {self.f})")
-        self.frames = torch.from_numpy(data.frames)
-        self.act = torch.from_numpy(((data.actions - model.action_mean.cpu().numpy())
-                                     / model.action_std.cpu().numpy()).astype(np.float32))
-        self.prop = torch.from_numpy(((data.proprio - model.proprio_mean.cpu().numpy())
-                                      / model.proprio_std.cpu().numpy()).astype(np.float32))
-
-    def draw(self, b: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``b`` random (trajectory, start) index pairs, each (B,)."""
-        return torch.randint(0, self.n, (b,), generator=gen), torch.randint(0, self.starts, (b,), generator=gen)
-
-    def batch(self, traj: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        frames = start[:, None] + torch.arange(self.length) * self.f  # (B, L)
-        steps = start[:, None] + torch.arange(self.length * self.f)  # (B, L*f)
-        actions = self.act[traj[:, None], steps].reshape(len(traj), self.length, -1)  # "(n f) d -> n (f d)"
-        return (self.frames[traj[:, None], frames].to(self.device), self.prop[traj[:, None], frames].to(self.device),
-                actions.to(self.device))
+def batch(windows: Windows, traj: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The windows (trajectory ``traj``, first frame ``start``, each (B,)) as ``latent_losses`` takes them: frames
+    uint8 (B, L, H, W, 3), z-scored proprio (B, L, p) and actions (B, L, frameskip * a) on the windows' device."""
+    frames, actions, prop = windows.gather(traj, start)
+    return windows.pixels(traj, frames), prop, actions
 
 
 def _visual_latents(model: WorldModel, frames: Tensor) -> Tensor:
@@ -202,7 +179,7 @@ def heldout_losses(model: WorldModel, fp: WorldModel, windows: Windows, n: int, 
     totals = np.zeros(2)
     for lo in range(0, n, batch_size):
         sel = slice(lo, lo + batch_size)
-        losses = latent_losses(model, fp, *windows.batch(traj[sel], start[sel]))
+        losses = latent_losses(model, fp, *batch(windows, traj[sel], start[sel]))
         totals += np.array([loss.item() for loss in losses]) * len(traj[sel])
     return {"prediction": float(totals[0] / n), "encoder": float(totals[1] / n)}
 
@@ -250,7 +227,8 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     data, train_path = _dataset(cfg, Path(data_dir), progress)
     held_cfg = dataclasses.replace(cfg, seed=cfg.seed + HELDOUT_SEED_OFFSET, n_traj=min(cfg.n_traj, HELDOUT_TRAJ))
     held, held_path = _dataset(held_cfg, Path(data_dir), progress)
-    train_windows, held_windows = Windows(data, fp), Windows(held, fp)
+    train_windows, held_windows = (Windows(d, fp.config.num_hist + 1, fp.config.frameskip, fp.device,
+                                           fp.normalization()) for d in (data, held))
     stats = np.concatenate([data.action_mean, data.action_std, data.proprio_mean, data.proprio_std])
     if not np.allclose(stats, np.concatenate([fp.normalization()[k] for k in ("action_mean", "action_std",
                                                                                "proprio_mean", "proprio_std")]),
@@ -273,7 +251,7 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(_: Tensor) -> Tensor:  # windows are drawn from `gen` (not from fit's step seed), as always
-        pred_loss, enc_loss = latent_losses(model, fp, *train_windows.batch(*train_windows.draw(batch_size, gen)))
+        pred_loss, enc_loss = latent_losses(model, fp, *batch(train_windows, *train_windows.draw(batch_size, gen)))
         return pred_loss + enc_loss
 
     t1 = time.perf_counter()  # Adam: fitting.fit's AdamW without weight decay, its warm-up + cosine schedule

@@ -54,8 +54,9 @@ class RunState:
                 raise ValueError(f"{self.path}: the saved training state belongs to another recipe; start afresh "
                                  "without --resume (or delete the file) to train this one")
             self.data = saved
-            for name, gen in generators.items():
-                gen.set_state(saved["generators"][name])
+            for name, gen in generators.items():  # a generator the saved run never had has not drawn yet
+                if name in saved["generators"]:
+                    gen.set_state(saved["generators"][name])
 
     @property
     def resumed(self) -> bool:
@@ -88,6 +89,16 @@ class RunState:
                                 "params": [p.detach().cpu().clone() for p in params],
                                 "optimizer": optimizer.state_dict()}
         self.data["seconds"][stage] = seconds
+        self._save(model)
+
+    def kept(self, name: str) -> Any:
+        """What ``keep`` stored under ``name`` (tensors, numbers, lists, dicts), or None."""
+        return self.data.get("kept", {}).get(name)
+
+    def keep(self, model: torch.nn.Module, name: str, value: Any) -> None:
+        """Store ``value`` (tensors, numbers, lists, dicts) under ``name`` with the run and save at once: what a
+        later stage needs and cannot recompute once the model has moved on (e.g. data collected with it)."""
+        self.data.setdefault("kept", {})[name] = value
         self._save(model)
 
     def stage_done(self, model: torch.nn.Module, stage: str, losses: list[float], seconds: float) -> None:

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 
 from wmqlib.card import fp_planning_summary, write_model_card
 from wmqlib.envs import TrajectoryData, env_class, env_names, generate_dataset
-from wmqlib.fitting import (Windows, background_frame, encode_dataset, fit, foreground_weights, latent_losses,
+from wmqlib.fitting import (Windows, background_frame, fit, foreground_weights, freeze_encoder, latent_losses,
                             uint8_to_visual)
 from wmqlib.joint import InverseDynamics, JointWeights, regularisers
 from wmqlib.models import WorldModel, WorldModelConfig, resolve_device, save_world_model
+from wmqlib.online import PLANNER as ONLINE_PLANNER, STAGE as ONLINE_STAGE, retrain
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.resume import RunState
 from wmqlib.validate import check_float, check_int, check_type
@@ -87,6 +88,10 @@ class TrainConfig:
         ranking rank_weight), then
         the encoder is frozen, the predictor stages run on its latents as above, and the decoder is trained on the
         frozen latents for decoder_steps steps (encoder_batch, encoder_lr) for the imagined-frame figures only.
+    Online rounds (last, ``wmqlib.online``; 0 = none): online_rounds times, the model plans online_episodes
+        training episodes, the plans are executed in the simulator, and the predictor trains online_steps steps at
+        peak rate online_lr on the recipe's data plus every round's executed plans (batches from a generator seeded
+        seed + 4).
     Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5, the env's default sampler) with eval_opt_steps
         iterations.
     """
@@ -117,6 +122,10 @@ class TrainConfig:
     idm_weight: float = 1.0
     rank_weight: float = 0.0
     decoder_steps: int = 0
+    online_rounds: int = 0
+    online_episodes: int = 200
+    online_steps: int = 1000
+    online_lr: float = 3e-4
     eval_episodes: int = 50
     eval_opt_steps: int = 10
 
@@ -141,6 +150,11 @@ class TrainConfig:
                              "both > 0 (with objective 'joint', rollout_steps > 0 may also train the joint stage "
                              f"alone), got {self.rollout_steps} and {self.finetune_steps}")
         window = (max(self.model.num_hist, self.rollout_steps) + 1) * self.model.frameskip
+        plans = ONLINE_PLANNER.horizon * self.model.frameskip
+        if self.online_rounds and not (self.online_episodes and self.online_steps and window <= plans <= self.traj_len):
+            raise ValueError(f"TrainConfig.online_rounds > 0 needs online_episodes and online_steps > 0 and training "
+                             f"windows ({window} env steps) no longer than the online plans ({plans}), themselves no "
+                             f"longer than traj_len ({self.traj_len})")
         if self.traj_len < window:
             raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(model.num_hist, rollout_steps) "
                              f"+ 1) * model.frameskip = {window} to hold one training window")
@@ -261,13 +275,15 @@ def train_predictor(model: WorldModel, data: TrajectoryData, latents: torch.Tens
     ``cfg.rollout_steps = k > 0`` the same MSE of a k-step open-loop ``model.rollout`` from the window's first
     frame is added (the computation planning runs), so errors that compound over the horizon are trained too.
     """
-    windows = Windows(model, data, max(model.config.num_hist, cfg.rollout_steps) + 1, gen)
+    c = model.config
+    windows = Windows(data, max(c.num_hist, cfg.rollout_steps) + 1, c.frameskip, model.device)
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
-        traj, frames, actions = windows.draw(cfg.predictor_batch)
+        traj, start = windows.draw(cfg.predictor_batch, gen)
+        frames, actions, proprio = windows.gather(traj, start)
         with torch.no_grad():
-            pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
-        return latent_losses(model, latents[traj[:, None], frames], pemb, actions, cfg.rollout_steps)
+            pemb = model.proprio_encoder(proprio)  # (B, L, Ep), the fixed embedding
+        return latent_losses(model, latents[traj.to(model.device)[:, None], frames], pemb, actions, cfg.rollout_steps)
 
     params = list(model.predictor.parameters()) + list(model.action_encoder.parameters())
     return fit(params, loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen, stage, progress,
@@ -292,21 +308,22 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
     """Encoder, predictor and action encoder trained together with ``wmqlib.joint``'s loss; returns per-step
     losses. The inverse-dynamics head is drawn from ``cfg.seed + 3`` and discarded afterwards."""
     c = model.config
-    windows = Windows(model, data, max(c.num_hist, cfg.rollout_steps, 1) + 1, gen)
-    frames_u8 = torch.from_numpy(data.frames).to(model.device)  # (N, T+1, H, W, 3)
+    windows = Windows(data, max(c.num_hist, cfg.rollout_steps, 1) + 1, c.frameskip, model.device)
     idm = InverseDynamics(c.num_patches, c.encoder_dim, c.action_dim, seed=cfg.seed + 3).to(model.device)
     weights = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight, cfg.rank_weight)
     zeros = torch.zeros(cfg.joint_batch, windows.length, c.proprio_dim, device=model.device)
     readout, targets = state_readout(model, data, cfg)  # (N, T+1, F) targets; used when cfg.state_weight > 0
 
     def loss_fn(_: torch.Tensor) -> torch.Tensor:
-        traj, frames, actions = windows.draw(cfg.joint_batch)
-        vis = model.encode_obs(uint8_to_visual(frames_u8[traj[:, None], frames]), zeros)["visual"]  # (B,L,P,Dv)
+        traj, start = windows.draw(cfg.joint_batch, gen)
+        frames, actions, proprio = windows.gather(traj, start)
+        vis = model.encode_obs(uint8_to_visual(windows.pixels(traj, frames)), zeros)["visual"]  # (B, L, P, Dv)
         with torch.no_grad():
-            pemb = model.proprio_encoder(windows.proprio[traj[:, None], frames])  # (B, L, Ep), fixed embedding
+            pemb = model.proprio_encoder(proprio)  # (B, L, Ep), the fixed embedding
         loss = latent_losses(model, vis, pemb, actions, cfg.rollout_steps)
         if cfg.state_weight:
-            loss = loss + cfg.state_weight * F.mse_loss(readout(vis.flatten(2)), targets[traj[:, None], frames])
+            rows = (traj.to(model.device)[:, None], frames)
+            loss = loss + cfg.state_weight * F.mse_loss(readout(vis.flatten(2)), targets[rows])
         return loss + sum(regularisers(vis, idm, actions, weights).values())
 
     params = [*model.encoder.parameters(), *model.predictor.parameters(), *model.action_encoder.parameters(),
@@ -361,6 +378,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     gen_tune = torch.Generator().manual_seed(cfg.seed + 1)
+    gen_online = torch.Generator().manual_seed(online_seed(cfg))
     path = dataset_path(cfg, data_dir)
     if not path.exists():
         generate_dataset(cfg.env, cfg.n_traj, cfg.traj_len, cfg.seed, cfg.img_size, path, progress=progress,
@@ -369,7 +387,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     t_data = time.perf_counter() - t0
 
     out = Path(out)
-    run = RunState(out, {"batches": gen, "fine-tune batches": gen_tune}, cfg.to_dict(), save_every_s, resume,
+    run = RunState(out, {"batches": gen, "fine-tune batches": gen_tune, "online batches": gen_online}, cfg.to_dict(),
+                   save_every_s, resume,
                    same_recipe=lambda saved: isinstance(saved, dict) and TrainConfig.from_dict(saved) == cfg)
     model = WorldModel(cfg.model_config(), seed=cfg.seed).to(device)
     model.set_normalization(data.action_mean, data.action_std, data.proprio_mean, data.proprio_std)
@@ -381,12 +400,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     else:
         enc_losses = pretrain_encoder(model, data, cfg, gen, progress, run)
 
-    model.requires_grad_(False)
-    model.eval()
-    latents = encode_dataset(model, data)
-    model.predictor.requires_grad_(True)
-    model.action_encoder.requires_grad_(True)
-    model.predictor.train()
+    latents = freeze_encoder(model, data)
     pred_losses = train_predictor(model, data, latents, dataclasses.replace(cfg, rollout_steps=0, finetune_steps=0),
                                   gen, progress, run)
     tune_losses = finetune_rollout(model, data, latents, cfg, progress, run, gen_tune)
@@ -396,10 +410,12 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
         dec_losses = train_decoder(model, data, cfg, gen, progress, run)
         model.requires_grad_(False)
     model.eval()
+    online_losses = retrain(model, data, cfg, gen_online, run, progress) if cfg.online_rounds else []
 
     first, last = (lambda x: x[0] if x else None), (lambda x: float(np.mean(x[-100:])) if x else None)
     losses = {"encoder": enc_losses, "predictor": pred_losses, "finetune": tune_losses,
-              **({"decoder": dec_losses} if cfg.objective == "joint" else {})}
+              **({"decoder": dec_losses} if cfg.objective == "joint" else {}),
+              **({"online": online_losses} if cfg.online_rounds else {})}
     card: dict[str, Any] = {
         "recipe": cfg.to_dict(),
         "architecture": model.config.to_dict(),
@@ -409,7 +425,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
         "losses": {f"{name}_{which}": fn(values) for name, values in losses.items()
                    for which, fn in (("first", first), ("last100", last))},
         "seconds": {"data": round(t_data, 1),
-                    **{name: round(run.seconds(stage), 1) for name, stage in STAGES[cfg.objective].items()}},
+                    **{name: round(run.seconds(stage), 1) for name, stage in STAGES[cfg.objective].items()},
+                    **({"online": round(sum(run.seconds(ONLINE_STAGE.format(k=k))
+                                            for k in range(1, cfg.online_rounds + 1)), 1)}
+                       if cfg.online_rounds else {})},
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
@@ -430,6 +449,11 @@ STAGES = {"autoencoder": {"encoder": "encoder (autoencoder)", "predictor": "pred
                           "finetune": "rollout fine-tune"},
           "joint": {"encoder": "joint embedding", "predictor": "predictor", "finetune": "rollout fine-tune",
                     "decoder": "decoder"}}
+
+
+def online_seed(cfg: TrainConfig) -> int:
+    """The seed of the online rounds' batch generator (``wmqlib.online``)."""
+    return cfg.seed + 4
 
 
 def regenerate_command(cfg: TrainConfig, out: Path) -> str:

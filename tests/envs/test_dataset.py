@@ -119,3 +119,28 @@ def test_pusht_data_policies_mix_the_pusher_into_demonstrations():
     assert not np.array_equal(demo_states[3], pusher_states[3])
     with pytest.raises(ValueError, match="data policy .*must be one of"):
         collect_trajectories("wall", 2, 5, seed=0, policy="demo")
+
+
+def test_the_training_sampler_cuts_the_datasets_windows(wall_file):
+    from wmqlib.fitting import Windows
+    data = TrajectoryData.load(wall_file)
+    windows, items = Windows(data, 2, 5), TrajectoryWindows(data, num_hist=1, frameskip=5)
+    traj, start = windows.draw(4, torch.Generator().manual_seed(0))
+    assert traj.shape == start.shape == (4,) and int(start.max()) < 12 - 2 * 5 + 1
+    frames, actions, proprio = windows.gather(traj, start)
+    pixels = windows.pixels(traj, frames)
+    for b in range(4):  # window (trajectory i, start s) is the Dataset's item i * starts + s
+        item = items[int(traj[b]) * (12 - 2 * 5 + 1) + int(start[b])]
+        assert frames[b].tolist() == [int(start[b]), int(start[b]) + 5]
+        torch.testing.assert_close(actions[b], item["action"])
+        torch.testing.assert_close(proprio[b], item["proprio"])
+        torch.testing.assert_close(pixels[b].permute(0, 3, 1, 2).float() / 127.5 - 1.0, item["visual"])
+    again = Windows(data, 2, 5).draw(4, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(again, (traj, start)))  # the generator alone decides the draw
+    shifted = {"action_mean": data.action_mean + 1.0, "action_std": data.action_std,
+               "proprio_mean": data.proprio_mean, "proprio_std": data.proprio_std}
+    _, moved, _ = Windows(data, 2, 5, stats=shifted).gather(traj, start)  # a model's statistics instead of the data's
+    torch.testing.assert_close(moved, actions - torch.from_numpy(1.0 / data.action_std).float().repeat(5),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"trajectories of 12 steps are shorter than one window \(3 frames x "):
+        Windows(data, 3, 5)

@@ -8,11 +8,11 @@ from wmqlib.envs.wall import random_start_goal
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(2, 10 ** 6), n=st.integers(1, 300))
-def test_eval_and_calib_seeds_never_overlap(seed, n):
-    eval_seeds, calib_seeds = episode_seeds(n, seed, "eval"), episode_seeds(n, seed, "calib")
-    assert len(set(eval_seeds)) == len(set(calib_seeds)) == n
-    assert not set(eval_seeds) & set(calib_seeds)
+@given(seed=st.integers(3, 10 ** 6), n=st.integers(1, 300))
+def test_the_splits_seeds_never_overlap(seed, n):
+    splits = [set(episode_seeds(n, seed, split)) for split in ("eval", "calib", "online")]
+    assert [len(s) for s in splits] == [n] * 3
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
 
 
 def test_seeds_follow_the_released_rule():
@@ -20,8 +20,8 @@ def test_seeds_follow_the_released_rule():
     assert episode_seeds(3, 99, "calib") == [2, 101, 200]
 
 
-@pytest.mark.parametrize("seed, error", [(1, "eval and calib seeds overlap"), (0, "repeats one episode"),
-                                         (-3, "seed must be an int >= 2")])
+@pytest.mark.parametrize("seed, error", [(2, "make the splits' seeds overlap"), (1, "make the splits' seeds overlap"),
+                                         (0, "repeats one episode"), (-3, "seed must be an int >= 3")])
 def test_degenerate_seeds_are_refused(seed, error):
     with pytest.raises(ValueError, match=error):
         episode_seeds(5, seed)

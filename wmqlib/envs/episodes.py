@@ -23,7 +23,7 @@ import numpy as np
 from wmqlib.envs.base import EPISODE_STREAM, env_class, env_names
 from wmqlib.validate import check_int
 
-SPLIT_OFFSETS = {"eval": 1, "calib": 2}
+SPLIT_OFFSETS = {"eval": 1, "calib": 2, "online": 3}  # online: training episodes of ``wmqlib.online``
 __all__ = ["EPISODE_STREAM", "Episode", "SPLIT_OFFSETS", "episode_seeds", "sample_episodes"]
 
 
@@ -62,9 +62,10 @@ class Episode:
 
 
 def episode_seeds(n: int, seed: int = 99, split: str = "eval") -> list[int]:
-    """The per-episode seeds of a split: ``[seed * k + offset for k in range(n)]`` (offset 1 eval, 2 calib)."""
+    """The per-episode seeds of a split: ``[seed * k + offset for k in range(n)]`` (offset 1 eval, 2 calib, 3
+    online); with seed >= 3 the splits never share a seed."""
     check_int("n", n, 1)
-    check_int("seed", seed, 2, why=" (0 repeats one episode, 1 makes eval and calib seeds overlap)")
+    check_int("seed", seed, 3, why=" (0 repeats one episode, 1 or 2 make the splits' seeds overlap)")
     if split not in SPLIT_OFFSETS:
         raise ValueError(f"split must be one of {sorted(SPLIT_OFFSETS)}, got {split!r}")
     return [seed * k + SPLIT_OFFSETS[split] for k in range(n)]
