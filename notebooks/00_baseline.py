@@ -25,11 +25,13 @@ device = "auto"            # "auto" (CUDA when available), "cpu", "cuda"
 profile = "full"           # "full": the study sized for 2 CPU cores; "paper": DINO-WM protocol (GPU); "smoke": tiny
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
+key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
+                           # (full: n_evals, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10; paper: Wall 10, PushT 30)
 trace_steps = None         # CEM iterations of the long traced runs; None: from the profile (full 20, paper 50)
 gd_steps = None            # gradient-descent updates; None: from the profile (full 1000, as DINO-WM)
-mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5)
+mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5, smoke 2)
 show_episodes = [0, 1]     # evaluation episodes whose imagined rollouts are drawn
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
@@ -51,15 +53,16 @@ from wmqlib import profiles as pr
 from wmqlib import study as st
 from wmqlib.plan import ObjectiveConfig
 
-S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
-             trace_steps=trace_steps, gd_steps=gd_steps, mpc_rounds=mpc_rounds)
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
+             key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, gd_steps=gd_steps,
+             mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
 ABLATIONS = {"visual": ObjectiveConfig(alpha=0.0), "proprio": ObjectiveConfig(visual_weight=0.0)}
 settings, protocol, study, mpc = [], {}, {}, {}
 for ck, env in zip(S.checkpoints, S.envs):  # FP: DINO-WM's CEM, the study's CEM (traced, long), GD, MPC, ablations
     protocol[env] = S.setting(ck, protocol=True)
-    study[env] = S.setting(ck, long=True)
+    study[env] = S.fp_settings()[env]
     mpc[env] = S.setting(ck, mpc=True)
     settings += [protocol[env], study[env], S.setting(ck, planner="GD"), mpc[env]]
     settings += [S.setting(ck, objective=objective) for objective in ABLATIONS.values()]
@@ -107,11 +110,11 @@ rows = []
 for env in S.envs:
     both = findings.units(ablation, env=env, latents="visual+proprio",
                           **{"planner.opt_steps": P.trace_steps, "planner.samples": P.samples})
-    for latents in ABLATIONS:
-        only = findings.units(ablation, env=env, latents=latents)
-        test, (low, high) = stats.mcnemar(only, both), stats.paired_interval(only, both)
+    for latents in ABLATIONS:  # on the episodes both ran (FP is a key setting: it may run more)
+        only, same = verdicts.common(findings.units(ablation, env=env, latents=latents), both)
+        test, (low, high) = stats.mcnemar(only, same), stats.paired_interval(only, same)
         rows.append({"env": env, "objective": f"{latents} only", "success": f"{only.mean():.0%}",
-                     "both": f"{both.mean():.0%}", "effect": f"{test.effect * 100:+.0f} [{low * 100:+.0f}, "
+                     "both": f"{same.mean():.0%}", "effect": f"{test.effect * 100:+.0f} [{low * 100:+.0f}, "
                      f"{high * 100:+.0f}] pts", "p": f"{test.p:.2g}"})
 print(pd.DataFrame(rows).to_string(index=False))
 

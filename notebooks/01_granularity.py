@@ -35,18 +35,20 @@ device = "auto"            # "auto" (CUDA when available), "cpu", "cuda"
 profile = "full"           # "full": the study sized for 2 CPU cores; "paper": DINO-WM protocol (GPU); "smoke": tiny
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
+key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
+                           # (full: n_evals, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10; paper: Wall 10, PushT 30)
 trace_steps = None         # CEM iterations of the long traced runs; None: from the profile (full 20, paper 50)
 planner_seeds = None       # planner seeds of the key settings; None: from the profile (full 0, 1, 2; smoke 0, 1)
-seeded_envs = ["wall"]     # envs whose key settings run every planner seed (PushT's FP sits near the floor, see 00)
+seeded_envs = ["wall"]     # envs whose key settings also run the other planner seeds (their spread, on n_evals)
 extended_envs = ["wall"]   # envs that also get W6, the activation grid beyond W8A8 / W4A8 and the QuantWM rows
-                           # (PushT's FP plans 8/50 episodes, so its quantized cells sit at the floor: see 00)
+                           # (the CPU budget)
 weight_bits = [8, 6, 4, 3]  # RTN weight-only at every one of these bit widths (W6 per channel only) ...
 weight_methods = ["OMSE", "AWQ"]  # ... and these weight-only methods at method_bits
 method_bits = [4]
 weight_granularities = ["per-channel", "per-group"]
-seeded_weight_bits = [4, 3]  # RTN weight-only bit widths run with every planner seed (with FP)
+key_weight_bits = [8, 4, 3]  # RTN weight-only bit widths of the key comparisons (with FP): key_evals episodes
 act_bits = {"RTN": [[8, 8], [8, 4], [6, 6], [4, 8], [4, 4]],  # method -> [weight bits, activation bits] ...
             "SmoothQuant": [[4, 8], [4, 4]], "OmniQuant": [[4, 8]]}  # ... weights per channel
 act_granularities = ["per-tensor", "per-token"]
@@ -75,8 +77,8 @@ from wmqlib import profiles as pr
 from wmqlib import study as st
 from wmqlib.quant import PerChannel, PerTensor, PerToken, quantwm_reference
 
-S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
-             trace_steps=trace_steps, planner_seeds=planner_seeds)
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
+             key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
 ACTS = {"per-tensor": PerTensor(), "per-token": PerToken()}
@@ -84,7 +86,7 @@ settings, fp_settings = [], S.fp_settings()  # FP references (shared with 00, 02
 for ck, env in zip(S.checkpoints, S.envs):
     g = group_size or pr.default_group_size(ck)
     seeds = S.planner_seeds(env, seeded_envs)
-    settings += [S.setting(ck, long=True, planner_seed=k) for k in seeds]
+    settings += S.seeded(ck, seeds, long=True)
     extended = env in extended_envs
     weight = [("RTN", b) for b in weight_bits if extended or b != 6] + [(m, b) for m in weight_methods
                                                                         for b in method_bits]
@@ -92,9 +94,9 @@ for ck, env in zip(S.checkpoints, S.envs):
         for gran in weight_granularities:
             if b == 6 and gran == "per-group":
                 continue  # the follow-up's W6 ~ FP claim needs one granularity
-            keyed = seeds if m == "RTN" and b in seeded_weight_bits else seeds[:1]
-            settings += [S.setting(ck, recipe=P.recipe(m, b, gran, g), long=[m, b, gran] in long_weight,
-                                   planner_seed=k) for k in keyed]
+            key = m == "RTN" and b in key_weight_bits
+            settings += S.seeded(ck, seeds if key else seeds[:1], key=key, recipe=P.recipe(m, b, gran, g),
+                                 long=[m, b, gran] in long_weight)
     settings += [S.setting(ck, recipe=P.recipe(m, wb, "per-channel", g, ab, gran), long=[m, wb, ab, gran] in long_act)
                  for m, pairs in act_bits.items() for wb, ab in pairs for gran in act_granularities
                  if extended or [wb, ab] in ([8, 8], [4, 8])]
@@ -149,11 +151,7 @@ print(weight_act.pivot_table(index=["env", "method", "configuration", "bits"], c
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-seeded = runs[runs.groupby("label")["planner_seed"].transform("nunique") > 1]
-spread = stats.success_table(seeded, ["env", "label", "planner_seed"])
-per_seed = spread.pivot_table(index=["env", "label"], columns="planner_seed", values="success_rate", aggfunc="first")
-per_seed["range (pts)"] = (per_seed.max(axis=1) - per_seed.min(axis=1)) * 100
-print(per_seed.to_string(float_format="%.2f"))
+print(stats.seed_spread(runs, ["env", "label"]).to_string(float_format="%.2f"))
 
 # %% [markdown] tags=[]
 # ## Success vs CEM iterations for the key settings

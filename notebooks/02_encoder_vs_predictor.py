@@ -21,16 +21,18 @@ device = "auto"            # "auto" (CUDA when available), "cpu", "cuda"
 profile = "full"           # "full": the study sized for 2 CPU cores; "paper": DINO-WM protocol (GPU); "smoke": tiny
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
+key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
+                           # (full: n_evals, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10; paper: Wall 10, PushT 30)
 trace_steps = None         # CEM iterations of the long traced runs; None: from the profile (full 20, paper 50)
-mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5)
+mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5, smoke 2)
 planner_seeds = None       # planner seeds; None: from the profile (full 0, 1, 2; smoke 0, 1)
-seeded_envs = ["wall"]     # envs whose settings run every planner seed (PushT's FP sits near the floor, see 00)
+seeded_envs = ["wall"]     # envs whose key settings also run the other planner seeds (their spread, on n_evals)
 method = "RTN"             # weight-only method
 granularity = "per-channel"  # "per-channel" or "per-group"
 bits = [8, 4, 3]
-seeded_bits = [4, 3]       # bit widths run with every planner seed in seeded_envs
+key_bits = [8, 4, 3]       # bit widths of the key comparisons (key_evals episodes; every seed in seeded_envs)
 long_bits = [4]            # bit widths traced to trace_steps open-loop CEM iterations for both scopes
 round_bits = [4]           # bit widths run with MPC for both scopes (success vs MPC rounds)
 show_bits = 3              # bit width of the decoded failure examples
@@ -55,8 +57,9 @@ from wmqlib import findings, plots, stats
 from wmqlib import profiles as pr
 from wmqlib import study as st
 
-S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
-             trace_steps=trace_steps, mpc_rounds=mpc_rounds, planner_seeds=planner_seeds)
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
+             key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, mpc_rounds=mpc_rounds,
+             planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
 SCOPES = ("encoder", "predictor")
@@ -64,13 +67,14 @@ settings, fp_settings, scoped = [], S.fp_settings(), {}  # FP references (shared
 for ck, env in zip(S.checkpoints, S.envs):
     g = group_size or pr.default_group_size(ck)
     seeds = S.planner_seeds(env, seeded_envs)
-    settings += [S.setting(ck, long=True, planner_seed=k) for k in seeds] + [S.setting(ck, mpc=True)]
+    settings += S.seeded(ck, seeds, long=True) + [S.setting(ck, mpc=True)]
     for b in bits:
         for scope in SCOPES:
             recipe = P.recipe(method, b, granularity, g)
-            scoped[env, b, scope] = S.setting(ck, recipe=recipe, scope=scope, long=b in long_bits)
-            keyed = seeds if b in seeded_bits else seeds[:1]
-            settings += [S.setting(ck, recipe=recipe, scope=scope, long=b in long_bits, planner_seed=k) for k in keyed]
+            key = b in key_bits
+            runs = S.seeded(ck, seeds if key else seeds[:1], key=key, recipe=recipe, scope=scope, long=b in long_bits)
+            scoped[env, b, scope] = runs[0]
+            settings += runs
             if b in round_bits:
                 settings.append(S.setting(ck, recipe=recipe, scope=scope, mpc=True))
 print(len(settings), "settings")
@@ -138,11 +142,7 @@ print(per_round.pivot_table(index=["env", "label"], columns="round", values="suc
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-seeded = runs[runs.groupby("label")["planner_seed"].transform("nunique") > 1]
-spread = stats.success_table(seeded, ["env", "label", "planner_seed"])
-per_seed = spread.pivot_table(index=["env", "label"], columns="planner_seed", values="success_rate", aggfunc="first")
-per_seed["range (pts)"] = (per_seed.max(axis=1) - per_seed.min(axis=1)) * 100
-print(per_seed.to_string(float_format="%.2f"))
+print(stats.seed_spread(runs, ["env", "label"]).to_string(float_format="%.2f"))
 
 # %% tags=[]
 grid = plots.success_bars(quant.astype({"w_bits": str}), x="w_bits", hue="scope", col="env", baselines=base_rates,

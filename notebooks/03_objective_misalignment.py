@@ -20,15 +20,18 @@ device = "auto"            # "auto" (CUDA when available), "cpu", "cuda"
 profile = "full"           # "full": the study sized for 2 CPU cores; "paper": DINO-WM protocol (GPU); "smoke": tiny
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
+key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
+                           # (full: n_evals, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10; paper: Wall 10, PushT 30)
 trace_steps = None         # CEM iterations of the long traced runs; None: from the profile (full 20, paper 50)
-mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5)
+mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5, smoke 2)
 method = "RTN"             # weight-only method
 granularity = "per-channel"  # "per-channel" or "per-group"
 scope = "all"              # "all", "encoder" or "predictor"
 bits = [8, 4, 3]           # quantized bit widths compared with FP
 long_bits = [4, 3]         # of these, traced to trace_steps (the others to the budget)
+key_bits = [8, 4, 3]       # of these, key comparisons (key_evals episodes; notebook 01's same runs)
 round_bits = [4, 3]        # of these, run with MPC (success vs MPC rounds)
 candidates = 64            # candidate plans per episode scored by each model and executed in the env (alignment)
 group_size = None          # for "per-group"; None: profiles.group_size_for(encoder width)
@@ -49,18 +52,18 @@ from wmqlib import findings, plots, stats
 from wmqlib import profiles as pr
 from wmqlib import study as st
 
-S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals, opt_steps=opt_steps,
-             trace_steps=trace_steps, mpc_rounds=mpc_rounds)
+S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
+             key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
 settings, fp_settings, aligned = [], S.fp_settings(), []  # FP references (shared with 00, 01, 02)
 for ck, env in zip(S.checkpoints, S.envs):
     g = group_size or pr.default_group_size(ck)
     settings += [fp_settings[env], S.setting(ck, mpc=True)]
-    aligned.append(fp_settings[env])
+    aligned.append(S.setting(ck, long=True))  # on n_evals episodes, FP and quantized alike
     for b in bits:
         recipe = P.recipe(method, b, granularity, g)
-        settings.append(S.setting(ck, recipe=recipe, scope=scope, long=b in long_bits))
+        settings.append(S.setting(ck, recipe=recipe, scope=scope, long=b in long_bits, key=b in key_bits))
         aligned.append(S.setting(ck, recipe=recipe, scope=scope))
         if b in round_bits:
             settings.append(S.setting(ck, recipe=recipe, scope=scope, mpc=True))
@@ -74,6 +77,7 @@ curve = stats.success_curve(open_loop, ["env", "bits"])
 final = st.per_episode(open_loop, S.budget)
 rho = stats.rank_correlation(final, "plan_loss", "state_dist", ["env", "bits"])
 end = st.per_episode(open_loop)  # at the last traced iteration
+drops = st.loss_drop(open_loop, ["env", "bits"])  # per episode: 1 - last / first planning loss
 base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
 alignment = st.alignment_table(aligned, S.results, samples=candidates)
 
@@ -149,6 +153,11 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 #   FP, within episodes; `episode_verdicts.loss_misaligned`): the mean per-episode rho is decisively lower than FP's
 #   (sign-flip test over episodes) -> reproduced; it is within 0.1 of FP's (TOST) -> not reproduced; *not testable*
 #   when FP does not beat the trivial baselines or FP's own loss does not decisively rank the plans.
+# - **F6 the planning loss fails to decrease over the iterations at low bits** (per env, the lowest bit width vs FP,
+#   paired by episode; `episode_verdicts.loss_stalls`): per episode the relative drop of the planning loss of CEM's
+#   plan from its first to its last iteration, under the model that plans. Decisively smaller than FP's ->
+#   reproduced; within 0.1 of FP's (TOST) -> not reproduced; *not testable* when FP does not beat the trivial
+#   baselines or FP's own loss does not decisively drop.
 # - **F4 more MPC rounds do not repair low bits** (per env and `round_bits`, whole model): per episode, the low-bit
 #   model's deficit to FP at round 1 and at the last round (`episode_verdicts.iterations_repair`). The paper's claim
 #   is *irreversible* (the deficit shrinks by less than 10 points, 90% interval) -> reproduced; *repaired* (it
@@ -159,8 +168,8 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = findings.misalignment_verdicts(alignment, final, rounds, findings.baselines_of(fp_settings, S.results),
-                                       f"W{min(bits)}A16", round_bits)
+found = findings.misalignment_verdicts(alignment, drops, final, rounds,
+                                       findings.baselines_of(fp_settings, S.results), f"W{min(bits)}A16", round_bits)
 print(findings.report(found))
 
 # %% [markdown] tags=[]

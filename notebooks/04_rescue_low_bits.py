@@ -34,12 +34,15 @@ device = "auto"            # "auto" (CUDA when available), "cpu", "cuda"
 profile = "full"           # "full": the study sized for 2 CPU cores; "paper": DINO-WM protocol (GPU); "smoke": tiny
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
+key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
+                           # (full: n_evals, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10)
 planner_seeds = None       # planner seeds; None: from the profile (full 0, 1, 2; smoke 0, 1)
-seeded_envs = ["wall"]     # envs whose method settings run every planner seed (PushT's FP sits near the floor)
+seeded_envs = ["wall"]     # envs whose key settings also run the other planner seeds (their spread, on n_evals)
 rescue_bits = [4, 3]       # weight-only bit widths (per channel) every method is tried at
 methods = ["RTN", "RTN+hadamard", "GPTQ", "GPTQ+hadamard", "mixed", "QAT"]  # in order of cost
+key_methods = ["RTN", "GPTQ", "QAT"]  # of these, the key comparisons (key_evals episodes; every seed in seeded_envs)
 act_bits = [[4, 4]]        # [weight, activation] bits of the weight + activation rows (per-token activations) ...
 act_methods = ["RTN", "RTN+hadamard", "GPTQ+hadamard"]  # ... with these methods
 mixed_choices = [2, 3, 4, 8]  # bit widths the allocator may give a linear (its budget: each of rescue_bits)
@@ -72,7 +75,7 @@ from wmqlib import study as st
 from wmqlib.paths import RESULTS_DIR
 
 S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
-             opt_steps=opt_steps, planner_seeds=planner_seeds)
+             key_evals=key_evals, opt_steps=opt_steps, planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
 rescue.check_methods(methods + act_methods)  # registered recipes (with +rotation) or rescue.KINDS
@@ -112,8 +115,8 @@ _ = plots.savefig(fig, "04_rescue_low_bits", "sensitivity", figures_dir=figures_
 # `QAT` plans with the fine-tuned checkpoint. Cells: `successes/n rate [95% interval]` on the first planner seed.
 
 # %% tags=[]
-settings, labels = rescue.rescue_settings(S, methods, rescue_bits, act_bits, act_methods, seeded_envs, allocations,
-                                         qat_checkpoints)
+settings, labels = rescue.rescue_settings(S, methods, rescue_bits, act_bits, act_methods, seeded_envs, key_methods,
+                                          allocations, qat_checkpoints)
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 runs = rescue.relabel(table, settings, labels, S.budget)
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]

@@ -1,16 +1,17 @@
 """wmqlib.diagnostics: the model card's diagnostics, on the seconds-long ``tiny`` model and on values by hand."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import shutil
-
+from wmqlib import diagnostics
 from wmqlib.card import add_diagnostics, read_card, recipe_record
 from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, main
-from wmqlib.envs import env_class
+from wmqlib.envs import env_class, sample_episodes
+from wmqlib.plan import CEMConfig, MPCConfig
 from wmqlib.stats import success_summary
 from wmqlib.train import PRESETS, train
 
@@ -71,7 +72,8 @@ def test_card_level_adds_the_closed_loop_runs_and_their_ceiling(tiny):
     _, model = tiny
     result = diagnose(model, "wall", level="card", episodes=2, mpc_rounds=2, probe_trajectories=(4, 2))
     assert list(result["planning"]) == ["open_loop", "open_loop_visual_only", "mpc", "visual_only", "proprio_only"]
-    assert list(result["references"])[:2] == ["simulator_open_loop", "simulator_mpc"]
+    assert list(result["references"]) == ["simulator_open_loop", "simulator_mpc", "no_action", "straight_line",
+                                          "random", "no_action_mpc", "straight_line_mpc", "random_mpc"]
     # MPC replans only what open loop failed: its ceiling is at least the open-loop ceiling
     refs = result["references"]
     assert refs["simulator_mpc"]["successes"] >= refs["simulator_open_loop"]["successes"]
@@ -111,3 +113,19 @@ def test_the_record_lists_each_diagnosed_recipe_and_what_it_changed(tiny, tmp_pa
     card["architecture"] = card["recipe"].pop("model")
     (flat / "card.json").write_text(json.dumps(card))
     assert list(recipe_record([flat, folder])["changes"]) == ["-", "-"]
+
+
+def test_the_mpc_rows_baselines_get_the_mpc_runs_env_step_budget(tiny, monkeypatch):
+    _, model = tiny
+    steps = []
+
+    def fake(renderer, episodes, steps_):
+        steps.append(steps_)
+        return pd.DataFrame({"baseline": ["straight_line"] * len(episodes), "success": [True] * len(episodes)})
+    monkeypatch.setattr(diagnostics, "baselines", lambda renderer, episodes, steps: fake(renderer, episodes, steps))
+    planner = CEMConfig(samples=4, topk=2, opt_steps=1, horizon=5)
+    eps = sample_episodes("wall", 2)
+    refs = diagnostics.references(model, "wall", eps, planner, MPCConfig(max_rounds=3), ceiling=False)
+    per_plan = planner.horizon * model.config.frameskip
+    assert steps == [per_plan, 3 * per_plan] and list(refs) == ["straight_line", "straight_line_mpc"]
+    assert list(diagnostics.references(model, "wall", eps, planner, None, ceiling=False)) == ["straight_line"]

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmqlib.episode_verdicts import iterations_repair, loss_misaligned
+from wmqlib import study as st
+from wmqlib.episode_verdicts import iterations_repair, loss_misaligned, loss_stalls
 from wmqlib.validate import InvalidValue
 
 
@@ -93,3 +94,32 @@ def test_f6_a_decisive_change_inside_the_margin_is_negligible():
     f = 0.9 + 0.02 * rng.normal(size=50)
     small = f6(f - 0.05 + 0.005 * rng.normal(size=50), f)  # decisively lower, but by 0.05 < 0.1
     assert small.p < 0.05 and small.outcome == "not reproduced" and small.p_equivalence < 0.05
+
+
+def stalls(q, f):
+    n = len(q)
+    fp = pd.Series(np.ones(n, bool), index=pd.Index(range(n), name="episode_seed"))
+    return loss_stalls(rhos(q), rhos(f), fp, {"none": ~fp}, "Q vs FP")
+
+
+def test_f6_loss_stalls_each_outcome():
+    rng = np.random.default_rng(2)
+    fp_drop = 0.6 + 0.05 * rng.standard_normal(N)  # FP's loss falls by 60% over the iterations
+    stalled = stalls(0.05 * rng.standard_normal(N), fp_drop)  # the quantized loss does not move
+    assert stalled.outcome == "reproduced" and stalled.finding == "F6 loss stalls over iterations"
+    assert stalled.effect == pytest.approx(-0.6, abs=0.05)  # mean paired difference Q - FP
+    assert stalls(fp_drop + 0.01 * rng.standard_normal(N), fp_drop).outcome == "not reproduced"
+    mixed = fp_drop[:6] + np.array([-0.3, 0.25, -0.25, 0.2, -0.3, 0.3])
+    assert stalls(mixed, fp_drop[:6]).outcome == "inconclusive"
+    flat = stalls(0.01 * rng.standard_normal(N), 0.01 * rng.standard_normal(N))  # FP's own loss does not drop
+    assert flat.outcome == "not testable" and "FP's own mean loss drop is not decisively above 0" in flat.why
+
+
+def test_f6_loss_drop_is_one_minus_last_over_first_per_episode():
+    trace = pd.DataFrame({"env": "wall", "bits": "FP", "episode_seed": [1, 1, 1, 4, 4, 4],
+                          "iteration": [2, 0, 1, 0, 1, 2], "plan_loss": [0.5, 2.0, 1.0, 1.0, 1.5, 1.25]})
+    out = st.loss_drop(trace, ["env", "bits"])
+    assert list(out["episode_seed"]) == [1, 4]
+    assert list(out["loss_drop"]) == [0.75, -0.25]  # 1 - 0.5 / 2; a loss that rose: 1 - 1.25 / 1
+    with pytest.raises(ValueError, match=r"columns \['iteration'\]"):
+        st.loss_drop(trace.drop(columns="iteration"), "env")

@@ -172,3 +172,15 @@ def test_notebook_runs_headless_on_the_committed_cache(tmp_path):
     outputs = [o for cell in cells if cell["cell_type"] == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
     assert "application/vnd.jupyter.widget-view+json" in outputs[-1]["data"]  # the explorer's box, last
+
+
+def test_the_default_episode_count_reads_a_key_comparisons_run_first(tmp_path):
+    ex = Explorer("smoke", cache_dir=tmp_path, live=False)
+    ex.controls["method"].value = "RTN"
+    ex.controls["bits"].value = 4
+    options = [s for s, _ in ex.candidates()]
+    assert [s.n_evals for s in options] == [ex.profile.key_evals, ex.profile.n_evals, ex.profile.n_evals]
+    assert options[0].planner.opt_steps == options[1].planner.opt_steps == ex.profile.trace_steps  # both traced
+    assert ex.setting() == options[-1]  # nothing cached: the run of exactly the budget is offered
+    ex.controls["n_evals"].value = 2  # another count: only runs of that many episodes answer it
+    assert [s.n_evals for s, _ in ex.candidates()] == [2, 2]

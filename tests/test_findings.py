@@ -170,11 +170,19 @@ def test_f6_reads_the_per_episode_alignment_of_the_low_bits_against_fp():
     def alignment(low_rho: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame({"env": "wall", "bits": np.repeat(["FP", "W3A16"], N),
                              "episode_seed": np.tile(np.arange(N), 2), "rho": np.r_[fp_rho, low_rho]})
+    def drops(low_drop: np.ndarray) -> pd.DataFrame:  # the low bits ran 10 more episodes than FP: common ones count
+        return pd.DataFrame({"env": "wall", "bits": np.repeat(["FP", "W3A16"], [N, N + 10]),
+                             "episode_seed": np.r_[np.arange(N), np.arange(N + 10)],
+                             "loss_drop": np.r_[fp_rho, low_drop]})
     final = pd.concat([rows("FP", "FP", 32, "-", FP), rows("RTN W3A16", "RTN", 3, "per-channel", successes((0, 5)))])
     empty = final.iloc[:0].assign(round=1)
-    lost = findings.misalignment_verdicts(alignment(fp_rho - 0.5), final, empty, {"wall": base()}, "W3A16", [])
-    kept = findings.misalignment_verdicts(alignment(fp_rho + 0.01 * rng.normal(size=N)), final, empty,
+    lost = findings.misalignment_verdicts(alignment(fp_rho - 0.5), drops(np.zeros(N + 10)), final, empty,
                                           {"wall": base()}, "W3A16", [])
-    assert [(v.finding, v.outcome) for v in lost] == [("F6 loss misaligned within episodes", "reproduced")]
+    kept = findings.misalignment_verdicts(alignment(fp_rho + 0.01 * rng.normal(size=N)),
+                                          drops(np.r_[fp_rho, np.zeros(10)]), final, empty, {"wall": base()}, "W3A16",
+                                          [])
+    assert [(v.finding, v.outcome) for v in lost] == [("F6 loss misaligned within episodes", "reproduced"),
+                                                      ("F6 loss stalls over iterations", "reproduced")]
     assert lost[0].effect == pytest.approx(-0.5) and lost[0].episodes == N
-    assert kept[0].outcome == "not reproduced"  # within +-0.1 of FP's rho
+    assert lost[1].effect == pytest.approx(-fp_rho.mean()) and lost[1].episodes == N
+    assert [v.outcome for v in kept] == ["not reproduced"] * 2  # within +-0.1 of FP's

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from wmqlib import profiles as pr
-from wmqlib.envs import Wall
+from wmqlib.envs import Wall, sample_episodes
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
 from wmqlib.quant import RTN
 from wmqlib.sweep import config_key, sweep
@@ -92,9 +93,24 @@ def test_setup_resolves_samplers_and_settings_carry_them(tiny, capsys):
         pr.setup("smoke", [tiny], samplers={"wall": "demo"})
 
 
+def test_key_comparisons_run_more_distinct_episodes_with_the_first_planner_seed(tiny, capsys):
+    p = pr.make_profile("smoke", key_evals=5, planner_seeds=(3, 4))
+    assert [p.evals(key, k) for key in (False, True) for k in (3, 4)] == [3, 3, 5, 3]  # the others: their spread
+    assert dataclasses.replace(p, key_evals=None).evals(True, 3) == 3  # None: n_evals
+    assert pr.make_profile("smoke", n_evals=9).evals(True, 0) == 9  # never fewer than n_evals
+    S = pr.setup("smoke", [tiny], device="cpu", key_evals=5)
+    seeded = S.seeded(tiny, S.profile.planner_seeds, recipe=RTN(4))
+    assert [(s.planner_seed, s.n_evals) for s in seeded] == [(0, 5), (1, 3)]
+    assert seeded[0] == S.setting(tiny, recipe=RTN(4), key=True)
+    assert [s.n_evals for s in S.seeded(tiny, S.profile.planner_seeds, key=False)] == [3, 3]
+    first = sample_episodes("wall", 3, seed=S.seed)
+    assert [e.seed for e in sample_episodes("wall", 5, seed=S.seed)[:3]] == [e.seed for e in first]  # shared prefix
+
+
 def test_setup_gives_the_fp_references_the_seeds_and_the_footer(tiny, capsys):
     S = pr.setup("smoke", [tiny], device="cpu")
-    assert S.fp_settings() == {"wall": S.setting(tiny, long=True)}
+    assert S.fp_settings() == {"wall": S.setting(tiny, long=True, key=True)}
+    assert S.fp_settings()["wall"].n_evals == S.profile.key_evals > S.profile.n_evals
     assert S.planner_seeds("wall", ["wall"]) == S.profile.planner_seeds
     assert S.planner_seeds("wall", []) == S.profile.planner_seeds[:1]
     assert S.footer("00_baseline", 7).startswith("00_baseline: ") and ", profile smoke, 7 settings, torch threads " \

@@ -30,10 +30,13 @@ def test_rescue_settings_build_every_method_with_its_labels(tiny, capsys):
     names = find_points(load_world_model(tiny)).linears
     allocations = {("wall", 4): {name: 2 if i % 2 else 8 for i, name in enumerate(names)}}
     settings, labels = rescue.rescue_settings(S, ["RTN", "GPTQ+hadamard", "mixed", "QAT"], [4], [[4, 4]],
-                                              ["RTN"], ["wall"], allocations, {"wall": tiny})
+                                              ["RTN"], ["wall"], ["RTN", "GPTQ+hadamard", "QAT"], allocations,
+                                              {"wall": tiny})
     seeds = S.profile.planner_seeds
     assert list(labels["method"]) == ["FP"] * len(seeds) + [m for m in ["RTN", "GPTQ+hadamard", "mixed", "QAT"]
-                                                            for _ in seeds] + ["RTN"]
+                                                            for _ in (seeds if m != "mixed" else seeds[:1])] + ["RTN"]
+    key, other = S.profile.key_evals, S.profile.n_evals  # key methods: key_evals episodes with the first seed
+    assert [s.n_evals for s in settings] == [key, other] * 3 + [other] + [key, other] + [other]
     assert list(labels["bits"].unique()) == ["FP", "W4", "W4A4"] and len(settings) == len(labels)
     by = dict(zip(zip(labels["method"], labels["bits"], labels["planner_seed"]), settings))
     assert by["RTN", "W4", 0].recipe == RTN(4, PerChannel()) and by["RTN", "W4", 0].planner.opt_steps == \

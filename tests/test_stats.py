@@ -261,3 +261,16 @@ def test_copies_of_episodes_do_not_narrow_the_clustered_interval():
     eq = stats.equivalence(_copies(a, 3), _copies(b, 3), margin=0.3, clusters=labels)
     assert (eq.ci_low, eq.ci_high) == pytest.approx(stats.paired_interval(_copies(a, 3), _copies(b, 3), 0.9,
                                                                           clusters=labels))
+
+
+def test_seed_spread_compares_the_seeds_on_the_episodes_all_of_them_ran():
+    # "q": seed 0 ran episodes 0-3 (a key setting), seed 1 episodes 0-1; "fp": one seed only (no spread)
+    rows = [("q", 0, e, s) for e, s in enumerate([True, False, True, True])]
+    rows += [("q", 1, e, s) for e, s in enumerate([True, True])]
+    rows += [("fp", 0, e, True) for e in range(4)]
+    runs = pd.DataFrame(rows, columns=["label", "planner_seed", "episode", "success"])
+    out = stats.seed_spread(runs, "label")
+    assert list(out.index) == ["q"] and out.loc["q", "episodes"] == 2  # episodes 2-3 only seed 0 ran
+    assert (out.loc["q", 0], out.loc["q", 1], out.loc["q", "range (pts)"]) == (0.5, 1.0, 50.0)
+    with pytest.raises(InvalidValue, match=r"columns \['seed'\] are not in the table"):
+        stats.seed_spread(runs, "label", seed="seed")

@@ -282,3 +282,15 @@ def test_fp_beats_baselines_every_outcome():
     close = _units([True] * 26 + [False] * 14)  # 4 points below FP: neither decisive nor equivalent at n = 40
     shuffled = _units([True] * 22 + [False] * 4 + [True] * 4 + [False] * 10)
     assert v.fp_beats_baselines(shuffled, {"line": close}).outcome == "inconclusive"
+
+
+def test_baselines_of_a_key_fp_are_read_on_the_compared_episodes():
+    fp = pd.Series([True] * 20, index=pd.Index(range(20), name="episode_seed"))
+    q = pd.Series([False] * 20, index=fp.index)
+    wider = pd.Series([False] * 20 + [True] * 40, index=pd.Index(range(60), name="episode_seed"))  # 60 episodes
+    out = v.w4_loses_success(q, fp, {"none": wider}, comparison="W4 vs FP")
+    assert out.outcome == "reproduced" and out.episodes == 20  # the baseline's other 40 episodes do not count
+    lost = wider.copy()
+    lost.index = pd.Index(range(40, 100), name="episode_seed")  # misses the compared episodes: refused
+    with pytest.raises(InvalidValue, match="does not hold the same units"):
+        v.w4_loses_success(q, fp, {"none": lost}, comparison="W4 vs FP")

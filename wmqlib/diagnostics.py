@@ -133,7 +133,8 @@ def references(model: WorldModel, env: str, episodes: list[Episode], planner: CE
                ceiling: bool = True) -> dict[str, Any]:
     """What the model's planning success is read against, by name -> ``rate``: "simulator_open_loop" and (with
     ``mpc``) "simulator_mpc", each with its seconds (``wmqlib.ceiling``; skipped when ``ceiling`` is False), then
-    the trivial baselines "no_action", "straight_line" and "random" over horizon * frameskip env steps."""
+    the trivial baselines "no_action", "straight_line" and "random" over the open-loop plan's horizon * frameskip
+    env steps and, with ``mpc``, as "<name>_mpc" over the MPC run's budget (times its rounds, as the study's)."""
     out: dict[str, Any] = {}
     renderer = make_env(env, render_size=model.config.img_size)
     for name, closed in (("simulator_open_loop", None), ("simulator_mpc", mpc)):
@@ -142,9 +143,11 @@ def references(model: WorldModel, env: str, episodes: list[Episode], planner: CE
         t0 = time.perf_counter()
         table = simulator_plan(model, renderer, episodes, planner, closed)
         out[name] = {**success_summary(int(table["success"].sum()), len(table)), "seconds": round(time.perf_counter() - t0, 1)}
-    table = baselines(renderer, episodes, steps=planner.horizon * model.config.frameskip)
-    for name, group in table.groupby("baseline", sort=False):
-        out[str(name)] = success_summary(int(group["success"].sum()), len(group))
+    budgets = {"": 1} if mpc is None else {"": 1, "_mpc": mpc.max_rounds}
+    for suffix, rounds in budgets.items():
+        table = baselines(renderer, episodes, steps=planner.horizon * model.config.frameskip * rounds)
+        for name, group in table.groupby("baseline", sort=False):
+            out[f"{name}{suffix}"] = success_summary(int(group["success"].sum()), len(group))
     return out
 
 
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the record of every checkpoint under CHECKPOINT whose card has diagnostics")
     parser.add_argument("--level", choices=LEVELS, default="card")
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--mpc-rounds", type=int, default=5)
+    parser.add_argument("--mpc-rounds", type=int, default=5,
+                        help="MPC rounds of the card level")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the simulator planner (wmqlib.ceiling; PushT's physics makes it slow)")
     args = parser.parse_args(argv)

@@ -20,6 +20,10 @@ several planner seeds its units form a cluster that counts once.
   lower (sign-flip test of the mean per-episode difference, Monte Carlo with a fixed seed, p < alpha);
   *inconclusive* otherwise; *not testable* when FP is not decisively above the best
   baseline or FP's own mean rho is not decisively above 0 (the loss ranks nothing even at full precision).
+- ``loss_stalls`` (F6, "at low bits the planning loss fails to decrease over the iterations"): per episode, the
+  relative drop of the planning loss from CEM's first to its last iteration (``study.loss_drop``: 1 - last /
+  first, under the model that plans), quantized vs FP, paired by episode; the same decision as ``loss_misaligned``
+  with ``drop_margin`` (not testable also when FP's own loss does not decisively drop).
 
 The MDE of both rules is the normal approximation (z_(1-alpha/2) + z_0.8) x the standard error of the mean change.
 """
@@ -39,6 +43,7 @@ from wmqlib.verdicts import ALPHA, FLOOR, MARGIN, POWER, Verdict, _align, _level
 
 CLAIMS = ("repaired", "irreversible")
 RHO_MARGIN = 0.10  # a change of the mean per-episode rho smaller than this is negligible
+DROP_MARGIN = 0.10  # ... and of the mean relative drop of the planning loss over CEM's iterations
 N_PERMUTATIONS = 20_000
 
 
@@ -92,20 +97,26 @@ def _signflip_mc(diff: np.ndarray, seed: int) -> float:
     return float((np.sum(null >= abs(diff.sum()) - 1e-12) + 1) / (N_PERMUTATIONS + 1))
 
 
-@rule
-def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
-                    baselines: pd.Series | Mapping[str, pd.Series], comparison: str, alpha: float = ALPHA,
-                    rho_margin: float = RHO_MARGIN, seed: int = 0, key_alpha: float | None = None) -> Verdict:
-    """F6 within episodes (module docstring): per-episode rho of the quantized and the FP model (indexed by
-    episode, aligned on ``q_rho``); ``fp`` / ``baselines``: FP's and the baselines' successes for testability."""
-    alpha, key = _levels("F6", alpha, key_alpha)
-    if not (isinstance(q_rho, pd.Series) and isinstance(fp_rho, pd.Series)) or len(q_rho) != len(fp_rho) \
-            or not q_rho.index.is_unique or not q_rho.index.isin(fp_rho.index).all():
-        raise InvalidValue("F6: q_rho and fp_rho must be pd.Series of per-episode rho over the same episodes")
-    q, f = q_rho.to_numpy(dtype=float), fp_rho.reindex(q_rho.index).to_numpy(dtype=float)  # NaN: a flat loss
+def _paired_mean(name: str, q_values: pd.Series, fp_values: pd.Series, fp: pd.Series,
+                 baselines: pd.Series | Mapping[str, pd.Series], comparison: str, what: str, worse: str,
+                 alpha: float, margin: float, seed: int, key_alpha: float | None) -> Verdict:
+    """The body of F6's two rules: a per-episode quantity of the quantized and the FP model (``what``, e.g.
+    "rho"; indexed by episode, aligned on ``q_values``; NaN drops the episode), compared by the mean paired
+    difference Q - FP. Equivalence within +-``margin`` first (TOST, ``1 - 2 alpha`` normal interval), then
+    "reproduced" when the quantized value is decisively lower (sign-flip p < alpha; ``worse`` says what that
+    means), else inconclusive; not testable when FP is not decisively above the best baseline (``fp`` /
+    ``baselines``: successes) or FP's own mean is not decisively above 0."""
+    alpha, key = _levels(name, alpha, key_alpha)
+    if not (isinstance(q_values, pd.Series) and isinstance(fp_values, pd.Series)) \
+            or len(q_values) != len(fp_values) or not q_values.index.is_unique \
+            or not q_values.index.isin(fp_values.index).all():
+        raise InvalidValue(f"{name}: the quantized and the FP {what} must be pd.Series of per-episode values over "
+                           f"the same episodes")
+    q, f = q_values.to_numpy(dtype=float), fp_values.reindex(q_values.index).to_numpy(dtype=float)
     keep = np.isfinite(q) & np.isfinite(f)
     if keep.sum() < 3:
-        raise InvalidValue(f"F6: need per-episode rho of at least 3 episodes for both models, got {keep.sum()}")
+        raise InvalidValue(f"{name}: need per-episode {what} of at least 3 episodes for both models, got "
+                           f"{keep.sum()}")
     diff, n = q[keep] - f[keep], int(keep.sum())
     normal = NormalDist()
     se = float(diff.std(ddof=1) / math.sqrt(n))
@@ -113,20 +124,43 @@ def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
     z, z_key, z2 = normal.inv_cdf(1 - alpha / 2), normal.inv_cdf(1 - key / 2), normal.inv_cdf(1 - key)
     p = _signflip_mc(diff, seed)
     fp_low = float(f[keep].mean() - z * f[keep].std(ddof=1) / math.sqrt(n))
-    numbers = (f"mean rho Q {q[keep].mean():.2f}, FP {f[keep].mean():.2f}; change {effect:+.2f} "
+    numbers = (f"mean {what} Q {q[keep].mean():.2f}, FP {f[keep].mean():.2f}; change {effect:+.2f} "
                f"[{effect - z_key * se:+.2f}, {effect + z_key * se:+.2f}], p {p:.2g}, {n} episodes")
     why = _untestable(fp, baselines, [], alpha, 0.0)
     if why is None and not fp_low > 0:
-        why = f"FP's own loss does not decisively rank plans by outcome: {numbers}"
+        why = f"FP's own mean {what} is not decisively above 0: {numbers}"
     if why is not None:
         outcome = "not testable"
-    elif effect - z2 * se > -rho_margin and effect + z2 * se < rho_margin:  # a change inside the margin is negligible
-        outcome, why = "not reproduced", f"alignment within +-{rho_margin} of FP's: {numbers}"
+    elif effect - z2 * se > -margin and effect + z2 * se < margin:  # a change inside the margin is negligible
+        outcome, why = "not reproduced", f"{what} within +-{margin} of FP's: {numbers}"
     elif p < key and effect < 0:
-        outcome, why = "reproduced", f"the loss ranks plans decisively worse: {numbers}"
+        outcome, why = "reproduced", f"{worse}: {numbers}"
     else:
         outcome, why = "inconclusive", numbers
-    p_tost = max(1 - normal.cdf((effect + rho_margin) / se), normal.cdf((effect - rho_margin) / se)) if se > 0 \
-        else float(abs(effect) >= rho_margin)
-    return Verdict("F6 loss misaligned within episodes", comparison, effect, effect - z_key * se,
-                   effect + z_key * se, 1 - key, p, _mde(se, key), outcome, why, p_equivalence=p_tost)
+    p_tost = max(1 - normal.cdf((effect + margin) / se), normal.cdf((effect - margin) / se)) if se > 0 \
+        else float(abs(effect) >= margin)
+    return Verdict(name, comparison, effect, effect - z_key * se, effect + z_key * se, 1 - key, p, _mde(se, key),
+                   outcome, why, p_equivalence=p_tost)
+
+
+@rule
+def loss_misaligned(q_rho: pd.Series, fp_rho: pd.Series, fp: pd.Series,
+                    baselines: pd.Series | Mapping[str, pd.Series], comparison: str, alpha: float = ALPHA,
+                    rho_margin: float = RHO_MARGIN, seed: int = 0, key_alpha: float | None = None) -> Verdict:
+    """F6 within episodes (module docstring): per-episode rho of the quantized and the FP model (indexed by
+    episode, aligned on ``q_rho``; NaN: a flat loss); ``fp`` / ``baselines``: FP's and the baselines' successes
+    for testability."""
+    return _paired_mean("F6 loss misaligned within episodes", q_rho, fp_rho, fp, baselines, comparison, "rho",
+                        "the loss ranks plans decisively worse", alpha, rho_margin, seed, key_alpha)
+
+
+@rule
+def loss_stalls(q_drop: pd.Series, fp_drop: pd.Series, fp: pd.Series,
+                baselines: pd.Series | Mapping[str, pd.Series], comparison: str, alpha: float = ALPHA,
+                drop_margin: float = DROP_MARGIN, seed: int = 0, key_alpha: float | None = None) -> Verdict:
+    """F6 over iterations (module docstring): per-episode relative drop of the planning loss over CEM's
+    iterations (``study.loss_drop``) of the quantized and the FP model (indexed by episode, aligned on
+    ``q_drop``); ``fp`` / ``baselines``: FP's and the baselines' successes for testability."""
+    return _paired_mean("F6 loss stalls over iterations", q_drop, fp_drop, fp, baselines, comparison, "loss drop",
+                        "the loss decreases decisively less over the iterations", alpha, drop_margin, seed,
+                        key_alpha)

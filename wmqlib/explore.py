@@ -17,6 +17,8 @@ Budget: open-loop CEM settings are traced, and iteration ``k - 1`` of a traced r
 (``study.at_opt_steps``), so budget ``k`` is read from the notebooks' long run (``trace_steps`` iterations) when
 ``k <= trace_steps`` and that run is cached, else from a run of exactly ``k`` iterations (run when missing).
 MPC-CEM: ``k`` CEM iterations per round, the profile's rounds (success at the last round). GD: ``k`` updates.
+Episodes: at the profile's ``n_evals`` (the control's default), a key comparison's run (``Profile.key_evals``
+distinct episodes, e.g. FP or RTN W4) is read when cached, and shows its episode count.
 
 Bad input in a control (a path that is not a checkpoint, a group size wider than every weight row, bits out of
 range) shows the library's message (``BAD_INPUT`` errors are caught at this boundary only), never a traceback.
@@ -56,7 +58,7 @@ PLANNING = ("CEM", "MPC-CEM", "GD")  # planning names (wmqlib.plan.planning_name
 ACT_BITS = ("none", 8, 6, 4)
 W_GRANULARITIES = ("per-channel", "per-group", "per-tensor")
 A_GRANULARITIES = ("per-tensor", "per-token")
-NOTEBOOK_SAMPLERS = {"pusht": "scripted"}  # the episode samplers of notebooks 00-03's parameters cells
+NOTEBOOK_SAMPLERS = {"pusht": "scripted"}  # the episode samplers of notebooks 00-04's parameters cells
 REPORT_COLUMNS = ("module", "w_bits", "w_granularity", "a_bits", "a_granularity", "effective_bits", "weight_mse",
                   "sqnr_db")
 BAD_INPUT = (ValueError, TypeError, OSError, SweepError)  # CheckpointError and InvalidValue are ValueErrors
@@ -192,7 +194,10 @@ class Explorer:
         if mpc or planner.name != "CEM":  # untraced: GD; MPC: read at its last round
             return [(exact, None)]
         long = dataclasses.replace(self._base(checkpoint, recipe, scope, long=True), n_evals=n)
-        return ([(long, budget)] if budget <= self.profile.trace_steps else []) + [(exact, budget)]
+        traced = [long] if budget <= self.profile.trace_steps else []
+        if traced and n == self.profile.n_evals:
+            traced.insert(0, self._base(checkpoint, recipe, scope, long=True, key=True))
+        return [(s, budget) for s in traced] + [(exact, budget)]
 
     def _find(self, setting: Setting) -> Path | None:
         """The setting's result file: in the profile's folder, else in any other sweep folder of ``cache_dir`` (a

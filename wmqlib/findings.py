@@ -27,7 +27,7 @@ import pandas as pd
 
 from wmqlib import verdicts
 from wmqlib.caches import CACHES, Caches
-from wmqlib.episode_verdicts import iterations_repair, loss_misaligned
+from wmqlib.episode_verdicts import iterations_repair, loss_misaligned, loss_stalls
 from wmqlib.setting import Setting
 from wmqlib.study import UNITS, baseline_outcomes, describe, per_episode
 from wmqlib.verdicts import Verdict
@@ -185,18 +185,24 @@ def scope_verdicts(runs: pd.DataFrame, rounds: pd.DataFrame, baselines: Baseline
     return verdicts.holm_adjusted(found)
 
 
-def misalignment_verdicts(alignment: pd.DataFrame, final: pd.DataFrame, rounds: pd.DataFrame, baselines: Baselines,
-                          low: str, round_bits: Sequence[int]) -> list[Verdict]:
+def misalignment_verdicts(alignment: pd.DataFrame, drops: pd.DataFrame, final: pd.DataFrame, rounds: pd.DataFrame,
+                          baselines: Baselines, low: str, round_bits: Sequence[int]) -> list[Verdict]:
     """Per env: F6 within episodes (``episode_verdicts.loss_misaligned``: the per-episode rho of ``alignment``,
     ``study.alignment_table``, of the ``low`` bits label against FP's, with FP's successes in ``final`` for
-    testability), then F4 for the whole model at each of ``round_bits`` (the paper's claim at low bits:
-    "irreversible")."""
+    testability), F6 over iterations (``episode_verdicts.loss_stalls``: the per-episode loss drop of ``drops``,
+    ``study.loss_drop`` by env and bits, ``low`` against FP on their common episodes), then F4 for the whole model
+    at each of ``round_bits`` (the paper's claim at low bits: "irreversible")."""
     found = []
     for env, base in baselines.items():
+        fp = units(final, env=env, bits="FP")
         at = alignment[alignment["env"] == env].set_index("episode_seed")
         q_rho, fp_rho = (at.loc[at["bits"] == bits, "rho"].sort_index() for bits in (low, "FP"))
-        found.append(loss_misaligned(q_rho, fp_rho, units(final, env=env, bits="FP"), base,
+        found.append(loss_misaligned(q_rho, fp_rho, fp, base,
                                      comparison=f"{env}: rho(loss, outcome) within episodes {low} - FP"))
+        at = drops[drops["env"] == env].set_index("episode_seed")
+        q_drop, fp_drop = verdicts.common(*(at.loc[at["bits"] == bits, "loss_drop"] for bits in (low, "FP")))
+        found.append(loss_stalls(q_drop, fp_drop, fp, base,
+                                 comparison=f"{env}: loss drop over CEM iterations {low} - FP"))
         found += round_verdicts(rounds[rounds["env"] == env], {"bits": "FP"},
                                 {f"{env}: W{b}": ({"bits": f"W{b}A16"}, "irreversible") for b in round_bits}, base)
     return verdicts.holm_adjusted(found)

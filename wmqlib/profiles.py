@@ -53,7 +53,10 @@ def default_group_size(checkpoint: str | os.PathLike) -> int:
 class Profile:
     """The sizes of one run of the study (see ``PROFILES``).
 
-    n_evals: evaluation episodes per setting. samples, topk: CEM candidates and elites.
+    n_evals: evaluation episodes per setting. key_evals: distinct episodes of a key comparison's settings (FP and
+        the settings a notebook marks ``key``) with the first planner seed, the first ``n_evals`` of them the same
+        episodes as every other setting's (``envs.episode_seeds`` extends the list); None = n_evals.
+    samples, topk: CEM candidates and elites.
     opt_steps: CEM iterations of untraced settings; None = DINO-WM's protocol per env (Wall 10, PushT 30).
     trace_steps: CEM iterations of traced settings (success and loss vs iterations).
     gd_steps: gradient-descent updates of the GD planner. mpc_rounds: max rounds of the MPC settings.
@@ -81,11 +84,12 @@ class Profile:
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     planner_seeds: tuple[int, ...] = (0,)
     probe_trajectories: tuple[int, int] = (300, 40)
+    key_evals: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_evals", "samples", "topk", "trace_steps", "gd_steps", "mpc_rounds", "n_calib"):
             check_int(f"Profile.{name}", getattr(self, name), 1)
-        for name in ("opt_steps", "threads"):
+        for name in ("opt_steps", "threads", "key_evals"):
             if getattr(self, name) is not None:
                 check_int(f"Profile.{name} (or None)", getattr(self, name), 1)
         check_bool("Profile.always_recompute", self.always_recompute)
@@ -101,6 +105,13 @@ class Profile:
         object.__setattr__(self, "probe_trajectories", (check_int("Profile.probe_trajectories[0]", pair[0], 4),
                                                         check_int("Profile.probe_trajectories[1]", pair[1], 1)))
         CEMConfig(samples=self.samples, topk=self.topk)  # topk <= samples, checked where it is defined
+
+    def evals(self, key: bool = False, planner_seed: int = 0) -> int:
+        """Evaluation episodes of a setting: ``key_evals`` for a key comparison's first planner seed, else
+        ``n_evals`` (the other planner seeds measure the planner's spread on the common episodes); never fewer
+        than ``n_evals``."""
+        first = planner_seed == self.planner_seeds[0]
+        return max(self.key_evals or 0, self.n_evals) if key and first else self.n_evals
 
     def steps(self, env: str) -> int:
         """CEM iterations of an untraced setting in ``env``."""
@@ -120,7 +131,7 @@ class Profile:
     def setting(self, checkpoint: str, env: str, device: str = "auto", seed: int = 99, recipe: Recipe | None = None,
                 scope: str = "all", planner: str = "CEM", mpc: bool = False, long: bool = False,
                 protocol: bool = False, planner_seed: int = 0, objective: ObjectiveConfig | None = None,
-                sampler: str | None = None,
+                sampler: str | None = None, key: bool = False,
                 overrides: Mapping[str, Recipe] | Sequence[tuple[str, Recipe]] | None = None,
                 calib_rounds: int = CALIB_MPC_ROUNDS, calib_source: str = CALIB_SOURCE) -> Setting:
         """A ``Setting`` of ``checkpoint`` sized by this profile for ``env``, the env the checkpoint was trained on
@@ -131,7 +142,8 @@ class Profile:
         10 / PushT 30 iterations, whatever the profile); mpc: closed loop with ``mpc_rounds`` rounds. Open-loop CEM
         is always traced (the trace costs no planning and gives success vs iterations for free), with
         ``trace_steps`` iterations when ``long`` else ``steps(env)``; MPC settings always give one row per round
-        (success vs rounds); open-loop GD is not traced. planner_seed, objective, sampler, overrides, calib_rounds,
+        (success vs rounds); open-loop GD is not traced. key: a key comparison's setting (``evals``: key_evals
+        episodes with the first planner seed). planner_seed, objective, sampler, overrides, calib_rounds,
         calib_source: as in ``Setting``.
         """
         check_choice("planner", planner, list(PLANNERS))
@@ -143,7 +155,8 @@ class Profile:
             "CEM": lambda: CEMConfig(opt_steps=env_class(env).plan_opt_steps) if protocol else self.cem(env, long),
             "GD": lambda: GDConfig(opt_steps=self.gd_steps)}[planner]()
         return Setting(checkpoint, recipe=recipe, scope=scope, planner=chosen,
-                       mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None, n_evals=self.n_evals, seed=seed,
+                       mpc=MPCConfig(max_rounds=self.mpc_rounds) if mpc else None,
+                       n_evals=self.evals(key, planner_seed), seed=seed,
                        trace=mpc or planner != "GD", n_calib=self.n_calib, calib_planner=self.cem(env),
                        device=device, planner_seed=planner_seed, objective=objective, sampler=sampler,
                        overrides=overrides, calib_rounds=calib_rounds, calib_source=calib_source)
@@ -160,7 +173,7 @@ PROFILES = {
                      mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2)),
     "smoke": Profile("smoke", n_evals=3, samples=30, topk=5, opt_steps=2, trace_steps=3, gd_steps=3, mpc_rounds=2,
                      n_calib=2, threads=1, always_recompute=True, method_options={"OmniQuant": {"epochs": 1}},
-                     planner_seeds=(0, 1), probe_trajectories=(12, 4)),
+                     planner_seeds=(0, 1), probe_trajectories=(12, 4), key_evals=4),
 }
 
 
@@ -199,8 +212,15 @@ class Setup:
                                     **{"sampler": self.samplers[env], **kwargs})
 
     def fp_settings(self) -> dict[str, Setting]:
-        """Per env, the FP reference every notebook shares: open-loop CEM traced to ``trace_steps`` (``long``)."""
-        return {env: self.setting(checkpoint, long=True) for checkpoint, env in zip(self.checkpoints, self.envs)}
+        """Per env, the FP reference every notebook shares: open-loop CEM traced to ``trace_steps`` (``long``), a key
+        setting (``Profile.key_evals`` episodes)."""
+        return {env: self.setting(checkpoint, long=True, key=True)
+                for checkpoint, env in zip(self.checkpoints, self.envs)}
+
+    def seeded(self, checkpoint: str, seeds: Sequence[int], key: bool = True, **kwargs: Any) -> list[Setting]:
+        """One configuration run with each planner seed of ``seeds`` (``planner_seeds``): with ``key``, a key
+        comparison's settings (the first seed on ``key_evals`` episodes, the others on ``n_evals``)."""
+        return [self.setting(checkpoint, planner_seed=k, key=key, **kwargs) for k in seeds]
 
     def planner_seeds(self, env: str, seeded_envs: Collection[str]) -> tuple[int, ...]:
         """The profile's planner seeds for an env of ``seeded_envs``, only its first seed for the others."""

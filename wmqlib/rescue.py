@@ -3,7 +3,7 @@
     check_methods(methods)                                      # registered recipes ("GPTQ+hadamard") or KINDS
     sens = sensitivity(S, fp_settings, (2, 3, 4), S.profile.samples)    # cached sweep, one row per (linear, bits)
     allocations = allocate(sens, (4, 3), (2, 3, 4, 8), RESULTS_DIR / "allocations-full")  # also written as JSON
-    settings, labels = rescue_settings(S, methods, (4, 3), [[4, 4]], act_methods, ["wall"], allocations, qat)
+    settings, labels = rescue_settings(S, methods, (4, 3), [[4, 4]], act_methods, ["wall"], ["RTN"], allocations, qat)
     runs = relabel(run_study(settings, S.results), settings, labels, S.budget)
 
 A method is a registered recipe name, with ``+<rotation>`` for a rotated one (``quant.recipe_from_names``:
@@ -111,41 +111,46 @@ def sensitivity_summary(sensitivity: pd.DataFrame, allocations: Mapping[tuple[st
 
 def method_setting(S: Setup, env: str, method: str, w_bits: int, a_bits: int | None = None, planner_seed: int = 0,
                    allocations: Mapping[tuple[str, int], Mapping[str, int]] | None = None,
-                   qat_checkpoints: Mapping[str, str] | None = None) -> Setting:
+                   qat_checkpoints: Mapping[str, str] | None = None, key: bool = False) -> Setting:
     """The setting of ``method`` at ``w_bits`` (weights per channel; ``a_bits``: per-token activations) in ``env``:
     "QAT" plans FP with ``qat_checkpoints[env]`` (formatted with ``bits``); "mixed" quantizes with RTN at the
     bit widths of ``allocations[env, w_bits]``; a recipe name quantizes the whole model (RTN traced ``long``, as
-    notebook 01's)."""
+    notebook 01's). key: a key comparison's setting (``Profile.evals``)."""
     checkpoint = S.checkpoints[S.envs.index(env)]
     if method == "QAT":
         qat = qat_checkpoints[env].format(bits=w_bits)
-        return S.profile.setting(qat, env, S.device, S.seed, sampler=S.samplers[env], planner_seed=planner_seed)
+        return S.profile.setting(qat, env, S.device, S.seed, sampler=S.samplers[env], planner_seed=planner_seed,
+                                 key=key)
     if method == "mixed":
         bits = allocations[env, w_bits]
-        setting = S.setting(checkpoint, recipe=RTN(min(bits.values())), planner_seed=planner_seed)
+        setting = S.setting(checkpoint, recipe=RTN(min(bits.values())), planner_seed=planner_seed, key=key)
         return dataclasses.replace(setting, overrides=mixed_overrides(bits, RTN))
     recipe = S.profile.recipe(method, w_bits, "per-channel", a_bits=a_bits,
                               a_granularity=None if a_bits is None else "per-token")
-    return S.setting(checkpoint, recipe=recipe, planner_seed=planner_seed, long=method == "RTN" and a_bits is None)
+    return S.setting(checkpoint, recipe=recipe, planner_seed=planner_seed, long=method == "RTN" and a_bits is None,
+                     key=key)
 
 
 def rescue_settings(S: Setup, methods: Sequence[str], rescue_bits: Sequence[int], act_bits: Sequence[Sequence[int]],
-                    act_methods: Sequence[str], seeded_envs: Collection[str],
+                    act_methods: Sequence[str], seeded_envs: Collection[str], key_methods: Collection[str],
                     allocations: Mapping[tuple[str, int], Mapping[str, int]], qat_checkpoints: Mapping[str, str]
                     ) -> tuple[list[Setting], pd.DataFrame]:
     """Notebook 04's settings and their labels (env, method, bits "W4" / "W4A4", planner_seed): per env, FP and
-    every method at every ``rescue_bits`` with each planner seed of ``seeded_envs`` (``Setup.planner_seeds``), then
-    every ``act_methods`` at each [weight, activation] pair of ``act_bits`` with the first seed."""
+    every method at every ``rescue_bits``, those of ``key_methods`` as key comparisons (``Profile.key_evals``
+    episodes, and each planner seed of ``seeded_envs``: ``Setup.planner_seeds``), the others with the first seed;
+    then every ``act_methods`` at each [weight, activation] pair of ``act_bits`` with the first seed."""
     settings, labels = [], []
     for env, fp in S.fp_settings().items():
         seeds = S.planner_seeds(env, seeded_envs)
-        settings += [dataclasses.replace(fp, planner_seed=k) for k in seeds]
+        settings += S.seeded(fp.checkpoint, seeds, long=True)
         labels += [dict(env=env, method="FP", bits="FP", planner_seed=k) for k in seeds]
         for b in rescue_bits:
             for m in methods:
+                key = m in key_methods
+                keyed = seeds if key else seeds[:1]
                 settings += [method_setting(S, env, m, b, planner_seed=k, allocations=allocations,
-                                            qat_checkpoints=qat_checkpoints) for k in seeds]
-                labels += [dict(env=env, method=m, bits=f"W{b}", planner_seed=k) for k in seeds]
+                                            qat_checkpoints=qat_checkpoints, key=key) for k in keyed]
+                labels += [dict(env=env, method=m, bits=f"W{b}", planner_seed=k) for k in keyed]
         for (wb, ab), m in ((pair, m) for pair in act_bits for m in act_methods):
             settings.append(method_setting(S, env, m, wb, ab))
             labels.append(dict(env=env, method=m, bits=f"W{wb}A{ab}", planner_seed=S.profile.planner_seeds[0]))

@@ -113,6 +113,26 @@ def success_table(table: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
     return out
 
 
+def seed_spread(runs: pd.DataFrame, by: str | Sequence[str], seed: str = "planner_seed",
+                episode: str = "episode") -> pd.DataFrame:
+    """Success rate per planner seed of every group of ``by`` run with several seeds, on the episodes all its seeds
+    ran (a key setting's first seed runs more episodes than the others; the spread compares like with like).
+
+    runs: one row per (setting, seed, episode) with boolean ``success``. Returns one row per group (index ``by``),
+    one column per seed, ``range (pts)`` (largest minus smallest rate, in points) and ``episodes`` (the shared ones).
+    """
+    keys = _by(runs, by, seed, episode)
+    seeds = runs.groupby(keys, sort=False)[seed].transform("nunique")
+    runs = runs[seeds > 1]
+    shared = runs.groupby([*keys, episode], sort=False)[seed].transform("nunique") == seeds[seeds > 1]
+    runs = runs[shared]
+    rates = success_rates(runs, [*keys, seed])
+    out = rates.pivot_table(index=keys, columns=seed, values="success_rate", aggfunc="first")
+    out["range (pts)"] = (out.max(axis=1) - out.min(axis=1)) * 100
+    out["episodes"] = runs.groupby(keys)[episode].nunique()
+    return out
+
+
 def success_curve(trace: pd.DataFrame, by: str | Sequence[str], step: str = "iteration",
                   loss: str | None = "plan_loss") -> pd.DataFrame:
     """Success rate with its Wilson 95% interval per group and step (a CEM iteration or an MPC round).

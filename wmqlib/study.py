@@ -419,6 +419,21 @@ def at_opt_steps(trace: pd.DataFrame, k: int) -> pd.DataFrame:
     return trace[trace["iteration"] == k - 1].reset_index(drop=True).assign(opt_steps=k)
 
 
+def loss_drop(trace: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
+    """Per group of ``by`` and episode of traced open-loop rows (``iteration``, ``plan_loss``: the cost of CEM's
+    mean plan after each refit, under the model that plans): the relative drop of the loss from the first to the
+    last traced iteration, ``loss_drop = 1 - last / first`` (1: the loss vanished; 0: it did not move; < 0: it
+    rose). Columns ``by``, episode_seed, loss_first, loss_last, loss_drop; ValueError without a trace."""
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in [*by, "episode_seed", "iteration", "plan_loss"] if c not in trace.columns]
+    if missing:
+        raise ValueError(f"loss_drop needs a traced table with columns {missing}")
+    keys = [*by, "episode_seed"]
+    ends = trace.sort_values("iteration").groupby(keys, sort=True)["plan_loss"].agg(["first", "last"])
+    out = ends.rename(columns={"first": "loss_first", "last": "loss_last"}).reset_index()
+    return out.assign(loss_drop=1 - out["loss_last"] / out["loss_first"])
+
+
 def per_episode(table: pd.DataFrame, k: int | Mapping[str, int] | None = None) -> pd.DataFrame:
     """One row per (setting, episode): traced settings at ``opt_steps = min(k, traced iterations)`` (k per env
     when a mapping, e.g. ``{"wall": 10, "pusht": 30}``; None = their last iteration), MPC settings at their last

@@ -58,7 +58,7 @@ MARGIN, ALPHA, FLOOR, POWER = 0.10, 0.05, 0.05, 0.8
 @dataclass(frozen=True)
 class Verdict:
     """One finding judged on one comparison. effect / ci_low / ci_high: difference in success rate (F6: in
-    Spearman's rho) and its interval at ``level``; p: the key test's p (clustered by episode); mde: its minimum
+    Spearman's rho, or in the relative drop of the planning loss) and its interval at ``level``; p: the key test's p (clustered by episode); mde: its minimum
     detectable effect; episodes / units: distinct episodes and (planner seed, episode) units judged;
     p_equivalence: the p of the claim that the difference is smaller than the margin (TOST; NaN where the rule
     makes no such claim); p_adjusted: Holm's adjusted p of the smaller of the two within the verdict's table (NaN
@@ -219,9 +219,7 @@ def _interval_and_mde(reference: pd.Series, a: np.ndarray, b: np.ndarray, test: 
 def _untestable(fp: pd.Series, baselines: pd.Series | Mapping[str, pd.Series], cells: Sequence[np.ndarray],
                 alpha: float, floor: float) -> str | None:
     """Why the finding cannot be judged on these units, or None when it can."""
-    base = baselines if isinstance(baselines, Mapping) else {"baseline": baselines}
-    if not base:
-        raise InvalidValue("baselines must hold at least one trivial baseline")
+    base = _on_units(fp, baselines)
     f = _align(fp, fp, "fp")
     rates = {k: _align(fp, v, f"baselines[{k!r}]").mean() for k, v in base.items()}
     best = max(rates, key=rates.get)
@@ -377,8 +375,19 @@ def _against_fp(subject: str, if_equivalent: str, if_below: str, note: str = ""
     return rules
 
 
+def _on_units(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.Series]) -> dict[str, pd.Series]:
+    """The baselines by name ({"baseline": baselines} for one Series), each read on the episodes of ``reference``:
+    baselines of a key comparison's FP run on more episodes than a setting compared with it."""
+    base = dict(baselines) if isinstance(baselines, Mapping) else {"baseline": baselines}
+    if not base:
+        raise InvalidValue("baselines must hold at least one trivial baseline")
+    episodes = episodes_of(reference)
+    return {k: v[v.index.get_level_values("episode_seed").isin(episodes)]
+            if isinstance(v, pd.Series) and "episode_seed" in (v.index.names or []) else v for k, v in base.items()}
+
+
 def _best_baseline(reference: pd.Series, baselines: pd.Series | Mapping[str, pd.Series]) -> np.ndarray:
-    base = baselines if isinstance(baselines, Mapping) else {"baseline": baselines}
+    base = _on_units(reference, baselines)
     aligned = [_align(reference, v, f"baselines[{k!r}]") for k, v in base.items()]
     return max(aligned, key=np.mean)
 
