@@ -72,8 +72,9 @@ print(len(settings), "settings")
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 cem = table[(table["planning"] == "CEM") & (table["latents"] == "visual+proprio")]
 rounds = table[table["planning"] == "MPC-CEM"].astype({"round": int})
-base = pd.concat([st.baseline_table(s, results=S.results) for s in study.values()] +
-                 [st.baseline_table(s, results=S.results).assign(baseline=lambda d: d["baseline"] + " (mpc)")
+cached = dict(results=S.results, recompute=S.recompute)
+base = pd.concat([st.baseline_table(s, **cached) for s in study.values()] +
+                 [st.baseline_table(s, **cached).assign(baseline=lambda d: d["baseline"] + " (mpc)")
                   for s in mpc.values()])
 base_rates = stats.success_table(base, ["env", "baseline"])
 

@@ -111,7 +111,7 @@ print(len(settings), "settings")
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 runs = st.per_episode(table, S.budget)  # every setting at the budget
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
-base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
+base_rates = st.baseline_rates(fp_settings.values(), results=S.results, recompute=S.recompute)
 keys = ["env", "method", "bits", "w_bits", "a_bits", "w_kind", "weights", "acts", "configuration", "label"]
 rates = stats.success_table(first, keys)  # the first planner seed: every setting has it
 fp_rates = rates[rates["method"] == "FP"]
@@ -217,7 +217,8 @@ _ = plots.savefig(grid.figure, "01_granularity", "success_vs_iterations", figure
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
 longest = st.per_episode(table[table["a_bits"] < 16])  # weight + activation settings at their longest budget
-found = findings.granularity_verdicts(runs, longest, findings.baselines_of(fp_settings, S.results))
+baselines = findings.baselines_of(fp_settings, S.results, recompute=S.recompute)
+found = findings.granularity_verdicts(runs, longest, baselines)
 verdict_table = verdicts.verdict_table(found)
 print(verdict_table.drop(columns="why").to_string(index=False))
 

@@ -84,7 +84,7 @@ table = st.run_study(settings, S.results, recompute=S.recompute, executor=execut
 open_loop = table[table["planning"] == "CEM"]
 runs = st.per_episode(open_loop, S.budget)
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
-base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
+base_rates = st.baseline_rates(fp_settings.values(), results=S.results, recompute=S.recompute)
 rates = stats.success_table(first, ["env", "scope", "w_bits", "method", "label"])
 fp_rates = rates[rates["method"] == "FP"]
 
@@ -198,8 +198,8 @@ _ = plots.savefig(fig, "02_encoder_vs_predictor", "imagined_failures", figures_d
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = findings.scope_verdicts(runs, rounds, findings.baselines_of(fp_settings, S.results), method, bits,
-                                round_bits)
+baselines = findings.baselines_of(fp_settings, S.results, recompute=S.recompute)
+found = findings.scope_verdicts(runs, rounds, baselines, method, bits, round_bits)
 print(findings.report(found))
 
 # %% [markdown] tags=[]

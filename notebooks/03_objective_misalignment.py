@@ -78,8 +78,8 @@ final = st.per_episode(open_loop, S.budget)
 rho = stats.rank_correlation(final, "plan_loss", "state_dist", ["env", "bits"])
 end = st.per_episode(open_loop)  # at the last traced iteration
 drops = st.loss_drop(open_loop, ["env", "bits"])  # per episode: 1 - last / first planning loss
-base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
-alignment = st.alignment_table(aligned, S.results, samples=candidates)
+base_rates = st.baseline_rates(fp_settings.values(), results=S.results, recompute=S.recompute)
+alignment = st.alignment_table(aligned, S.results, samples=candidates, recompute=S.recompute)
 
 # %% [markdown] tags=[]
 # ## Loss vs distance, and success after more CEM iterations
@@ -133,7 +133,8 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "planning_loss", fig
                   profile=P.name, results=S.results, sources=open_loop)
 round_curve = stats.success_curve(rounds, ["env", "bits"], step="round")
 # the MPC run's env-step budget
-mpc_base = st.baseline_rates([S.setting(ck, mpc=True) for ck in S.checkpoints], results=S.results)
+mpc_base = st.baseline_rates([S.setting(ck, mpc=True) for ck in S.checkpoints], results=S.results,
+                            recompute=S.recompute)
 grid = plots.curves(round_curve, x="round", y="success_rate", hue="bits", col="env", band=("ci_low", "ci_high"),
                     baselines=mpc_base[mpc_base["baseline"] == "straight_line"],
                     xlabel="MPC rounds (success latched)")
@@ -168,8 +169,8 @@ _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", 
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-found = findings.misalignment_verdicts(alignment, drops, final, rounds,
-                                       findings.baselines_of(fp_settings, S.results), f"W{min(bits)}A16", round_bits)
+baselines = findings.baselines_of(fp_settings, S.results, recompute=S.recompute)
+found = findings.misalignment_verdicts(alignment, drops, final, rounds, baselines, f"W{min(bits)}A16", round_bits)
 print(findings.report(found))
 
 # %% [markdown] tags=[]

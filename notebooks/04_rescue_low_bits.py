@@ -120,7 +120,7 @@ settings, labels = rescue.rescue_settings(S, methods, rescue_bits, act_bits, act
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 runs = rescue.relabel(table, settings, labels, S.budget)
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
-base_rates = st.baseline_rates(fp_settings.values(), results=S.results)
+base_rates = st.baseline_rates(fp_settings.values(), results=S.results, recompute=S.recompute)
 rates = stats.success_table(first, ["env", "method", "bits"])
 fp_rates = rates[rates["method"] == "FP"]
 
@@ -215,8 +215,8 @@ print(seconds.round(1).to_string())
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
 bits = [f"W{b}" for b in rescue_bits] + [f"W{w}A{a}" for w, a in act_bits]
-best, found = findings.rescue_verdicts(runs, findings.baselines_of(fp_settings, S.results), bits, methods,
-                                       margin)
+baselines = findings.baselines_of(fp_settings, S.results, recompute=S.recompute)
+best, found = findings.rescue_verdicts(runs, baselines, bits, methods, margin)
 print(best.to_string(index=False))
 print("\n" + findings.why(found))
 

@@ -104,6 +104,7 @@ def test_the_record_lists_each_diagnosed_recipe_and_what_it_changed(tiny, tmp_pa
     assert list(record["name"]) == ["tiny", "other"]
     assert list(record["changes"]) == ["-", "joint_steps=9"]
     assert record["open_loop"].str.match(r"\d+% \[\d+%, \d+%\]").all()
+    assert list(record["mpc_rounds"]) == ["-", "-"]  # screened: no MPC runs
     shutil.copytree(folder, tmp_path / "tiny")
     assert main([str(tmp_path), "--record"]) == 0  # folders sorted: "other" is the base, "tiny" differs from it
     assert "joint_steps=3" in capsys.readouterr().out

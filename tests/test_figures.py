@@ -14,26 +14,27 @@ import nbformat
 import pytest
 
 from wmqlib.paths import FIGURES_DIR, NOTEBOOKS_DIR
+from wmqlib import plots
 from wmqlib.plots import FORMATS
 from wmqlib.reproduce import declared_parameters, discover
 
-SAVEFIG = re.compile(r"savefig\(\s*[^,]+,\s*\"(?P<stem>[^\"]+)\",\s*\"(?P<panel>[^\"]+)\"")
 FIGURE = re.compile(r"^(?P<stem>\d\d_[a-z0-9_]+)__(?P<panel>[a-z0-9][a-z0-9_-]*)\.(?P<ext>\w+)$")
 
 
-def savefig_calls(path: Path) -> list[tuple[str, str]]:
-    """(stem, panel) of every ``savefig(fig, "<stem>", "<panel>", ...)`` in the notebook's code cells."""
-    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    return [(m["stem"], m["panel"]) for m in SAVEFIG.finditer(source)]
+def notebook_figures(path: Path) -> list[tuple[str, str]]:
+    """(stem, panel) of every ``savefig`` call in the notebook's code cells (``plots.savefig_calls``)."""
+    return plots.savefig_calls("\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                                          if c.cell_type == "code"))
 
 
 NOTEBOOKS = discover(NOTEBOOKS_DIR)
-PANELS = {path.stem: savefig_calls(path) for path in NOTEBOOKS}
+PANELS = {path.stem: notebook_figures(path) for path in NOTEBOOKS}
 
 
 def test_savefig_pattern_reads_calls():
-    text = 'x = 1\n_ = plots.savefig(grid.figure, "01_granularity", "weight_only", figures_dir=figures_dir)'
-    assert [(m["stem"], m["panel"]) for m in SAVEFIG.finditer(text)] == [("01_granularity", "weight_only")]
+    text = ('x = 1\n_ = plots.savefig(grid.figure, "01_granularity", "weight_only", figures_dir=figures_dir)\n'
+            "plots.savefig( fig, '02_encoder_vs_predictor', 'probe_vs_bits')\nsavefig(fig, name, 'x')")
+    assert plots.savefig_calls(text) == [("01_granularity", "weight_only"), ("02_encoder_vs_predictor", "probe_vs_bits")]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -100,5 +100,9 @@ def test_extend_refuses_another_recipe(base):
         online.main([str(base / "base"), "--set", "online_episodes=2", "--out", str(base / "x"), "--quiet"])
     with pytest.raises(ValueError, match="online_rounds > 0 needs online_episodes and online_steps > 0"):
         TrainConfig.from_dict({**ONLINE.to_dict(), "online_steps": 0})
-    with pytest.raises(ValueError, match=r"no longer than the online plans \(25\), themselves no longer than traj_len"):
+    with pytest.raises(ValueError, match=r"those plans \(25 env steps\) no longer than traj_len \(20\)"):
         dataclasses.replace(ONLINE, traj_len=20)
+    longer = dataclasses.replace(ONLINE, rollout_steps=5, traj_len=30)  # windows of 30 env steps: capped to a plan's
+    train(longer, base / "longer", progress=False, evaluate_fp=False, data_dir=base / "data")
+    card = json.loads((base / "longer" / "card.json").read_text())
+    assert card["recipe"]["rollout_steps"] == 5 and len(card["losses"]) > 0 and "online" in card["seconds"]

@@ -15,6 +15,7 @@ from wmqlib import study as st
 from wmqlib.caches import Caches
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig, ObjectiveConfig
 from wmqlib.quant import AWQ, RTN, PerGroup, PerTensor, SmoothQuant, find_points
+from wmqlib.sweep import SweepError
 
 SMALL = CEMConfig(samples=12, topk=3, opt_steps=2)
 
@@ -294,6 +295,8 @@ def test_baselines_are_cached_like_any_setting(tiny, caches, tmp_path, monkeypat
     monkeypatch.setattr(st.ev, "baselines", boom)
     again = st.baseline_table(s, caches=caches, results="unit", cache_dir=tmp_path)
     pd.testing.assert_frame_equal(again, cached)
+    with pytest.raises(SweepError, match="computed again"):  # a recomputing profile (the goldens') never reads it
+        st.baseline_table(s, caches=caches, results="unit", cache_dir=tmp_path, recompute=True)
 
 
 def test_alignment_is_cached_per_setting_and_pairs_episodes(tiny, caches, tmp_path, monkeypatch):
@@ -307,6 +310,8 @@ def test_alignment_is_cached_per_setting_and_pairs_episodes(tiny, caches, tmp_pa
     monkeypatch.setattr(st, "candidate_alignment", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     again = st.alignment_table([fp, low], "unit", samples=8, caches=caches, cache_dir=tmp_path)
     pd.testing.assert_frame_equal(again, table)
+    with pytest.raises(SweepError, match="rerun"):
+        st.alignment_table([fp, low], "unit", samples=8, caches=caches, cache_dir=tmp_path, recompute=True)
 
 
 def test_contrast_episodes_prefer_what_fp_solves_and_quantization_breaks():
@@ -316,5 +321,7 @@ def test_contrast_episodes_prefer_what_fp_solves_and_quantization_breaks():
     others = [{"label": "enc"}, {"label": "pred"}]
     assert st.contrast_episodes(runs, {"label": "FP"}, others, k=3) == [4, 2, 3]  # both fail, then one, then one
     assert st.contrast_episodes(runs, {"label": "FP"}, others, k=5) == [4, 2, 3, 1, 0]
-    with pytest.raises(ValueError, match="must select one setting"):
+    with pytest.raises(ValueError, match=r"no rows with \{'label': 'W2'\}"):
         st.contrast_episodes(runs, {"label": "W2"}, others)
+    with pytest.raises(ValueError, match="repeat a unit"):  # two settings' rows: select one
+        st.contrast_episodes(runs, {}, others)

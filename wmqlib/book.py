@@ -27,13 +27,13 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from wmqlib.paths import REPO_ROOT
+from wmqlib.plots import savefig_calls
 from wmqlib.provenance import describe as describe_provenance
 from wmqlib.provenance import read_provenance
 from wmqlib.validate import atomic_write
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # the runner's pattern (wmqlib.reproduce)
 EXPLORER = "explorer.ipynb"
-SAVEFIG = re.compile(r"""savefig\([^,]+,\s*["'](\d\d_[a-z0-9_]+)["'],\s*["']([a-z0-9][a-z0-9_-]*)["']""")
 OUTCOME_WORDS = ("reproduced", "inconclusive", "not testable")
 LIVE = ("This page is a static view of the explorer: its controls do nothing here. To use it, run "
         "`make install`, then `.venv/bin/jupyter lab notebooks/explorer.ipynb`, and run all cells.")
@@ -105,7 +105,7 @@ def with_provenance(nb: nbformat.NotebookNode, figures: Path) -> nbformat.Notebo
     cells = []
     for cell in nb.cells:
         cells.append(cell)
-        for stem, panel in SAVEFIG.findall(cell.source) if cell.cell_type == "code" else []:
+        for stem, panel in savefig_calls(cell.source) if cell.cell_type == "code" else []:
             png = figures / f"{stem}__{panel}.png"
             record = read_provenance(png)
             text = "no provenance recorded" if record is None else describe_provenance(record)

@@ -129,8 +129,8 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
     absent in, the first row of the same env; "model.<field>" for the architecture), train_s (the card's total seconds), probe (largest error
     over tolerance), spearman (per distance bin, "low-high: rho"), then per planning run of its diagnostics
     "<run>" as "rate [ci95]" (e.g. open_loop, open_loop_visual_only, mpc, visual_only, proprio_only), the same for
-    each of its references (simulator_open_loop, simulator_mpc, straight_line, ...), and exploitation (the rate, or
-    "-" without demonstrated plans)."""
+    each of its references (simulator_open_loop, simulator_mpc, straight_line, ...), mpc_rounds (of the MPC runs; "-"
+    without them) and exploitation (the rate, or "-" without demonstrated plans)."""
     rows, first = [], {}
     for folder in folders:
         card = read_card(Path(folder))
@@ -146,6 +146,7 @@ def recipe_record(folders: list[Path]) -> pd.DataFrame:
                "spearman": "; ".join(f"{b['low']:g}-{b['high']:g}: {b['spearman']:.2f}" for b in d["latent_alignment"])}
         for run, value in [*d["planning"].items(), *d.get("references", {}).items()]:
             row[run] = f"{value['success_rate']:.0%} [{value['ci95'][0]:.0%}, {value['ci95'][1]:.0%}]"
+        row["mpc_rounds"] = d["mpc_rounds"] if "mpc" in d["planning"] else "-"
         row["exploitation"] = "-" if d["exploitation"] is None else f"{d['exploitation']['rate']:.0%}"
         rows.append(row)
     return pd.DataFrame(rows)

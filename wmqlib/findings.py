@@ -51,11 +51,11 @@ def judge(rule: Callable[..., Verdict], comparison: str, *series: pd.Series, **k
     return verdicts.with_strata(rule, "planner_seed", *verdicts.common(*series), comparison=comparison, **kwargs)
 
 
-def baselines_of(settings: Mapping[str, Setting], results: str | None = None, caches: Caches = CACHES
-                 ) -> dict[str, dict[str, pd.Series]]:
+def baselines_of(settings: Mapping[str, Setting], results: str | None = None, caches: Caches = CACHES,
+                 recompute: bool = False) -> dict[str, dict[str, pd.Series]]:
     """Per env, ``study.baseline_outcomes`` of its setting (the FP reference: the episodes every setting shares),
-    cached in the sweep ``results`` when given."""
-    return {env: baseline_outcomes(s, caches, results) for env, s in settings.items()}
+    cached in the sweep ``results`` when given (``recompute``: computed again)."""
+    return {env: baseline_outcomes(s, caches, results, recompute) for env, s in settings.items()}
 
 
 def report(found: Sequence[Verdict]) -> str:

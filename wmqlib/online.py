@@ -99,7 +99,8 @@ def retrain(model: WorldModel, data: TrajectoryData, cfg: Any, gen: torch.Genera
         mixed = dataclasses.replace(parts[0], **{f: np.concatenate([getattr(p, f) for p in parts])
                                                  for f in ("frames", "actions", "proprio", "states")})
         latents = freeze_encoder(model, mixed)
-        step = dataclasses.replace(cfg, predictor_steps=cfg.online_steps, predictor_lr=cfg.online_lr)
+        step = dataclasses.replace(cfg, predictor_steps=cfg.online_steps, predictor_lr=cfg.online_lr,
+                                   rollout_steps=min(cfg.rollout_steps, PLANNER.horizon - 1))  # a plan's window
         losses += train_predictor(model, mixed, latents, step, gen, progress, run, stage)
     model.requires_grad_(False)
     model.eval()

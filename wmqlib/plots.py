@@ -29,6 +29,7 @@ from wmqlib.validate import atomic_write
 
 _NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+$")
 _PANEL = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+SAVEFIG_CALL = re.compile(r"""savefig\(\s*[^,]+,\s*["'](\d\d_[a-z0-9_]+)["'],\s*["']([a-z0-9][a-z0-9_-]*)["']""")
 FORMATS = ("png", "pdf")
 PROVENANCE_KEY = "wmq-provenance"  # the PNG text key; the PDF Subject starts with it
 FP_COLOUR = "0.1"
@@ -40,6 +41,12 @@ def set_style() -> None:
     """Apply the study's seaborn theme (white grid, colour-blind palette, compact fonts)."""
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind", font_scale=0.9)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 130, "savefig.bbox": "tight"})
+
+
+def savefig_calls(source: str) -> list[tuple[str, str]]:
+    """(notebook, panel) of every ``savefig(fig, "<notebook>", "<panel>", ...)`` call written in ``source`` (a
+    notebook's code), in order: the figures a notebook writes, found without running it."""
+    return SAVEFIG_CALL.findall(source)
 
 
 def savefig(fig: plt.Figure, notebook: str, panel: str, figures_dir: Path | str = FIGURES_DIR,

@@ -53,6 +53,7 @@ from wmqlib.setting import Resolved, Setting
 from wmqlib.sweep import config_key, sweep
 from wmqlib.training_data import training_sample
 from wmqlib.validate import check_choice, check_int, check_type
+from wmqlib.verdicts import outcomes
 
 UNITS = ("planner_seed", "episode_seed")  # one paired unit: an episode planned with one planner seed
 PROBE_TRAJ_LEN = 20  # actions per scripted trajectory of the state probe (21 frames)
@@ -284,11 +285,12 @@ def outlier_table(setting: Setting, caches: Caches = CACHES) -> pd.DataFrame:
     return outlier_stats(p.fp, p.calibration).assign(env=p.run.env)
 
 
-def baseline_outcomes(setting: Setting, caches: Caches = CACHES, results: str | None = None) -> dict[str, pd.Series]:
+def baseline_outcomes(setting: Setting, caches: Caches = CACHES, results: str | None = None,
+                      recompute: bool = False) -> dict[str, pd.Series]:
     """Per trivial baseline, its success on the setting's eval episodes (``baseline_table``, cached in ``results``
     when given) as a boolean Series indexed by ``episode_seed``: the ``baselines`` argument of the verdict rules
-    (``wmqlib.verdicts``)."""
-    table = baseline_table(setting, caches=caches, results=results)
+    (``wmqlib.verdicts``); ``recompute`` as there."""
+    table = baseline_table(setting, caches=caches, results=results, recompute=recompute)
     return {name: rows.set_index("seed")["success"].rename_axis("episode_seed").sort_index()
             for name, rows in table.groupby("baseline", sort=True)}
 
@@ -309,7 +311,8 @@ def _run_alignment(run: AlignmentRun, caches: Caches) -> pd.DataFrame:
 
 
 def alignment_table(settings: Sequence[Setting], results: str, samples: int = 64, seed: int = 0,
-                    caches: Caches = CACHES, cache_dir: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+                    caches: Caches = CACHES, cache_dir: str | os.PathLike = RESULTS_DIR,
+                    recompute: bool = False) -> pd.DataFrame:
     """Per setting and episode, how well its model's planning loss ranks the same candidate plans by their true
     outcome (``wmqlib.alignment``: Spearman rho over ``samples`` plans, the same plans for every setting of an
     episode), cached in the sweep ``results`` like any setting (keyed by the setting's identity, ``samples`` and
@@ -321,7 +324,7 @@ def alignment_table(settings: Sequence[Setting], results: str, samples: int = 64
         return {"alignment": caches.resolved(run.setting).identity, "samples": run.samples, "candidate_seed": run.seed}
 
     table = sweep(runs, partial(_run_alignment, caches=caches), results, cache_dir=cache_dir, progress=False,
-                  key_config=identity)
+                  key_config=identity, recompute=recompute)
     labels = pd.DataFrame([{"config_key": config_key(identity(r)), "env": caches.resolved(r.setting).env,
                             **describe(r.setting)} for r in runs])
     return labels.merge(table[["config_key", *ALIGNMENT_COLUMNS]], on="config_key", how="right",
@@ -332,15 +335,10 @@ def contrast_episodes(runs: pd.DataFrame, reference: Mapping[str, Any], others: 
                       k: int = 1) -> list[int]:
     """Up to ``k`` eval-episode indices (column ``episode`` of a per-episode table, one planner seed) to show what
     quantization breaks: first those the ``reference`` setting (the rows whose columns equal it, e.g. FP) solves and
-    every one of ``others`` fails, then those it solves and some fail, then any it solves, then the first ones."""
+    every one of ``others`` fails, then those it solves and some fail, then any it solves, then the first ones.
+    Each match must select one setting's episodes (``verdicts.outcomes``)."""
     def solved(match: Mapping[str, Any]) -> pd.Series:
-        rows = runs
-        for column, value in match.items():
-            rows = rows[rows[column] == value]
-        if rows.empty or not rows["episode"].is_unique:
-            raise ValueError(f"contrast_episodes: {dict(match)} must select one setting's episodes, got {len(rows)} "
-                             "rows")
-        return rows.set_index("episode")["success"].astype(bool)
+        return outcomes(runs, ["episode"], **match).astype(bool)
     ref = solved(reference)
     fails = pd.concat([~solved(m).reindex(ref.index, fill_value=False) for m in others], axis=1)
     order = [ref & fails.all(axis=1), ref & fails.any(axis=1), ref, pd.Series(True, index=ref.index)]
@@ -358,10 +356,13 @@ def imagine(setting: Setting, episode: int = 0, caches: Caches = CACHES) -> dict
                       objective=setting.objective or ObjectiveConfig())
 
 
-def baseline_rates(settings: Sequence[Setting], caches: Caches = CACHES, results: str | None = None) -> pd.DataFrame:
+def baseline_rates(settings: Sequence[Setting], caches: Caches = CACHES, results: str | None = None,
+                   recompute: bool = False) -> pd.DataFrame:
     """``stats.success_table`` by env and baseline of the settings' ``baseline_table``s (one setting per env: the
-    trivial baselines on its episodes with its planner's env-step budget; cached in ``results`` when given)."""
-    return stats.success_table(pd.concat([baseline_table(s, caches=caches, results=results) for s in settings]),
+    trivial baselines on its episodes with its planner's env-step budget; cached in ``results`` when given,
+    ``recompute`` as there)."""
+    return stats.success_table(pd.concat([baseline_table(s, caches=caches, results=results, recompute=recompute)
+                                          for s in settings]),
                                ["env", "baseline"])
 
 
@@ -383,11 +384,12 @@ BASELINE_COLUMNS = ("episode", "seed", "baseline", "success", "state_dist")
 
 
 def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES, results: str | None = None,
-                   cache_dir: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+                   cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False) -> pd.DataFrame:
     """Trivial baselines (``wmqlib.evaluate.BASELINES``) on the setting's eval episodes with the planner's
     env-step budget (horizon * frameskip * MPC rounds); one row per (episode, baseline), with env and steps.
     ``results``: the sweep (cache folder ``<cache_dir>/<results>``) that caches them like any setting, keyed by the
-    FP setting's identity, the steps and the seed, with a ``config_key`` column; None computes them here."""
+    FP setting's identity, the steps and the seed, with a ``config_key`` column; None computes them here.
+    ``recompute``: compute them again into that cache (a profile that always recomputes, e.g. the goldens')."""
     fp = fp_of(setting)
     p = prepare(fp, caches)
     rounds = 1 if setting.mpc is None else setting.mpc.max_rounds
@@ -396,7 +398,7 @@ def baseline_table(setting: Setting, seed: int = 0, caches: Caches = CACHES, res
         table = ev.baselines(p.env, p.episodes, steps=steps, seed=seed)
     else:
         table = sweep([BaselineRun(fp, steps, seed)], partial(_run_baselines, caches=caches), results,
-                      cache_dir=cache_dir, progress=False,
+                      cache_dir=cache_dir, progress=False, recompute=recompute,
                       key_config=lambda r: {"baselines": caches.resolved(r.setting).identity, "steps": r.steps,
                                             "baseline_seed": r.seed})
         table = table[["config_key", *BASELINE_COLUMNS]]

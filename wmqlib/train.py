@@ -91,7 +91,7 @@ class TrainConfig:
     Online rounds (last, ``wmqlib.online``; 0 = none): online_rounds times, the model plans online_episodes
         training episodes, the plans are executed in the simulator, and the predictor trains online_steps steps at
         peak rate online_lr on the recipe's data plus every round's executed plans (batches from a generator seeded
-        seed + 4).
+        seed + 4; the rollout loss over at most horizon - 1 steps, what a plan's window holds).
     Evaluation: eval_episodes FP CEM episodes (seed 99, goal_H 5, the env's default sampler) with eval_opt_steps
         iterations.
     """
@@ -150,11 +150,12 @@ class TrainConfig:
                              "both > 0 (with objective 'joint', rollout_steps > 0 may also train the joint stage "
                              f"alone), got {self.rollout_steps} and {self.finetune_steps}")
         window = (max(self.model.num_hist, self.rollout_steps) + 1) * self.model.frameskip
-        plans = ONLINE_PLANNER.horizon * self.model.frameskip
-        if self.online_rounds and not (self.online_episodes and self.online_steps and window <= plans <= self.traj_len):
-            raise ValueError(f"TrainConfig.online_rounds > 0 needs online_episodes and online_steps > 0 and training "
-                             f"windows ({window} env steps) no longer than the online plans ({plans}), themselves no "
-                             f"longer than traj_len ({self.traj_len})")
+        horizon = ONLINE_PLANNER.horizon
+        if self.online_rounds and not (self.online_episodes and self.online_steps and self.model.num_hist < horizon
+                                       and horizon * self.model.frameskip <= self.traj_len):
+            raise ValueError(f"TrainConfig.online_rounds > 0 needs online_episodes and online_steps > 0, num_hist "
+                             f"below the online plans' {horizon} steps and those plans "
+                             f"({horizon * self.model.frameskip} env steps) no longer than traj_len ({self.traj_len})")
         if self.traj_len < window:
             raise ValueError(f"TrainConfig.traj_len ({self.traj_len}) must be >= (max(model.num_hist, rollout_steps) "
                              f"+ 1) * model.frameskip = {window} to hold one training window")

@@ -137,3 +137,12 @@ def test_weights_must_be_one_floating_dtype(tiny_model: WorldModel, tiny_config,
     with pytest.raises(CheckpointError, match=r"not floating point: predictor.pos_embedding: torch.int64"):
         WorldModel.from_state_dict(tiny_config, {**state, "predictor.pos_embedding": state[
             "predictor.pos_embedding"].long()})
+
+
+def test_loaded_weights_live_in_fresh_aligned_memory(tiny_model: WorldModel, tmp_path: Path) -> None:
+    # tensors read from a file sit at its byte offsets; the CPU kernels round differently on unaligned data, so a
+    # model must not train or plan differently for where its weights happened to lie in the file
+    save_world_model(tiny_model, tmp_path / "m")
+    loaded = load_world_model(tmp_path / "m")
+    assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()])
+    assert_same_weights(tiny_model, loaded)

@@ -185,9 +185,10 @@ class PushTDemonstrator:
         inside = np.all((world_approach > _ARENA_LO) & (world_approach < _ARENA_HI), axis=1)
         score = np.where(inside, score, -np.inf)
         best = np.flatnonzero(score > 0)
-        if best.size == 0:  # nothing helps from here: take the least bad contact
+        if best.size == 0:  # nothing helps from here: take the least bad contact (any, when none is reachable)
             best = np.array([int(np.argmax(score))])
-        logits = (score[best] - score[best].max()) / self.temperature
+        logits = (score[best] - score[best].max()) / self.temperature if np.isfinite(score[best]).any() else \
+            np.zeros(best.size)
         p = np.exp(logits) / np.exp(logits).sum()
         pick = best[self.rng.choice(len(best), p=p)]
         self._contact, self._normal = local[pick], _NORMALS[cand_edges[pick]]

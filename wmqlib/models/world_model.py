@@ -111,7 +111,9 @@ class WorldModel(nn.Module):
         if fresh:
             model = cls(config, seed)
             state_dict = {**{k: v for k, v in model.state_dict().items() if k in fresh}, **state_dict}
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        # fresh (allocator-aligned) memory: tensors read from a file sit at the file's byte offsets, and the CPU
+        # kernels round differently on unaligned data, so the same weights would plan differently by file layout
+        model.load_state_dict({k: v.clone() for k, v in state_dict.items()}, strict=True, assign=True)
         return model
 
     # ----- properties and normalisation statistics -----
