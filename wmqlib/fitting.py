@@ -142,7 +142,7 @@ class Windows:
                                                                       "proprio_std"))
         self.act = torch.from_numpy(((data.actions - am) / asd).astype(np.float32)).to(self.device)
         self.proprio = torch.from_numpy(((data.proprio - pm) / psd).astype(np.float32)).to(self.device)
-        self.frames = torch.from_numpy(data.frames)  # uint8 (N, T+1, H, W, 3), moved per batch
+        self.frames = torch.from_numpy(data.frames).to(self.device)  # uint8 (N, T+1, H, W, 3), once
         self.offsets = torch.arange(length) * frameskip
 
     def draw(self, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +157,7 @@ class Windows:
         return frames, actions, self.proprio[traj[:, None], frames]
 
     def pixels(self, traj: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        return self.frames[traj.cpu()[:, None], frames.cpu()].to(self.device)
+        return self.frames[traj.to(self.device)[:, None], frames.to(self.device)]
 
 
 def latent_losses(model: WorldModel, vis: torch.Tensor, pemb: torch.Tensor, actions: torch.Tensor, k: int
