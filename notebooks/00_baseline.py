@@ -48,24 +48,17 @@ device = "auto"
 # %% tags=[]
 import pandas as pd
 
-from wmqlib import findings, plots, stats, verdicts
+from wmqlib import designs, findings, plots, stats, verdicts
 from wmqlib import profiles as pr
 from wmqlib import study as st
-from wmqlib.plan import ObjectiveConfig
 
 S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
              key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, gd_steps=gd_steps,
              mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
-ABLATIONS = {"visual": ObjectiveConfig(alpha=0.0), "proprio": ObjectiveConfig(visual_weight=0.0)}
-settings, protocol, study, mpc = [], {}, {}, {}
-for ck, env in zip(S.checkpoints, S.envs):  # FP: DINO-WM's CEM, the study's CEM (traced, long), GD, MPC, ablations
-    protocol[env] = S.setting(ck, protocol=True)
-    study[env] = S.fp_settings()[env]
-    mpc[env] = S.setting(ck, mpc=True)
-    settings += [protocol[env], study[env], S.setting(ck, planner="GD"), mpc[env]]
-    settings += [S.setting(ck, objective=objective) for objective in ABLATIONS.values()]
+design = designs.baseline(S)  # FP: DINO-WM's CEM, the study's CEM (traced, long), GD, MPC, objective ablations
+settings, protocol, study, mpc = design.settings, *(design.parts[k] for k in ("protocol", "study", "mpc"))
 print(len(settings), "settings")
 
 # %% tags=[]
@@ -111,7 +104,7 @@ rows = []
 for env in S.envs:
     both = findings.units(ablation, env=env, latents="visual+proprio",
                           **{"planner.opt_steps": P.trace_steps, "planner.samples": P.samples})
-    for latents in ABLATIONS:  # on the episodes both ran (FP is a key setting: it may run more)
+    for latents in designs.ABLATIONS:  # on the episodes both ran (FP is a key setting: it may run more)
         only, same = verdicts.common(findings.units(ablation, env=env, latents=latents), both)
         test, (low, high) = stats.mcnemar(only, same), stats.paired_interval(only, same)
         rows.append({"env": env, "objective": f"{latents} only", "success": f"{only.mean():.0%}",
@@ -141,7 +134,7 @@ print(per_round.pivot_table(index="round", columns="env", values="success", aggf
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-probe = pd.concat([st.probe_table(study[env], *P.probe_trajectories) for env in S.envs])
+probe = pd.concat([st.probe_table(s, *P.probe_trajectories) for s in design.probes])
 print(probe[["env", "component", "unit", "error", "spread", "tolerance", "error_over_tolerance"]]
       .to_string(index=False, float_format="%.3f"))
 

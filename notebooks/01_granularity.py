@@ -72,39 +72,18 @@ device = "auto"
 # %% tags=[]
 import pandas as pd
 
-from wmqlib import findings, plots, stats, verdicts
+from wmqlib import designs, findings, plots, stats, verdicts
 from wmqlib import profiles as pr
 from wmqlib import study as st
-from wmqlib.quant import PerChannel, PerTensor, PerToken, quantwm_reference
 
 S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, samplers, n_evals=n_evals,
              key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
-ACTS = {"per-tensor": PerTensor(), "per-token": PerToken()}
-settings, fp_settings = [], S.fp_settings()  # FP references (shared with 00, 02, 03)
-for ck, env in zip(S.checkpoints, S.envs):
-    g = group_size or pr.default_group_size(ck)
-    seeds = S.planner_seeds(env, seeded_envs)
-    settings += S.seeded(ck, seeds, long=True)
-    extended = env in extended_envs
-    weight = [("RTN", b) for b in weight_bits if extended or b != 6] + [(m, b) for m in weight_methods
-                                                                        for b in method_bits]
-    for m, b in weight:
-        for gran in weight_granularities:
-            if b == 6 and gran == "per-group":
-                continue  # the follow-up's W6 ~ FP claim needs one granularity
-            key = m == "RTN" and b in key_weight_bits
-            settings += S.seeded(ck, seeds if key else seeds[:1], key=key, recipe=P.recipe(m, b, gran, g),
-                                 long=[m, b, gran] in long_weight)
-    settings += [S.setting(ck, recipe=P.recipe(m, wb, "per-channel", g, ab, gran), long=[m, wb, ab, gran] in long_act)
-                 for m, pairs in act_bits.items() for wb, ab in pairs for gran in act_granularities
-                 if extended or [wb, ab] in ([8, 8], [4, 8])]
-    if extended:
-        settings += [S.setting(ck, recipe=quantwm_reference(m, b, PerChannel())) for m, bs in reference_bits.items()
-                     for b in bs]
-        settings += [S.setting(ck, recipe=quantwm_reference(m, wb, PerChannel(), ab, ACTS[gran]))
-                     for m, rows in reference_act_bits.items() for wb, ab, gran in rows]
+fp_settings = S.fp_settings()  # FP references (shared with 00, 02, 03)
+settings = designs.granularity(S, seeded_envs, extended_envs, weight_bits, weight_methods, method_bits,
+                               weight_granularities, key_weight_bits, act_bits, act_granularities, reference_bits,
+                               reference_act_bits, long_weight, long_act, group_size).settings
 print(len(settings), "settings")
 
 # %% tags=[]

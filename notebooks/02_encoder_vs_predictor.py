@@ -53,7 +53,7 @@ device = "auto"
 # %% tags=[]
 import pandas as pd
 
-from wmqlib import findings, plots, stats
+from wmqlib import designs, findings, plots, stats
 from wmqlib import profiles as pr
 from wmqlib import study as st
 
@@ -62,21 +62,10 @@ S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, sampler
              planner_seeds=planner_seeds)
 P = S.profile
 plots.set_style()
-SCOPES = ("encoder", "predictor")
-settings, fp_settings, scoped = [], S.fp_settings(), {}  # FP references (shared with 00, 01, 03)
-for ck, env in zip(S.checkpoints, S.envs):
-    g = group_size or pr.default_group_size(ck)
-    seeds = S.planner_seeds(env, seeded_envs)
-    settings += S.seeded(ck, seeds, long=True) + [S.setting(ck, mpc=True)]
-    for b in bits:
-        for scope in SCOPES:
-            recipe = P.recipe(method, b, granularity, g)
-            key = b in key_bits
-            runs = S.seeded(ck, seeds if key else seeds[:1], key=key, recipe=recipe, scope=scope, long=b in long_bits)
-            scoped[env, b, scope] = runs[0]
-            settings += runs
-            if b in round_bits:
-                settings.append(S.setting(ck, recipe=recipe, scope=scope, mpc=True))
+fp_settings = S.fp_settings()  # FP references (shared with 00, 01, 03)
+design = designs.encoder_vs_predictor(S, seeded_envs, method, granularity, bits, key_bits, long_bits, round_bits,
+                                      group_size)
+settings, scoped = design.settings, design.parts["scoped"]
 print(len(settings), "settings")
 
 # %% tags=[]
@@ -108,9 +97,8 @@ print(errors.unstack("scope").sort_index(ascending=[True, False]).to_string(floa
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-probed = [fp_settings[env] for env in S.envs] + [scoped[env, b, "encoder"] for env in S.envs for b in bits]
 probe = pd.concat([st.probe_table(s, *P.probe_trajectories).assign(w_bits=s.recipe.w_bits if s.recipe else 32)
-                   for s in probed])
+                   for s in design.probes])
 worst = probe.groupby(["env", "w_bits"])["error_over_tolerance"].max().rename("max error/tol")
 print(pd.concat([worst, probe.pivot_table(index=["env", "w_bits"], columns="component", values="error")], axis=1)
       .sort_index(ascending=[True, False]).to_string(float_format="%.3f"))
@@ -166,9 +154,9 @@ _ = plots.savefig(grid.figure, "02_encoder_vs_predictor", "success_vs_rounds", f
 rows, labels = [], []
 for env in S.envs:
     shown = st.contrast_episodes(first, {"env": env, "method": "FP"},
-                                 [{"env": env, "w_bits": show_bits, "scope": scope} for scope in SCOPES], show_episodes)
+                                 [{"env": env, "w_bits": show_bits, "scope": scope} for scope in designs.SCOPES], show_episodes)
     for e in shown:
-        for scope in SCOPES:
+        for scope in designs.SCOPES:
             frames = st.imagine(scoped[env, show_bits, scope], e)
             rows += [list(frames["real"]) + list(frames["goal"]), frames["seen"], frames["imagined"]]
             labels += [f"{env} {e} {scope}: real + goal", "encoded", "imagined"]

@@ -48,7 +48,7 @@ device = "auto"
 
 
 # %% tags=[]
-from wmqlib import findings, plots, stats
+from wmqlib import designs, findings, plots, stats
 from wmqlib import profiles as pr
 from wmqlib import study as st
 
@@ -56,17 +56,10 @@ S = pr.setup(profile, checkpoint, device, seed, results_name, recompute, sampler
              key_evals=key_evals, opt_steps=opt_steps, trace_steps=trace_steps, mpc_rounds=mpc_rounds)
 P = S.profile
 plots.set_style()
-settings, fp_settings, aligned = [], S.fp_settings(), []  # FP references (shared with 00, 01, 02)
-for ck, env in zip(S.checkpoints, S.envs):
-    g = group_size or pr.default_group_size(ck)
-    settings += [fp_settings[env], S.setting(ck, mpc=True)]
-    aligned.append(S.setting(ck, long=True))  # on n_evals episodes, FP and quantized alike
-    for b in bits:
-        recipe = P.recipe(method, b, granularity, g)
-        settings.append(S.setting(ck, recipe=recipe, scope=scope, long=b in long_bits, key=b in key_bits))
-        aligned.append(S.setting(ck, recipe=recipe, scope=scope))
-        if b in round_bits:
-            settings.append(S.setting(ck, recipe=recipe, scope=scope, mpc=True))
+fp_settings = S.fp_settings()  # FP references (shared with 00, 01, 02)
+design = designs.misalignment(S, method, granularity, scope, bits, key_bits, long_bits, round_bits, candidates,
+                              group_size)
+settings, aligned = design.settings, design.alignment
 print(len(settings), "settings")
 
 # %% tags=[]

@@ -69,7 +69,7 @@ device = "auto"
 # %% tags=[]
 import pandas as pd
 
-from wmqlib import findings, plots, rescue, stats
+from wmqlib import designs, findings, plots, rescue, stats
 from wmqlib import profiles as pr
 from wmqlib import study as st
 from wmqlib.paths import RESULTS_DIR
@@ -115,8 +115,9 @@ _ = plots.savefig(fig, "04_rescue_low_bits", "sensitivity", figures_dir=figures_
 # `QAT` plans with the fine-tuned checkpoint. Cells: `successes/n rate [95% interval]` on the first planner seed.
 
 # %% tags=[]
-settings, labels = rescue.rescue_settings(S, methods, rescue_bits, act_bits, act_methods, seeded_envs, key_methods,
-                                          allocations, qat_checkpoints)
+design = designs.rescue_low_bits(S, allocations, methods, rescue_bits, act_bits, act_methods, seeded_envs, key_methods,
+                                 qat_checkpoints, calib_envs, calib_methods, calib_rounds, calib_episodes, calib_sources)
+settings, labels = design.parts["rescue"]
 table = st.run_study(settings, S.results, recompute=S.recompute, executor=executor)
 runs = rescue.relabel(table, settings, labels, S.budget)
 first = runs[runs["planner_seed"] == P.planner_seeds[0]]
@@ -167,8 +168,7 @@ print(rescue.kept_share(rates).to_string(float_format="%.2f"))
 # rollouts of random actions). Paired against the protocol calibration of the same method: does success move?
 
 # %% tags=[]
-calib_settings, calib_labels = rescue.calibration_settings(S, calib_envs, calib_methods, calib_rounds,
-                                                          calib_episodes, calib_sources)
+calib_settings, calib_labels = design.parts["calibration"]
 calib_table = st.run_study(calib_settings, S.results, recompute=S.recompute, executor=executor)
 calib_runs = rescue.relabel(calib_table, calib_settings, calib_labels, S.budget)
 

@@ -300,3 +300,20 @@ def test_a_notebook_written_in_place_gets_its_text_pair(tmp_path, monkeypatch):
     pair = notebooks / "00_fixture.py"
     assert pair.read_text() == pairs.text_of(notebooks / "00_fixture.ipynb")
     assert "injected-parameters" in pair.read_text()
+
+
+def test_a_dry_run_prices_the_study_notebooks_and_executes_nothing(tmp_path, monkeypatch, capsys):
+    from wmqlib import cost
+
+    rates = cost.Rates(rollout=0.001, episode=0.05, gd_step=0.002, act={"per-tensor": 1.5, "per-token": 2.0},
+                       active=(1.0, 0.5), quantize={}, execute=0.01, probe=4.0, linears=10, notebook=7.0)
+    monkeypatch.setattr(cost, "rates", lambda S, checkpoint: rates)
+    shutil.copy(FIXTURE, tmp_path)
+    shutil.copy(REPO_ROOT / "notebooks" / "03_objective_misalignment.ipynb", tmp_path)
+    code = reproduce.main(["--notebooks", str(tmp_path), "--profile", "smoke", "--dry-run", "--output",
+                           str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "00_fixture.ipynb: not priced (no design in wmqlib.designs)" in out
+    assert "03_objective_misalignment.ipynb: 14 settings, 14 to compute; predicted " in out
+    assert "nothing executed" in out and not (tmp_path / "out").exists()

@@ -26,6 +26,12 @@ notebook created or changed.
 
 Text pairs. A notebook written back in place also gets its ``py:percent`` text pair rewritten (``wmqlib.pairs``).
 
+Cost. Before each study notebook the runner prints its settings, how many are not cached and the predicted time
+(``wmqlib.cost``: the notebook's design from ``wmqlib.designs`` priced with this machine's measured rates, measured
+once per model and sizes when something is to compute), and after it the measured time beside the prediction.
+``--dry-run`` prints the predictions of every selected notebook (what an earlier one computes counted as cached for
+the later ones) and executes nothing.
+
 Exit status: 0 when every notebook ran (or there were none), 1 when a notebook failed, 2 for a bad invocation, a
 notebook that fails the checks or a ``dask://`` executor that cannot be reached (nothing is executed then).
 """
@@ -355,6 +361,11 @@ def _parser() -> argparse.ArgumentParser:
              f"figures go to its figures/ subfolder, except for the full profile in place (the repository's figures/)",
     )
     parser.add_argument(
+        "--dry-run", action="store_true",
+        help="execute nothing: print per notebook its settings, how many are not cached and the predicted time "
+             "(wmqlib.cost; measures this machine's rates first when it has none for the models)",
+    )
+    parser.add_argument(
         "--kernel", default=DEFAULT_KERNEL,
         help=f"Jupyter kernel name (default {DEFAULT_KERNEL}, which runs this interpreter)",
     )
@@ -401,16 +412,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    from wmqlib import cost
+
+    if args.dry_run:  # every notebook priced up front; what an earlier one computes counts as cached after it
+        planned: set[str] = set()
+        tables = [cost.price_notebook(path.stem, {**declared_parameters(path), **parameters}, planned)
+                  for path, parameters in plan]
+        for (path, _), table in zip(plan, tables):
+            print(f"{path.name}: {cost.summary(table)}")
+        total = sum(t["seconds"].sum() for t in tables if t is not None)
+        print(f"dry run: {len(plan)} notebook(s), predicted {total:.0f} s in all; nothing executed")
+        return 0
+
     total = time.perf_counter()
     for i, (path, parameters) in enumerate(plan, start=1):
         output = output_dir / path.name
         print(f"[{i}/{len(plan)}] {path.name} ...", flush=True)
+        table = cost.price_notebook(path.stem, {**declared_parameters(path), **parameters})
+        print(f"      {cost.summary(table)}", flush=True)
         try:
             run = run_notebook(path, output, parameters, args.kernel, figures_dir)
         except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as err:
             print(describe_failure(path, output, err), file=sys.stderr)
             return 1
-        print(f"      {run.seconds:.1f} s -> {_shown(run.output)}")
+        predicted = table["seconds"].sum(min_count=1) if table is not None else float("nan")
+        print(f"      {run.seconds:.1f} s (predicted {predicted:.0f} s) -> {_shown(run.output)}")
         if output_dir.resolve() == args.notebooks.resolve():  # written in place: keep its reviewable text pair
             print(f"      text pair {_shown(pairs.sync(run.output))}")
         for figure in run.figures:

@@ -35,7 +35,7 @@ from wmqlib.quant.rotation import ROTATIONS
 from wmqlib.quant.mixed import allocate_bits, average_bits, mixed_overrides
 from wmqlib.setting import Setting
 from wmqlib.study import per_episode, prepare, result_key
-from wmqlib.sweep import sweep
+from wmqlib.sweep import cached, sweep
 from wmqlib.validate import atomic_write, check_choice
 
 KINDS = ("mixed", "QAT")  # methods that are not one recipe for the whole model
@@ -71,22 +71,39 @@ def sensitivity(S: Setup, fp_settings: Mapping[str, Setting], bit_widths: Sequen
                                 caches=caches, recipe_for_bits=RTN)
         return table.drop(columns=["env", "n_sequences"]).assign(seconds=time.perf_counter() - start)
 
-    configs = [{"env": env, "fp": caches.resolved(s).identity, "bit_widths": list(bit_widths),
-                "n_sequences": n_sequences} for env, s in fp_settings.items()]
+    configs = _sensitivity_configs(fp_settings, bit_widths, n_sequences, caches)
     return sweep(configs, measure, f"sensitivity-{S.profile.name}", cache_dir=RESULTS_DIR, recompute=S.recompute,
                  progress=False)
 
 
-def allocate(sensitivity: pd.DataFrame, budgets: Sequence[int], choices: Sequence[int], folder: Path
+def _sensitivity_configs(fp_settings: Mapping[str, Setting], bit_widths: Sequence[int], n_sequences: int,
+                         caches: Caches) -> list[dict]:
+    """The keys of ``sensitivity``'s sweep, one per env."""
+    return [{"env": env, "fp": caches.resolved(s).identity, "bit_widths": list(bit_widths),
+             "n_sequences": n_sequences} for env, s in fp_settings.items()]
+
+
+def sensitivity_cached(S: Setup, fp_settings: Mapping[str, Setting], bit_widths: Sequence[int], n_sequences: int,
+                       caches: Caches = CACHES) -> bool:
+    """Whether ``sensitivity`` with these arguments reads every env's table from the cache (never when the setup
+    recomputes)."""
+    configs = _sensitivity_configs(fp_settings, bit_widths, n_sequences, caches)
+    return not S.recompute and all(cached(configs, f"sensitivity-{S.profile.name}", RESULTS_DIR))
+
+
+def allocate(sensitivity: pd.DataFrame, budgets: Sequence[int], choices: Sequence[int], folder: Path | None
              ) -> dict[tuple[str, int], dict[str, int]]:
     """Per (env, budget in average bits): ``quant.mixed.allocate_bits`` of the env's sensitivity among ``choices``;
-    each allocation also written as ``<folder>/<env>-<budget>bits.json`` (env, budget, average_bits, bits)."""
+    each allocation also written as ``<folder>/<env>-<budget>bits.json`` (env, budget, average_bits, bits) unless
+    ``folder`` is None."""
     allocations = {}
     for env, table in sensitivity.groupby("env", sort=False):
         for budget in budgets:
             bits = allocations[env, budget] = allocate_bits(table, float(budget), tuple(choices))
-            atomic_write(Path(folder) / f"{env}-{budget}bits.json", json.dumps(
-                {"env": env, "budget": budget, "average_bits": average_bits(bits, table), "bits": bits}, indent=1))
+            if folder is not None:
+                atomic_write(Path(folder) / f"{env}-{budget}bits.json", json.dumps(
+                    {"env": env, "budget": budget, "average_bits": average_bits(bits, table), "bits": bits},
+                    indent=1))
     return allocations
 
 

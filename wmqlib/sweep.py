@@ -284,6 +284,14 @@ def inventory(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["file", "key", "readers"])
 
 
+def cached(configs: Sequence[Any], name: str, cache_dir: str | os.PathLike = RESULTS_DIR,
+           key_config: Callable[[Any], Any] | None = None) -> list[bool]:
+    """Per config, whether ``sweep(configs, ..., name, cache_dir, key_config=key_config)`` would read it from its
+    cache file instead of running it (the file exists; its contents are checked when it is read)."""
+    folder = Path(cache_dir) / name
+    return [(folder / f"{config_key(c if key_config is None else key_config(c))}.json").exists() for c in configs]
+
+
 def sweep(configs: Sequence[Any], run_fn: Callable[[Any], RunResult], name: str,
           cache_dir: str | os.PathLike = RESULTS_DIR, recompute: bool = False, progress: bool = True,
           key_config: Callable[[Any], Any] | None = None,

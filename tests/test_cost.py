@@ -1,0 +1,101 @@
+"""wmqlib.cost: designs priced by hand-derived formulas from given rates, cached and planned work for free,
+quantization and calibration once per model, the measured rates of a tiny model, kept and read back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from wmqlib import cost, designs
+from wmqlib import profiles as pr
+from wmqlib import study as st
+from wmqlib.quant import recipe_types
+
+RATES = cost.Rates(rollout=0.001, episode=0.05, gd_step=0.002, act={"per-tensor": 1.5, "per-token": 2.0},
+                   active=(1.0, 0.5), quantize={"RTN": 0.1, "GPTQ": 3.0}, execute=0.01, probe=4.0, linears=10,
+                   notebook=7.0)
+
+
+@pytest.fixture()
+def S(tiny, capsys):
+    return pr.setup("smoke", [tiny], device="cpu")  # recomputes; n_evals 3, samples 30, budget 2, trace 3
+
+
+def _priced(S, settings, tiny, **kw):
+    return cost.price(designs.Design(list(settings), **kw), S, {tiny: RATES})
+
+
+def test_planning_is_episodes_times_rollouts_plus_the_episode_work(S, tiny):
+    P = S.profile
+    open_loop, mpc, gd = S.setting(tiny), S.setting(tiny, mpc=True), S.setting(tiny, planner="GD")
+    table = _priced(S, [open_loop, mpc, gd], tiny)
+    plan = P.samples * P.opt_steps * RATES.rollout + RATES.episode
+    expected = [P.n_evals * plan, P.n_evals * plan * (1.0 + 0.5), P.n_evals * (P.gd_steps * RATES.gd_step + 0.05)]
+    assert table[table["kind"] == "setting"]["seconds"].tolist() == pytest.approx(expected)
+    assert table.iloc[-1].tolist() == ["notebook", "kernel, imports, figures", False, 7.0]
+    longer = dataclasses.replace(mpc, mpc=dataclasses.replace(mpc.mpc, max_rounds=4))  # rounds past the measured ones
+    assert _priced(S, [longer], tiny)["seconds"].iloc[0] == pytest.approx(P.n_evals * plan * (1.0 + 0.5 * 3))
+
+
+def test_quantization_and_calibration_are_paid_once_per_model_and_calibration(S, tiny):
+    P = S.profile
+    gptq = [S.setting(tiny, recipe=P.recipe("GPTQ", 4), planner_seed=k) for k in (0, 1)]  # one quantized model
+    act = S.setting(tiny, recipe=P.recipe("RTN", 8, a_bits=8, a_granularity="per-token"))
+    table = _priced(S, gptq + [act], tiny)
+    assert table.groupby("kind")["seconds"].count().to_dict() == {"calibration": 1, "notebook": 1, "quantize": 2,
+                                                                  "setting": 3}
+    assert table[table["kind"] == "quantize"]["seconds"].tolist() == [3.0, 0.1]
+    plan = P.samples * P.opt_steps * RATES.rollout + RATES.episode
+    # FP planning on the calibration episodes over 2 MPC rounds
+    assert table[table["kind"] == "calibration"]["seconds"].iloc[0] == pytest.approx(P.n_calib * plan * 1.5)
+    planned = table[table["kind"] == "setting"]["seconds"].tolist()
+    assert planned[2] == pytest.approx(P.n_evals * (P.samples * P.opt_steps * RATES.rollout * 2.0 + RATES.episode))
+
+
+def test_cached_and_planned_work_is_free_and_a_cached_notebook_measures_nothing(tiny, tmp_path, monkeypatch, caches,
+                                                                                capsys):
+    S = pr.setup("full", [tiny], device="cpu", n_evals=2, key_evals=2, samples=6, topk=2, opt_steps=1,
+                 trace_steps=2, n_calib=2, planner_seeds=[0])
+    setting = S.setting(tiny)
+    st.run_study([setting], S.results, cache_dir=tmp_path, caches=caches, progress=False)
+    monkeypatch.setattr(cost, "rates", lambda *a, **k: pytest.fail("nothing to compute: no rates needed"))
+    table = cost.price(designs.Design([setting], probes=[setting]), S, cache_dir=tmp_path, caches=caches)
+    assert table["cached"].tolist() == [True, False, False] and table["seconds"].iloc[0] == 0.0
+    assert math.isnan(table["seconds"].iloc[1:].sum(min_count=1))
+    assert cost.summary(table) == "1 settings, 0 to compute; a re-plot (everything cached)"
+    other = S.setting(tiny, mpc=True)
+    planned: set[str] = set()
+    first = cost.price(designs.Design([other, other]), S, {tiny: RATES}, planned, caches, tmp_path)
+    assert first[first["kind"] == "setting"]["cached"].tolist() == [False, True]  # the same setting runs once
+    again = cost.price(designs.Design([other]), S, {tiny: RATES}, planned, caches, tmp_path)
+    assert again["cached"].iloc[0] and again["seconds"].iloc[0] == 0.0  # an earlier notebook computes it
+
+
+def test_a_recomputing_profile_pays_for_every_setting_again(S, tiny):
+    fp = S.setting(tiny)
+    table = cost.price(designs.Design([fp, fp]), S, {tiny: RATES}, planned={"anything"})
+    assert table[table["kind"] == "setting"]["cached"].tolist() == [False, False]
+
+
+def test_summary_names_what_is_to_compute():
+    import pandas as pd
+
+    table = pd.DataFrame([("setting", "a", True, 0.0), ("setting", "b", False, 10.4), ("quantize", "RTN", False, 2.0),
+                          ("notebook", "kernel", False, 5.0)], columns=["kind", "what", "cached", "seconds"])
+    assert cost.summary(table) == "2 settings, 1 to compute; predicted 17 s (setting 10 s, quantize 2 s, notebook 5 s)"
+    assert cost.summary(None) == "not priced (no design in wmqlib.designs)"
+
+
+def test_rates_are_measured_on_the_tiny_model_and_kept(S, tiny, tmp_path, monkeypatch):
+    measured = cost.rates(S, tiny, folder=tmp_path)
+    assert measured.rollout > 0 and measured.episode >= 0 and measured.gd_step > 0 and measured.probe > 0
+    assert measured.active[0] == 1.0 and len(measured.active) == S.profile.mpc_rounds
+    assert all(0.0 <= a <= 1.0 for a in measured.active) and set(measured.act) == {"per-tensor", "per-token"}
+    assert set(measured.quantize) == {*recipe_types(), *cost.ROTATED} and measured.linears > 0
+    (kept,) = tmp_path.glob("*.json")
+    assert json.loads(kept.read_text())["identity"]["model_sha"] == st.CACHES.checkpoint(tiny).model_sha
+    monkeypatch.setattr(cost, "measure", lambda *a: pytest.fail("kept rates are read back, not measured again"))
+    assert cost.rates(S, tiny, folder=tmp_path) == measured

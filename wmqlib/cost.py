@@ -1,0 +1,293 @@
+"""What a study notebook will cost before it runs: this machine's measured rates, and a design priced with them.
+
+    rates = cost.rates(S, "mini-wall")      # measured once per (weights, sizes, machine), kept under data/results/cost
+    table = cost.price(design, S)           # one row per piece of work: what, cached, predicted seconds
+
+``python -m wmqlib.reproduce --dry-run`` prints the priced designs of the selected notebooks; a real run prints the
+prediction beside each notebook's measured time.
+
+The model. Planning cost is counted in candidate rollouts (one candidate plan of one episode rolled out over the
+horizon, in one CEM iteration) and priced with ``Rates.rollout``, measured on this machine with the profile's CEM on a
+few episodes at two iteration counts (the slope; the intercept is ``Rates.episode``, the per-episode work of
+encoding, executing and scoring a plan). An open-loop CEM setting of E episodes, S samples and I iterations costs
+``E * (S * I * rollout + episode)``; MPC the same per round for the episodes still planning, whose share per round
+is measured with FP's MPC (``Rates.active``; a quantized model that succeeds less plans more rounds, so MPC is
+under-priced where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the
+planning by ``Rates.act``; a quantized setting adds its quantization (``Rates.quantize`` per method, once per
+quantized model) and its calibration run (FP planning on the calibration episodes, once per calibration not on
+disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
+``(linears * bit widths + 1) * n_calib * sequences * rollout``, and every notebook ``Rates.notebook`` (kernel, imports,
+figures). Cached work costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wmqlib import study as st
+from wmqlib.caches import CACHES, Caches, provenance
+from wmqlib.designs import DESIGNS, Design, of_notebook, setup_of
+from wmqlib.envs import make_env
+from wmqlib.paths import RESULTS_DIR
+from wmqlib.plan import CEMConfig, GDConfig
+from wmqlib.plan.mpc import MPCConfig
+from wmqlib.profiles import Setup
+from wmqlib.quant import find_points, quantize, recipe_types
+from wmqlib.setting import Setting
+from wmqlib.sweep import cached, config_key
+from wmqlib.validate import atomic_write
+
+COST_DIR = RESULTS_DIR / "cost"  # measured rates, one JSON per (weights, sizes, machine)
+EPISODES = 8  # episodes of each timed run
+ROTATED = ("RTN+hadamard", "GPTQ+hadamard")  # rotated methods timed besides the registered ones
+
+
+@dataclass(frozen=True)
+class Rates:
+    """One checkpoint's measured costs on this machine (seconds).
+
+    rollout: per candidate rollout (open-loop CEM, FP, traced). episode: per episode and plan, beyond its rollouts.
+    gd_step: per GD update of one episode. act: planning time over FP's with W8A8 activations, by granularity.
+    active: FP's MPC, the share of episodes still planning at each round (1.0 first). quantize: making the quantized
+    model at W4 per channel, by method (``ROTATED`` included). execute: executing one plan in the env. probe: one
+    state-probe table (its scripted frames included). linears: the model's quantizable linears. notebook: starting
+    a kernel with the study's imports.
+    """
+
+    rollout: float
+    episode: float
+    gd_step: float
+    act: dict[str, float]
+    active: tuple[float, ...]
+    quantize: dict[str, float]
+    execute: float
+    probe: float
+    linears: int
+    notebook: float
+
+
+def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
+    """What the rates of ``checkpoint`` depend on: its weights, the profile's sizes, the device and the machine."""
+    P = S.profile
+    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    return {"model_sha": CACHES.checkpoint(checkpoint).model_sha, "samples": P.samples, "topk": P.topk,
+            "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine,
+            "method_options": {k: dict(v) for k, v in P.method_options.items()}}
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def measure(S: Setup, checkpoint: str) -> Rates:
+    """Time the pieces of ``Rates`` for ``checkpoint`` with the setup's profile (a minute or two on the shipped
+    models; nothing lands in the results caches)."""
+    P = S.profile
+    fp = S.fp_settings()[S.envs[S.checkpoints.index(checkpoint)]]
+    with tempfile.TemporaryDirectory() as tmp:
+        caches = Caches(Path(tmp))
+        base = dataclasses.replace(fp, n_evals=EPISODES, calib_source="random")
+
+        def plan(setting: Setting, steps: int) -> float:
+            s = dataclasses.replace(setting, planner=CEMConfig(horizon=setting.planner.horizon, samples=P.samples,
+                                                               topk=P.topk, opt_steps=steps))
+            st.prepare(s, caches, calibrate=s.needs_calibration)  # model, episodes, calibration: not timed
+            return _timed(st.run_setting, s, caches)
+
+        plan(base, 1)  # warm-up
+        one, four = plan(base, 1), plan(base, 4)
+        rollout = max(four - one, 1e-9) / (3 * EPISODES * P.samples)
+        episode = max(one / EPISODES - P.samples * rollout, 0.0)
+        act = {gran: plan(dataclasses.replace(base, recipe=P.recipe("RTN", 8, "per-channel", a_bits=8,
+                                                                      a_granularity=gran)), 4) / four
+               for gran in ("per-tensor", "per-token")}
+        gd = dataclasses.replace(base, planner=GDConfig(horizon=base.planner.horizon, opt_steps=20), trace=False)
+        st.prepare(gd, caches)
+        gd_step = max(_timed(st.run_setting, gd, caches) / EPISODES - episode, 1e-9) / 20
+        mpc = dataclasses.replace(base, mpc=MPCConfig(max_rounds=P.mpc_rounds), trace=True)
+        rounds = st.run_setting(mpc, caches)
+        active = tuple(float(rounds[rounds["round"] == r]["planned"].mean()) for r in range(1, P.mpc_rounds + 1))
+        p = st.prepare(base, caches, calibrate=True)
+        recipes = {m: P.recipe(m, 4, "per-channel") for m in [*sorted(recipe_types()), *ROTATED]}
+        quantize_s = {m: _timed(quantize, p.fp, r, p.calibration) for m, r in recipes.items()}
+        env = make_env(p.run.env, render_size=p.fp.config.img_size)
+        starts = np.stack([e.start_state for e in p.episodes])
+        actions = np.zeros((len(starts), fp.planner.horizon * p.fp.config.frameskip, env.action_dim))
+        execute = _timed(env.rollout_actions, starts, actions) / len(starts)
+        probe = _timed(st.probe_table, fp, *P.probe_trajectories, caches=caches)
+        linears = len(find_points(p.fp).linears)
+    notebook = _timed(subprocess.run, [sys.executable, "-c", "import wmqlib.study, wmqlib.plots, wmqlib.findings"],
+                      check=True)
+    return Rates(rollout, episode, gd_step, act, active, quantize_s, execute, probe, linears, notebook)
+
+
+def rates(S: Setup, checkpoint: str, folder: Path = COST_DIR) -> Rates:
+    """``measure(S, checkpoint)``, measured once and kept as ``<folder>/<key>.json`` (key: ``_identity``)."""
+    identity = _identity(S, checkpoint)
+    path = Path(folder) / f"{config_key(identity)}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())["rates"]
+        return Rates(**{**data, "active": tuple(data["active"])})
+    measured = measure(S, checkpoint)
+    atomic_write(path, json.dumps({"identity": identity, "rates": dataclasses.asdict(measured)}, indent=1))
+    return measured
+
+
+def _method(setting: Setting) -> str:
+    """The ``Rates.quantize`` key of a quantized setting: its method, with ``+<rotation>`` when rotated."""
+    r = setting.recipe
+    rotation = getattr(r, "rotation", None)
+    return type(r).__name__ + (f"+{rotation}" if rotation not in (None, "none") else "")
+
+
+def _planning(setting: Setting, r: Rates) -> float:
+    """Seconds of planning ``setting`` (not counting its quantization and calibration)."""
+    plan = setting.planner
+    act = 1.0 if setting.recipe is None or setting.recipe.a_bits is None else r.act[setting.recipe.a_granularity.name]
+    if isinstance(plan, GDConfig):
+        per_plan = plan.opt_steps * plan.samples * r.gd_step * act + r.episode
+    else:
+        per_plan = plan.samples * plan.opt_steps * r.rollout * act + r.episode
+    rounds = 1.0 if setting.mpc is None else sum(r.active[:setting.mpc.max_rounds]) + max(
+        0, setting.mpc.max_rounds - len(r.active)) * r.active[-1]
+    return setting.n_evals * per_plan * rounds
+
+
+def _calibration(setting: Setting, planner: CEMConfig, r: Rates) -> float:
+    """Seconds of collecting ``setting``'s calibration: FP planning with ``planner`` on ``n_calib`` episodes over
+    ``calib_rounds`` MPC rounds ("planning"), one pass of random candidates per round ("random"), none for
+    "dataset" (a sample of training windows)."""
+    rounds = setting.calib_rounds
+    if setting.calib_source == "dataset":
+        return 0.0
+    if setting.calib_source == "random":
+        return setting.n_calib * rounds * (planner.samples * r.rollout + r.episode)
+    return _planning(dataclasses.replace(setting, recipe=None, planner=planner, n_evals=setting.n_calib,
+                                         mpc=MPCConfig(max_rounds=rounds)), r)
+
+
+def price(design: Design, S: Setup, measured: Mapping[str, Rates] | None = None, planned: set[str] | None = None,
+          caches: Caches = CACHES, cache_dir: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+    """One row per piece of ``design``'s work: ``kind`` (setting, calibration, quantize, probe, alignment,
+    sensitivity, notebook), ``what``, ``cached`` and predicted ``seconds`` (0 when cached). ``measured``:
+    checkpoint -> Rates (default: ``rates`` of each checkpoint, measured here when not kept yet). When every
+    setting, alignment and sensitivity is cached nothing is measured and the probes and the notebook itself are
+    priced NaN (small: a re-plot). ``planned``: result and calibration keys that earlier notebooks of the same run
+    compute (counted as cached here); this design's are added to it. cache_dir: the results folder."""
+    planned = set() if planned is None else planned
+
+    def done(keys: list[str], on_disk: list[bool]) -> list[bool]:  # a key met twice runs once, unless recomputed
+        seen, out = set(planned), []
+        for k, c in zip(keys, on_disk):
+            out.append(not S.recompute and (c or k in seen))
+            seen.add(k)
+        return out
+
+    identity = lambda s: caches.resolved(s).identity  # noqa: E731
+    alignment = lambda s: {"alignment": identity(s), "samples": design.candidates, "candidate_seed": 0}  # noqa: E731
+    keys = [config_key(identity(s)) for s in design.settings]
+    done_settings = done(keys, cached(design.settings, S.results, cache_dir, identity))
+    align_keys = [config_key(alignment(s)) for s in design.alignment]
+    done_aligned = done(align_keys, cached(design.alignment, S.results, cache_dir, alignment))
+    todo = [s for s, c in zip(design.settings, done_settings) if not c]
+    todo += [s for s, c in zip(design.alignment, done_aligned) if not c]
+    measured = dict(measured or {})
+    if todo or design.sensitivity:
+        for ck in {str(s.checkpoint) for s in todo + design.probes + design.timed +
+                   [s for s, _, _ in design.sensitivity]}:
+            if ck not in measured:
+                measured[ck] = rates(S, _base_checkpoint(S, ck))
+    unknown = Rates(*(float("nan"),) * 3, {}, (float("nan"),), {}, *(float("nan"),) * 2, 0, float("nan"))
+    rows, quantized, calibrated = [], set(), set()
+
+    def once(setting: Setting, r: Rates) -> None:  # the quantization and calibration a setting brings
+        run = caches.resolved(setting)
+        if setting.recipe is not None and run.quantized_key not in quantized:
+            quantized.add(run.quantized_key)
+            rows.append(("quantize", _method(setting), False,
+                         r.quantize.get(_method(setting), max(r.quantize.values(), default=float("nan")))))
+        if setting.needs_calibration and run.calibration_key not in calibrated:
+            calibrated.add(run.calibration_key)
+            on_disk = not S.recompute and (run.calibration_key in caches.calibrations or run.calibration_key in planned)
+            planned.add(run.calibration_key)
+            cost = 0.0 if on_disk else _calibration(setting, run.calib_planner, r)
+            rows.append(("calibration", f"{run.env} x{setting.calib_rounds}", on_disk, cost))
+
+    for s, c in zip(design.settings, done_settings):
+        label = f"{s.checkpoint}: {st.describe(s)['label']}, {st.describe(s)['search']}"
+        if not c:
+            once(s, measured[str(s.checkpoint)])
+        rows.append(("setting", label, c, 0.0 if c else _planning(s, measured[str(s.checkpoint)])))
+    for s, c in zip(design.alignment, done_aligned):
+        r = measured.get(str(s.checkpoint), unknown)
+        if not c:
+            once(s, r)
+        rows.append(("alignment", st.describe(s)["label"], c,
+                     0.0 if c else s.n_evals * design.candidates * (r.rollout + r.execute)))
+    planned.update(keys + align_keys)
+    for s in design.probes:
+        r = measured.get(str(s.checkpoint), unknown)
+        if s.recipe is not None:
+            once(s, r)
+        rows.append(("probe", st.describe(s)["label"], False, r.probe))
+    for s in design.timed:
+        r = measured.get(str(s.checkpoint), unknown)
+        rows.append(("quantize", f"{_method(s)} (timed)", False,
+                     r.quantize.get(_method(s), max(r.quantize.values(), default=float("nan")))))
+    for s, bit_widths, sequences in design.sensitivity:
+        r = measured[str(s.checkpoint)]
+        rows.append(("sensitivity", caches.resolved(s).env, False,
+                     (r.linears * len(bit_widths) + 1) * s.n_calib * sequences * r.rollout))
+    notebook = next(iter(measured.values()), unknown).notebook
+    rows.append(("notebook", "kernel, imports, figures", False, notebook))
+    return pd.DataFrame(rows, columns=["kind", "what", "cached", "seconds"])
+
+
+def price_notebook(stem: str, parameters: Mapping[str, Any], planned: set[str] | None = None
+                   ) -> pd.DataFrame | None:
+    """``price`` of notebook ``stem``'s design for its ``parameters`` (the parameters cell with the runner's
+    values), its setup's printout suppressed; None for a notebook without a design (``designs.DESIGNS``)."""
+    if stem not in DESIGNS:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
+        S = setup_of(parameters)
+        return price(of_notebook(stem, S, parameters), S, planned=planned)
+
+
+def summary(table: pd.DataFrame | None) -> str:
+    """One line for a priced notebook: its settings (how many to compute) and the predicted seconds by kind."""
+    if table is None:
+        return "not priced (no design in wmqlib.designs)"
+    settings = table[table["kind"] == "setting"]
+    todo = table[~table["cached"]]
+    parts = todo.groupby("kind", sort=False)["seconds"].sum()
+    shown = ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in parts.items() if seconds > 0)
+    total = todo["seconds"].sum(min_count=1)
+    predicted = "a re-plot (everything cached)" if pd.isna(total) else f"predicted {total:.0f} s ({shown})"
+    return f"{len(settings)} settings, {int((~settings['cached']).sum())} to compute; {predicted}"
+
+
+def _base_checkpoint(S: Setup, checkpoint: str) -> str:
+    """The setup's checkpoint a setting's checkpoint prices like (a QAT checkpoint of the same architecture plans
+    at its base model's rates): itself when it is one of the setup's, else the setup's checkpoint of its env."""
+    if checkpoint in S.checkpoints:
+        return checkpoint
+    env = CACHES.checkpoint(checkpoint).env
+    return S.checkpoints[S.envs.index(env)]
