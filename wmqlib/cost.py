@@ -54,6 +54,7 @@ from wmqlib.validate import atomic_write
 
 COST_DIR = RESULTS_DIR / "cost"  # measured rates, one JSON per (weights, sizes, machine)
 EPISODES = 8  # episodes of each timed run
+REPEATS = 3  # a planning run is timed this many times, the least counts (the first also warms up)
 ROTATED = ("RTN+hadamard", "GPTQ+hadamard")  # rotated methods timed besides the registered ones
 
 
@@ -90,10 +91,14 @@ def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
             "method_options": {k: dict(v) for k, v in P.method_options.items()}}
 
 
-def _timed(fn: Any, *args: Any, **kwargs: Any) -> float:
-    start = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - start
+def _timed(fn: Any, *args: Any, repeats: int = 1, **kwargs: Any) -> float:
+    """The least wall time of ``repeats`` calls of ``fn(*args, **kwargs)`` (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def measure(S: Setup, checkpoint: str) -> Rates:
@@ -109,9 +114,8 @@ def measure(S: Setup, checkpoint: str) -> Rates:
             s = dataclasses.replace(setting, planner=CEMConfig(horizon=setting.planner.horizon, samples=P.samples,
                                                                topk=P.topk, opt_steps=steps))
             st.prepare(s, caches, calibrate=s.needs_calibration)  # model, episodes, calibration: not timed
-            return _timed(st.run_setting, s, caches)
+            return _timed(st.run_setting, s, caches, repeats=REPEATS)
 
-        plan(base, 1)  # warm-up
         one, four = plan(base, 1), plan(base, 4)
         rollout = max(four - one, 1e-9) / (3 * EPISODES * P.samples)
         episode = max(one / EPISODES - P.samples * rollout, 0.0)
