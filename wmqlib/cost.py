@@ -105,7 +105,8 @@ def measure(S: Setup, checkpoint: str) -> Rates:
     """Time the pieces of ``Rates`` for ``checkpoint`` with the setup's profile (a minute or two on the shipped
     models; nothing lands in the results caches)."""
     P = S.profile
-    fp = S.fp_settings()[S.envs[S.checkpoints.index(checkpoint)]]
+    env_name = S.envs[S.checkpoints.index(checkpoint)]
+    fp = S.fp_settings()[env_name]
     with tempfile.TemporaryDirectory() as tmp:
         caches = Caches(Path(tmp))
         base = dataclasses.replace(fp, n_evals=EPISODES, calib_source="random")
@@ -125,7 +126,7 @@ def measure(S: Setup, checkpoint: str) -> Rates:
         gd = dataclasses.replace(base, planner=GDConfig(horizon=base.planner.horizon, opt_steps=20), trace=False)
         st.prepare(gd, caches)
         gd_step = max(_timed(st.run_setting, gd, caches) / EPISODES - episode, 1e-9) / 20
-        mpc = dataclasses.replace(base, mpc=MPCConfig(max_rounds=P.mpc_rounds), trace=True)
+        mpc = dataclasses.replace(base, planner=P.cem(env_name), mpc=MPCConfig(max_rounds=P.mpc_rounds), trace=True)
         rounds = st.run_setting(mpc, caches)
         active = tuple(float(rounds[rounds["round"] == r]["planned"].mean()) for r in range(1, P.mpc_rounds + 1))
         p = st.prepare(base, caches, calibrate=True)
