@@ -90,7 +90,7 @@ def build_model(spec: str, device: torch.device) -> tuple[WorldModel, str]:
     if spec.startswith("dinowm-"):
         return WorldModel(dinowm_config(spec.removeprefix("dinowm-")), seed=0).to(device).eval(), \
             "random weights, paper-size DINO-WM"
-    from wmqlib.train import PRESETS
+    from wmqlib.recipes import PRESETS
 
     if spec not in PRESETS:
         raise SystemExit(f"--model must be a checkpoint, a preset {sorted(PRESETS)}, dinowm-wall/pusht or a .json")

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from wmqlib.models import WorldModel, WorldModelConfig
-from wmqlib.train import PRESETS, train
+from wmqlib.recipes import PRESETS
+from wmqlib.train import train
 
 # A tiny random world model whose predictor window holds three frames (so the frame-causal mask is used); widths
 # 16 / 32 in the encoder and 24 = 12 * 2 (a Paley I Hadamard order) / 16 / 32 in the predictor.

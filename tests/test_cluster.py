@@ -305,7 +305,8 @@ def test_open_executor_local_gives_each_worker_the_threads_asked():
 def tiny(tmp_path_factory) -> str:
     """A tiny Wall world model trained end to end by wmqlib.train (a few seconds)."""
     import torch
-    from wmqlib.train import PRESETS, train
+    from wmqlib.recipes import PRESETS
+    from wmqlib.train import train
 
     out = tmp_path_factory.mktemp("tiny") / "tiny-wall"
     torch.set_num_threads(1)  # the workers' count: provenance and float reduction order match

@@ -13,7 +13,8 @@ from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_ali
 from wmqlib.envs import env_class, sample_episodes
 from wmqlib.plan import CEMConfig, MPCConfig
 from wmqlib.stats import success_summary
-from wmqlib.train import PRESETS, train
+from wmqlib.recipes import PRESETS
+from wmqlib.train import train
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,17 @@ from wmqlib import online
 from wmqlib.envs import TrajectoryData, make_env, sample_episodes
 from wmqlib.evaluate import evaluate, planned_actions
 from wmqlib.models import load_world_model
-from wmqlib.train import PRESETS, TrainConfig, train
+from wmqlib.recipes import ONLINE_PLANNER, PRESETS, TrainConfig
+from wmqlib.train import train
 
-PLANNER = dataclasses.replace(online.PLANNER, samples=8, topk=2, opt_steps=1)
+PLANNER = dataclasses.replace(ONLINE_PLANNER, samples=8, topk=2, opt_steps=1)
 RECIPE = dataclasses.replace(PRESETS["tiny-joint"], traj_len=25)  # one online plan: 5 model steps x frameskip 5
 ONLINE = dataclasses.replace(RECIPE, online_rounds=2, online_episodes=3, online_steps=2)
 
 
 @pytest.fixture(autouse=True)
 def small_planner(monkeypatch):
-    monkeypatch.setattr(online, "PLANNER", PLANNER)
+    monkeypatch.setattr(online, "ONLINE_PLANNER", PLANNER)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from wmqlib.probe import (
     max_over_median, outlier_stats, probe_errors, probe_frames, probe_model, state_components, state_targets,
 )
 from wmqlib.quant import RTN, Calibration, PerChannel, capture_calibration, find_points, quantize
-from wmqlib.train import PRESETS, train
+from wmqlib.recipes import PRESETS
+from wmqlib.train import train
 
 
 def _pusht_states(n_traj: int, per_traj: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

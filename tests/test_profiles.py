@@ -12,7 +12,7 @@ from wmqlib.envs import Wall, sample_episodes
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
 from wmqlib.quant import RTN
 from wmqlib.sweep import config_key, sweep
-from wmqlib.train import PRESETS
+from wmqlib.recipes import PRESETS
 
 
 @pytest.mark.parametrize("width, group", [(384, 128), (1024, 128), (64, 32), (84, 32), (16, 8), (3, 1), (2, 1)])

@@ -8,7 +8,8 @@ import torch
 
 import wmqlib.fitting as fitting
 from wmqlib.resume import STATE_FILE
-from wmqlib.train import PRESETS, train
+from wmqlib.recipes import PRESETS
+from wmqlib.train import train
 
 
 class Killed(Exception):

@@ -10,7 +10,8 @@ import torch
 
 from wmqlib.envs import TrajectoryData, generate_dataset
 from wmqlib.models import CheckpointError, load_world_model
-from wmqlib.train import PRESETS, TrainConfig, main, train
+from wmqlib.recipes import PRESETS, TrainConfig
+from wmqlib.train import main, train
 from wmqlib.training_data import training_data_recipe, training_sample
 
 
@@ -82,9 +83,9 @@ def test_cli_rejects_contradicting_env_and_preset(capsys):
 
 
 def test_cli_overrides_are_typed_and_checked(capsys):
-    from wmqlib.train import parse_overrides
+    from wmqlib.recipes import parse_overrides
 
-    from wmqlib.train import apply_overrides
+    from wmqlib.recipes import apply_overrides
 
     parsed = parse_overrides(["predictor_steps=9", "encoder_lr=5e-4", "model.encoder_dim=32", "data_policy=walks"])
     assert parsed == {"predictor_steps": 9, "encoder_lr": 5e-4, "data_policy": "walks", "model": {"encoder_dim": 32}}
@@ -101,7 +102,7 @@ def test_cli_overrides_are_typed_and_checked(capsys):
 def test_the_model_card_says_how_to_regenerate_the_model():
     from pathlib import Path
 
-    from wmqlib.train import regenerate_command
+    from wmqlib.recipes import regenerate_command
 
     assert regenerate_command(PRESETS["mini-wall"], Path("out")) == "python -m wmqlib.train --preset mini-wall --out out"
     base = PRESETS["mini-wall"]

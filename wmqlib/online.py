@@ -2,10 +2,10 @@
 
 A planner that searches a learned model finds the plans the model scores well but gets wrong: they lead where the
 training data never went. Each round here plans ``online_episodes`` training episodes (split "online", never
-evaluated) open loop with ``PLANNER``, executes the plans in the simulator, renders what really happened, and
-trains the predictor (encoder frozen) on those transitions together with the recipe's data, so that the model
-learns the outcome of the actions its planner prefers (the idea of online world modelling; arXiv 2512.09929 for
-the reference setting). Round k trains ``online_steps`` steps on the recipe's data cut into pieces of the plans'
+evaluated) open loop with ``recipes.ONLINE_PLANNER``, executes the plans in the simulator, renders what really
+happened, and trains the predictor (encoder frozen) on those transitions together with the recipe's data, so that the
+model learns the outcome of the actions its planner prefers (the idea of online world modelling; arXiv 2512.09929
+for the reference setting). Round k trains ``online_steps`` steps on the recipe's data cut into pieces of the plans'
 length plus the plans of rounds 1..k.
 
     model = retrain(model, data, cfg, gen, run)            # the last stage of ``wmqlib.train`` when online_rounds > 0
@@ -35,10 +35,11 @@ from wmqlib.evaluate import planned_actions
 from wmqlib.fitting import freeze_encoder
 from wmqlib.models import WorldModel, load_world_model, save_world_model
 from wmqlib.paths import DATASETS_DIR
-from wmqlib.plan import CEMConfig
+from wmqlib.recipes import (ONLINE_PLANNER, TrainConfig, apply_overrides, data_policy, dataset_path, online_seed,
+                            parse_overrides, regenerate_command)
 from wmqlib.resume import RunState
+from wmqlib.stages import train_predictor
 
-PLANNER = CEMConfig(samples=100, topk=10, opt_steps=10)  # the study's CEM: cheap enough to plan hundreds of episodes
 EPISODE_SEED = 99  # the study's episode seed: the online split's offset keeps its episodes apart from eval and calib
 STAGE = "online round {k}"
 FIELDS = ("online_rounds", "online_episodes", "online_steps", "online_lr")  # the recipe's fields of this stage
@@ -58,11 +59,11 @@ def chop(data: TrajectoryData, length: int) -> TrajectoryData:
 
 def collect(model: WorldModel, data: TrajectoryData, n: int, round_: int) -> tuple[np.ndarray, np.ndarray]:
     """Plan round ``round_``'s ``n`` episodes of the online split (seed ``EPISODE_SEED``, episodes n * (round_ - 1)
-    on, the env's default sampler) open loop with ``PLANNER`` and execute them: visited states (n, H*f+1, S) and raw
-    actions (n, H*f, A)."""
+    on, the env's default sampler) open loop with ``ONLINE_PLANNER`` and execute them: visited states (n, H*f+1, S)
+    and raw actions (n, H*f, A)."""
     env = make_env(data.env, render_size=data.img_size)
     episodes = sample_episodes(data.env, n * round_, seed=EPISODE_SEED, split="online")[n * (round_ - 1):]
-    actions = planned_actions(model, env, PLANNER, episodes, render_size=data.img_size)
+    actions = planned_actions(model, env, ONLINE_PLANNER, episodes, render_size=data.img_size)
     starts = np.stack([e.start_state for e in episodes])
     return env.rollout_states(starts, actions), actions
 
@@ -80,10 +81,9 @@ def as_data(base: TrajectoryData, states: np.ndarray, actions: np.ndarray) -> Tr
 def retrain(model: WorldModel, data: TrajectoryData, cfg: Any, gen: torch.Generator, run: RunState | None = None,
             progress: bool = True) -> list[float]:
     """``cfg.online_rounds`` rounds (module docstring) on ``model`` (trained in place; its predictor and action
-    encoder) with ``cfg`` (a ``train.TrainConfig``) and the batch generator ``gen``; returns every round's losses."""
-    from wmqlib.train import train_predictor  # train imports this module for its last stage
+    encoder) with ``cfg`` (a ``recipes.TrainConfig``) and the batch generator ``gen``; returns every round's losses."""
 
-    horizon = PLANNER.horizon * model.config.frameskip
+    horizon = ONLINE_PLANNER.horizon * model.config.frameskip
     parts, losses = [chop(data, horizon)], []
     for k in range(1, cfg.online_rounds + 1):
         stage = STAGE.format(k=k)
@@ -100,7 +100,7 @@ def retrain(model: WorldModel, data: TrajectoryData, cfg: Any, gen: torch.Genera
                                                  for f in ("frames", "actions", "proprio", "states")})
         latents = freeze_encoder(model, mixed)
         step = dataclasses.replace(cfg, predictor_steps=cfg.online_steps, predictor_lr=cfg.online_lr,
-                                   rollout_steps=min(cfg.rollout_steps, PLANNER.horizon - 1))  # a plan's window
+                                   rollout_steps=min(cfg.rollout_steps, ONLINE_PLANNER.horizon - 1))  # a plan's window
         losses += train_predictor(model, mixed, latents, step, gen, progress, run, stage)
     model.requires_grad_(False)
     model.eval()
@@ -111,7 +111,6 @@ def extend(base: str | Path, cfg: Any, out: str | Path, progress: bool = True, r
            data_dir: str | Path = DATASETS_DIR, save_every_s: float = 120.0) -> WorldModel:
     """Run the online rounds of ``cfg`` on the finished checkpoint ``base``, trained with ``cfg`` less its online
     rounds (checked against its card), and write the result with its card to ``out`` (module docstring)."""
-    from wmqlib.train import TrainConfig, data_policy, dataset_path, online_seed, regenerate_command
 
     base = Path(base)
     card = read_card(base)
@@ -151,7 +150,6 @@ def extend(base: str | Path, cfg: Any, out: str | Path, progress: bool = True, r
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wmqlib.train import apply_overrides, parse_overrides, TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m wmqlib.online", description=__doc__.split("\n\n")[0])
     parser.add_argument("base", help="a finished checkpoint folder of wmqlib.train (its card holds the recipe)")

@@ -16,7 +16,7 @@ per-channel, narrow grid; ``quant.spec``):
   RMS, so a constant factor ``g`` changes Adam's steps only where the gradient is not much larger than Adam's
   eps; it is kept so the steps' gradients are LSQ's, whatever optimiser is used.
 
-Loss: DINO-WM's teacher-forced latent prediction MSE (``train.train_predictor``), over the visual and proprio
+Loss: DINO-WM's teacher-forced latent prediction MSE (``stages.train_predictor``), over the visual and proprio
 slices of the latent, with the quantized model's encoder giving the input latents and its predictor the prediction,
 against the next frame's latent from the FP base model's encoder (the frozen targets ``train.py`` trains on); plus
 the same MSE between the quantized encoder's latents of the input frames and the FP ones, so the goal latents a
@@ -59,7 +59,7 @@ from wmqlib.paths import DATASETS_DIR
 from wmqlib.quant import PerChannel, QuantSpec, RTN, find_points, quantize
 from wmqlib.quant.spec import SCALE_EPS, quantize_dequantize
 from wmqlib.fitting import Windows, fit, uint8_to_visual
-from wmqlib.train import TrainConfig, data_policy, dataset_path
+from wmqlib.recipes import TrainConfig, data_policy, dataset_path
 from wmqlib.training_data import checkpoint_recipe
 from wmqlib.validate import check_float, check_int, check_type
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from wmqlib.envs import TrajectoryData, env_class, make_env
 from wmqlib.models import CheckpointError, WorldModel
-from wmqlib.train import PRESETS, TrainConfig, data_policy
+from wmqlib.recipes import PRESETS, TrainConfig, data_policy
 from wmqlib.validate import check_int
 
 def checkpoint_recipe(provenance: dict[str, Any], folder: str | Path) -> TrainConfig:
