@@ -131,3 +131,28 @@ def test_the_mpc_rows_baselines_get_the_mpc_runs_env_step_budget(tiny, monkeypat
     per_plan = planner.horizon * model.config.frameskip
     assert steps == [per_plan, 3 * per_plan] and list(refs) == ["straight_line", "straight_line_mpc"]
     assert list(diagnostics.references(model, "wall", eps, planner, None, ceiling=False)) == ["straight_line"]
+
+
+def test_a_killed_card_resumes_at_the_run_it_was_in(tiny, tmp_path, monkeypatch):
+    _, model = tiny
+    keep = tmp_path / "diagnostics"
+    real, calls = diagnostics.planning, []
+
+    def dies_at_mpc(model, env, episodes, planner, mpc, objective):
+        calls.append(mpc is not None)
+        if mpc is not None:
+            raise KeyboardInterrupt("killed in the first MPC run")
+        return real(model, env, episodes, planner, mpc, objective)
+
+    monkeypatch.setattr(diagnostics, "planning", dies_at_mpc)
+    with pytest.raises(KeyboardInterrupt):
+        diagnose(model, "wall", level="card", episodes=2, mpc_rounds=2, probe_trajectories=(4, 2), keep=keep)
+    assert calls == [False, False, True] and len(list(keep.glob("*.json"))) == 2  # both open-loop runs kept
+    monkeypatch.setattr(diagnostics, "planning", lambda *a: (calls.append(a[4] is not None), real(*a))[1])
+    resumed = diagnose(model, "wall", level="card", episodes=2, mpc_rounds=2, probe_trajectories=(4, 2), keep=keep)
+    assert calls[3:] == [True, True, True]  # only the three MPC runs ran again
+    monkeypatch.setattr(diagnostics, "planning", real)
+    fresh = diagnose(model, "wall", level="card", episodes=2, mpc_rounds=2, probe_trajectories=(4, 2))
+    assert {k: v["successes"] for k, v in resumed["planning"].items()} == {
+        k: v["successes"] for k, v in fresh["planning"].items()}
+    assert resumed["exploitation"] == fresh["exploitation"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -41,12 +42,15 @@ from wmqlib.evaluate import baselines, evaluate
 from wmqlib.models import WorldModel, load_world_model
 from wmqlib.plan import CEMConfig, MPCConfig, ObjectiveConfig
 from wmqlib.plan.objective import Objective
+from wmqlib.paths import RESULTS_DIR
 from wmqlib.probe import encode_frames, probe_frames, probe_model, state_components
 from wmqlib.stats import spearman, success_summary
+from wmqlib.sweep import sweep
 from wmqlib.validate import check_choice, check_int
 
 DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, math.inf)  # in units of the env's position success tolerance
 LEVELS = ("screen", "card")
+KEEP = RESULTS_DIR / "diagnostics"  # the CLI's finished planning runs (a sweep folder): a killed card resumes
 # name -> (closed loop?, objective) of the planning runs; "screen" runs the open-loop ones
 PLANNING_RUNS = {
     "open_loop": (False, ObjectiveConfig()),
@@ -116,17 +120,40 @@ def protocol_episodes(model: WorldModel, env: str, n: int) -> list[Episode]:
 
 
 def planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig, mpc: MPCConfig | None,
-             objective: ObjectiveConfig) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One planning run: ``rate`` of its successes plus seconds and seconds per CEM iteration (open loop: all
-    episodes x samples in one iteration), and the per-episode table."""
+             objective: ObjectiveConfig) -> pd.DataFrame:
+    """One planning run: its per-episode ``evaluate`` table with the run's wall time ``seconds`` on every row."""
     t0 = time.perf_counter()
     table = evaluate(model, make_env(env, render_size=model.config.img_size), planner, episodes, mpc=mpc,
                      objective=objective)
-    seconds = time.perf_counter() - t0
+    return table.assign(seconds=time.perf_counter() - t0)
+
+
+def summary(table: pd.DataFrame, planner: CEMConfig, mpc: MPCConfig | None) -> dict[str, Any]:
+    """A planning run's card entry: ``rate`` of its successes plus seconds and seconds per CEM iteration (open loop:
+    all episodes x samples in one iteration)."""
+    seconds = float(table["seconds"].iloc[0])
     out = {**success_summary(int(table["success"].sum()), len(table)), "seconds": round(seconds, 1)}
     if mpc is None:
         out["seconds_per_cem_iteration"] = round(seconds / planner.opt_steps, 2)
-    return out, table
+    return out
+
+
+def kept_planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig,
+                  runs: dict[str, tuple[MPCConfig | None, ObjectiveConfig]], keep: Path | None
+                  ) -> dict[str, pd.DataFrame]:
+    """``planning`` of each named run (name -> (mpc, objective)), the finished ones kept: with ``keep`` a results
+    folder, each run's table is a ``wmqlib.sweep`` cache file there (keyed by the model's weights, the episodes,
+    planner, MPC and objective), written as it finishes and read back by a later call, so a killed card resumes at
+    the run it was in. Returns name -> table."""
+    if keep is None:
+        return {name: planning(model, env, episodes, planner, mpc, objective)
+                for name, (mpc, objective) in runs.items()}
+    weights = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values()))
+    configs = [{"run": name, "weights": weights.hexdigest()[:16], "env": env, "episodes": [e.seed for e in episodes],
+                "planner": planner, "mpc": mpc, "objective": objective} for name, (mpc, objective) in runs.items()]
+    table = sweep(configs, lambda c: planning(model, env, episodes, planner, c["mpc"], c["objective"]), keep.name,
+                  cache_dir=keep.parent, progress=False)
+    return {c["run"]: table[table["run"] == c["run"]].reset_index(drop=True) for c in configs}
 
 
 def references(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig, mpc: MPCConfig | None,
@@ -152,11 +179,13 @@ def references(model: WorldModel, env: str, episodes: list[Episode], planner: CE
 
 
 def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 50, mpc_rounds: int = 5,
-             probe_trajectories: tuple[int, int] = (300, 40), ceiling: bool = True) -> dict[str, Any]:
+             probe_trajectories: tuple[int, int] = (300, 40), ceiling: bool = True, keep: Path | None = None
+             ) -> dict[str, Any]:
     """All diagnostics of the module docstring for ``model`` in ``env``, as a JSON-able dict for card.json:
     probe, latent_alignment, planning (by ``PLANNING_RUNS`` name; ``level`` "screen" = the open-loop runs),
     exploitation, references (``references``; ``ceiling`` False skips the simulator planner, slow in PushT),
-    planner, mpc_rounds, level."""
+    planner, mpc_rounds, level. keep: a results folder where each finished planning run is kept
+    (``kept_planning``; the CLI's is ``KEEP``), None to keep nothing."""
     check_choice("level", level, LEVELS)
     check_int("episodes", episodes, 1)
     check_int("mpc_rounds", mpc_rounds, 1)
@@ -165,13 +194,10 @@ def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 5
                         probe_frames(env, probe_trajectories[1], 20, 1, model.config.img_size))
     planner = CEMConfig(samples=300, topk=30, opt_steps=env_class(env).plan_opt_steps)
     eps = protocol_episodes(model, env, episodes)
-    runs: dict[str, Any] = {}
-    tables: dict[str, pd.DataFrame] = {}
-    for name, (closed, objective) in PLANNING_RUNS.items():
-        if level == "screen" and closed:
-            continue
-        runs[name], tables[name] = planning(model, env, eps, planner,
-                                            MPCConfig(max_rounds=mpc_rounds) if closed else None, objective)
+    chosen = {name: (MPCConfig(max_rounds=mpc_rounds) if closed else None, objective)
+              for name, (closed, objective) in PLANNING_RUNS.items() if level == "card" or not closed}
+    tables = kept_planning(model, env, eps, planner, chosen, keep)
+    runs = {name: summary(table, planner, chosen[name][0]) for name, table in tables.items()}
     return {
         "level": level,
         "probe": {"components": {row.component: round(float(row.error_over_tolerance), 4)
@@ -207,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model = load_world_model(folder)
     result = diagnose(model, model.config.env, args.level, args.episodes, args.mpc_rounds,
-                      ceiling=not args.no_ceiling)
+                      ceiling=not args.no_ceiling, keep=KEEP)
     add_diagnostics(folder, result)
     print((folder / "MODEL_CARD.md").read_text())
     return 0
