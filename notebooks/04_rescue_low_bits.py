@@ -192,10 +192,10 @@ _ = plots.savefig(grid.figure, "04_rescue_low_bits", "calibration", figures_dir=
 # %% [markdown] tags=[]
 # ## Cost of each method
 #
-# Seconds to produce the quantized model once its inputs exist, measured here (so they depend on the machine and
-# its load; the order is what matters): the quantization search on the protocol calibration (RTN and rotations:
-# no search), the sensitivity measurement for `mixed` (when it was computed), the fine-tune recorded in the QAT
-# checkpoint's card. The calibration run itself (FP planning on the calibration episodes, shared by every calibrated
+# Seconds to produce the quantized model once its inputs exist, timed once on the machine that computed the results
+# and kept with them (so they depend on that machine and its load; the order is what matters): the quantization
+# search on the protocol calibration (RTN and rotations: no search), the sensitivity measurement for `mixed`, the
+# fine-tune recorded in the QAT checkpoint's card. The calibration run itself (FP planning on the calibration episodes, shared by every calibrated
 # method and cached) is not counted.
 
 # %% tags=[]

@@ -88,3 +88,17 @@ def test_calibration_moves_pair_each_calibration_with_the_protocols():
                                          "effect": "-30", "95% interval": moves["95% interval"][0],
                                          "p": moves["p"][0]}]
     assert float(moves["p"][0]) < 1e-6
+
+
+def test_method_seconds_are_timed_once_and_read_back(tiny, tmp_path, monkeypatch, caches, capsys):
+    S = pr.setup("full", [tiny], device="cpu", n_evals=2, samples=6, topk=2, opt_steps=1, trace_steps=2, n_calib=2,
+                 planner_seeds=[0])
+    monkeypatch.setattr(rescue, "RESULTS_DIR", tmp_path)
+    sensitivity = pd.DataFrame({"env": ["wall"], "seconds": [12.5]})
+    first = rescue.method_seconds(S, ["RTN", "GPTQ", "mixed"], [4, 3], sensitivity, {}, caches)
+    assert list(first.index) == ["GPTQ", "RTN", "mixed (sensitivity)"] and list(first.columns) == ["wall"]
+    assert first.loc["mixed (sensitivity)", "wall"] == 12.5 and (first["wall"] > 0).all()
+    assert len(list((tmp_path / "method-seconds-full").glob("*.json"))) == 2
+    monkeypatch.setattr(rescue, "quantize", lambda *a, **k: pytest.fail("a recorded time is read, not measured"))
+    pd.testing.assert_frame_equal(rescue.method_seconds(S, ["RTN", "GPTQ", "mixed"], [4, 3], sensitivity, {}, caches),
+                                  first)

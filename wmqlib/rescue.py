@@ -240,15 +240,26 @@ def calibration_moves(runs: pd.DataFrame) -> pd.DataFrame:
 def method_seconds(S: Setup, methods: Sequence[str], rescue_bits: Sequence[int], sensitivity: pd.DataFrame,
                    qat_checkpoints: Mapping[str, str], caches: Caches = CACHES) -> pd.DataFrame:
     """Seconds to make each method's quantized model once its inputs exist, per env (one column each): the search
-    of every recipe method at the highest of ``rescue_bits`` on the FP setting's calibration (timed here), the
-    sensitivity measurement for "mixed" (as recorded), the fine-tune of each QAT checkpoint (its card)."""
-    costs = []
-    for env, fp in S.fp_settings().items():
-        p = prepare(fp, caches, calibrate=True)
-        for m in (m for m in methods if m not in KINDS):
-            start = time.perf_counter()
-            quantize(p.fp, method_setting(S, env, m, max(rescue_bits)).recipe, p.calibration)
-            costs.append({"env": env, "method": m, "seconds": time.perf_counter() - start})
+    of every recipe method at the highest of ``rescue_bits`` on the FP setting's calibration (timed once and kept
+    like the sensitivity, in the sweep ``method-seconds-<profile>`` keyed by env, the FP setting's identity, method
+    and bits, so a re-plot shows the recorded time), the sensitivity measurement for "mixed" (as recorded), the
+    fine-tune of each QAT checkpoint (its card)."""
+    fp_settings = S.fp_settings()
+    bits = max(rescue_bits)
+
+    def timed(config: dict) -> dict:
+        p = prepare(fp_settings[config["env"]], caches, calibrate=True)
+        recipe = method_setting(S, config["env"], config["method"], config["bits"]).recipe
+        start = time.perf_counter()
+        quantize(p.fp, recipe, p.calibration)
+        return {"seconds": time.perf_counter() - start}
+
+    configs = [{"env": env, "fp": caches.resolved(fp).identity, "method": m, "bits": bits}
+               for env, fp in fp_settings.items() for m in methods if m not in KINDS]
+    costs = [{"env": row.env, "method": row.method, "seconds": row.seconds} for row in sweep(
+        configs, timed, f"method-seconds-{S.profile.name}", cache_dir=RESULTS_DIR, recompute=S.recompute,
+        progress=False).itertuples()]
+    for env in fp_settings:
         if "mixed" in methods:
             costs.append({"env": env, "method": "mixed (sensitivity)",
                           "seconds": float(sensitivity[sensitivity["env"] == env]["seconds"].iloc[0])})
