@@ -8,7 +8,7 @@ prediction beside each notebook's measured time.
 
 The model. Planning cost is counted in candidate rollouts (one candidate plan of one episode rolled out over the
 horizon, in one CEM iteration) and priced with ``Rates.rollout``, measured on this machine with the profile's CEM on a
-few episodes at two iteration counts (the slope; the intercept is ``Rates.episode``, the per-episode work of
+few episodes at 1 and 10 iterations (the slope; the intercept is ``Rates.episode``, the per-episode work of
 encoding, executing and scoring a plan). An open-loop CEM setting of E episodes, S samples and I iterations costs
 ``E * (S * I * rollout + episode)``; MPC the same per round for the episodes still planning, whose share per round
 is measured with FP's MPC (``Rates.active``; a quantized model that succeeds less plans more rounds, so MPC is
@@ -53,7 +53,9 @@ from wmqlib.sweep import cached, config_key
 from wmqlib.validate import atomic_write
 
 COST_DIR = RESULTS_DIR / "cost"  # measured rates, one JSON per (weights, sizes, machine)
-EPISODES = 8  # episodes of each timed run
+EPISODES = 8  # episodes of each timed planning run
+MPC_EPISODES = 24  # episodes of the MPC run that measures the share still planning per round
+ITERATIONS = (1, 10)  # CEM iterations of the two timed runs (the slope is the rollouts' cost, the rest the episode's)
 REPEATS = 3  # a planning run is timed this many times, the least counts (the first also warms up)
 ROTATED = ("RTN+hadamard", "GPTQ+hadamard")  # rotated methods timed besides the registered ones
 
@@ -83,12 +85,15 @@ class Rates:
 
 
 def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
-    """What the rates of ``checkpoint`` depend on: its weights, the profile's sizes, the device and the machine."""
+    """What the rates of ``checkpoint`` depend on: its weights, the profile's sizes, the device, the machine and how
+    they are measured."""
     P = S.profile
     machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
     return {"model_sha": CACHES.checkpoint(checkpoint).model_sha, "samples": P.samples, "topk": P.topk,
             "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine,
-            "method_options": {k: dict(v) for k, v in P.method_options.items()}}
+            "method_options": {k: dict(v) for k, v in P.method_options.items()},
+            "procedure": {"episodes": EPISODES, "mpc_episodes": MPC_EPISODES, "iterations": list(ITERATIONS),
+                          "repeats": REPEATS}}
 
 
 def _timed(fn: Any, *args: Any, repeats: int = 1, **kwargs: Any) -> float:
@@ -117,16 +122,18 @@ def measure(S: Setup, checkpoint: str) -> Rates:
             st.prepare(s, caches, calibrate=s.needs_calibration)  # model, episodes, calibration: not timed
             return _timed(st.run_setting, s, caches, repeats=REPEATS)
 
-        one, four = plan(base, 1), plan(base, 4)
-        rollout = max(four - one, 1e-9) / (3 * EPISODES * P.samples)
-        episode = max(one / EPISODES - P.samples * rollout, 0.0)
+        few, many = ITERATIONS
+        short, long = plan(base, few), plan(base, many)
+        rollout = max(long - short, 1e-9) / ((many - few) * EPISODES * P.samples)
+        episode = max(short / EPISODES - few * P.samples * rollout, 0.0)
         act = {gran: plan(dataclasses.replace(base, recipe=P.recipe("RTN", 8, "per-channel", a_bits=8,
-                                                                      a_granularity=gran)), 4) / four
+                                                                      a_granularity=gran)), many) / long
                for gran in ("per-tensor", "per-token")}
         gd = dataclasses.replace(base, planner=GDConfig(horizon=base.planner.horizon, opt_steps=20), trace=False)
         st.prepare(gd, caches)
         gd_step = max(_timed(st.run_setting, gd, caches) / EPISODES - episode, 1e-9) / 20
-        mpc = dataclasses.replace(base, planner=P.cem(env_name), mpc=MPCConfig(max_rounds=P.mpc_rounds), trace=True)
+        mpc = dataclasses.replace(base, planner=P.cem(env_name), mpc=MPCConfig(max_rounds=P.mpc_rounds), trace=True,
+                                  n_evals=MPC_EPISODES)
         rounds = st.run_setting(mpc, caches)
         active = tuple(float(rounds[rounds["round"] == r]["planned"].mean()) for r in range(1, P.mpc_rounds + 1))
         p = st.prepare(base, caches, calibrate=True)
