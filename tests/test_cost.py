@@ -99,3 +99,10 @@ def test_rates_are_measured_on_the_tiny_model_and_kept(S, tiny, tmp_path, monkey
     assert json.loads(kept.read_text())["identity"]["model_sha"] == st.CACHES.checkpoint(tiny).model_sha
     monkeypatch.setattr(cost, "measure", lambda *a: pytest.fail("kept rates are read back, not measured again"))
     assert cost.rates(S, tiny, folder=tmp_path) == measured
+
+
+def test_a_notebook_that_cannot_be_priced_says_why_and_stops_nothing():
+    table = cost.price_notebook("02_encoder_vs_predictor", {"profile": "smoke", "checkpoint": ["no-such-model"]})
+    assert isinstance(table, str) and "no-such-model" in table
+    assert cost.summary(table).startswith("not priced (CheckpointError: ") and math.isnan(cost.predicted(table))
+    assert cost.price_notebook("05_new", {}) is None and math.isnan(cost.predicted(None))

@@ -273,20 +273,28 @@ def price(design: Design, S: Setup, measured: Mapping[str, Rates] | None = None,
 
 
 def price_notebook(stem: str, parameters: Mapping[str, Any], planned: set[str] | None = None
-                   ) -> pd.DataFrame | None:
+                   ) -> pd.DataFrame | str | None:
     """``price`` of notebook ``stem``'s design for its ``parameters`` (the parameters cell with the runner's
-    values), its setup's printout suppressed; None for a notebook without a design (``designs.DESIGNS``)."""
+    values), its setup's printout suppressed; None for a notebook without a design (``designs.DESIGNS``), and the
+    error as a string when pricing fails (a bad parameter: the notebook itself will name it), so a runner never
+    stops for its cost model."""
     if stem not in DESIGNS:
         return None
-    with contextlib.redirect_stdout(io.StringIO()):
-        S = setup_of(parameters)
-        return price(of_notebook(stem, S, parameters), S, planned=planned)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            S = setup_of(parameters)
+            return price(of_notebook(stem, S, parameters), S, planned=planned)
+    except Exception as error:  # noqa: BLE001 - reported, the run goes on
+        return f"{type(error).__name__}: {error}"
 
 
-def summary(table: pd.DataFrame | None) -> str:
-    """One line for a priced notebook: its settings (how many to compute) and the predicted seconds by kind."""
+def summary(table: pd.DataFrame | str | None) -> str:
+    """One line for a priced notebook (``price_notebook``'s result): its settings (how many to compute) and the
+    predicted seconds by kind."""
     if table is None:
         return "not priced (no design in wmqlib.designs)"
+    if isinstance(table, str):
+        return f"not priced ({table})"
     settings = table[table["kind"] == "setting"]
     todo = table[~table["cached"]]
     parts = todo.groupby("kind", sort=False)["seconds"].sum()
@@ -303,3 +311,8 @@ def _base_checkpoint(S: Setup, checkpoint: str) -> str:
         return checkpoint
     env = CACHES.checkpoint(checkpoint).env
     return S.checkpoints[S.envs.index(env)]
+
+
+def predicted(table: pd.DataFrame | str | None) -> float:
+    """The seconds a ``price_notebook`` result predicts in all (NaN when it is not priced or all unknown)."""
+    return float(table["seconds"].sum(min_count=1)) if isinstance(table, pd.DataFrame) else float("nan")

@@ -412,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    import pandas as pd
+
     from wmqlib import cost
 
     if args.dry_run:  # every notebook priced up front; what an earlier one computes counts as cached after it
@@ -420,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   for path, parameters in plan]
         for (path, _), table in zip(plan, tables):
             print(f"{path.name}: {cost.summary(table)}")
-        total = sum(t["seconds"].sum() for t in tables if t is not None)
+        total = pd.Series([cost.predicted(t) for t in tables], dtype=float).sum()  # the unpriced left out
         print(f"dry run: {len(plan)} notebook(s), predicted {total:.0f} s in all; nothing executed")
         return 0
 
@@ -435,8 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as err:
             print(describe_failure(path, output, err), file=sys.stderr)
             return 1
-        predicted = table["seconds"].sum(min_count=1) if table is not None else float("nan")
-        print(f"      {run.seconds:.1f} s (predicted {predicted:.0f} s) -> {_shown(run.output)}")
+        print(f"      {run.seconds:.1f} s (predicted {cost.predicted(table):.0f} s) -> {_shown(run.output)}")
         if output_dir.resolve() == args.notebooks.resolve():  # written in place: keep its reviewable text pair
             print(f"      text pair {_shown(pairs.sync(run.output))}")
         for figure in run.figures:
