@@ -164,7 +164,7 @@ def rescue_low_bits(S: Setup, allocations: Mapping[tuple[str, int], Mapping[str,
 
 
 def _rescue_from_parameters(S: Setup, parameters: Mapping[str, Any]) -> Design:
-    """``rescue_low_bits`` with the allocations of the cached sensitivity, or every linear at the lowest choice."""
+    """``rescue_low_bits`` with the allocations of the cached sensitivity, or every linear at the budget's width."""
     choices = parameters["mixed_choices"]
     bit_widths = [b for b in choices if b < 8]
     sequences = parameters.get("sensitivity_sequences") or S.profile.samples
