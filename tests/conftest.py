@@ -1,6 +1,6 @@
 """Project-wide pytest hooks (tests marked ``cuda`` are skipped where torch sees no CUDA device), the session's
-tiny trained world model and the tiny random one the planning and quantization tests share, and the stale temporary
-file a killed writer leaves."""
+tiny trained world model, the tiny random ones (DINO-WM and RSSM) the planning and quantization tests share, and the
+stale temporary file a killed writer leaves."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 import torch
 
-from wmqlib.models import WorldModel, WorldModelConfig
+from wmqlib.models import RSSM, RSSMConfig, WorldModel, WorldModelConfig
 from wmqlib.recipes import PRESETS
 from wmqlib.train import train
 
@@ -25,6 +25,11 @@ TINY_PLANNING = dict(
     predictor_dropout=0.0, proprio_emb_dim=3, action_emb_dim=5,
     decoder_channel=4, decoder_res_blocks=1, decoder_res_channel=4, decoder_n_embed=8,
 )
+
+# A tiny random RSSM for the Wall: 16 px images, two convolutions (4 and 8 channels, 4 x 4 maps), a 12-wide
+# embedding, state 8 + 4, MLPs 16 wide (16 and 12 are Hadamard orders, so rotations use Hadamard matrices there).
+TINY_RSSM = dict(env="wall", proprio_dim=2, frameskip=5, img_size=16, encoder_channels=4, encoder_layers=2,
+                 embed_dim=12, proprio_emb_dim=3, deter_dim=8, stoch_dim=4, hidden_dim=16)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,6 +55,12 @@ def tiny(tmp_path_factory) -> str:
 def tiny_planning_model():
     """Builds a fresh ``TINY_PLANNING`` world model in eval mode (random weights, seed 5) at every call."""
     return lambda: WorldModel(WorldModelConfig(**TINY_PLANNING), seed=5).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_rssm():
+    """Builds a fresh ``TINY_RSSM`` model in eval mode (random weights, seed ``seed``, default 7) at every call."""
+    return lambda seed=7: RSSM(RSSMConfig(**TINY_RSSM), seed=seed).eval()
 
 
 @pytest.fixture()

@@ -40,3 +40,26 @@ def calibration(toy_model: ToyWorldModel, calib_inputs: torch.Tensor) -> Calibra
         for chunk in calib_inputs.split(4):
             toy_model(chunk)
     return calib
+
+
+def rssm_inputs(model, episodes: int = 3, samples: int = 4, horizon: int = 3, seed: int = 0) -> tuple:
+    """Start images (E, 1, 3, img, img), z-scored proprio (E, 1, p) and actions (E * samples, horizon, Da)."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    visual = torch.rand(episodes, 1, 3, c.img_size, c.img_size, generator=g) * 2 - 1
+    proprio = torch.randn(episodes, 1, c.proprio_dim, generator=g)
+    return visual, proprio, torch.randn(episodes * samples, horizon, model.action_dim, generator=g)
+
+
+def rssm_plan_latents(model, inputs: tuple) -> dict[str, torch.Tensor]:
+    """What planning computes: encode the starts, roll the actions out; ``{"visual", "proprio"}`` latents."""
+    visual, proprio, actions = inputs
+    with torch.no_grad():
+        return model.rollout(model.encode_obs(visual, proprio), actions)
+
+
+def rssm_calibration(model) -> Calibration:
+    """A calibration of ``model`` captured on the encoder and rollout forwards of ``rssm_inputs`` (seed 1)."""
+    with capture_calibration(model, max_tokens=128, max_sequences=8, seed=0) as calib:
+        rssm_plan_latents(model, rssm_inputs(model, seed=1))
+    return calib

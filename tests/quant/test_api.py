@@ -1,14 +1,20 @@
-"""The entry point: copies, scopes, overrides, saved searches, gradients and dtypes."""
+"""The entry point: copies, scopes, overrides, saved searches, gradients and dtypes; every registered method on
+both architectures (the DINO-WM-layout toy and a tiny RSSM)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 from wmqlib.quant import (AWQ, GPTQ, OMSE, RTN, OmniQuant, PerGroup, PerTensor, PerToken, QuantLinear, SmoothQuant,
-                          apply_params, load_params, quantize, save_params, search_params)
+                          apply_params, find_points, load_params, quantize, recipe_types, save_params, search_params)
+from wmqlib.quant.points import ALL_ROLES, weight_matrix
+from wmqlib.quant.qlinear import QuantConv2d
 
+from .conftest import rssm_calibration, rssm_inputs, rssm_plan_latents
 from .toy import ToyWorldModel
 
 ALL_METHODS = [
@@ -114,3 +120,71 @@ def test_bf16_model(calib_inputs, eval_inputs):
         assert y_q.dtype == torch.bfloat16 and bool(torch.isfinite(y_q).all())
         assert (y_q.float() - y.float()).pow(2).mean() < 0.05 * y.float().pow(2).mean(), type(recipe).__name__
         assert qmodel.encoder.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+
+
+# Fast 4-bit settings of every registered method on the RSSM (AWQ searches every pair, the GRU input's included).
+RSSM_METHODS = {
+    "RTN": RTN(4, PerGroup(8), a_bits=8, a_granularity=PerToken()),
+    "OMSE": OMSE(4, clip_steps=11),
+    "AWQ": AWQ(4, PerGroup(8), n_grid=4, scale_targets=ALL_ROLES),
+    "SmoothQuant": SmoothQuant(4, a_bits=8, a_granularity=PerTensor()),
+    "OmniQuant": OmniQuant(4, PerGroup(8), epochs=1),
+    "GPTQ": GPTQ(4, PerGroup(8), act_order=True, a_bits=8, a_granularity=PerTensor()),
+}
+RSSM_RECIPES = [*RSSM_METHODS.values(), *(dataclasses.replace(r, rotation="hadamard") for r in RSSM_METHODS.values()
+                                          if r.supports_rotation)]
+
+
+def test_every_registered_method_is_run_on_the_rssm():
+    assert set(RSSM_METHODS) == set(recipe_types())
+
+
+@pytest.fixture(scope="module")
+def rssm_and_calibration(tiny_rssm):
+    model = tiny_rssm()
+    return model, rssm_calibration(model)
+
+
+@pytest.mark.parametrize("recipe", RSSM_RECIPES, ids=lambda r: f"{type(r).__name__}-{r.label}")
+def test_every_method_quantizes_exactly_the_declared_rssm_points(rssm_and_calibration, recipe):
+    model, calib = rssm_and_calibration
+    before = state(model)
+    qmodel, report = quantize(model, recipe, calib)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
+    points = find_points(model)
+    assert list(report.table.module) == points.linears
+    for name in points.linears:
+        fp, quantized = model.get_submodule(name), qmodel.get_submodule(name)
+        assert type(quantized) is (QuantConv2d if isinstance(fp, nn.Conv2d) else QuantLinear)
+        matrix = (quantized.linear if isinstance(quantized, QuantConv2d) else quantized).weight
+        assert matrix.shape == weight_matrix(fp).shape and not torch.equal(matrix, weight_matrix(fp)), name
+    # everything else is bit for bit the FP model's, but the predecessors an exact scale fold rewrites
+    folded = {p.prev for u in points.units for p in u.pairs}
+    kept = {k: v for k, v in before.items() if not k.startswith(tuple(f"{n}." for n in points.linears + [*folded]))}
+    assert kept and all(torch.equal(v, qmodel.state_dict()[k]) for k, v in kept.items())
+    inputs = rssm_inputs(model)
+    fp, got = rssm_plan_latents(model, inputs), rssm_plan_latents(qmodel, inputs)
+    assert torch.isfinite(got["visual"]).all() and not torch.equal(got["visual"], fp["visual"])
+    assert (got["visual"] - fp["visual"]).pow(2).mean() < 0.25 * fp["visual"].pow(2).mean()
+
+
+@pytest.mark.parametrize("recipe", [RTN(4), AWQ(4, PerGroup(8), n_grid=4, scale_targets=ALL_ROLES)],
+                         ids=["RTN", "AWQ"])
+def test_rssm_encoder_and_predictor_scopes_touch_only_their_modules(rssm_and_calibration, recipe):
+    model, calib = rssm_and_calibration
+    points = find_points(model)
+    visual, proprio, actions = rssm_inputs(model)
+    with torch.no_grad():
+        fp_obs = model.encode_obs(visual, proprio)
+    for scope, other in (("encoder", "predictor"), ("predictor", "encoder")):
+        qmodel, report = quantize(model, recipe, calib, scope=scope)
+        assert list(report.table.module) == points.select(scope)
+        untouched = tuple(f"{n}." for n in points.scopes[other])
+        assert all(torch.equal(v, qmodel.state_dict()[k]) for k, v in model.state_dict().items()
+                   if k.startswith(untouched))
+        with torch.no_grad():
+            obs = qmodel.encode_obs(visual, proprio)
+        # the goal's and the start's embeddings come from the conv encoder alone
+        assert torch.equal(obs["visual"], fp_obs["visual"]) == (scope == "predictor")
+        assert not torch.equal(rssm_plan_latents(qmodel, (visual, proprio, actions))["visual"],
+                               rssm_plan_latents(model, (visual, proprio, actions))["visual"])

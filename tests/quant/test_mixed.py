@@ -12,6 +12,7 @@ from wmqlib.plan import Objective
 from wmqlib.quant import RTN, PerChannel, quantize
 from wmqlib.quant.mixed import COLUMNS, allocate_bits, average_bits, layer_sensitivity, mixed_overrides, spearman
 
+from .conftest import rssm_inputs
 
 
 def table_of(layers: dict[str, tuple[int, dict[int, float]]]) -> pd.DataFrame:
@@ -265,3 +266,25 @@ def test_spearman_by_hand():
     assert spearman(fp, np.ones_like(fp)) == 0.0  # no ranking information
     # NaN ranks last, as CEM counts it +inf: [1, 2, nan, 4] ranks (1, 2, 4, 3) vs (1, 2, 3, 4): rho = 1 - 6*2/60
     assert spearman(fp[:1], np.array([[1.0, 2.0, np.nan, 4.0]])) == pytest.approx(0.8)
+
+
+def test_rssm_layers_are_measured_by_part_and_floored_by_part(tiny_rssm):
+    """On the RSSM the "encoder" part is the conv encoder and the posterior (its layout's scope), by name and in a
+    floor of allocate_bits."""
+    model = tiny_rssm()
+    visual, proprio, actions = rssm_inputs(model, episodes=1, samples=6)
+
+    def objective(m):
+        with torch.no_grad():
+            out = m.rollout(m.encode_obs(visual, proprio), actions)
+        return (out["visual"][:, -1, 0] - out["visual"][:1, 0, 0]).pow(2).mean(-1)  # (S,)
+
+    table = layer_sensitivity(model, objective, lambda b: RTN(b), bits=(2, 4), names=["encoder.fc", "posterior",
+                                                                                      "cell"])
+    parts = table.drop_duplicates("name").set_index("name")["part"].to_dict()
+    assert parts == {"encoder.fc": "encoder", "posterior.fc1": "encoder", "posterior.fc2": "encoder",
+                     "cell.ih": "predictor", "cell.hh": "predictor"}
+    params = table.drop_duplicates("name").set_index("name")["params"]
+    floor_only = {n: 4 if parts[n] == "encoder" else 2 for n in parts}  # the budget leaves no room above the floor
+    budget = sum(params[n] * b for n, b in floor_only.items()) / params.sum()
+    assert allocate_bits(table, budget, choices=(2, 4), min_bits={"encoder": 4}) == floor_only

@@ -1,12 +1,16 @@
-"""Quantization points are found by child names and types, in both naming conventions; scopes select them."""
+"""Quantization points are declared per architecture (DINO-WM's two naming conventions, the RSSM) and found by
+child names and types; scopes select them."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
+from wmqlib.quant import RTN, apply_params
 from wmqlib.quant.points import find_points, matches, select
 
+from .conftest import rssm_calibration, rssm_inputs, rssm_plan_latents
 from .toy import DinoBlock, FeedForward
 
 
@@ -78,3 +82,62 @@ def test_empty_or_invalid_scope_raises(toy_model):
         select(names, [])
     with pytest.raises(ValueError, match="not a valid regular expression"):
         select(names, "re:(")
+
+
+RSSM_MLPS = ("posterior", "transition", "prior", "visual_head", "proprio_head")
+
+
+def test_the_rssm_declares_convolutions_linears_and_gru_matrices(tiny_rssm):
+    points = find_points(tiny_rssm())
+    expected = ["encoder.convs.0", "encoder.convs.1", "encoder.fc", "posterior.fc1", "posterior.fc2",
+                "transition.fc1", "cell.ih", "cell.hh", "prior.fc1", "prior.fc2", "visual_head.fc1",
+                "visual_head.fc2", "proprio_head.fc1", "proprio_head.fc2"]
+    assert points.linears == expected
+    assert [points.role(n) for n in expected[:3]] == ["conv", "conv", "embed"]
+    assert points.role("cell.ih") == "ih" and points.role("cell.hh") == "hh"
+    pairs = {(p.prev, p.kind, p.linear) for u in points.units for p in u.pairs}
+    assert pairs == ({(f"{m}.norm", "norm", f"{m}.fc1") for m in RSSM_MLPS}
+                     | {(f"{m}.act", "act", f"{m}.fc2") for m in RSSM_MLPS if m != "transition"}
+                     | {("transition.act", "act", "cell.ih")})
+    assert [u.name for u in points.units if u.trainable] == list(RSSM_MLPS)
+
+
+def test_the_rssm_scopes_split_observation_side_from_imagination(tiny_rssm):
+    points = find_points(tiny_rssm())
+    encoder, predictor = points.select("encoder"), points.select("predictor")
+    assert encoder == [n for n in points.linears if n.startswith(("encoder.", "posterior."))]
+    assert predictor == [n for n in points.linears if n not in encoder]
+    assert points.select(["encoder", "cell.hh"]) == [*encoder, "cell.hh"]
+    with pytest.raises(ValueError, match="scope='decoder' matches none of the 14 quantization points"):
+        points.select("decoder")
+
+
+def test_an_unknown_architecture_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4))
+    model.architecture = "mamba"
+    with pytest.raises(ValueError, match=r"Sequential.architecture must be one of \['dinowm', 'rssm'\].*'mamba'"):
+        find_points(model)
+
+
+def test_rssm_calibration_records_patches_and_trainable_units(tiny_rssm):
+    calib = rssm_calibration(tiny_rssm())
+    # 3 channels x 4 x 4 kernel, then 4 x 4 x 4; 8 x 8 then 4 x 4 output positions per image, 3 images
+    assert calib.rows("encoder.convs.0").shape == (128, 48) and calib.tokens_seen("encoder.convs.0") == 3 * 64
+    assert calib.rows("encoder.convs.1").shape == (3 * 16, 64)
+    assert calib.units == list(RSSM_MLPS)
+
+
+def test_rssm_scale_pairs_fold_exactly(tiny_rssm):
+    """Scales (and a LayerNorm shift) folded into every kind of RSSM pair, weights in floating point: the model
+    computes what it computed."""
+    model = tiny_rssm()
+    g = torch.Generator().manual_seed(3)
+    scale = lambda n: torch.rand(n, generator=g) * 3 + 0.2  # noqa: E731
+    params = {"cell.ih.input_scale": scale(16), "prior.fc2.input_scale": scale(16),
+              "posterior.fc1.input_scale": scale(8 + 12 + 3), "posterior.fc1.input_shift": torch.randn(23, generator=g)}
+    folded, _ = apply_params(model, RTN(16), params)
+    assert not torch.equal(folded.cell.ih.weight, model.cell.ih.weight)
+    inputs = rssm_inputs(model)
+    fp, again = rssm_plan_latents(model, inputs), rssm_plan_latents(folded, inputs)
+    for key in fp:
+        torch.testing.assert_close(again[key], fp[key], rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""QuantLinear (weight quantized once, plain F.linear) and its activation quantizers."""
+"""QuantLinear (weight quantized once, plain F.linear), its activation quantizers, and QuantConv2d."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
 from wmqlib.quant import ActQuantizer, PerChannel, PerTensor, PerToken, QuantLinear, QuantSpec, ScaledActivation, fake_quantize
+from wmqlib.quant.points import input_rows, weight_matrix
+from wmqlib.quant.qlinear import QuantConv2d
 
 A8_STATIC = QuantSpec(8, PerTensor(), role="activation")
 A4_TOKEN = QuantSpec(4, PerToken(), role="activation")
@@ -118,3 +122,36 @@ def test_inference_chain_keeps_nan_and_inf_where_the_primitive_does():
         ref = fake_quantize(x, act.spec, lo, hi)
         assert torch.equal(got.isnan(), ref.isnan())
         assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("stride, padding", [(2, 1), (1, 0), (1, 2)])
+def test_quant_conv_is_the_conv_with_its_weight_quantized_per_output_channel(stride, padding):
+    conv = nn.Conv2d(3, 5, 4, stride=stride, padding=padding)
+    x = randn(2, 3, 9, 9, seed=3)
+    spec = QuantSpec(4, PerChannel(), symmetric=True)
+    w_hat = fake_quantize(weight_matrix(conv).detach(), spec)  # (O, C k k): one grid per output channel
+    layer = QuantConv2d(conv, QuantLinear(w_hat, conv.bias.detach(), spec, act=None))
+    expected = F.conv2d(x, w_hat.reshape(conv.weight.shape), conv.bias, stride, padding)
+    torch.testing.assert_close(layer(x), expected)
+    grids = {tuple(sorted(set(row.abs().tolist()))) for row in w_hat.reshape(5, -1)}
+    assert len(grids) == 5  # each output channel kept its own scale
+
+
+def test_quant_conv_static_activations_equal_quantizing_the_input_itself():
+    """A per-tensor range contains 0, so the padding zeros of the patches stay exact: quantizing patch rows is
+    quantizing the image."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = randn(2, 3, 6, 6, seed=4) + 2.0  # all positive: the range still has to reach the padding's 0
+    act = ActQuantizer(A8_STATIC, lo=float(x.min()), hi=float(x.max()))
+    layer = QuantConv2d(conv, QuantLinear(conv.weight.detach().reshape(4, -1), conv.bias.detach(),
+                                          QuantSpec(16), act))
+    torch.testing.assert_close(layer(x), conv(act(x)))
+    rows = input_rows(conv, x)
+    assert rows.shape == (2, 36, 27) and torch.equal(rows, F.unfold(x, 3, padding=1).transpose(1, 2))
+
+
+def test_conv_geometry_that_is_not_a_patch_linear_is_refused():
+    with pytest.raises(ValueError, match="groups=1, zero padding given as numbers, got groups=3"):
+        QuantConv2d(nn.Conv2d(3, 3, 3, groups=3), QuantLinear(randn(3, 3), None, QuantSpec(16), None))
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        input_rows(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), randn(1, 3, 5, 5))

@@ -1,10 +1,13 @@
 """wmq's own checkpoint format, and one loader for every kind of world-model checkpoint.
 
 Format: a folder with
-  ``config.json``       {"format": "wmq-world-model", "format_version": 1, "config": WorldModelConfig fields
-                         (architecture, env, num_hist, frameskip), "normalization": z-score stats in env units,
-                         "dtype": weight dtype, "provenance": where the weights came from}
-  ``model.safetensors`` the full state_dict (encoder, predictor, action/proprio encoders, decoder, stats).
+  ``config.json``       {"format": "wmq-world-model", "format_version": 1, "config": the config's fields
+                         (``WorldModelConfig`` or ``RSSMConfig``: env, frameskip, sizes; an RSSM's names its
+                         ``architecture``), "normalization": z-score stats in env units, "dtype": weight dtype,
+                         "provenance": where the weights came from}
+  ``model.safetensors`` the full state_dict (every module of the architecture, and the stats).
+The architecture is ``config.architecture`` (``ARCHITECTURES``): absent means DINO-WM, whose files predate the field
+and stay byte for byte as they were.
 Loading never unpickles. ``load_world_model`` also accepts short names of the shipped models
 (``data/checkpoints/<name>``) and released DINO-WM folders (see ``dinowm``). Every field of config.json is
 required (no silent defaults); a file that is missing, malformed, oversized or does not match its weights raises
@@ -25,9 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import wmqlib
-from wmqlib.models.config import WorldModelConfig
+from wmqlib.models.base import WorldModelBase
+from wmqlib.models.config import ARCHITECTURES, RSSMConfig, WorldModelConfig, config_from_dict
 from wmqlib.models.dinowm import is_released_folder, load_released
 from wmqlib.models.errors import CheckpointError, NonFiniteWeightsWarning
+from wmqlib.models.rssm import RSSM
 from wmqlib.models.world_model import STAT_NAMES, WorldModel, merge_normalization, nonfinite_weights, read_normalization
 from wmqlib.paths import CHECKPOINTS_DIR
 from wmqlib.validate import InvalidValue, atomic_path, atomic_write
@@ -38,6 +43,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 META_FIELDS = ("format", "format_version", "config", "normalization", "dtype", "provenance")
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 2 KB
+MODEL_TYPES: dict[type, type[WorldModelBase]] = {WorldModelConfig: WorldModel, RSSMConfig: RSSM}
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -62,7 +68,7 @@ def check_device_available(device: torch.device) -> None:
                            f"{torch.cuda.device_count()} available (cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
-def warn_nonfinite(model: WorldModel, where: str | Path) -> None:
+def warn_nonfinite(model: WorldModelBase, where: str | Path) -> None:
     """Warn (NonFiniteWeightsWarning) naming the tensors of ``model`` that hold NaN or inf; ``where`` names the file."""
     bad = nonfinite_weights(model)
     if bad:
@@ -93,14 +99,14 @@ def resolve_checkpoint(name_or_path: str | Path, directory: str | Path | None = 
     )
 
 
-def save_world_model(model: WorldModel, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+def save_world_model(model: WorldModelBase, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to the folder ``path`` (created) as config.json + model.safetensors; returns the folder.
 
     ``provenance`` (JSON-able) is merged over ``model.provenance``. Files are written atomically (temp + rename);
     NaN or inf weights are saved with a NonFiniteWeightsWarning.
     """
-    if not isinstance(model, WorldModel):
-        raise TypeError(f"save_world_model needs a WorldModel, got {type(model).__name__}")
+    if not isinstance(model, WorldModelBase):
+        raise TypeError(f"save_world_model needs a WorldModel or an RSSM, got {type(model).__name__}")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -147,18 +153,23 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
         if not isinstance(meta[key], kind):
             raise CheckpointError(f"{path} field {key!r} must be a {'mapping' if kind is dict else 'string'}, got "
                                   f"{type(meta[key]).__name__}")
-    required = [f.name for f in dataclasses.fields(WorldModelConfig)]
+    architecture = meta["config"].get("architecture", "dinowm")
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
+        shown = repr(architecture)[:40]
+        raise CheckpointError(f"{path} config.architecture must be one of {sorted(ARCHITECTURES)}, got {shown}")
+    config_type = ARCHITECTURES[architecture]
+    required = [f.name for f in dataclasses.fields(config_type)]
     absent = [name for name in required if name not in meta["config"]]
     if absent:
-        raise CheckpointError(f"{path} config has no {absent}; a saved checkpoint records every WorldModelConfig "
-                              f"field (no defaults are assumed)")
+        raise CheckpointError(f"{path} config has no {absent}; a saved checkpoint records every "
+                              f"{config_type.__name__} field (no defaults are assumed)")
     return meta
 
 
-def _load_wmq(folder: Path, device: torch.device) -> WorldModel:
+def _load_wmq(folder: Path, device: torch.device) -> WorldModelBase:
     meta = read_checkpoint_config(folder)
     try:
-        config = WorldModelConfig.from_dict(meta["config"])
+        config = config_from_dict(meta["config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE}: invalid config: {error}") from error
     weights = folder / WEIGHTS_FILE
@@ -171,12 +182,12 @@ def _load_wmq(folder: Path, device: torch.device) -> WorldModel:
                               f"is truncated or corrupt") from None
     # Every block holds tensors: more blocks than tensors in the file is a hand-edited config, and building it (even
     # on the meta device) would take time proportional to the claimed depth.
-    blocks = config.encoder_depth + config.predictor_depth + config.decoder_res_blocks
+    blocks = config.n_blocks
     if blocks > len(state):
         raise CheckpointError(f"{folder / CONFIG_FILE} describes {blocks} blocks but {weights} holds only "
                               f"{len(state)} tensors; the config does not belong to these weights")
     try:
-        model = WorldModel.from_state_dict(config, state)
+        model = MODEL_TYPES[type(config)].from_state_dict(config, state)
     except CheckpointError as error:
         raise CheckpointError(f"{weights}: {error}") from None
     stored = {name: meta["normalization"].get(name) for name in STAT_NAMES}
@@ -193,11 +204,11 @@ def _load_wmq(folder: Path, device: torch.device) -> WorldModel:
 def load_world_model(name_or_path: str | Path, device: torch.device | str = "cpu",
                      dinov2_weights: str | Path | None = None, epoch: int | str = "latest", *,
                      dtype: torch.dtype | None = None,
-                     normalization: dict[str, Any] | str | Path | None = None) -> WorldModel:
+                     normalization: dict[str, Any] | str | Path | None = None) -> WorldModelBase:
     """Load a world model in eval mode on ``device``.
 
     name_or_path: a short name of a shipped model ("mini-wall", "mini-pusht" -> data/checkpoints/<name>), a wmq
-        checkpoint folder, or a released DINO-WM folder (``outputs/<name>``, or a .pth file inside its
+        checkpoint folder (any architecture: a ``WorldModel`` or an ``RSSM`` comes back), or a released DINO-WM folder (``outputs/<name>``, or a .pth file inside its
         checkpoints/); device: "cpu", "cuda", "cuda:N" or "auto".
     dinov2_weights, epoch: released folders only - the local DINOv2 .pth and the epoch ("latest" or an int).
     dtype: cast the weights (e.g. torch.bfloat16); None keeps the saved dtype.

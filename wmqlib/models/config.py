@@ -1,4 +1,6 @@
-"""The world-model architecture as one frozen, validated dataclass.
+"""The world-model architectures as frozen, validated dataclasses: ``WorldModelConfig`` (DINO-WM) and
+``RSSMConfig`` (a recurrent state-space model); ``config_from_dict`` reads either from a saved dict by its
+``architecture`` field.
 
 Every size of the DINO-WM architecture lives here: the DINOv2-style encoder, the ViT predictor, the action /
 proprio embeddings and the decoder, plus the data facts the model depends on (env, frameskip, num_hist).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from wmqlib.envs import env_class, env_names
 
@@ -33,8 +35,40 @@ _INT_FIELDS = (
 )
 
 
+def _check_env_and_sizes(config: Any, int_fields: tuple[str, ...]) -> None:
+    """ValueError naming the field unless ``config.env`` is a registered env and every ``int_fields`` is an int >= 1."""
+    name = type(config).__name__
+    if config.env not in env_names():
+        raise ValueError(f"{name}.env must be one of {env_names()}, got {config.env!r}")
+    for field in int_fields:
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}.{field} must be a positive int, got {value!r}")
+
+
+class _PlainDict:
+    """``to_dict`` / ``from_dict`` / ``replace`` of a frozen config dataclass (validated in ``__post_init__``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Inverse of ``to_dict``; unknown keys raise ValueError naming them and the allowed ones."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(f"{cls.__name__} got unknown fields {unknown}; allowed: {allowed}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Any:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class WorldModelConfig:
+class WorldModelConfig(_PlainDict):
     """Sizes of a DINO-WM world model; validated on construction. Defaults are the paper's sizes.
 
     Data:
@@ -87,13 +121,10 @@ class WorldModelConfig:
     decoder_res_channel: int = 128
     decoder_n_embed: int = 2048
 
+    architecture: ClassVar[str] = "dinowm"  # not a field: saved configs predate it (see ARCHITECTURES)
+
     def __post_init__(self) -> None:
-        if self.env not in env_names():
-            raise ValueError(f"WorldModelConfig.env must be one of {env_names()}, got {self.env!r}")
-        for name in _INT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"WorldModelConfig.{name} must be a positive int, got {value!r}")
+        _check_env_and_sizes(self, _INT_FIELDS)
         for name in ("predictor_dropout", "predictor_emb_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -134,26 +165,15 @@ class WorldModelConfig:
         return self.encoder_dim + self.proprio_emb_dim + self.action_emb_dim
 
     @property
+    def n_blocks(self) -> int:
+        """Blocks whose tensors the weights must hold (encoder, predictor, decoder residual blocks): a bound that
+        tells a hand-edited config from these weights before anything is built."""
+        return self.encoder_depth + self.predictor_depth + self.decoder_res_blocks
+
+    @property
     def decoder_strides(self) -> tuple[int, int]:
         """Upsampling of the decoder's two stages; their product is img_size // grid_size."""
         return DECODER_STRIDES[self.img_size // self.grid_size]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
-        """Inverse of ``to_dict``; unknown keys raise ValueError naming them and the allowed ones."""
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise ValueError(f"WorldModelConfig got unknown fields {unknown}; allowed: {allowed}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> WorldModelConfig:
-        """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
 
 
 def dinowm_config(env: str) -> WorldModelConfig:
@@ -167,3 +187,92 @@ def dinowm_config(env: str) -> WorldModelConfig:
     return WorldModelConfig(env=env, frameskip=5, proprio_dim=facts.proprio_dim, num_hist=facts.num_hist,
                             predictor_emb_dropout=facts.predictor_emb_dropout)
 
+
+
+_RSSM_INT_FIELDS = (
+    "proprio_dim", "frameskip", "env_action_dim", "img_size", "encoder_channels", "encoder_layers", "embed_dim",
+    "proprio_emb_dim", "deter_dim", "stoch_dim", "hidden_dim",
+)
+
+
+@dataclass(frozen=True)
+class RSSMConfig(_PlainDict):
+    """Sizes of a recurrent state-space world model (``wmqlib.models.rssm.RSSM``); validated on construction.
+
+    Defaults follow PlaNet (deterministic 200, stochastic 30, hidden 200, min std 0.1) and Dreamer's 64-px conv
+    encoder (4 layers, 32 channels doubling per layer); the small models wmq trains pick their own.
+
+    Data (as ``WorldModelConfig``): env, proprio_dim, frameskip, env_action_dim.
+    Images: img_size: side of the model's images in pixels, divisible by 2 ** encoder_layers.
+    Encoder: encoder_layers stride-2 4x4 convolutions (padding 1, so each halves the side), the first with
+        encoder_channels output channels, doubling per layer; then a linear map to embed_dim (Dv, the visual
+        latent). The decoder mirrors it with transposed convolutions.
+    Proprio: proprio_emb_dim: width of the proprio embedding (Ep), a per-step linear map as in DINO-WM.
+    State: deter_dim (H, the GRU state), stoch_dim (S, the diagonal Gaussian latent), hidden_dim (width of every
+        MLP: transition input, posterior, prior and the two prediction heads).
+    min_std: floor added to the softplus standard deviation of the Gaussians, > 0 (PlaNet 0.1).
+    architecture: always "rssm"; saved with the config so ``load_world_model`` builds this architecture.
+    """
+
+    env: str
+    proprio_dim: int
+    frameskip: int = 5
+    env_action_dim: int = 2
+    img_size: int = 64
+    encoder_channels: int = 32
+    encoder_layers: int = 4
+    embed_dim: int = 256
+    proprio_emb_dim: int = 10
+    deter_dim: int = 200
+    stoch_dim: int = 30
+    hidden_dim: int = 200
+    min_std: float = 0.1
+    architecture: str = "rssm"
+
+    def __post_init__(self) -> None:
+        if self.architecture != "rssm":
+            raise ValueError(f"RSSMConfig.architecture must be 'rssm', got {self.architecture!r}")
+        _check_env_and_sizes(self, _RSSM_INT_FIELDS)
+        if self.img_size % 2**self.encoder_layers:
+            raise ValueError(f"RSSMConfig.img_size must be divisible by 2 ** encoder_layers = "
+                             f"{2**self.encoder_layers} (each conv halves the side), got img_size={self.img_size}")
+        if isinstance(self.min_std, bool) or not isinstance(self.min_std, (int, float)) or not self.min_std > 0:
+            raise ValueError(f"RSSMConfig.min_std must be a float > 0, got {self.min_std!r}")
+
+    @property
+    def action_dim(self) -> int:
+        """Model-step action size Da = frameskip * env_action_dim."""
+        return self.frameskip * self.env_action_dim
+
+    @property
+    def feature_grid(self) -> int:
+        """Side of the last conv's feature map: img_size // 2 ** encoder_layers."""
+        return self.img_size // 2**self.encoder_layers
+
+    @property
+    def n_blocks(self) -> int:
+        """Layers whose tensors the weights must hold (encoder convolutions, decoder transposed convolutions)."""
+        return 2 * self.encoder_layers
+
+    @property
+    def conv_widths(self) -> tuple[int, ...]:
+        """Output channels of the encoder's convolutions: encoder_channels * 2 ** i, i = 0..encoder_layers-1."""
+        return tuple(self.encoder_channels * 2**i for i in range(self.encoder_layers))
+
+
+# The ``architecture`` field of a saved config -> its config type. DINO-WM's config predates the field: a saved
+# dict without it is DINO-WM (so checkpoints written before the RSSM load, and hash, unchanged).
+ARCHITECTURES: dict[str, type] = {"dinowm": WorldModelConfig, "rssm": RSSMConfig}
+
+
+def config_from_dict(data: dict[str, Any]) -> WorldModelConfig | RSSMConfig:
+    """The config a saved dict describes, by its ``architecture`` field ("dinowm" when absent, see ARCHITECTURES).
+
+    An unknown architecture raises ValueError naming the field and the allowed values; unknown or invalid fields
+    raise as the config type's ``from_dict`` does.
+    """
+    architecture = data.get("architecture", "dinowm")
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
+        raise ValueError(f"config.architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
+    fields = data if architecture != "dinowm" else {k: v for k, v in data.items() if k != "architecture"}
+    return ARCHITECTURES[architecture].from_dict(fields)

@@ -1,4 +1,5 @@
-"""wmqlib.quant: post-training fake quantization of ViT-style models (DINO-WM encoder and predictor).
+"""wmqlib.quant: post-training fake quantization of world models (DINO-WM's ViT encoder and predictor, the RSSM's
+convolutions, MLPs and GRU matrices: each architecture declares its points in ``points``).
 
 One primitive (``fake_quantize(x, QuantSpec(bits, granularity, symmetric))``), one recipe dataclass per method
 (``RTN``, ``OMSE``, ``AWQ``, ``SmoothQuant``, ``OmniQuant``, ``GPTQ``), one entry point::
@@ -22,7 +23,7 @@ from .omniquant import OmniQuant
 from .omse import OMSE
 from .points import QuantPoints, ScalePair, Unit, find_points
 from .quantwm import REFERENCE_METHODS, is_quantwm_reference, quantwm_reference
-from .qlinear import ActQuantizer, QuantLinear, ScaledActivation
+from .qlinear import ActQuantizer, QuantConv2d, QuantLinear, ScaledActivation
 from .recipe import Recipe, recipe_from_names, recipe_types, register
 from .rotation import ROTATIONS, hadamard_available, rotation_matrix
 from .report import QuantReport, sqnr_db
@@ -35,7 +36,8 @@ from .spec import (
 __all__ = [
     "recipe_from_names",
     "AWQ", "GPTQ", "OMSE", "RTN", "ActQuantizer", "Calibration", "OmniQuant", "PerChannel", "PerGroup", "PerTensor",
-    "PerToken", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS", "ROTATIONS", "Recipe",
+    "PerToken", "QuantConv2d", "QuantLinear", "QuantPoints", "QuantReport", "QuantSpec", "REFERENCE_METHODS",
+    "ROTATIONS", "Recipe",
     "ScalePair", "ScaledActivation", "SmoothQuant", "Unit", "apply_params", "assign_recipes", "capture_calibration",
     "fake_quantize", "find_points", "granularity_from_name", "hadamard_available", "is_quantwm_reference",
     "load_params", "qparams", "quantize", "quantwm_reference", "recipe_types", "register", "rotation_matrix",

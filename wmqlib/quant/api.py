@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from .fold import fold, set_module
-from .points import QuantPoints, Scope, find_points, select
-from .qlinear import ActQuantizer, QuantLinear
+from .points import QuantPoints, Scope, find_points, select, weight_matrix
+from .qlinear import ActQuantizer, QuantConv2d, QuantLinear
 from .recipe import QUANTITIES, SEARCHES, Recipe
 from .report import QuantReport, layer_row
 from .rotation import RotatedCalibration, rotate_rows, rotated_model, rotation_matrix, rotation_seed
@@ -53,15 +53,18 @@ def _check_recipe(recipe: object, field: str) -> Recipe:
 
 def assign_recipes(model: nn.Module, recipe: Recipe, scope: Scope = "all", overrides: Overrides = None
                    ) -> tuple[QuantPoints, dict[str, Recipe]]:
-    """The model's quantization points and the recipe of every linear in scope (after overrides), in model order."""
+    """The model's quantization points and the recipe of every linear in scope (after overrides), in model order.
+
+    Scope names ("encoder", "predictor") mean what the model's layout declares (``points``), in ``scope`` and in
+    the ``overrides`` keys alike."""
     _check_recipe(recipe, "recipe")
     points = find_points(model)
-    chosen = {name: recipe for name in select(points.linears, scope)}
+    chosen = {name: recipe for name in points.select(scope)}
     if overrides is not None and not isinstance(overrides, Mapping):
         raise TypeError(f"overrides must be a dict from module-name pattern to recipe, got {type(overrides).__name__}")
     for pattern, other in (overrides or {}).items():
         _check_recipe(other, f"overrides[{pattern!r}]")
-        for name in select(list(chosen), pattern, "overrides key (within the scope)"):
+        for name in select(list(chosen), pattern, "overrides key (within the scope)", points.scopes):
             chosen[name] = other
     return points, chosen
 
@@ -113,7 +116,7 @@ def search_params(model: nn.Module, recipe: Recipe, calibration: Optional[Calibr
         view, calib = model, calibration
         rotations = {}
         if rec.rotation != "none":
-            rotations = {name: rotation_matrix(model.get_submodule(name).in_features, rec.rotation,
+            rotations = {name: rotation_matrix(weight_matrix(model.get_submodule(name)).shape[1], rec.rotation,
                                                rotation_seed(name)) for name in names}
             view = rotated_model(model, rotations)
             calib = None if calibration is None else RotatedCalibration(calibration, rotations)
@@ -178,35 +181,37 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
     """Build the quantized copy from searched ``params`` (pure: same inputs, same weights).
 
     Steps: deep-copy ``model``; fold every input scale / shift (``fold``); rotate the weight of every linear with an
-    ``input_rotation`` ``R`` (``W R``); replace every linear in scope by a ``QuantLinear`` whose weight (the searched
-    ``<linear>.weight`` when given - already in the folded and rotated coordinates - else the folded, rotated weight)
-    is fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input quantizer follows the
-    recipe's activation settings.  A rotated ``QuantLinear`` rotates its input by ``R`` online when it quantizes
+    ``input_rotation`` ``R`` (``W R``); replace every linear in scope by a ``QuantLinear`` (a convolution by a
+    ``QuantConv2d`` holding the ``QuantLinear`` of its weight matrix, ``points.weight_matrix``) whose weight (the
+    searched ``<linear>.weight`` when given - already in the folded and rotated coordinates - else the folded,
+    rotated weight) is fake-quantized once (clipped to ``weight_lo``/``weight_hi`` when given) and whose input
+    quantizer follows the recipe's activation settings.  A rotated ``QuantLinear`` rotates its input by ``R`` online when it quantizes
     activations; weight-only, its weight is ``Q(W R) R^T`` (the rotation undone in the dense simulated weight).
     The report compares with the ORIGINAL weight, so it shows the whole change.
     """
     points, chosen = assign_recipes(model, recipe, scope, overrides)
     _check_keys(params, chosen)
     qmodel = copy.deepcopy(model)
-    original = {name: qmodel.get_submodule(name).weight.detach().clone() for name in chosen}
+    original = {name: weight_matrix(qmodel.get_submodule(name)).detach().clone() for name in chosen}
     fold(qmodel, points, params, list(chosen))
     rows = []
     for name, rec in chosen.items():
-        linear = qmodel.get_submodule(name)
-        rotation = _rotation(name, rec, params, linear.in_features)
+        point = qmodel.get_submodule(name)
+        matrix = weight_matrix(point)  # (O, I); a convolution's (O, C k k)
+        rotation = _rotation(name, rec, params, matrix.shape[1])
         weight = params.get(f"{name}.weight")  # GPTQ's weight, in the folded (and rotated) coordinates already
-        if weight is not None and weight.shape != linear.weight.shape:
+        if weight is not None and weight.shape != matrix.shape:
             raise ValueError(f"params {name}.weight has shape {tuple(weight.shape)}, the linear's weight "
-                             f"{tuple(linear.weight.shape)}; were they searched with the same model?")
+                             f"{tuple(matrix.shape)}; were they searched with the same model?")
         if weight is not None:
-            weight = weight.to(linear.weight.device)
+            weight = weight.to(matrix.device)
         else:
-            weight = linear.weight.detach()
+            weight = matrix.detach()
             if rotation is not None:
                 weight = rotate_rows(weight, rotation).to(weight.dtype)
         with torch.no_grad():
             w_hat = fake_quantize(weight, rec.weight_spec, params.get(f"{name}.weight_lo"),
-                                  params.get(f"{name}.weight_hi")).to(linear.weight.dtype)
+                                  params.get(f"{name}.weight_hi")).to(matrix.dtype)
         act = None
         if rec.act_spec is not None:
             lo, hi = params.get(f"{name}.act_lo"), params.get(f"{name}.act_hi")
@@ -214,12 +219,15 @@ def apply_params(model: nn.Module, recipe: Recipe, params: Mapping[str, Tensor],
                 raise ValueError(f"params lack {name}.act_lo/act_hi: static activation ranges come from search_params "
                                  "with a calibration")
             act = ActQuantizer(rec.act_spec, None if lo is None else lo.item(), None if hi is None else hi.item())
-        bias = None if linear.bias is None else linear.bias.detach()
+        bias = None if point.bias is None else point.bias.detach()
         online = None if act is None else rotation
         stored = w_hat.detach()
         if rotation is not None and online is None:  # weight-only: (x R) Q^T == x (Q R^T)^T
             stored = rotate_rows(stored, rotation.T).to(w_hat.dtype)
-        set_module(qmodel, name, QuantLinear(stored, bias, rec.weight_spec, act, online).to(linear.weight.device))
+        quantized = QuantLinear(stored, bias, rec.weight_spec, act, online)
+        if isinstance(point, nn.Conv2d):
+            quantized = QuantConv2d(point, quantized)
+        set_module(qmodel, name, quantized.to(matrix.device))
         rows.append(layer_row(name, rec, original[name], _effective_weight(w_hat, name, params, points)))
     return qmodel, QuantReport(tuple(rows))
 

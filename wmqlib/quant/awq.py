@@ -21,7 +21,10 @@ Differences to the reference world-model code: it searches scales only on LN2 ->
 reproduces that), measures the scale search on the MLP's output, clips q / k rows (``clip_qk=True`` reproduces
 that) and falls back to per-channel clipping when ``in_features % group != 0``; here ragged groups are searched
 as they are.  ``wmqlib.quant.quantwm_reference("AWQ", ...)`` gives the reference configuration.
-The v -> proj pair is used only when the qkv linear is quantized by the same recipe.  With ``PerTensor()`` weights
+The v -> proj pair is used only when the qkv linear is quantized by the same recipe.  Points without a scale
+pair, or whose role is not in ``scale_targets``, get the clip search alone (the RSSM's convolutions, encoder.fc
+and GRU recurrent matrix ``hh`` have no pair; its GRU input matrix ``ih`` has an exact one from the transition's
+activation, searched when "ih" is in ``scale_targets``).  With ``PerTensor()`` weights
 the clip search is skipped.  Weights default to asymmetric with a zero point, g128.
 """
 
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from wmqlib.validate import check_bool, check_float, check_int
-from .points import ROLES, QuantPoints
+from .points import ALL_ROLES, ROLES, QuantPoints, weight_matrix
 from .recipe import Recipe, register
 from .spec import Granularity, PerGroup, PerTensor, QuantSpec, fake_quantize, group_minmax, split_groups
 
@@ -49,7 +52,8 @@ class AWQ(Recipe):
     """Activation-aware weight quantization.
 
     Attributes:
-        scale_targets: roles (subset of "qkv", "proj", "fc1", "fc2") whose input scales are searched.
+        scale_targets: roles whose input scales are searched: a subset of ``points.ALL_ROLES``; the default is
+            DINO-WM's four ("qkv", "proj", "fc1", "fc2"), which covers the RSSM's fc1 / fc2 but not "ih".
         clip: run the clipping search after the scale search.
         clip_qk: also clip the query / key rows of a fused qkv linear (the reference code does; llm-awq does not).
         n_grid: grid size of both searches (20 in llm-awq), >= 1.
@@ -70,8 +74,9 @@ class AWQ(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.scale_targets, tuple) or not set(self.scale_targets) <= set(ROLES):
-            raise ValueError(f"AWQ.scale_targets must be a tuple of roles from {ROLES}, got {self.scale_targets!r}")
+        if not isinstance(self.scale_targets, tuple) or not set(self.scale_targets) <= set(ALL_ROLES):
+            raise ValueError(f"AWQ.scale_targets must be a tuple of roles from {ALL_ROLES}, got "
+                             f"{self.scale_targets!r}")
         check_bool("AWQ.clip", self.clip)
         check_bool("AWQ.clip_qk", self.clip_qk)
         check_int("AWQ.n_grid", self.n_grid, 1)
@@ -125,7 +130,7 @@ def search_awq(model: nn.Module, recipe: AWQ, names: list[str], points: QuantPoi
     spec = recipe.weight_spec
     if spec.passthrough:
         return {}
-    weights = {n: model.get_submodule(n).weight.detach().float() for n in names}
+    weights = {n: weight_matrix(model.get_submodule(n)).detach().float() for n in names}
     inputs = {n: calibration.rows(n)[: recipe.search_tokens].to(weights[n].device) for n in names}
     scales = {}
     for name in names:

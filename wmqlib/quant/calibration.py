@@ -3,13 +3,17 @@
 ``capture_calibration(model)`` puts forward pre-hooks on the quantization points (``points.find_points``) and
 yields a ``Calibration`` that fills while forwards run inside the ``with`` block:
 
+A convolution's input rows are its unfolded patches (``points.input_rows``), one row of ``C k k`` values per output
+position, as the linear on patches it is quantized as sees them.
+
 - per quantized linear, over ALL tokens seen (running statistics, O(C) memory each): per-input-channel
   mean ``|x|`` (AWQ), per-channel min and max (SmoothQuant uses ``max(|min|, |max|)``; static per-tensor activation
   ranges are the min / max over channels, which stays exact after a per-channel scale or shift is folded in);
 - per quantized linear, a uniform reservoir sample of at most ``max_tokens`` input rows ``(max_tokens, C)``
   (AWQ's searches measure linear outputs on them);
-- per unit, a uniform reservoir sample of at most ``max_sequences`` whole input sequences ``(N, D)`` (OmniQuant
-  trains on them; attention mixes tokens, so whole sequences are kept).  ``max_sequences=0`` skips them.
+- per trainable unit, a uniform reservoir sample of at most ``max_sequences`` whole inputs ``(N, D)`` (OmniQuant
+  trains on them; attention mixes tokens, so whole sequences are kept; an RSSM MLP's input is one vector ``(D,)``
+  per sample).  ``max_sequences=0`` skips them.
 
 Memory bound (float32, on the CPU): ``4 * (max_tokens * sum_linears C_in + max_sequences * sum_units N * D)``
 bytes plus ``O(sum C_in)`` for the running statistics.  For a DINOv2 ViT-S encoder (12 blocks, C_in
@@ -37,7 +41,7 @@ from wmqlib.models.errors import CheckpointError
 from wmqlib.validate import atomic_path
 
 from wmqlib.validate import check_int
-from .points import find_points
+from .points import find_points, input_rows
 
 FORMAT = "wmq-calibration-1"
 
@@ -111,7 +115,8 @@ class Calibration:
         st.rows = torch.cat([st.rows[old], rows[new.to(rows.device)].cpu()])
 
     def observe_unit(self, name: str, x: Tensor) -> None:
-        """Add the input ``x (B, N, D)`` of unit ``name`` (B sequences) to its reservoir."""
+        """Add the input ``x (B, ...)`` of unit ``name`` (B sequences ``(N, D)`` or vectors ``(D,)``) to its
+        reservoir."""
         x = x.detach().float()
         sample = self._units.setdefault(name, _UnitSample())
         new_keys = torch.rand(x.shape[0], generator=self.generator)
@@ -256,7 +261,7 @@ class Calibration:
 
 
 def _linear_hook(calib: Calibration, name: str, module: nn.Module, args: tuple) -> None:
-    calib.observe_linear(name, args[0])
+    calib.observe_linear(name, input_rows(module, args[0]))
 
 
 def _unit_hook(calib: Calibration, name: str, module: nn.Module, args: tuple) -> None:
@@ -281,7 +286,8 @@ def capture_calibration(
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_pre_hook(partial(_linear_hook, calib, n)) for n in points.linears]
     if max_sequences:
-        handles += [modules[u.name].register_forward_pre_hook(partial(_unit_hook, calib, u.name)) for u in points.units]
+        handles += [modules[u.name].register_forward_pre_hook(partial(_unit_hook, calib, u.name))
+                    for u in points.units if u.trainable]
     try:
         yield calib
     finally:

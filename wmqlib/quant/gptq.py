@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from wmqlib.validate import check_bool, check_float, check_int
 
 from .calibration import Calibration
-from .points import QuantPoints
+from .points import QuantPoints, weight_matrix
 from .recipe import Recipe, register
 from .spec import PerChannel, PerGroup, PerTensor, QuantSpec, qparams, quantize_dequantize, scale_shape
 
@@ -177,7 +177,7 @@ def search_gptq(model: nn.Module, recipe: GPTQ, names: list[str], points: QuantP
         return {}
     out = {}
     for name in names:
-        w = model.get_submodule(name).weight.detach()
+        w = weight_matrix(model.get_submodule(name)).detach()  # a convolution's (O, C k k), patches as rows
         h = hessian(calibration.rows(name).to(w.device))
         q, lo, hi = gptq_quantize(w, h, spec, recipe.act_order, recipe.damp, recipe.block_size, name)
         out[f"{name}.weight"], out[f"{name}.weight_lo"], out[f"{name}.weight_hi"] = q, lo, hi

@@ -118,14 +118,14 @@ def layer_sensitivity(model: nn.Module, objective_fn: ObjectiveFn, recipe_for_bi
     ``bits -> Recipe``. bits: the bit widths to measure. names: None (every quantization point) or a scope
     (pattern(s), as ``quantize``'s). calibration: for recipes that need one (AWQ, GPTQ, static activations).
 
-    Returns one row per (linear, bits), linears in model order: name, part (first name component: "encoder" /
-    "predictor"), block (index of its transformer block), role (qkv / proj / fc1 / fc2), params (weight count), bits,
+    Returns one row per (linear, bits), linears in model order: name, part (its scope as the architecture declares
+    it, ``QuantPoints.part``: "encoder" / "predictor"), block (index of its transformer block), role (qkv / proj / fc1 / fc2), params (weight count), bits,
     sensitivity, shift, rank_corr (module docstring). Deterministic when ``objective_fn`` and the recipes are.
     """
     widths = _bits_list(bits, "layer_sensitivity.bits")
     recipes = {b: _recipe(recipe_for_bits, b, "layer_sensitivity.recipe_for_bits") for b in widths}
     points = find_points(model)
-    chosen = points.linears if names is None else select(points.linears, names, "layer_sensitivity.names")
+    chosen = points.linears if names is None else points.select(names, "layer_sensitivity.names")
     fp = _objective(objective_fn, model, "the FP model")
     if not np.isfinite(fp).all():
         raise ValueError("objective_fn(the FP model) returned non-finite costs; sensitivity is measured against FP")
@@ -149,7 +149,7 @@ def layer_sensitivity(model: nn.Module, objective_fn: ObjectiveFn, recipe_for_bi
             finite = bool(np.isfinite(got).all())
             sens = float(((change - shared) ** 2).mean() / spread.mean()) if finite else math.inf
             shift = float((shared ** 2).mean() / spread.mean()) if finite else math.inf
-            rows.append({"name": name, "part": name.split(".")[0], "block": _block(unit.name),
+            rows.append({"name": name, "part": points.part(name), "block": _block(unit.name),
                          "role": points.role(name), "params": int(weight.numel()), "bits": b,
                          "sensitivity": sens, "shift": shift, "rank_corr": spearman(fp, got)})
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -174,9 +174,10 @@ def _layers(table: pd.DataFrame) -> tuple[list[str], dict[str, int]]:
     return list(params.index), {name: int(n) for name, n in params["min"].items()}
 
 
-def _floors(names: list[str], min_bits: Union[None, int, Mapping[str, int]], choices: tuple[int, ...]) -> dict:
+def _floors(names: list[str], min_bits: Union[None, int, Mapping[str, int]], choices: tuple[int, ...],
+            parts: Mapping[str, tuple[str, ...]]) -> dict:
     """Starting choice per layer: the lowest choice >= its floor (``min_bits``: one int, or {pattern: int} where
-    the last matching pattern wins)."""
+    the last matching pattern wins; a pattern naming a part, "encoder" / "predictor", stands for its layers)."""
     floor = {name: choices[0] for name in names}
     if min_bits is None:
         return floor
@@ -184,7 +185,7 @@ def _floors(names: list[str], min_bits: Union[None, int, Mapping[str, int]], cho
     for pattern, value in rules.items():
         field = "allocate_bits.min_bits" + ("" if not isinstance(min_bits, Mapping) else f"[{pattern!r}]")
         check_int(field, value, choices[0], choices[-1], why=" (within the choices)")
-        for name in select(names, pattern, "allocate_bits.min_bits key"):
+        for name in select(names, pattern, "allocate_bits.min_bits key", parts):
             floor[name] = value
     return {name: next(c for c in choices if c >= value) for name, value in floor.items()}
 
@@ -207,7 +208,9 @@ def allocate_bits(table: pd.DataFrame, budget: float, choices: Sequence[int] = (
         raise ValueError(f"table lacks the sensitivity at bits {lacking} (every choice below {FREE_BITS} must be "
                          f"measured: layer_sensitivity(..., bits={tuple(c for c in choices if c < FREE_BITS)}))")
     sens = {n: {c: measured.get((n, c), 0.0) for c in choices} for n in names}
-    bits = _floors(names, min_bits, choices)
+    parts = ({} if "part" not in table.columns else  # the parts of layer_sensitivity's table, as its model declares
+             {part: tuple(table.loc[table["part"] == part, "name"].unique()) for part in table["part"].unique()})
+    bits = _floors(names, min_bits, choices, parts)
     total = sum(params.values())
     room = budget * total - sum(params[n] * bits[n] for n in names)  # bit * weights still free
     if room < -1e-9 * total:

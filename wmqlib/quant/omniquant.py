@@ -20,6 +20,9 @@ Choices, documented:
   Cost: ``epochs * n_sequences / batch_size`` optimizer steps per unit, each about three unit forwards; with
   the default 32 sequences that is 80 steps per unit.  ``benchmarks/bench_quant.py --omniquant`` measures it: 90 s
   on one CPU core for its toy model (8 units of 196 tokens, 192 / 204 wide), i.e. about 11 s per unit.
+- Points outside a trainable unit (``points.Unit.trainable``: the RSSM's convolutions, its encoder.fc and its GRU
+  cell's ``ih`` / ``hh``, whose forward takes two inputs) are not trained: they are quantized as plain weights
+  (MinMax ranges, no LET), with the recipe's activation quantizer.
 - Every unit is trained on the FP inputs captured from the FP model, not on the outputs of already-quantized
   earlier units (OmniQuant's code): units stay independent and need no knowledge of how blocks are chained.
 """
@@ -200,11 +203,11 @@ def train_unit(model: nn.Module, unit: Unit, recipe: OmniQuant, names: list[str]
 @register(OmniQuant)
 def search_omniquant(model: nn.Module, recipe: OmniQuant, names: list[str], points: QuantPoints,
                      calibration: Optional[Calibration]) -> dict[str, Tensor]:
-    """Train every unit holding a linear in ``names``; returns LET scales / shifts and LWC ranges."""
+    """Train every trainable unit holding a linear in ``names``; returns LET scales / shifts and LWC ranges."""
     if recipe.weight_spec.passthrough and recipe.act_spec is None:
         return {}
     out: dict[str, Tensor] = {}
     for unit in points.units:
-        if any(n in names for n in unit.linears.values()):
+        if unit.trainable and any(n in names for n in unit.linears.values()):
             out.update(train_unit(model, unit, recipe, names, points, calibration))
     return out

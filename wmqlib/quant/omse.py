@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from wmqlib.validate import check_float, check_int
-from .points import QuantPoints
+from .points import QuantPoints, weight_matrix
 from .recipe import Recipe, register
 from .spec import QuantSpec, fake_quantize, group_minmax, group_sum
 
@@ -61,6 +61,6 @@ def search_omse(model: nn.Module, recipe: OMSE, names: list[str], points: QuantP
     for name in names:
         if recipe.weight_spec.passthrough:
             continue
-        w = model.get_submodule(name).weight.detach()
+        w = weight_matrix(model.get_submodule(name)).detach()
         out[f"{name}.weight_lo"], out[f"{name}.weight_hi"] = mse_clip_range(w, recipe.weight_spec, ratios)
     return out

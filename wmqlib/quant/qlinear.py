@@ -1,4 +1,5 @@
-"""Modules that replace the quantization points: ``QuantLinear``, its ``ActQuantizer`` and ``ScaledActivation``.
+"""Modules that replace the quantization points: ``QuantLinear``, its ``ActQuantizer``, ``QuantConv2d`` and
+``ScaledActivation``.
 
 The weight is fake-quantized ONCE, when ``QuantLinear`` is built, and kept as a plain dense tensor: a weight-only
 forward is exactly ``F.linear`` and costs what ``nn.Linear`` costs.  The input quantizer, if any, is either static
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .points import check_conv
 from .spec import PerTensor, PerToken, QuantSpec, fake_quantize, qparams
 
 
@@ -105,6 +107,38 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         rotated = "" if self.rotation is None else ", rotated input"
         return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.weight_spec}{rotated}"
+
+
+class QuantConv2d(nn.Module):
+    """A convolution quantized as the linear on its unfolded input patches: ``y = linear(unfold(x))``.
+
+    ``linear`` is the ``QuantLinear`` of the weight matrix ``(O, C k k)`` (``points.weight_matrix``): its rows are
+    the output channels, so a per-channel weight grid is one per output channel; its input quantizer and rotation
+    act on patch rows (``PerToken()``: one range per patch).  A per-tensor input range is the range of the input
+    itself: the zeros that padding adds lie inside every range (ranges contain 0, see ``spec``) and stay exact.
+
+    Args:
+        conv: the convolution replaced (its geometry: kernel, stride, padding, dilation; groups 1, zero padding).
+        linear: its quantized linear.
+    """
+
+    def __init__(self, conv: nn.Conv2d, linear: QuantLinear) -> None:
+        super().__init__()
+        check_conv(conv)
+        self.kernel_size, self.stride, self.padding, self.dilation = (
+            conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+        self.linear = linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (N, C, H, W)`` -> ``(N, O, H', W')``, H' and W' as the convolution's."""
+        h, w = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                zip(x.shape[-2:], self.padding, self.dilation, self.kernel_size, self.stride))
+        patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C k k, H' W')
+        y = self.linear(patches.transpose(1, 2))  # (N, H' W', O)
+        return y.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class ScaledActivation(nn.Module):

@@ -26,6 +26,9 @@ Matrices (``rotation_matrix``):
 - ``"random"``: a seeded random orthogonal matrix (QR of a standard Gaussian matrix, signs of ``R``'s diagonal
   moved into ``Q`` so the distribution is uniform over the orthogonal group).
 
+A convolution is rotated as the linear on its unfolded patches it is quantized as (``qlinear.QuantConv2d``):
+``R`` is ``(C k k, C k k)`` and mixes the entries of a patch.
+
 Seeds: ``rotation_seed(name)`` (CRC-32 of the linear's name), so each linear gets its own matrix and a search
 repeats exactly.
 """
@@ -42,6 +45,7 @@ from torch import Tensor, nn
 from wmqlib.validate import check_choice, check_int
 
 from .calibration import Calibration
+from .points import weight_matrix
 
 ROTATIONS = ("none", "hadamard", "random")
 
@@ -221,7 +225,7 @@ def rotated_model(model: nn.Module, rotations: Mapping[str, Tensor]) -> nn.Modul
     """
     view = copy.deepcopy(model)
     for name, rotation in rotations.items():
-        linear = view.get_submodule(name)
+        matrix = weight_matrix(view.get_submodule(name))  # a convolution's (O, C k k) view of its weight
         with torch.no_grad():
-            linear.weight.copy_(rotate_rows(linear.weight, rotation).to(linear.weight.dtype))
+            matrix.copy_(rotate_rows(matrix, rotation).to(matrix.dtype))
     return view

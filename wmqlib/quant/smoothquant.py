@@ -3,7 +3,9 @@
 ``s_j = max|X_j|^alpha / max_i |W_ij|^(1 - alpha)`` (clamped >= 1e-5, ``max|W|`` too), ``X_j`` the per-channel
 max over calibration.  For ViT blocks only the pairs LN1 -> qkv and LN2 -> fc1 have a foldable predecessor
 (LayerNorm weight and bias divided by ``s``, weight columns multiplied): before quantization the block computes
-the same function.  proj and fc2 keep ``s = 1`` (as in the reference and the SmoothQuant code for ViTs).
+the same function.  proj and fc2 keep ``s = 1`` (as in the reference and the SmoothQuant code for ViTs).  Any
+point not fed by a LayerNorm keeps ``s = 1``, i.e. is quantized as plain weights: in the RSSM, its convolutions,
+encoder.fc, every MLP's fc2 and the GRU's ih / hh (each MLP's fc1 is smoothed).
 """
 
 from __future__ import annotations
