@@ -11,7 +11,7 @@ from wmqlib import diagnostics
 from wmqlib.card import add_diagnostics, read_card, recipe_record
 from wmqlib.diagnostics import DISTANCE_BINS, diagnose, exploitation, latent_alignment, main
 from wmqlib.envs import env_class, sample_episodes
-from wmqlib.plan import CEMConfig, MPCConfig
+from wmqlib.plan import CEMConfig, MPCConfig, ObjectiveConfig
 from wmqlib.stats import success_summary
 from wmqlib.recipes import PRESETS
 from wmqlib.train import train
@@ -156,3 +156,32 @@ def test_a_killed_card_resumes_at_the_run_it_was_in(tiny, tmp_path, monkeypatch)
     assert {k: v["successes"] for k, v in resumed["planning"].items()} == {
         k: v["successes"] for k, v in fresh["planning"].items()}
     assert resumed["exploitation"] == fresh["exploitation"]
+
+
+def test_a_run_kept_in_pieces_gives_the_episodes_outcomes_of_one_run(tiny, tmp_path, monkeypatch):
+    _, model = tiny
+    eps = diagnostics.protocol_episodes(model, "wall", 3)
+    planner = CEMConfig(samples=8, topk=2, opt_steps=2)
+    runs = {"open_loop": (None, ObjectiveConfig()), "mpc": (MPCConfig(max_rounds=2), ObjectiveConfig())}
+    whole = diagnostics.kept_planning(model, "wall", eps, planner, runs, keep=None)
+    monkeypatch.setattr(diagnostics, "PIECE", 2)  # pieces of episodes 0-1 and 2
+    pieced = diagnostics.kept_planning(model, "wall", eps, planner, runs, keep=tmp_path / "kept")
+    assert len(list((tmp_path / "kept").glob("*.json"))) == 4  # two pieces per run
+    columns = ["episode", "seed", "success", "state_dist", "plan_loss", "rounds"]
+    for name in runs:
+        pd.testing.assert_frame_equal(pieced[name][columns], whole[name][columns])
+    pieces = pieced["mpc"].drop_duplicates("config_key")["seconds"]
+    assert len(pieces) == 2 and diagnostics.summary(pieced["mpc"], planner, runs["mpc"][0])["seconds"] == round(
+        float(pieces.sum()), 1)
+
+
+def test_a_run_kept_whole_by_an_earlier_card_is_read_whole(tiny, tmp_path, monkeypatch):
+    _, model = tiny
+    eps = diagnostics.protocol_episodes(model, "wall", 3)
+    planner = CEMConfig(samples=8, topk=2, opt_steps=1)
+    runs = {"open_loop": (None, ObjectiveConfig())}
+    first = diagnostics.kept_planning(model, "wall", eps, planner, runs, keep=tmp_path / "kept")  # PIECE 10: whole
+    monkeypatch.setattr(diagnostics, "PIECE", 2)
+    monkeypatch.setattr(diagnostics, "planning", lambda *a: pytest.fail("a kept run was planned again"))
+    again = diagnostics.kept_planning(model, "wall", eps, planner, runs, keep=tmp_path / "kept")
+    pd.testing.assert_frame_equal(again["open_loop"], first["open_loop"])

@@ -45,12 +45,13 @@ from wmqlib.plan.objective import Objective
 from wmqlib.paths import RESULTS_DIR
 from wmqlib.probe import encode_frames, probe_frames, probe_model, state_components
 from wmqlib.stats import spearman, success_summary
-from wmqlib.sweep import sweep
+from wmqlib.sweep import cached, sweep
 from wmqlib.validate import check_choice, check_int
 
 DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, math.inf)  # in units of the env's position success tolerance
 LEVELS = ("screen", "card")
 KEEP = RESULTS_DIR / "diagnostics"  # the CLI's finished planning runs (a sweep folder): a killed card resumes
+PIECE = 10  # episodes per kept piece of a planning run: the most a killed card loses is one piece of one run
 # name -> (closed loop?, objective) of the planning runs; "screen" runs the open-loop ones
 PLANNING_RUNS = {
     "open_loop": (False, ObjectiveConfig()),
@@ -129,9 +130,10 @@ def planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMC
 
 
 def summary(table: pd.DataFrame, planner: CEMConfig, mpc: MPCConfig | None) -> dict[str, Any]:
-    """A planning run's card entry: ``rate`` of its successes plus seconds and seconds per CEM iteration (open loop:
-    all episodes x samples in one iteration)."""
-    seconds = float(table["seconds"].iloc[0])
+    """A planning run's card entry: ``rate`` of its successes plus seconds (summed over the pieces of a kept run,
+    ``kept_planning``) and seconds per CEM iteration (open loop: all episodes x samples in one iteration)."""
+    pieces = table.drop_duplicates("config_key") if "config_key" in table.columns else table.iloc[:1]
+    seconds = float(pieces["seconds"].sum())
     out = {**success_summary(int(table["success"].sum()), len(table)), "seconds": round(seconds, 1)}
     if mpc is None:
         out["seconds_per_cem_iteration"] = round(seconds / planner.opt_steps, 2)
@@ -141,19 +143,32 @@ def summary(table: pd.DataFrame, planner: CEMConfig, mpc: MPCConfig | None) -> d
 def kept_planning(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig,
                   runs: dict[str, tuple[MPCConfig | None, ObjectiveConfig]], keep: Path | None
                   ) -> dict[str, pd.DataFrame]:
-    """``planning`` of each named run (name -> (mpc, objective)), the finished ones kept: with ``keep`` a results
-    folder, each run's table is a ``wmqlib.sweep`` cache file there (keyed by the model's weights, the episodes,
-    planner, MPC and objective), written as it finishes and read back by a later call, so a killed card resumes at
-    the run it was in. Returns name -> table."""
+    """``planning`` of each named run (name -> (mpc, objective)), the finished work kept: with ``keep`` a results
+    folder, each run is planned in pieces of at most ``PIECE`` episodes, each piece a ``wmqlib.sweep`` cache file
+    there (keyed by the model's weights, the piece's episodes, planner, MPC and objective), written as it finishes
+    and read back by a later call, so a killed card loses at most the piece it was in. Each episode plans with its
+    own random stream (``make_generators``), so the pieces give the episodes' outcomes of one run of them all
+    (tested); a run kept whole by an earlier card is read whole. Returns name -> table (episodes in the given order;
+    ``seconds``: its piece's wall time)."""
     if keep is None:
         return {name: planning(model, env, episodes, planner, mpc, objective)
                 for name, (mpc, objective) in runs.items()}
     weights = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values()))
-    configs = [{"run": name, "weights": weights.hexdigest()[:16], "env": env, "episodes": [e.seed for e in episodes],
-                "planner": planner, "mpc": mpc, "objective": objective} for name, (mpc, objective) in runs.items()]
-    table = sweep(configs, lambda c: planning(model, env, episodes, planner, c["mpc"], c["objective"]), keep.name,
-                  cache_dir=keep.parent, progress=False)
-    return {c["run"]: table[table["run"] == c["run"]].reset_index(drop=True) for c in configs}
+    seeds = [e.seed for e in episodes]
+    by_seed = dict(zip(seeds, episodes))
+    wholes = [{"run": name, "weights": weights.hexdigest()[:16], "env": env, "episodes": seeds, "planner": planner,
+               "mpc": mpc, "objective": objective} for name, (mpc, objective) in runs.items()]
+    configs = [piece for whole, kept in zip(wholes, cached(wholes, keep.name, keep.parent))
+               for piece in ([whole] if kept else [{**whole, "episodes": seeds[i:i + PIECE]}
+                                                   for i in range(0, len(seeds), PIECE)])]
+    table = sweep(configs, lambda c: planning(model, env, [by_seed[s] for s in c["episodes"]], planner, c["mpc"],
+                                              c["objective"]), keep.name, cache_dir=keep.parent, progress=False)
+    order = {s: i for i, s in enumerate(seeds)}
+    out = {}
+    for whole in wholes:
+        rows = table[table["run"] == whole["run"]].assign(episode=lambda t: t["seed"].map(order))
+        out[whole["run"]] = rows.sort_values("episode", kind="stable").reset_index(drop=True)
+    return out
 
 
 def references(model: WorldModel, env: str, episodes: list[Episode], planner: CEMConfig, mpc: MPCConfig | None,
