@@ -140,3 +140,24 @@ def test_on_workers_the_settings_are_priced_at_the_workers_rates_and_the_kernels
         fp.n_evals * p.samples * p.opt_steps * workers.rollout)
     assert (table[table["kind"] != "setting"]["task"] == -1).all()
     assert table[table["kind"] == "probe"]["seconds"].iloc[0] == RATES.probe
+
+
+def test_a_computing_run_is_recorded_and_a_replot_leaves_the_record_alone(tmp_path):
+    import pandas as pd
+
+    columns = ["kind", "what", "cached", "seconds", "task"]
+    computing = pd.DataFrame([("setting", "a", False, 30.0, 0), ("setting", "b", True, 0.0, 1),
+                              ("notebook", "kernel", False, 10.0, -1)], columns=columns)
+    assert cost.record_run("full", "01_x", computing, 50.0, None, 0.2, tmp_path)
+    replot = computing.assign(cached=[True, True, False], seconds=[0.0, 0.0, float("nan")])
+    assert not cost.record_run("full", "01_x", replot, 3.0, None, 0.1, tmp_path)  # the computing run stays
+    assert not cost.record_run("full", "05_no_design", None, 3.0, None, 0.1, tmp_path)
+    assert cost.record_run("full", "00_y", "ValueError: bad", 7.0, "local:2", 1.5, tmp_path)
+    table = cost.run_table("full", tmp_path)
+    assert list(table["notebook"]) == ["00_y", "01_x"]
+    x = table.set_index("notebook").loc["01_x"]
+    assert (x["settings"], x["computed"], x["predicted_s"], x["measured_s"]) == (2, 1, 40.0, 50.0)
+    assert x["measured / predicted"] == 1.25 and x["executor"] == "serial" and x["load"] == 0.2
+    y = table.set_index("notebook").loc["00_y"]
+    assert pd.isna(y["predicted_s"]) and pd.isna(y["measured / predicted"]) and y["executor"] == "local:2"
+    assert cost.run_table("paper", tmp_path).empty

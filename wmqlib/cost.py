@@ -19,6 +19,11 @@ disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollo
 ``(linears * bit widths + 1) * n_calib * sequences * rollout``, and every notebook ``Rates.notebook`` (kernel, imports,
 figures). Cached work costs nothing.
 
+The record. ``record_run`` keeps, per profile and notebook, the runner's latest run that computed something: its
+prediction, measured seconds, settings, executor and machine (CPU, cores, torch, threads, the load average when it
+started), in ``<RUNS_DIR>/<profile>.json``; a re-plot from the cache leaves the entry as it was. ``run_table`` reads
+it back (the README's measured times are that table).
+
 With an executor (the notebook's ``executor`` parameter "local:N"), the settings run as tasks on N worker processes
 of one torch thread each (``wmqlib.cluster``): each setting, with the quantization and calibration it is the first
 to need, is one task (``task`` column), priced with rates measured on one thread, and the tasks are list-scheduled
@@ -34,6 +39,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +69,7 @@ from wmqlib.sweep import cached, config_key
 from wmqlib.validate import atomic_write
 
 COST_DIR = RESULTS_DIR / "cost"  # measured rates, one JSON per (weights, sizes, machine)
+RUNS_DIR = RESULTS_DIR / "runs"  # the runner's record of computing runs, one JSON per profile (committed)
 EPISODES = 8  # episodes of each timed planning run
 MPC_EPISODES = 24  # episodes of the MPC run that measures the share still planning per round
 ITERATIONS = (1, 10)  # CEM iterations of the two timed runs (the slope is the rollouts' cost, the rest the episode's)
@@ -364,3 +371,46 @@ def predicted(table: pd.DataFrame | str | None) -> float:
     for seconds in durations:
         free[free.index(min(free))] += seconds
     return float(pd.Series([kernel, max(free) if len(durations) else float("nan")]).sum(min_count=1))
+
+
+def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, seconds: float, executor: str | None,
+               load: float, folder: Path = RUNS_DIR) -> bool:
+    """Keep notebook ``notebook``'s run in ``<folder>/<profile>.json`` when it computed something (``table``, its
+    ``price_notebook``, has settings to compute, or could not be priced; None, a notebook without a design, is not
+    kept): predicted and measured seconds, settings and how many were computed, the executor ("serial" for none)
+    and the machine, ``load`` being the 1-minute load average when the notebook started. Returns whether it was
+    kept."""
+    if table is None:
+        return False
+    if isinstance(table, pd.DataFrame):
+        settings = table[table["kind"] == "setting"]
+        if settings["cached"].all():
+            return False
+        counts = {"settings": len(settings), "computed": int((~settings["cached"]).sum())}
+    else:
+        counts = {"settings": None, "computed": None}
+    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    path = Path(folder) / f"{profile}.json"
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    guess = predicted(table)
+    runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
+                      **counts,
+                      "executor": executor or "serial", "machine": {**machine, "cores": os.cpu_count()},
+                      "load": round(load, 2), "date": time.strftime("%Y-%m-%d")}
+    atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+    return True
+
+
+def run_table(profile: str, folder: Path = RUNS_DIR) -> pd.DataFrame:
+    """The kept runs of ``profile`` (``record_run``), one row per notebook: notebook, settings, computed, predicted_s,
+    measured_s, measured / predicted, executor, machine ("<cpu>, <cores> cores, <threads> torch threads"), load,
+    date; empty when none is kept."""
+    path = Path(folder) / f"{profile}.json"
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    rows = [{"notebook": name, "settings": r["settings"], "computed": r["computed"], "predicted_s": r["predicted_s"],
+             "measured_s": r["measured_s"], "measured / predicted": round(r["measured_s"] / r["predicted_s"], 2)
+             if r["predicted_s"] else None, "executor": r["executor"],
+             "machine": f"{r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['threads']} torch threads",
+             "load": r["load"], "date": r["date"]} for name, r in runs.items()]
+    return pd.DataFrame(rows, columns=["notebook", "settings", "computed", "predicted_s", "measured_s",
+                                       "measured / predicted", "executor", "machine", "load", "date"])
