@@ -35,7 +35,7 @@ def test_planning_is_episodes_times_rollouts_plus_the_episode_work(S, tiny):
     plan = P.samples * P.opt_steps * RATES.rollout + RATES.episode
     expected = [P.n_evals * plan, P.n_evals * plan * (1.0 + 0.5), P.n_evals * (P.gd_steps * RATES.gd_step + 0.05)]
     assert table[table["kind"] == "setting"]["seconds"].tolist() == pytest.approx(expected)
-    assert table.iloc[-1].tolist() == ["notebook", "kernel, imports, figures", False, 7.0]
+    assert table.iloc[-1].tolist() == ["notebook", "kernel, imports, figures", False, 7.0, -1]
     longer = dataclasses.replace(mpc, mpc=dataclasses.replace(mpc.mpc, max_rounds=4))  # rounds past the measured ones
     assert _priced(S, [longer], tiny)["seconds"].iloc[0] == pytest.approx(P.n_evals * plan * (1.0 + 0.5 * 3))
 
@@ -83,9 +83,13 @@ def test_a_recomputing_profile_pays_for_every_setting_again(S, tiny):
 def test_summary_names_what_is_to_compute():
     import pandas as pd
 
-    table = pd.DataFrame([("setting", "a", True, 0.0), ("setting", "b", False, 10.4), ("quantize", "RTN", False, 2.0),
-                          ("notebook", "kernel", False, 5.0)], columns=["kind", "what", "cached", "seconds"])
+    table = pd.DataFrame([("setting", "a", True, 0.0, 0), ("setting", "b", False, 10.4, 1),
+                          ("quantize", "RTN", False, 2.0, 1), ("notebook", "kernel", False, 5.0, -1)],
+                         columns=["kind", "what", "cached", "seconds", "task"])
     assert cost.summary(table) == "2 settings, 1 to compute; predicted 17 s (setting 10 s, quantize 2 s, notebook 5 s)"
+    table.attrs["workers"] = 2
+    assert cost.summary(table) == ("2 settings, 1 to compute; predicted 17 s on 2 workers (setting 10 s, quantize 2 s, "
+                                   "notebook 5 s)")
     assert cost.summary(None) == "not priced (no design in wmqlib.designs)"
 
 
@@ -106,3 +110,54 @@ def test_a_notebook_that_cannot_be_priced_says_why_and_stops_nothing():
     assert isinstance(table, str) and "no-such-model" in table
     assert cost.summary(table).startswith("not priced (CheckpointError: ") and math.isnan(cost.predicted(table))
     assert cost.price_notebook("05_new", {}) is None and math.isnan(cost.predicted(None))
+
+
+def test_tasks_are_list_scheduled_in_design_order_on_the_workers():
+    import pandas as pd
+
+    # tasks 0..3 take 10 (a setting of 8 and its quantization of 2), 4, 3, 3 seconds; the kernel's work 5 s
+    rows = [("setting", "a", False, 8.0, 0), ("quantize", "RTN", False, 2.0, 0), ("setting", "b", False, 4.0, 1),
+            ("setting", "c", False, 3.0, 2), ("setting", "d", False, 3.0, 3), ("probe", "FP", False, 5.0, -1)]
+    table = pd.DataFrame(rows, columns=["kind", "what", "cached", "seconds", "task"])
+    assert cost.predicted(table) == 5 + 20  # one worker: everything one after another
+    table.attrs["workers"] = 2  # worker 1 takes a (10); worker 2 takes b (4), then c (7), then d (10)
+    assert cost.predicted(table) == 5 + 10
+    table.attrs["workers"] = 3  # a (10) | b (4), then d (7) | c (3)
+    assert cost.predicted(table) == 5 + 10
+    table.attrs["workers"] = 1
+    assert cost.predicted(table[table["task"] < 0]) == 5 and cost.predicted(table[table["task"] >= 0]) == 20
+
+
+def test_on_workers_the_settings_are_priced_at_the_workers_rates_and_the_kernels_work_at_its_own(S, tiny):
+    fp = S.setting(tiny)
+    workers = dataclasses.replace(RATES, rollout=2 * RATES.rollout, episode=0.0)
+    table = cost.price(designs.Design([fp], probes=[fp]), S, {tiny: RATES}, workers=2,
+                       task_measured={tiny: workers})
+    assert table.attrs["workers"] == 2
+    setting = table[table["kind"] == "setting"].iloc[0]
+    p = fp.planner
+    assert setting["task"] == 0 and setting["seconds"] == pytest.approx(
+        fp.n_evals * p.samples * p.opt_steps * workers.rollout)
+    assert (table[table["kind"] != "setting"]["task"] == -1).all()
+    assert table[table["kind"] == "probe"]["seconds"].iloc[0] == RATES.probe
+
+
+def test_a_computing_run_is_recorded_and_a_replot_leaves_the_record_alone(tmp_path):
+    import pandas as pd
+
+    columns = ["kind", "what", "cached", "seconds", "task"]
+    computing = pd.DataFrame([("setting", "a", False, 30.0, 0), ("setting", "b", True, 0.0, 1),
+                              ("notebook", "kernel", False, 10.0, -1)], columns=columns)
+    assert cost.record_run("full", "01_x", computing, 50.0, None, 0.2, tmp_path)
+    replot = computing.assign(cached=[True, True, False], seconds=[0.0, 0.0, float("nan")])
+    assert not cost.record_run("full", "01_x", replot, 3.0, None, 0.1, tmp_path)  # the computing run stays
+    assert not cost.record_run("full", "05_no_design", None, 3.0, None, 0.1, tmp_path)
+    assert cost.record_run("full", "00_y", "ValueError: bad", 7.0, "local:2", 1.5, tmp_path)
+    table = cost.run_table("full", tmp_path)
+    assert list(table["notebook"]) == ["00_y", "01_x"]
+    x = table.set_index("notebook").loc["01_x"]
+    assert (x["settings"], x["computed"], x["predicted_s"], x["measured_s"]) == (2, 1, 40.0, 50.0)
+    assert x["measured / predicted"] == 1.25 and x["executor"] == "serial" and x["load"] == 0.2
+    y = table.set_index("notebook").loc["00_y"]
+    assert pd.isna(y["predicted_s"]) and pd.isna(y["measured / predicted"]) and y["executor"] == "local:2"
+    assert cost.run_table("paper", tmp_path).empty

@@ -73,7 +73,7 @@ def test_the_readme_quotes_the_committed_notebooks():
     """The stale-number test: every generated block of README.md is what its executed notebook printed, and the
     record is the candidates' cards."""
     text = (readme.PACKAGE_ROOT / "README.md").read_text()
-    assert len(readme.BLOCK.findall(text)) == 6
+    assert len(readme.BLOCK.findall(text)) == 7
     root = readme.PACKAGE_ROOT
     assert readme.stale(text, root / "notebooks", root / "data" / "candidates") == [], "run python -m wmqlib.readme"
 
@@ -100,3 +100,19 @@ def test_the_record_block_is_the_candidates_cards(tmp_path):
     block = "x\n<!-- record -->\nold\n<!-- /record -->\n"
     assert readme.stale(block, tmp_path, tmp_path) == ["record"]
     assert readme.render(block, tmp_path, tmp_path) == f"x\n<!-- record -->\n{text}<!-- /record -->\n"
+
+
+def test_the_timings_block_is_the_recorded_runs(tmp_path):
+    import pandas as pd
+
+    from wmqlib import cost
+
+    table = pd.DataFrame([("setting", "a", False, 30.0, 0)], columns=["kind", "what", "cached", "seconds", "task"])
+    cost.record_run("full", "01_x", table, 45.0, None, 0.0, tmp_path)
+    block = "<!-- timings -->\nold\n<!-- /timings -->\n"
+    assert readme.stale(block, tmp_path, tmp_path, tmp_path) == ["timings"]
+    new = readme.render(block, tmp_path, tmp_path, tmp_path)
+    lines = new.splitlines()
+    assert lines[1].startswith("| notebook | settings | computed | predicted_s | measured_s | measured / predicted |")
+    assert lines[3].startswith("| 01_x | 1 | 1 | 30.0 | 45.0 | 1.5 | serial |")
+    assert readme.stale(new, tmp_path, tmp_path, tmp_path) == []

@@ -18,6 +18,19 @@ quantized model) and its calibration run (FP planning on the calibration episode
 disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
 ``(linears * bit widths + 1) * n_calib * sequences * rollout``, and every notebook ``Rates.notebook`` (kernel, imports,
 figures). Cached work costs nothing.
+
+The record. ``record_run`` keeps, per profile and notebook, the runner's latest run that computed something: its
+prediction, measured seconds, settings, executor and machine (CPU, cores, torch, threads, the load average when it
+started), in ``<RUNS_DIR>/<profile>.json``; a re-plot from the cache leaves the entry as it was. ``run_table`` reads
+it back (the README's measured times are that table).
+
+With an executor (the notebook's ``executor`` parameter "local:N"), the settings run as tasks on N worker processes
+of one torch thread each (``wmqlib.cluster``): each setting, with the quantization and calibration it is the first
+to need, is one task (``task`` column), priced with rates measured on one thread, and the tasks are list-scheduled
+in design order on the N workers (a task starts on the first worker to free up, as Dask hands them out); the rest
+(probes, alignment, sensitivity, the kernel) runs in the notebook's kernel at its rates. ``predicted`` adds the
+kernel's work to the tasks' makespan. A "dask://" cluster's size is not known here: its notebooks are priced as if
+serial.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,9 +52,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from wmqlib import study as st
 from wmqlib.caches import CACHES, Caches, provenance
+from wmqlib.cluster import parse_spec
 from wmqlib.designs import DESIGNS, Design, of_notebook, setup_of
 from wmqlib.envs import make_env
 from wmqlib.paths import RESULTS_DIR
@@ -53,6 +69,7 @@ from wmqlib.sweep import cached, config_key
 from wmqlib.validate import atomic_write
 
 COST_DIR = RESULTS_DIR / "cost"  # measured rates, one JSON per (weights, sizes, machine)
+RUNS_DIR = RESULTS_DIR / "runs"  # the runner's record of computing runs, one JSON per profile (committed)
 EPISODES = 8  # episodes of each timed planning run
 MPC_EPISODES = 24  # episodes of the MPC run that measures the share still planning per round
 ITERATIONS = (1, 10)  # CEM iterations of the two timed runs (the slope is the rollouts' cost, the rest the episode's)
@@ -150,14 +167,28 @@ def measure(S: Setup, checkpoint: str) -> Rates:
     return Rates(rollout, episode, gd_step, act, active, quantize_s, execute, probe, linears, notebook)
 
 
-def rates(S: Setup, checkpoint: str, folder: Path = COST_DIR) -> Rates:
-    """``measure(S, checkpoint)``, measured once and kept as ``<folder>/<key>.json`` (key: ``_identity``)."""
-    identity = _identity(S, checkpoint)
-    path = Path(folder) / f"{config_key(identity)}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())["rates"]
-        return Rates(**{**data, "active": tuple(data["active"])})
-    measured = measure(S, checkpoint)
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Any:
+    """torch's intra-op thread count set to ``threads`` inside the block (None: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def rates(S: Setup, checkpoint: str, folder: Path = COST_DIR, threads: int | None = None) -> Rates:
+    """``measure(S, checkpoint)``, measured once and kept as ``<folder>/<key>.json`` (key: ``_identity``, which holds
+    the thread count: ``threads`` measures with that many torch threads, as a worker process of "local:N" runs)."""
+    with _torch_threads(threads):
+        identity = _identity(S, checkpoint)
+        path = Path(folder) / f"{config_key(identity)}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())["rates"]
+            return Rates(**{**data, "active": tuple(data["active"])})
+        measured = measure(S, checkpoint)
     atomic_write(path, json.dumps({"identity": identity, "rates": dataclasses.asdict(measured)}, indent=1))
     return measured
 
@@ -196,13 +227,18 @@ def _calibration(setting: Setting, planner: CEMConfig, r: Rates) -> float:
 
 
 def price(design: Design, S: Setup, measured: Mapping[str, Rates] | None = None, planned: set[str] | None = None,
-          caches: Caches = CACHES, cache_dir: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+          caches: Caches = CACHES, cache_dir: str | os.PathLike = RESULTS_DIR, workers: int = 1,
+          task_measured: Mapping[str, Rates] | None = None) -> pd.DataFrame:
     """One row per piece of ``design``'s work: ``kind`` (setting, calibration, quantize, probe, alignment,
-    sensitivity, notebook), ``what``, ``cached`` and predicted ``seconds`` (0 when cached). ``measured``:
-    checkpoint -> Rates (default: ``rates`` of each checkpoint, measured here when not kept yet). When every
-    setting, alignment and sensitivity is cached nothing is measured and the probes and the notebook itself are
-    priced NaN (small: a re-plot). ``planned``: result and calibration keys that earlier notebooks of the same run
-    compute (counted as cached here); this design's are added to it. cache_dir: the results folder."""
+    sensitivity, notebook), ``what``, ``cached``, predicted ``seconds`` (0 when cached) and ``task`` (the setting's
+    index in the design for a setting and the quantization / calibration it brings, -1 for the kernel's work).
+    ``measured``: checkpoint -> Rates (default: ``rates`` of each checkpoint, measured here when not kept yet). When
+    every setting, alignment and sensitivity is cached nothing is measured and the probes and the notebook itself
+    are priced NaN (small: a re-plot). ``planned``: result and calibration keys that earlier notebooks of the same
+    run compute (counted as cached here); this design's are added to it. cache_dir: the results folder.
+    workers: the settings' worker processes ("local:N"; 1 = in the kernel): with more than one, the tasks are priced
+    with ``task_measured`` (default: ``rates`` on one torch thread) and ``predicted`` schedules them on that many
+    workers (``table.attrs["workers"]``)."""
     planned = set() if planned is None else planned
 
     def done(keys: list[str], on_disk: list[bool]) -> list[bool]:  # a key met twice runs once, unless recomputed
@@ -226,50 +262,55 @@ def price(design: Design, S: Setup, measured: Mapping[str, Rates] | None = None,
                    [s for s, _, _ in design.sensitivity]}:
             if ck not in measured:
                 measured[ck] = rates(S, _base_checkpoint(S, ck))
+    tasks = measured if workers == 1 else dict(task_measured or {})
+    for ck in {str(s.checkpoint) for s, c in zip(design.settings, done_settings) if not c} - set(tasks):
+        tasks[ck] = rates(S, _base_checkpoint(S, ck), threads=1)  # workers run one torch thread each
     unknown = Rates(*(float("nan"),) * 3, {}, (float("nan"),), {}, *(float("nan"),) * 2, 0, float("nan"))
     rows, quantized, calibrated = [], set(), set()
 
-    def once(setting: Setting, r: Rates) -> None:  # the quantization and calibration a setting brings
+    def once(setting: Setting, r: Rates, task: int = -1) -> None:  # the quantization and calibration it brings
         run = caches.resolved(setting)
         if setting.recipe is not None and run.quantized_key not in quantized:
             quantized.add(run.quantized_key)
             rows.append(("quantize", _method(setting), False,
-                         r.quantize.get(_method(setting), max(r.quantize.values(), default=float("nan")))))
+                         r.quantize.get(_method(setting), max(r.quantize.values(), default=float("nan"))), task))
         if setting.needs_calibration and run.calibration_key not in calibrated:
             calibrated.add(run.calibration_key)
             on_disk = not S.recompute and (run.calibration_key in caches.calibrations or run.calibration_key in planned)
             planned.add(run.calibration_key)
             cost = 0.0 if on_disk else _calibration(setting, run.calib_planner, r)
-            rows.append(("calibration", f"{run.env} x{setting.calib_rounds}", on_disk, cost))
+            rows.append(("calibration", f"{run.env} x{setting.calib_rounds}", on_disk, cost, task))
 
-    for s, c in zip(design.settings, done_settings):
+    for i, (s, c) in enumerate(zip(design.settings, done_settings)):
         label = f"{s.checkpoint}: {st.describe(s)['label']}, {st.describe(s)['search']}"
         if not c:
-            once(s, measured[str(s.checkpoint)])
-        rows.append(("setting", label, c, 0.0 if c else _planning(s, measured[str(s.checkpoint)])))
+            once(s, tasks[str(s.checkpoint)], i)
+        rows.append(("setting", label, c, 0.0 if c else _planning(s, tasks[str(s.checkpoint)]), i))
     for s, c in zip(design.alignment, done_aligned):
         r = measured.get(str(s.checkpoint), unknown)
         if not c:
             once(s, r)
         rows.append(("alignment", st.describe(s)["label"], c,
-                     0.0 if c else s.n_evals * design.candidates * (r.rollout + r.execute)))
+                     0.0 if c else s.n_evals * design.candidates * (r.rollout + r.execute), -1))
     planned.update(keys + align_keys)
     for s in design.probes:
         r = measured.get(str(s.checkpoint), unknown)
         if s.recipe is not None:
             once(s, r)
-        rows.append(("probe", st.describe(s)["label"], False, r.probe))
+        rows.append(("probe", st.describe(s)["label"], False, r.probe, -1))
     for s in design.timed:
         r = measured.get(str(s.checkpoint), unknown)
         rows.append(("quantize", f"{_method(s)} (timed)", False,
-                     r.quantize.get(_method(s), max(r.quantize.values(), default=float("nan")))))
+                     r.quantize.get(_method(s), max(r.quantize.values(), default=float("nan"))), -1))
     for s, bit_widths, sequences in design.sensitivity:
         r = measured[str(s.checkpoint)]
         rows.append(("sensitivity", caches.resolved(s).env, False,
-                     (r.linears * len(bit_widths) + 1) * s.n_calib * sequences * r.rollout))
+                     (r.linears * len(bit_widths) + 1) * s.n_calib * sequences * r.rollout, -1))
     notebook = next(iter(measured.values()), unknown).notebook
-    rows.append(("notebook", "kernel, imports, figures", False, notebook))
-    return pd.DataFrame(rows, columns=["kind", "what", "cached", "seconds"])
+    rows.append(("notebook", "kernel, imports, figures", False, notebook, -1))
+    table = pd.DataFrame(rows, columns=["kind", "what", "cached", "seconds", "task"])
+    table.attrs["workers"] = workers
+    return table
 
 
 def price_notebook(stem: str, parameters: Mapping[str, Any], planned: set[str] | None = None
@@ -277,20 +318,23 @@ def price_notebook(stem: str, parameters: Mapping[str, Any], planned: set[str] |
     """``price`` of notebook ``stem``'s design for its ``parameters`` (the parameters cell with the runner's
     values), its setup's printout suppressed; None for a notebook without a design (``designs.DESIGNS``), and the
     error as a string when pricing fails (a bad parameter: the notebook itself will name it), so a runner never
-    stops for its cost model."""
+    stops for its cost model. An ``executor`` parameter "local:N" prices the settings on N workers."""
     if stem not in DESIGNS:
         return None
     try:
+        spec = parameters.get("executor")
+        kind, target = parse_spec(spec) if spec is not None else ("serial", 1)
         with contextlib.redirect_stdout(io.StringIO()):
             S = setup_of(parameters)
-            return price(of_notebook(stem, S, parameters), S, planned=planned)
+            return price(of_notebook(stem, S, parameters), S, planned=planned,
+                         workers=target if kind == "local" else 1)
     except Exception as error:  # noqa: BLE001 - reported, the run goes on
         return f"{type(error).__name__}: {error}"
 
 
 def summary(table: pd.DataFrame | str | None) -> str:
-    """One line for a priced notebook (``price_notebook``'s result): its settings (how many to compute) and the
-    predicted seconds by kind."""
+    """One line for a priced notebook (``price_notebook``'s result): its settings (how many to compute), the
+    predicted seconds (``predicted``; "on N workers" when the settings run on several) and the work by kind."""
     if table is None:
         return "not priced (no design in wmqlib.designs)"
     if isinstance(table, str):
@@ -299,9 +343,11 @@ def summary(table: pd.DataFrame | str | None) -> str:
     todo = table[~table["cached"]]
     parts = todo.groupby("kind", sort=False)["seconds"].sum()
     shown = ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in parts.items() if seconds > 0)
-    total = todo["seconds"].sum(min_count=1)
-    predicted = "a re-plot (everything cached)" if pd.isna(total) else f"predicted {total:.0f} s ({shown})"
-    return f"{len(settings)} settings, {int((~settings['cached']).sum())} to compute; {predicted}"
+    workers = table.attrs.get("workers", 1)
+    total = predicted(table)
+    on = f" on {workers} workers" if workers > 1 else ""
+    text = "a re-plot (everything cached)" if pd.isna(total) else f"predicted {total:.0f} s{on} ({shown})"
+    return f"{len(settings)} settings, {int((~settings['cached']).sum())} to compute; {text}"
 
 
 def _base_checkpoint(S: Setup, checkpoint: str) -> str:
@@ -314,5 +360,57 @@ def _base_checkpoint(S: Setup, checkpoint: str) -> str:
 
 
 def predicted(table: pd.DataFrame | str | None) -> float:
-    """The seconds a ``price_notebook`` result predicts in all (NaN when it is not priced or all unknown)."""
-    return float(table["seconds"].sum(min_count=1)) if isinstance(table, pd.DataFrame) else float("nan")
+    """The seconds a ``price_notebook`` result predicts in all (NaN when it is not priced or all unknown): the
+    kernel's work plus the settings' tasks list-scheduled in design order on ``table.attrs["workers"]`` workers."""
+    if not isinstance(table, pd.DataFrame):
+        return float("nan")
+    workers, table = table.attrs.get("workers", 1), table[~table["cached"]]
+    kernel = table[table["task"] < 0]["seconds"].sum(min_count=1)
+    durations = table[table["task"] >= 0].groupby("task", sort=True)["seconds"].sum()
+    free = [0.0] * workers  # when each worker is next free
+    for seconds in durations:
+        free[free.index(min(free))] += seconds
+    return float(pd.Series([kernel, max(free) if len(durations) else float("nan")]).sum(min_count=1))
+
+
+def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, seconds: float, executor: str | None,
+               load: float, folder: Path = RUNS_DIR) -> bool:
+    """Keep notebook ``notebook``'s run in ``<folder>/<profile>.json`` when it computed something (``table``, its
+    ``price_notebook``, has settings to compute, or could not be priced; None, a notebook without a design, is not
+    kept): predicted and measured seconds, settings and how many were computed, the executor ("serial" for none)
+    and the machine, ``load`` being the 1-minute load average when the notebook started. Returns whether it was
+    kept."""
+    if table is None:
+        return False
+    if isinstance(table, pd.DataFrame):
+        settings = table[table["kind"] == "setting"]
+        if settings["cached"].all():
+            return False
+        counts = {"settings": len(settings), "computed": int((~settings["cached"]).sum())}
+    else:
+        counts = {"settings": None, "computed": None}
+    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    path = Path(folder) / f"{profile}.json"
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    guess = predicted(table)
+    runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
+                      **counts,
+                      "executor": executor or "serial", "machine": {**machine, "cores": os.cpu_count()},
+                      "load": round(load, 2), "date": time.strftime("%Y-%m-%d")}
+    atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+    return True
+
+
+def run_table(profile: str, folder: Path = RUNS_DIR) -> pd.DataFrame:
+    """The kept runs of ``profile`` (``record_run``), one row per notebook: notebook, settings, computed, predicted_s,
+    measured_s, measured / predicted, executor, machine ("<cpu>, <cores> cores, <threads> torch threads"), load,
+    date; empty when none is kept."""
+    path = Path(folder) / f"{profile}.json"
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    rows = [{"notebook": name, "settings": r["settings"], "computed": r["computed"], "predicted_s": r["predicted_s"],
+             "measured_s": r["measured_s"], "measured / predicted": round(r["measured_s"] / r["predicted_s"], 2)
+             if r["predicted_s"] else None, "executor": r["executor"],
+             "machine": f"{r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['threads']} torch threads",
+             "load": r["load"], "date": r["date"]} for name, r in runs.items()]
+    return pd.DataFrame(rows, columns=["notebook", "settings", "computed", "predicted_s", "measured_s",
+                                       "measured / predicted", "executor", "machine", "load", "date"])

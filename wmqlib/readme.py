@@ -7,7 +7,9 @@ A block is the text between the lines ``<!-- NAME -->`` and ``<!-- /NAME -->``:
   ``findings`` (which prints ``findings.markdown`` of its verdicts), read from the executed notebook in
   ``notebooks/`` (the full profile's, committed);
 - ``record``: the record of every candidate model diagnosed under ``data/candidates/`` (``card.recipe_record``) as
-  a markdown table.
+  a markdown table;
+- ``timings``: the full profile's recorded runs (``cost.run_table``): per notebook, the latest run that computed
+  something, its predicted and measured seconds and the machine.
 
     python -m wmqlib.readme            # rewrite the README's blocks
     python -m wmqlib.readme --check    # exit 1 naming every stale block, change nothing
@@ -23,12 +25,13 @@ from pathlib import Path
 import nbformat
 
 from wmqlib.card import recipe_record
+from wmqlib.cost import RUNS_DIR, run_table
 from wmqlib.findings import markdown_table
 from wmqlib.validate import InvalidValue, atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and the committed notebooks
 TAG = "findings"
-NAMES = r"findings \d\d|record"
+NAMES = r"findings \d\d|record|timings"
 BLOCK = re.compile(rf"^<!-- ({NAMES}) -->\n(.*?)^<!-- /\1 -->$", re.M | re.S)
 OPEN = re.compile(rf"^<!-- (/?)({NAMES}) -->$", re.M)
 RECORD_COLUMNS = ("name", "env", "train_s", "probe", "spearman", "open_loop", "open_loop_visual_only", "mpc",
@@ -76,24 +79,26 @@ def record(candidates: Path) -> str:
     return markdown_table(table) + "\n"
 
 
-def content(name: str, notebooks: Path, candidates: Path) -> str:
+def content(name: str, notebooks: Path, candidates: Path, runs: Path = RUNS_DIR) -> str:
     """What the block ``name`` holds now."""
     if name == "record":
         return record(candidates)
+    if name == "timings":
+        return markdown_table(run_table("full", runs).astype(object).fillna("-")) + "\n"
     return notebook_findings(_notebook(notebooks, name.split()[1]))
 
 
-def render(text: str, notebooks: Path, candidates: Path) -> str:
+def render(text: str, notebooks: Path, candidates: Path, runs: Path = RUNS_DIR) -> str:
     """``text`` (a README) with every block's content replaced by what it holds now (``content``)."""
     _check_markers(text)
-    return BLOCK.sub(lambda m: f"<!-- {m.group(1)} -->\n{content(m.group(1), notebooks, candidates)}"
+    return BLOCK.sub(lambda m: f"<!-- {m.group(1)} -->\n{content(m.group(1), notebooks, candidates, runs)}"
                                f"<!-- /{m.group(1)} -->", text)
 
 
-def stale(text: str, notebooks: Path, candidates: Path) -> list[str]:
+def stale(text: str, notebooks: Path, candidates: Path, runs: Path = RUNS_DIR) -> list[str]:
     """The names of the blocks of ``text`` whose content differs from what they hold now."""
     _check_markers(text)
-    return [m.group(1) for m in BLOCK.finditer(text) if m.group(2) != content(m.group(1), notebooks, candidates)]
+    return [m.group(1) for m in BLOCK.finditer(text) if m.group(2) != content(m.group(1), notebooks, candidates, runs)]
 
 
 def main(argv: list[str] | None = None) -> int:

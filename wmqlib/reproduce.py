@@ -28,7 +28,9 @@ Text pairs. A notebook written back in place also gets its ``py:percent`` text p
 
 Cost. Before each study notebook the runner prints its settings, how many are not cached and the predicted time
 (``wmqlib.cost``: the notebook's design from ``wmqlib.designs`` priced with this machine's measured rates, measured
-once per model and sizes when something is to compute), and after it the measured time beside the prediction.
+once per model and sizes when something is to compute), and after it the measured time beside the prediction; a
+notebook written in place that computed something has its run recorded (``cost.record_run``: the README's measured
+times).
 ``--dry-run`` prints the predictions of every selected notebook (what an earlier one computes counted as cached for
 the later ones) and executes nothing.
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -432,14 +435,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{i}/{len(plan)}] {path.name} ...", flush=True)
         table = cost.price_notebook(path.stem, {**declared_parameters(path), **parameters})
         print(f"      {cost.summary(table)}", flush=True)
+        load = os.getloadavg()[0]
         try:
             run = run_notebook(path, output, parameters, args.kernel, figures_dir)
         except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as err:
             print(describe_failure(path, output, err), file=sys.stderr)
             return 1
         print(f"      {run.seconds:.1f} s (predicted {cost.predicted(table):.0f} s) -> {_shown(run.output)}")
-        if output_dir.resolve() == args.notebooks.resolve():  # written in place: keep its reviewable text pair
+        if output_dir.resolve() == args.notebooks.resolve():  # written in place: keep its text pair and its time
             print(f"      text pair {_shown(pairs.sync(run.output))}")
+            if cost.record_run(args.profile, path.stem, table, run.seconds, args.executor, load):
+                print(f"      run recorded in {_shown(cost.RUNS_DIR / (args.profile + '.json'))}")
         for figure in run.figures:
             print(f"      figure {_shown(figure)}")
     print(f"done: {len(plan)} notebook(s) in {time.perf_counter() - total:.1f} s")
