@@ -128,7 +128,7 @@ def test_dataset_calibration_sees_every_rssm_quantization_point(tiny_rssm_traine
     calib = collect_calibration(model, source="dataset", data=training_sample(model, tiny_rssm_trained, 2, seed=0),
                                 max_tokens=32)
     assert set(calib.linears) == set(find_points(model).linears)
-    # every window of 2 trajectories (T=10, frameskip 5: 1 start each) reaches the transition's fc1 once
+    # every window of 2 frames frameskip apart in the 2 trajectories reaches the transition's fc1 once
     assert calib.tokens_seen("transition.fc1") == 2 * (TINY.traj_len - 2 * TINY.model.frameskip + 1)
 
 

@@ -191,7 +191,7 @@ def train_rssm(model: RSSM, data: TrajectoryData, cfg: TrainConfig, gen: torch.G
                model)
 
 
-def train_rssm_dynamics(model: RSSM, data: TrajectoryData, latents: torch.Tensor, cfg: TrainConfig,
+def train_rssm_dynamics(model: RSSM, data: TrajectoryData, latents: torch.Tensor | None, cfg: TrainConfig,
                         gen: torch.Generator, progress: bool = True, run: RunState | None = None) -> list[float]:
     """The RSSM's state-space model (``fitting.DYNAMICS_PARTS``) on the frozen embedding: ``wmqlib.rssm_loss``'s
     roll, filter and KL terms for ``cfg.predictor_steps`` steps at batch ``predictor_batch`` and peak rate
