@@ -106,6 +106,7 @@ def test_diagnostics_screen_runs_on_the_rssm(tiny_rssm_trained, tmp_path, monkey
     import shutil
 
     import wmqlib.diagnostics as diagnostics
+    from wmqlib.card import recipe_record
 
     folder = tmp_path / "tiny-rssm"
     shutil.copytree(tiny_rssm_trained, folder)
@@ -117,6 +118,8 @@ def test_diagnostics_screen_runs_on_the_rssm(tiny_rssm_trained, tmp_path, monkey
     assert all(run["episodes"] == 2 for run in d["planning"].values())
     assert set(d["probe"]["components"]) and len(d["latent_alignment"]) == len(diagnostics.DISTANCE_BINS) - 1
     assert "planning: open loop" in (folder / "MODEL_CARD.md").read_text()
+    record = recipe_record([folder])  # the record of candidates reads an RSSM's card too
+    assert record["name"].tolist() == ["tiny-rssm"] and record["env"].tolist() == ["wall"]
 
 
 def test_dataset_calibration_sees_every_rssm_quantization_point(tiny_rssm_trained):
