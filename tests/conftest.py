@@ -1,6 +1,6 @@
 """Project-wide pytest hooks (tests marked ``cuda`` are skipped where torch sees no CUDA device), the session's
-tiny trained world model, the tiny random ones (DINO-WM and RSSM) the planning and quantization tests share, and the
-stale temporary file a killed writer leaves."""
+tiny trained world models (DINO-WM and RSSM), the tiny random ones (DINO-WM and RSSM) the planning and quantization
+tests share, and the stale temporary file a killed writer leaves."""
 
 from __future__ import annotations
 
@@ -49,6 +49,15 @@ def tiny(tmp_path_factory) -> str:
     torch.set_num_threads(1)
     train(PRESETS["tiny"], out, progress=False, evaluate_fp=False)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_rssm_trained(tmp_path_factory) -> str:
+    """A tiny Wall RSSM trained end to end by wmqlib.train (``tiny-rssm``, a few seconds), with its card."""
+    root = tmp_path_factory.mktemp("tiny-rssm")
+    torch.set_num_threads(1)
+    train(PRESETS["tiny-rssm"], root / "tiny-rssm", progress=False, evaluate_fp=False, data_dir=root / "data")
+    return str(root / "tiny-rssm")
 
 
 @pytest.fixture(scope="session")

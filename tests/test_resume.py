@@ -1,5 +1,6 @@
 """wmqlib.resume through wmqlib.train: a killed run resumed from its saved state ends with the weights of an
-uninterrupted run, on both objectives of the ``tiny`` recipes; a state of another recipe is refused."""
+uninterrupted run, on both objectives of the ``tiny`` recipes and on the RSSM's (``tiny-rssm``); a state of another
+recipe is refused."""
 
 import dataclasses
 
@@ -42,13 +43,16 @@ def _killed_run(monkeypatch, call: int, name: str, out, data_dir) -> None:
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     return root, {name: train(PRESETS[name], root / name, progress=False, evaluate_fp=False, data_dir=root / "data")
-                  for name in ("tiny", "tiny-joint")}
+                  for name in ("tiny", "tiny-joint", "tiny-rssm")}
 
 
-# tiny: 3 encoder + 3 predictor steps; tiny-joint: 3 joint + 3 predictor + 2 fine-tune + 2 decoder steps
+# tiny: 3 encoder + 3 predictor steps; tiny-joint: 3 joint + 3 predictor + 2 fine-tune + 2 decoder steps;
+# tiny-rssm: 3 joint + 2 dynamics + 2 decoder steps
 @pytest.mark.parametrize("name,call", [("tiny", 2), ("tiny", 4), ("tiny", 6),
                                        ("tiny-joint", 1), ("tiny-joint", 3), ("tiny-joint", 4), ("tiny-joint", 7),
-                                       ("tiny-joint", 10)])
+                                       ("tiny-joint", 10),
+                                       ("tiny-rssm", 2), ("tiny-rssm", 4), ("tiny-rssm", 5), ("tiny-rssm", 6),
+                                       ("tiny-rssm", 7)])
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, monkeypatch, name, call):
     root, models = uninterrupted
     out = tmp_path / name

@@ -34,6 +34,17 @@ def _summary(r: dict[str, Any]) -> str:
     """How the recipe ``r`` (a TrainConfig dict) trained the model, in one paragraph."""
     env, tune = r.get("model", r)["env"], (f", then fine-tuned with an added {r['rollout_steps']}-step open-loop rollout loss."
                                     if r.get("finetune_steps") else ".")
+    if r.get("objective") == "rssm":
+        dynamics = (f", then the state-space model alone on the frozen embedding for {r['predictor_steps']} steps"
+                    if r["predictor_steps"] else "")
+        return (f"A small recurrent state-space world model (PlaNet / Dreamer-style RSSM) of the {env} environment, "
+                f"trained by `wmqlib.train` (seed {r['seed']}). Conv encoder and state-space model trained together "
+                f"for {r['joint_steps']} steps on `wmqlib.rssm_loss`'s objective: {r['rollout_steps']}-step "
+                f"open-loop imagination and posterior filtering predicting the observation and proprio embeddings, "
+                f"KL(posterior || prior) {r['kl_weight']} with {r['free_bits']} free nats per step, VICReg variance "
+                f"{r['var_weight']} / covariance {r['cov_weight']}, inverse dynamics {r['idm_weight']}; no "
+                f"reconstruction{dynamics}. The conv decoder was trained afterwards on the frozen encoder, for the "
+                "imagined-frame figures only.")
     head = f"A small DINO-WM-architecture world model of the {env} environment, trained by `wmqlib.train` " \
            f"(seed {r['seed']}). "
     if r.get("objective", "autoencoder") == "joint":
@@ -73,6 +84,21 @@ def _diagnostic_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _latent_line(m: dict[str, Any]) -> str:
+    """The MODEL_CARD.md row of an architecture dict's latent: DINO-WM's tokens, or the RSSM's embedding and state."""
+    if m.get("architecture") == "rssm":
+        return (f"| latent | embedding {m['embed_dim']} per frame (one token), proprio {m['proprio_emb_dim']}; state "
+                f"{m['deter_dim']} deterministic + {m['stoch_dim']} stochastic; {m['encoder_layers']} convolutions "
+                f"from {m['encoder_channels']} channels |")
+    return f"| tokens | {m['grid_size'] ** 2} per frame, patch {m['patch_size']}, num_hist {m['num_hist']} |"
+
+
+# card labels of the first two stages and the key and label of the third one's seconds, by objective (absent:
+# DINO-WM's encoder / predictor / rollout fine-tune)
+STAGE_LABELS = {"rssm": ("joint (encoder + state-space model)", "dynamics on the frozen embedding",
+                         ("decoder", "decoder"))}
+
+
 def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
     """Write card.json (machine-readable) and MODEL_CARD.md (the same facts for readers) into ``out``;
     ``regenerate`` is the command that retrains the model (kept in card.json as "regenerate")."""
@@ -80,23 +106,24 @@ def write_model_card(card: dict[str, Any], out: Path, regenerate: str) -> None:
     atomic_write(out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
     r, fp = card["recipe"], card.get("fp_planning")
     m = r.get("model") or card["architecture"]  # recipes of the first shipped models had no nested architecture
+    enc, pred, (third_key, third) = STAGE_LABELS.get(r.get("objective"),
+                                                     ("encoder", "predictor", ("finetune", "rollout fine-tune")))
+    losses = card["losses"]
     lines = [
         f"# {out.name}", "", _summary(r), "",
         "| item | value |", "| --- | --- |",
         f"| data | {r['n_traj']} scripted trajectories ({card['data'].get('policy', 'scripted')}) x {r['traj_len']} "
         f"steps at {m['img_size']} px |",
-        f"| tokens | {m['grid_size'] ** 2} per frame, patch {m['patch_size']}, num_hist {m['num_hist']} |",
+        _latent_line(m),
         *(f"| {k} parameters | {v:,} |" for k, v in card["parameters"].items()),
-        f"| encoder loss (first -> last 100 mean) | {card['losses']['encoder_first']:.4g} -> "
-        f"{card['losses']['encoder_last100']:.4g} |",
-        f"| predictor loss (first -> last 100 mean) | {card['losses']['predictor_first']:.4g} -> "
-        f"{card['losses']['predictor_last100']:.4g} |",
+        *(f"| {label} loss (first -> last 100 mean) | {losses[f'{key}_first']:.4g} -> {losses[f'{key}_last100']:.4g} |"
+          for label, key in ((enc, "encoder"), (pred, "predictor")) if losses.get(f"{key}_first") is not None),
         *([f"| rollout fine-tune loss, {r['rollout_steps']} steps (first -> last 100 mean) | "
            f"{card['losses']['finetune_first']:.4g} -> {card['losses']['finetune_last100']:.4g} |"]
           if card["losses"].get("finetune_first") is not None else []),
-        f"| time (s): data / encoder / predictor / rollout fine-tune / total incl. evaluation | "
+        f"| time (s): data / {enc} / {pred} / {third} / total incl. evaluation | "
         f"{card['seconds']['data']} / {card['seconds']['encoder']} / {card['seconds']['predictor']} / "
-        f"{card['seconds'].get('finetune', 0)} / {card['seconds']['total']} "
+        f"{card['seconds'].get(third_key, 0)} / {card['seconds']['total']} "
         f"({card['threads']} threads, {card.get('device', 'cpu')}, torch {card['torch']}) |",
     ]
     if fp:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from wmqlib.envs import Episode, TrajectoryData, WmqEnv
-from wmqlib.models import WorldModel
+from wmqlib.models import RSSM, WorldModel, WorldModelBase
 from wmqlib.plan import (
     CEMConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel, check_planner,
     encode_observations, make_generators, model_device_dtype, plan,
@@ -345,13 +345,16 @@ def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episode
       every round and the final states, as in planning. ``planner`` must be a CEMConfig.
     - "dataset": ``data`` alone (trajectories of the model's training data, e.g. ``wmqlib.training_data.training_sample``):
       every frame through the encoder once, then every teacher-forcing window of DINO-WM's training (``num_hist``
-      frames ``frameskip`` env steps apart, with their actions, at every start) through the predictor. ``env``,
-      ``episodes``, ``planner`` and ``evaluate_kwargs`` are not used and must not be given.
+      frames ``frameskip`` env steps apart, with their actions, at every start) through the predictor; for an RSSM
+      (num_hist 1) every frame's one-step ``rollout`` with the data's next model-step action (start state from the
+      posterior, transition, cell, prior and heads, as planning runs them). ``env``, ``episodes``, ``planner`` and
+      ``evaluate_kwargs`` are not used and must not be given.
 
     max_tokens, max_sequences, seed: reservoir sizes and sampling seed of ``capture_calibration``.
     evaluate_kwargs: passed to ``evaluate`` ("planning": objective, chunk, render_size, ...); "random" takes
     ``chunk`` (sequences per rollout call, default 4096) and ``render_size`` (default ``env.render_size``).
-    model: "random" and "dataset" use ``WorldModel`` methods (config, env_to_actions, rollout, encode_obs, predict).
+    model: "random" and "dataset" use ``WorldModel`` or ``RSSM`` methods (config, env_to_actions, rollout, encode_obs;
+    DINO-WM's predict and action_encoder).
     Returns the filled ``wmqlib.quant.Calibration``.
     """
     check_choice("collect_calibration source", source, CALIB_SOURCES)
@@ -412,10 +415,11 @@ def _random_rollouts(model: WorldModel, env: WmqEnv, episodes: Sequence[Episode]
     encode_observations(model, env.observe(states, size))  # scoring encodes the final states
 
 
-def _dataset_forwards(model: WorldModel, data: TrajectoryData, chunk: int = 256) -> None:
+def _dataset_forwards(model: WorldModelBase, data: TrajectoryData, chunk: int = 256) -> None:
     """The forwards of the "dataset" calibration source (see ``collect_calibration``): each frame of ``data``
     (N, T+1) through the encoder once, then the N * (T - (num_hist + 1) * frameskip + 1) teacher-forcing windows
-    (num_hist frames with their stacked actions, (W, num_hist, P, D)) through the predictor, ``chunk`` at a time."""
+    (num_hist frames with their stacked actions) through the model's dynamics (``_WINDOW_FORWARDS`` by its
+    architecture), ``chunk`` at a time."""
     c = model.config
     if data.env != c.env or data.img_size != c.img_size:
         raise ValueError(f"collect_calibration data are {data.env!r} frames of {data.img_size} px; the model is a "
@@ -437,13 +441,31 @@ def _dataset_forwards(model: WorldModel, data: TrajectoryData, chunk: int = 256)
     proprio = torch.cat(proprio).reshape(n, t1, -1)  # (N, T+1, Ep)
     frames = np.arange(n_starts)[:, None] + f * np.arange(h)  # (S, h) frame indices of each window's inputs
     raw = np.stack([data.actions[:, s:s + h * f] for s in range(n_starts)], axis=1)  # (N, S, h*f, 2)
-    actions = model.action_encoder(model.env_to_actions(raw.reshape(n * n_starts, h * f, -1)))  # (N*S, h, Ea)
+    actions = model.env_to_actions(raw.reshape(n * n_starts, h * f, -1))  # (N*S, h, Da)
+    _WINDOW_FORWARDS[model.architecture](model, visual[:, frames].flatten(0, 1), proprio[:, frames].flatten(0, 1),
+                                         actions, chunk)
+
+
+def _predict_windows(model: WorldModel, visual: Tensor, proprio: Tensor, actions: Tensor, chunk: int) -> None:
+    """DINO-WM: the windows (visual (W, h, P, Dv), proprio embeddings (W, h, Ep), z-scored actions (W, h, Da)) as
+    latents (W, h, P, D) through ``predict``."""
+    actions = model.action_encoder(actions)  # (W, h, Ea)
     p = visual.shape[2]
-    z = torch.cat([visual[:, frames].flatten(0, 1),
-                   proprio[:, frames].flatten(0, 1)[:, :, None].expand(-1, -1, p, -1),
-                   actions[:, :, None].expand(-1, -1, p, -1)], dim=-1)  # (N*S, h, P, D)
+    z = torch.cat([visual, proprio[:, :, None].expand(-1, -1, p, -1), actions[:, :, None].expand(-1, -1, p, -1)],
+                  dim=-1)  # (W, h, P, D)
     for lo in range(0, len(z), chunk):
         model.predict(z[lo:lo + chunk])
+
+
+def _rollout_windows(model: RSSM, visual: Tensor, proprio: Tensor, actions: Tensor, chunk: int) -> None:
+    """RSSM (h = 1): each window's one-step ``rollout`` from its frame (visual (W, 1, 1, Dv), proprio (W, 1, Ep))
+    with its action (W, 1, Da)."""
+    for lo in range(0, len(visual), chunk):
+        model.rollout({"visual": visual[lo:lo + chunk], "proprio": proprio[lo:lo + chunk]}, actions[lo:lo + chunk])
+
+
+# a model's ``architecture`` -> how its dynamics see the "dataset" calibration source's windows
+_WINDOW_FORWARDS = {"dinowm": _predict_windows, "rssm": _rollout_windows}
 
 
 # ----- what the model sees and imagines (model level; the study wraps these per setting) ---------------------------

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wmqlib.envs import TrajectoryData
-from wmqlib.models import WorldModel
+from wmqlib.models import WorldModel, WorldModelBase
 from wmqlib.resume import RunState
 
 
@@ -92,8 +92,8 @@ def foreground_weights(frames: torch.Tensor, background: torch.Tensor, weight: f
 
 
 @torch.no_grad()
-def encode_dataset(model: WorldModel, data: TrajectoryData, batch: int = 256) -> torch.Tensor:
-    """Visual latents of every frame with the frozen encoder: (N, T+1, P, Dv) float32."""
+def encode_dataset(model: WorldModelBase, data: TrajectoryData, batch: int = 256) -> torch.Tensor:
+    """Visual latents of every frame with the frozen encoder: (N, T+1, P, Dv) float32 (an RSSM: P = 1)."""
     n, t1 = data.frames.shape[:2]
     frames = torch.from_numpy(data.frames.reshape(n * t1, *data.frames.shape[2:]))
     out = []
@@ -104,16 +104,26 @@ def encode_dataset(model: WorldModel, data: TrajectoryData, batch: int = 256) ->
     return torch.cat(out).reshape(n, t1, *out[0].shape[1:])
 
 
-def freeze_encoder(model: WorldModel, data: TrajectoryData) -> torch.Tensor:
+# the parts a predictor stage trains on a frozen encoder, by the model's ``architecture``: DINO-WM's predictor and
+# action encoder; the RSSM's state-space model (posterior, transition, GRU cell, prior and the two heads)
+DYNAMICS_PARTS = {"dinowm": ("predictor", "action_encoder"),
+                  "rssm": ("posterior", "transition", "cell", "prior", "visual_head", "proprio_head")}
+
+
+def dynamics_parameters(model: WorldModelBase) -> list[torch.nn.Parameter]:
+    """The parameters of ``DYNAMICS_PARTS`` of the model's architecture, in that order."""
+    return [p for name in DYNAMICS_PARTS[model.architecture] for p in getattr(model, name).parameters()]
+
+
+def freeze_encoder(model: WorldModelBase, data: TrajectoryData) -> torch.Tensor:
     """Start a predictor stage: the encoder frozen (the whole model in eval mode, no gradients), every frame of
-    ``data`` encoded once (``encode_dataset``), then the predictor and the action encoder trainable, the predictor
-    in train mode. Returns the latents (N, T+1, P, Dv)."""
+    ``data`` encoded once (``encode_dataset``), then the ``DYNAMICS_PARTS`` of the model's architecture trainable
+    and in train mode (DINO-WM: the predictor and the action encoder). Returns the latents (N, T+1, P, Dv)."""
     model.requires_grad_(False)
     model.eval()
     latents = encode_dataset(model, data)
-    model.predictor.requires_grad_(True)
-    model.action_encoder.requires_grad_(True)
-    model.predictor.train()
+    for name in DYNAMICS_PARTS[model.architecture]:
+        getattr(model, name).requires_grad_(True).train()
     return latents
 
 

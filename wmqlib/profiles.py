@@ -11,7 +11,10 @@ Group size: the paper quantizes DINO-WM (384-wide encoder, 404-wide predictor to
 about three groups per weight row. ``group_size_for`` keeps that proportion for any width: the largest power of two
 <= half the encoder width, at most 128. DINO-WM: 128; the shipped mini models (encoder 64, predictor tokens
 84 = 64 + 10 + 10): 32, so the predictor's 84-wide qkv / fc1 rows split 32, 32, 20 as DINO-WM's 404 split
-128, 128, 128, 20; every row keeps at least two groups, so per-group always differs from per-channel.
+128, 128, 128, 20; every row keeps at least two groups, so per-group always differs from per-channel. An RSSM
+takes the width of its observation embedding (``embed_dim``, its ``visual_dim`` as DINO-WM's is ``encoder_dim``):
+the mini RSSM's 128 gives 64, two or more groups in every row but the first convolution's (48 inputs: one group,
+so there per-group is per-channel).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from wmqlib.caches import CACHES
 from wmqlib.envs import env_class
+from wmqlib.models import config_from_dict
 from wmqlib.models.checkpoint import read_checkpoint_config
 from wmqlib.plan import PLANNERS, CEMConfig, GDConfig, MPCConfig, ObjectiveConfig, PlannerConfig
 from wmqlib.quant import Recipe, recipe_from_names, recipe_types
@@ -38,15 +42,17 @@ from wmqlib.validate import check_bool, check_choice, check_int, check_type
 
 def group_size_for(encoder_dim: int) -> int:
     """Weight group size keeping DINO-WM's proportion (g128 for 384 wide): the largest power of two <=
-    ``encoder_dim / 2``, at most 128, at least 1. DINO-WM (384): 128; mini models (64): 32."""
+    ``encoder_dim / 2``, at most 128, at least 1. DINO-WM (384): 128; mini models (64): 32; for an RSSM pass its
+    ``embed_dim`` (the config's ``visual_dim``)."""
     check_int("encoder_dim", encoder_dim, 2)
     return min(128, 1 << ((encoder_dim // 2).bit_length() - 1))
 
 
 def default_group_size(checkpoint: str | os.PathLike) -> int:
-    """``group_size_for`` the checkpoint's encoder width (32 for the shipped mini models, 128 for DINO-WM)."""
+    """``group_size_for`` the checkpoint's visual latent width (``visual_dim``: DINO-WM's encoder_dim, an RSSM's
+    embed_dim; 32 for the shipped mini models, 128 for DINO-WM)."""
     folder = CACHES.checkpoint(checkpoint).folder
-    return group_size_for(int(read_checkpoint_config(folder)["config"]["encoder_dim"]))
+    return group_size_for(config_from_dict(read_checkpoint_config(folder)["config"]).visual_dim)
 
 
 @dataclass(frozen=True)

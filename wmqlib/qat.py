@@ -222,6 +222,10 @@ def finetune(checkpoint: str | Path, w_bits: int, steps: int, lr: float = 3e-4, 
     t0 = time.perf_counter()
     folder = resolve_checkpoint(checkpoint)
     fp = load_world_model(folder, device)
+    if fp.architecture != "dinowm":
+        raise CheckpointError(f"checkpoint {folder} is an {type(fp).__name__} (architecture {fp.architecture!r}); "
+                              "wmqlib.qat fine-tunes DINO-WM's teacher-forced predictor on its patch tokens and "
+                              "only takes architecture 'dinowm'")
     fp.requires_grad_(False)
     cfg = checkpoint_recipe(fp.provenance, folder)
     data, train_path = _dataset(cfg, Path(data_dir), progress)

@@ -4,8 +4,8 @@ overrides of the command line and the command that retrains a recipe (``wmqlib.t
     cfg = apply_overrides(PRESETS["mini-wall"], parse_overrides(["joint_steps=9000"]))
     regenerate_command(cfg, Path("out"))   # "python -m wmqlib.train --preset mini-wall --set joint_steps=9000 ..."
 
-``PRESETS`` holds the shipped models' recipes (``mini-wall``, ``mini-pusht``) and seconds-long ``tiny`` ones for
-tests.
+``PRESETS`` holds the shipped models' recipes (``mini-wall``, ``mini-pusht``; ``mini-wall-rssm``, the recurrent
+architecture's) and seconds-long ``tiny`` ones for tests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wmqlib.envs import env_class
-from wmqlib.models import WorldModelConfig
+from wmqlib.models import RSSMConfig, WorldModelConfig, config_from_dict
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.plan import CEMConfig
 from wmqlib.validate import check_float, check_int, check_type
@@ -38,15 +38,29 @@ def small_model(env: str, **changes: Any) -> WorldModelConfig:
     return WorldModelConfig(**sizes)
 
 
-OBJECTIVES = ("autoencoder", "joint")
+def small_rssm(env: str, **changes: Any) -> RSSMConfig:
+    """The shipped RSSM's architecture (``mini-<env>-rssm``: 64 px frames, four convolutions of 16-128 channels, a
+    128-wide embedding, state 128 + 32, MLPs 256 wide) for ``env``, its proprio size from the env class, with
+    ``changes`` applied."""
+    sizes: dict[str, Any] = dict(env=env, proprio_dim=env_class(env).proprio_dim, frameskip=5, img_size=64,
+                                 encoder_channels=16, encoder_layers=4, embed_dim=128, proprio_emb_dim=10,
+                                 deter_dim=128, stoch_dim=32, hidden_dim=256)
+    sizes.update(changes)
+    return RSSMConfig(**sizes)
+
+
+# how the encoder is trained; "rssm" is the RSSM's objective and the only one it takes (``wmqlib.rssm_loss``)
+OBJECTIVES = ("autoencoder", "joint", "rssm")
+MODEL_CONFIGS = (WorldModelConfig, RSSMConfig)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training recipe: the architecture (a ``WorldModelConfig``), data and optimisation; validated on
-    construction.
+    """One training recipe: the architecture (a ``WorldModelConfig`` or an ``RSSMConfig``), data and optimisation;
+    validated on construction.
 
-    model: the world model to train (its env, img_size, num_hist and frameskip also set the data and the windows).
+    model: the world model to train (its env, img_size, num_hist and frameskip also set the data and the windows);
+        an ``RSSMConfig`` takes objective "rssm" (below) and no other.
     Data: n_traj trajectories of traj_len env steps of the env's data policy ``data_policy`` (None = the env class's
         ``default_data_policy``), rendered at ``model.img_size`` px.
     Optimisation: encoder_steps / predictor_steps AdamW steps at batch sizes encoder_batch / predictor_batch and
@@ -67,6 +81,14 @@ class TrainConfig:
         ranking rank_weight), then
         the encoder is frozen, the predictor stages run on its latents as above, and the decoder is trained on the
         frozen latents for decoder_steps steps (encoder_batch, encoder_lr) for the imagined-frame figures only.
+        "rssm" (an RSSMConfig model): encoder and state-space model trained together for joint_steps steps
+        (joint_batch, joint_lr) on ``wmqlib.rssm_loss``'s objective over windows of rollout_steps + 1 frames
+        (rollout_steps >= 1 imagined steps, open loop), with the VICReg / inverse-dynamics / ranking weights above
+        and the KL(posterior || prior) term at weight kl_weight with free_bits nats per step; then, when
+        predictor_steps > 0, the state-space model alone on the frozen embedding for predictor_steps steps
+        (predictor_batch, predictor_lr; the same objective without the embedding's regularisers); then the decoder
+        as for "joint". The autoencoder and fine-tune fields are not used (finetune_steps, state_weight and
+        online_rounds must be 0).
     Online rounds (last, ``wmqlib.online``; 0 = none): online_rounds times, the model plans online_episodes
         training episodes, the plans are executed in the simulator, and the predictor trains online_steps steps at
         peak rate online_lr on the recipe's data plus every round's executed plans (batches from a generator seeded
@@ -75,7 +97,7 @@ class TrainConfig:
         iterations.
     """
 
-    model: WorldModelConfig
+    model: WorldModelConfig | RSSMConfig
     seed: int = 0
     n_traj: int = 1000
     traj_len: int = 25
@@ -100,6 +122,8 @@ class TrainConfig:
     cov_weight: float = 0.04
     idm_weight: float = 1.0
     rank_weight: float = 0.0
+    kl_weight: float = 0.1
+    free_bits: float = 1.0
     decoder_steps: int = 0
     online_rounds: int = 0
     online_episodes: int = 200
@@ -109,7 +133,7 @@ class TrainConfig:
     eval_opt_steps: int = 10
 
     def __post_init__(self) -> None:
-        check_type("TrainConfig.model", self.model, WorldModelConfig, "a WorldModelConfig")
+        check_type("TrainConfig.model", self.model, MODEL_CONFIGS, "a WorldModelConfig or an RSSMConfig")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
@@ -120,9 +144,21 @@ class TrainConfig:
             env_class(self.env).check_data_policy(self.data_policy)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"TrainConfig.objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
-        if self.objective == "joint" and not (self.joint_steps and self.joint_batch > 1):
-            raise ValueError("TrainConfig.objective 'joint' needs joint_steps > 0 and joint_batch > 1 (the variance "
-                             f"term needs a batch), got {self.joint_steps} and {self.joint_batch}")
+        if (self.objective == "rssm") != isinstance(self.model, RSSMConfig):
+            raise ValueError(f"TrainConfig.objective must be 'rssm' for an RSSMConfig model and one of "
+                             f"{list(OBJECTIVES[:2])} for a WorldModelConfig, got {self.objective!r} for a "
+                             f"{type(self.model).__name__}")
+        if self.objective in ("joint", "rssm") and not (self.joint_steps and self.joint_batch > 1):
+            raise ValueError(f"TrainConfig.objective {self.objective!r} needs joint_steps > 0 and joint_batch > 1 "
+                             f"(the variance term needs a batch), got {self.joint_steps} and {self.joint_batch}")
+        if self.objective == "rssm":
+            unused = {name: getattr(self, name) for name in ("finetune_steps", "state_weight", "online_rounds")
+                      if getattr(self, name)}
+            if not self.rollout_steps or unused:
+                raise ValueError(f"TrainConfig.objective 'rssm' needs rollout_steps >= 1 (the imagined steps of its "
+                                 f"windows) and takes no fine-tune stage, state read-out or online rounds (they "
+                                 f"train DINO-WM's predictor or tokens); got rollout_steps={self.rollout_steps}"
+                                 + "".join(f", {k}={v}" for k, v in unused.items()))
         if self.finetune_steps and not self.rollout_steps or self.objective == "autoencoder" and bool(
                 self.rollout_steps) != bool(self.finetune_steps):
             raise ValueError("TrainConfig.rollout_steps and finetune_steps must be both 0 (teacher forcing only) or "
@@ -149,7 +185,7 @@ class TrainConfig:
         """Frame side of the data in pixels (``model.img_size``)."""
         return self.model.img_size
 
-    def model_config(self) -> WorldModelConfig:
+    def model_config(self) -> WorldModelConfig | RSSMConfig:
         """The architecture this recipe trains (``self.model``)."""
         return self.model
 
@@ -164,7 +200,7 @@ class TrainConfig:
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise ValueError(f"TrainConfig got unknown fields {unknown}; allowed: {allowed}")
-        return cls(**{**data, "model": WorldModelConfig.from_dict(data["model"])})
+        return cls(**{**data, "model": config_from_dict(data["model"])})
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -185,10 +221,25 @@ PRESETS: dict[str, TrainConfig] = {
                                           decoder_channel=8, decoder_res_channel=4),
                         n_traj=8, traj_len=10, encoder_steps=3, encoder_batch=8, predictor_steps=3,
                         predictor_batch=8, eval_episodes=2, eval_opt_steps=1),
+    # the recurrent architecture (issue 28): a PlaNet / Dreamer-style RSSM on wmqlib.rssm_loss's objective with the
+    # data, windows (3 imagined steps), weights and stage lengths of the best Wall joint recipe (wall-joint-b: rank
+    # 1), then the dynamics on the frozen embedding and the decoder. 1.29 M parameters (5.1 MB); about 1 CPU-hour on
+    # one thread: 3,640 s of stages, each stage's GFLOP per step (torch's FlopCounterMode: joint 11.9, dynamics 1.9,
+    # decoder 3.7) at the seconds per GFLOP wall-joint-b's card recorded for its stages on this machine
+    "mini-wall-rssm": TrainConfig(model=small_rssm("wall"), n_traj=1000, traj_len=25, objective="rssm",
+                                  joint_steps=6000, joint_batch=64, joint_lr=1e-3, rollout_steps=3, rank_weight=1.0,
+                                  predictor_steps=3000, predictor_batch=128, decoder_steps=2000),
 }
 # the same, with the joint-embedding objective (tests)
 PRESETS["tiny-joint"] = dataclasses.replace(PRESETS["tiny"], objective="joint", joint_steps=3, joint_batch=4,
                                             rollout_steps=1, finetune_steps=2, decoder_steps=2)
+# a seconds-long RSSM recipe (tests): 16 px frames, two convolutions, every stage a few steps
+PRESETS["tiny-rssm"] = dataclasses.replace(
+    PRESETS["mini-wall-rssm"], model=small_rssm("wall", img_size=16, encoder_channels=4, encoder_layers=2,
+                                                embed_dim=12, proprio_emb_dim=3, deter_dim=8, stoch_dim=4,
+                                                hidden_dim=16),
+    n_traj=8, traj_len=15, joint_steps=3, joint_batch=4, rollout_steps=2, predictor_steps=2, predictor_batch=4,
+    decoder_steps=2, encoder_batch=8, eval_episodes=2, eval_opt_steps=1)
 
 
 def data_policy(cfg: TrainConfig) -> str:
@@ -207,28 +258,38 @@ def online_seed(cfg: TrainConfig) -> int:
     return cfg.seed + 4
 
 
+def base_preset(cfg: TrainConfig) -> str:
+    """The preset a recipe's command line starts from: the env's ``mini-<env>`` of its architecture
+    (``mini-<env>-rssm`` for an RSSM), else the first shipped ``mini-`` preset of that architecture."""
+    suffix = "-rssm" if isinstance(cfg.model, RSSMConfig) else ""
+    same = [n for n, p in PRESETS.items() if n.startswith("mini-") and type(p.model) is type(cfg.model)]
+    return f"mini-{cfg.env}{suffix}" if f"mini-{cfg.env}{suffix}" in PRESETS else same[0]
+
+
 def regenerate_command(cfg: TrainConfig, out: Path) -> str:
-    """The CLI call that retrains ``cfg``: its preset's name, plus ``--set`` for every field that differs from the
-    env's ``mini-<env>`` preset (``--set model.<field>=...`` for the architecture)."""
+    """The CLI call that retrains ``cfg``: its preset's name, plus ``--set`` for every field that differs from
+    ``base_preset`` (``--set model.<field>=...`` for the architecture)."""
     name = next((n for n, p in PRESETS.items() if p == cfg), None)
     if name is not None:
         return f"python -m wmqlib.train --preset {name} --out {out}"
-    base = PRESETS[f"mini-{cfg.env}"]
+    start = base_preset(cfg)
+    base = PRESETS[start]
     changed = [f"--set {f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
                if f.name != "model" and getattr(cfg, f.name) != getattr(base, f.name)]
     changed += [f"--set model.{f.name}={getattr(cfg.model, f.name)}" for f in dataclasses.fields(cfg.model)
                 if getattr(cfg.model, f.name) != getattr(base.model, f.name)]
-    return " ".join([f"python -m wmqlib.train --preset mini-{cfg.env}", *changed, f"--out {out}"])
+    return " ".join([f"python -m wmqlib.train --preset {start}", *changed, f"--out {out}"])
 
 
 _KINDS = {"int": int, "float": float, "str": str, "str | None": str}
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: list[str], architecture: type = WorldModelConfig) -> dict[str, Any]:
     """``["predictor_steps=9000", "model.encoder_dim=128"]`` -> typed values: ``{"predictor_steps": 9000,
-    "model": {"encoder_dim": 128}}``; unknown fields raise ValueError naming the allowed ones."""
+    "model": {"encoder_dim": 128}}``; ``model.`` fields are those of ``architecture`` (the preset's config type,
+    ``WorldModelConfig`` or ``RSSMConfig``); unknown fields raise ValueError naming the allowed ones."""
     top = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "model"}
-    nested = {f"model.{f.name}": f.type for f in dataclasses.fields(WorldModelConfig)}
+    nested = {f"model.{f.name}": f.type for f in dataclasses.fields(architecture)}
     fields = {**top, **nested}
     out: dict[str, Any] = {}
     for item in items:

@@ -1,5 +1,6 @@
 """The training stages of ``wmqlib.train``, each one ``fitting.fit`` of its own loss: the autoencoder encoder, the
-joint-embedding stage, the teacher-forced predictor, its rollout fine-tune and the decoder of the joint recipe.
+joint-embedding stage, the teacher-forced predictor, its rollout fine-tune and the decoder of the joint recipe; for
+the RSSM, its joint stage and its dynamics stage on the frozen embedding (``wmqlib.rssm_loss``).
 Every stage takes the model, the recipe's data, the ``TrainConfig`` and its batch generator, and returns its
 per-step losses; a ``RunState`` makes it resumable."""
 
@@ -13,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from wmqlib.envs import TrajectoryData, env_class
-from wmqlib.fitting import Windows, background_frame, fit, foreground_weights, latent_losses, uint8_to_visual
+from wmqlib.fitting import (Windows, background_frame, dynamics_parameters, fit, foreground_weights, latent_losses,
+                            uint8_to_visual)
 from wmqlib.joint import InverseDynamics, JointWeights, regularisers
-from wmqlib.models import WorldModel
+from wmqlib.models import RSSM, WorldModel, WorldModelBase
+from wmqlib.rssm_loss import RSSMWeights, rssm_losses
 from wmqlib.recipes import TrainConfig
 from wmqlib.resume import RunState
 
@@ -141,7 +144,7 @@ def train_joint(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: 
                 run, model)
 
 
-def train_decoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
+def train_decoder(model: WorldModelBase, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator,
                   progress: bool = True, run: RunState | None = None) -> list[float]:
     """The conv decoder trained on the frozen encoder's latents (pixel MSE), for the imagined-frame figures only:
     it never shapes the latent. Returns per-step losses."""
@@ -157,3 +160,55 @@ def train_decoder(model: WorldModel, data: TrajectoryData, cfg: TrainConfig, gen
 
     return fit(list(model.decoder.parameters()), loss_fn, cfg.decoder_steps, cfg.encoder_lr, cfg.weight_decay, gen,
                 "decoder", progress, run, model)
+
+
+RSSM_JOINT, RSSM_DYNAMICS = "RSSM joint", "RSSM dynamics"  # the RSSM's stage names (``fitting.fit``'s desc)
+
+
+def train_rssm(model: RSSM, data: TrajectoryData, cfg: TrainConfig, gen: torch.Generator, progress: bool = True,
+               run: RunState | None = None) -> list[float]:
+    """The RSSM's encoder and state-space model trained together on ``wmqlib.rssm_loss``'s objective, over windows of
+    ``cfg.rollout_steps + 1`` frames, ``cfg.joint_steps`` steps at batch ``joint_batch`` and peak rate ``joint_lr``;
+    returns per-step losses. The proprio encoder stays fixed; the inverse-dynamics head is drawn from
+    ``cfg.seed + 3`` and discarded afterwards; batches and the posterior's noise come from ``gen``."""
+    c = model.config
+    windows = Windows(data, cfg.rollout_steps + 1, c.frameskip, model.device)
+    idm = InverseDynamics(1, c.embed_dim, c.action_dim, seed=cfg.seed + 3).to(model.device)
+    joint = JointWeights(cfg.var_weight, cfg.cov_weight, cfg.idm_weight, cfg.rank_weight)
+    weights = RSSMWeights(cfg.kl_weight, cfg.free_bits)
+    model.proprio_encoder.requires_grad_(False)
+
+    def loss_fn(_: torch.Tensor) -> torch.Tensor:
+        traj, start = windows.draw(cfg.joint_batch, gen)
+        frames, actions, proprio = windows.gather(traj, start)
+        e = model.encode_obs(uint8_to_visual(windows.pixels(traj, frames)), proprio)["visual"][:, :, 0]  # (B, L, Dv)
+        with torch.no_grad():
+            p = model.proprio_encoder(proprio)  # (B, L, Ep), the fixed embedding
+        return sum(rssm_losses(model, e, p, actions, gen, weights, idm, joint).values())
+
+    params = [*model.encoder.parameters(), *dynamics_parameters(model), *idm.parameters()]
+    return fit(params, loss_fn, cfg.joint_steps, cfg.joint_lr, cfg.weight_decay, gen, RSSM_JOINT, progress, run,
+               model)
+
+
+def train_rssm_dynamics(model: RSSM, data: TrajectoryData, latents: torch.Tensor | None, cfg: TrainConfig,
+                        gen: torch.Generator, progress: bool = True, run: RunState | None = None) -> list[float]:
+    """The RSSM's state-space model (``fitting.DYNAMICS_PARTS``) on the frozen embedding: ``wmqlib.rssm_loss``'s
+    roll, filter and KL terms for ``cfg.predictor_steps`` steps at batch ``predictor_batch`` and peak rate
+    ``predictor_lr`` (no-op at 0 steps). latents: the frozen embeddings (N, T+1, 1, Dv) (``fitting.freeze_encoder``).
+    Returns per-step losses."""
+    if not cfg.predictor_steps:
+        return []
+    windows = Windows(data, cfg.rollout_steps + 1, model.config.frameskip, model.device)
+    weights = RSSMWeights(cfg.kl_weight, cfg.free_bits)
+
+    def loss_fn(_: torch.Tensor) -> torch.Tensor:
+        traj, start = windows.draw(cfg.predictor_batch, gen)
+        frames, actions, proprio = windows.gather(traj, start)
+        e = latents[traj.to(model.device)[:, None], frames][:, :, 0]  # (B, L, Dv)
+        with torch.no_grad():
+            p = model.proprio_encoder(proprio)  # (B, L, Ep)
+        return sum(rssm_losses(model, e, p, actions, gen, weights).values())
+
+    return fit(dynamics_parameters(model), loss_fn, cfg.predictor_steps, cfg.predictor_lr, cfg.weight_decay, gen,
+               RSSM_DYNAMICS, progress, run, model)

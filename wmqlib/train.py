@@ -1,4 +1,5 @@
-"""Train a small DINO-WM world model end to end, the way DINO-WM trains its predictor (``python -m wmqlib.train``).
+"""Train a small DINO-WM world model end to end, the way DINO-WM trains its predictor (``python -m wmqlib.train``);
+or, with objective "rssm", the recurrent architecture (below).
 
 Pipeline (each stage seeded from ``TrainConfig.seed``):
 
@@ -13,6 +14,10 @@ Pipeline (each stage seeded from ``TrainConfig.seed``):
    produces itself it could shrink towards zero and make the proprio term of the planning objective vanish;
 5. evaluation: FP CEM planning on the DINO-WM protocol episodes, written into the model card;
 6. a wmq checkpoint folder (config.json + model.safetensors) with MODEL_CARD.md and card.json.
+
+An RSSM recipe (an ``RSSMConfig`` model, objective "rssm") replaces steps 2-4: the encoder and the state-space
+model trained together on ``wmqlib.rssm_loss``'s objective, then the state-space model alone on the frozen
+embedding, then the decoder on the frozen encoder (figures only); steps 1, 5 and 6 are the same.
 
 The recipe is a ``wmqlib.recipes.TrainConfig`` (the shipped ones are its ``PRESETS``), each stage a function of
 ``wmqlib.stages``. Everything runs on the CPU; a run is deterministic for a given seed, device and torch build.
@@ -34,25 +39,28 @@ import torch
 from wmqlib.card import fp_planning_summary, write_model_card
 from wmqlib.envs import TrajectoryData, env_names, generate_dataset
 from wmqlib.fitting import freeze_encoder
-from wmqlib.models import WorldModel, resolve_device, save_world_model
+from wmqlib.models import WorldModelBase, resolve_device, save_world_model
+from wmqlib.models.checkpoint import MODEL_TYPES
 from wmqlib.online import STAGE as ONLINE_STAGE, retrain
 from wmqlib.paths import DATASETS_DIR
 from wmqlib.recipes import (PRESETS, TrainConfig, apply_overrides, data_policy, dataset_path, online_seed,
                             parse_overrides, regenerate_command)
 from wmqlib.resume import RunState
-from wmqlib.stages import finetune_rollout, pretrain_encoder, train_decoder, train_joint, train_predictor
+from wmqlib.stages import (RSSM_DYNAMICS, RSSM_JOINT, finetune_rollout, pretrain_encoder, train_decoder,
+                           train_joint, train_predictor, train_rssm, train_rssm_dynamics)
 
 
 # the card's name for each objective's stages -> the stage names ``fitting.fit`` records them under
 STAGES = {"autoencoder": {"encoder": "encoder (autoencoder)", "predictor": "predictor",
                           "finetune": "rollout fine-tune"},
           "joint": {"encoder": "joint embedding", "predictor": "predictor", "finetune": "rollout fine-tune",
-                    "decoder": "decoder"}}
+                    "decoder": "decoder"},
+          "rssm": {"encoder": RSSM_JOINT, "predictor": RSSM_DYNAMICS, "decoder": "decoder"}}
 
 
 def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp: bool = True,
           data_dir: str | Path = DATASETS_DIR, device: str = "cpu", resume: bool = False,
-          save_every_s: float = 120.0) -> WorldModel:
+          save_every_s: float = 120.0) -> WorldModelBase:
     """Run the whole pipeline and write a wmq checkpoint folder with its model card to ``out``.
 
     The dataset is generated into ``data_dir`` on first use and reused afterwards (same recipe, same file).
@@ -79,22 +87,28 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
     run = RunState(out, {"batches": gen, "fine-tune batches": gen_tune, "online batches": gen_online}, cfg.to_dict(),
                    save_every_s, resume,
                    same_recipe=lambda saved: isinstance(saved, dict) and TrainConfig.from_dict(saved) == cfg)
-    model = WorldModel(cfg.model_config(), seed=cfg.seed).to(device)
+    model = MODEL_TYPES[type(cfg.model)](cfg.model_config(), seed=cfg.seed).to(device)
     model.set_normalization(data.action_mean, data.action_std, data.proprio_mean, data.proprio_std)
     if run.model_state() is not None:
         model.load_state_dict(run.model_state())
     model.train()
-    if cfg.objective == "joint":
-        enc_losses = train_joint(model, data, cfg, gen, progress, run)
+    if cfg.objective == "rssm":
+        enc_losses = train_rssm(model, data, cfg, gen, progress, run)
+        latents = freeze_encoder(model, data) if cfg.predictor_steps else None
+        pred_losses = train_rssm_dynamics(model, data, latents, cfg, gen, progress, run)
+        tune_losses: list[float] = []
     else:
-        enc_losses = pretrain_encoder(model, data, cfg, gen, progress, run)
-
-    latents = freeze_encoder(model, data)
-    pred_losses = train_predictor(model, data, latents, dataclasses.replace(cfg, rollout_steps=0, finetune_steps=0),
-                                  gen, progress, run)
-    tune_losses = finetune_rollout(model, data, latents, cfg, progress, run, gen_tune)
+        if cfg.objective == "joint":
+            enc_losses = train_joint(model, data, cfg, gen, progress, run)
+        else:
+            enc_losses = pretrain_encoder(model, data, cfg, gen, progress, run)
+        latents = freeze_encoder(model, data)
+        pred_losses = train_predictor(model, data, latents, dataclasses.replace(cfg, rollout_steps=0,
+                                                                                finetune_steps=0),
+                                      gen, progress, run)
+        tune_losses = finetune_rollout(model, data, latents, cfg, progress, run, gen_tune)
     model.requires_grad_(False)
-    if cfg.objective == "joint":
+    if cfg.objective in ("joint", "rssm"):
         model.decoder.requires_grad_(True)
         dec_losses = train_decoder(model, data, cfg, gen, progress, run)
         model.requires_grad_(False)
@@ -103,13 +117,12 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True, evaluate_fp:
 
     first, last = (lambda x: x[0] if x else None), (lambda x: float(np.mean(x[-100:])) if x else None)
     losses = {"encoder": enc_losses, "predictor": pred_losses, "finetune": tune_losses,
-              **({"decoder": dec_losses} if cfg.objective == "joint" else {}),
+              **({"decoder": dec_losses} if cfg.objective in ("joint", "rssm") else {}),
               **({"online": online_losses} if cfg.online_rounds else {})}
     card: dict[str, Any] = {
         "recipe": cfg.to_dict(),
         "architecture": model.config.to_dict(),
-        "parameters": {name: sum(p.numel() for p in getattr(model, name).parameters())
-                       for name in ("encoder", "predictor", "action_encoder", "proprio_encoder", "decoder")},
+        "parameters": {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()},
         "data": {"path": path.name, **data.meta},
         "losses": {f"{name}_{which}": fn(values) for name, values in losses.items()
                    for which, fn in (("first", first), ("last100", last))},
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     try:
-        cfg = apply_overrides(cfg, parse_overrides(args.set))
+        cfg = apply_overrides(cfg, parse_overrides(args.set, type(cfg.model)))
     except ValueError as error:
         parser.error(str(error))
     train(cfg, args.out, progress=not args.quiet, evaluate_fp=not args.no_eval, device=args.device,

@@ -150,6 +150,11 @@ class WorldModelConfig(_PlainDict):
         return self.grid_size**2
 
     @property
+    def visual_dim(self) -> int:
+        """Width of the visual latent per token, Dv = encoder_dim."""
+        return self.encoder_dim
+
+    @property
     def encoder_img_size(self) -> int:
         """Side in pixels of the images the encoder sees (grid_size * patch_size; 196 for DINO-WM)."""
         return self.grid_size * self.patch_size
@@ -243,6 +248,16 @@ class RSSMConfig(_PlainDict):
     def action_dim(self) -> int:
         """Model-step action size Da = frameskip * env_action_dim."""
         return self.frameskip * self.env_action_dim
+
+    @property
+    def num_hist(self) -> int:
+        """Observed frames a rollout starts from: 1 (the start state is inferred from one frame, h_0 = 0)."""
+        return 1
+
+    @property
+    def visual_dim(self) -> int:
+        """Width of the visual latent per token, Dv = embed_dim (one token per frame)."""
+        return self.embed_dim
 
     @property
     def feature_grid(self) -> int:
