@@ -209,15 +209,18 @@ def test_curves_of_a_nonnegative_quantity_start_at_zero():
     plt.close(grid.figure)
 
 
-def test_layer_sensitivity_draws_one_line_per_bit_width_in_model_order():
+def test_layer_sensitivity_draws_one_line_and_band_per_bit_width_in_model_order():
     names = ["encoder.blocks.0.attn.qkv", "predictor.transformer.layers.0.0.to_qkv"]
-    table = pd.DataFrame([{"env": env, "name": n, "bits": b, "sensitivity": s}
+    table = pd.DataFrame([{"env": env, "name": n, "bits": b, "sensitivity": s, "sensitivity_low": s / 2,
+                           "sensitivity_high": s * 3}
                           for env in ("wall", "pusht") for n in names for b, s in ((2, 1.0), (4, 0.0))])
     fig = plots.layer_sensitivity(table, ["wall", "pusht"])
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["wall", "pusht"] and len(axes[0].lines) == 2
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["encoder.B0.attn.qkv", "predictor.L0.0.to_qkv"]
     assert axes[0].lines[1].get_ydata().min() == 1e-6  # zero sensitivity drawn at the log axis' floor
+    band = axes[0].collections[0].get_paths()[0].vertices[:, 1]  # 2 bits: from 0.5 up to 3.0 at every linear
+    assert band.min() == pytest.approx(0.5) and band.max() == pytest.approx(3.0) and len(axes[0].collections) == 2
     plt.close(fig)
 
 

@@ -338,14 +338,19 @@ def frame_strip(rows: Sequence[np.ndarray], labels: Sequence[str], title: str | 
 
 def layer_sensitivity(sensitivity: pd.DataFrame, envs: Sequence[str]) -> plt.Figure:
     """One panel per env: each quantized linear's sensitivity (``quant.mixed.layer_sensitivity``, log scale, floored
-    at 1e-6) at each bit width, linears in model order (encoder, then predictor)."""
+    at 1e-6) at each bit width with its 95% interval over the calibration episodes as a band, linears in model order
+    (encoder, then predictor)."""
     fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 3.6), squeeze=False)
     for ax, env in zip(axes[0], envs):
         rows = sensitivity[sensitivity["env"] == env]
-        t = rows.pivot_table(index="name", columns="bits", values="sensitivity", aggfunc="first")
-        t = t.loc[list(rows.drop_duplicates("name")["name"])]
+        order = list(rows.drop_duplicates("name")["name"])
+        wide = {column: rows.pivot_table(index="name", columns="bits", values=column, aggfunc="first").loc[order]
+                for column in ("sensitivity", "sensitivity_low", "sensitivity_high")}
+        t = wide["sensitivity"]
         for b in t.columns:
-            ax.plot(range(len(t)), t[b].clip(lower=1e-6), marker="o", ms=3, lw=1, label=f"{b} bits")
+            line, = ax.plot(range(len(t)), t[b].clip(lower=1e-6), marker="o", ms=3, lw=1, label=f"{b} bits")
+            ax.fill_between(range(len(t)), wide["sensitivity_low"][b].clip(lower=1e-6),
+                            wide["sensitivity_high"][b].clip(lower=1e-6), color=line.get_color(), alpha=0.2, lw=0)
         ax.set_yscale("log")
         ax.set_xticks(range(len(t)))
         ax.set_xticklabels([n.replace("transformer.layers.", "L").replace("blocks.", "B") for n in t.index],

@@ -109,7 +109,8 @@ def allocate(sensitivity: pd.DataFrame, budgets: Sequence[int], choices: Sequenc
 
 def sensitivity_summary(sensitivity: pd.DataFrame, allocations: Mapping[tuple[str, int], Mapping[str, int]],
                         bits: int) -> str:
-    """What the sensitivity says at ``bits``: the six most sensitive linears per env, the sensitivity summed by part,
+    """What the sensitivity says at ``bits``: the six most sensitive linears per env (with the 95% interval over the
+    calibration episodes), the sensitivity summed by part,
     and how many linears of each part every allocation puts at each bit width."""
     at = sensitivity[sensitivity["bits"] == bits]
     top = at.sort_values(["env", "sensitivity"], ascending=[True, False]).groupby("env").head(6)
@@ -120,7 +121,7 @@ def sensitivity_summary(sensitivity: pd.DataFrame, allocations: Mapping[tuple[st
         counts = pd.Series(chosen).rename("bits").to_frame().join(t[["part"]]).groupby(["part", "bits"]).size()
         rows.append(f"{env}, budget {budget} bits (average {average_bits(chosen, t.reset_index()):.2f}):\n"
                     + counts.unstack(fill_value=0).to_string())
-    columns = ["env", "name", "part", "params", "sensitivity", "rank_corr"]
+    columns = ["env", "name", "part", "params", "sensitivity", "sensitivity_low", "sensitivity_high", "rank_corr"]
     return (f"most sensitive linears at {bits} bits:\n{top[columns].to_string(index=False, float_format='%.3f')}\n"
             f"\nsummed sensitivity by part:\n{share.to_string(float_format='%.3f')}\n"
             "\nlinears per bit width in each allocation:\n" + "\n".join(rows))

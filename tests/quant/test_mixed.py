@@ -288,3 +288,21 @@ def test_rssm_layers_are_measured_by_part_and_floored_by_part(tiny_rssm):
     floor_only = {n: 4 if parts[n] == "encoder" else 2 for n in parts}  # the budget leaves no room above the floor
     budget = sum(params[n] * b for n, b in floor_only.items()) / params.sum()
     assert allocate_bits(table, budget, choices=(2, 4), min_bits={"encoder": 4}) == floor_only
+
+
+def test_the_sensitivity_interval_resamples_episodes_within_the_per_episode_ratios(tiny_objective):
+    # A resample's ratio sum(num) / sum(spread) lies between the smallest and largest per-episode num_e / spread_e
+    # (the mediant inequality), so the whole interval does; the point estimate is the ratio over all episodes.
+    model, fn = tiny_objective
+    layer = "predictor.transformer.layers.1.0.to_qkv"
+    row = layer_sensitivity(model, fn, lambda b: RTN(b), bits=(2,), names=layer).iloc[0]
+    with torch.no_grad():
+        fp, q = fn(model).double(), fn(quantize(model, RTN(2), scope=[layer])[0]).double()
+    change = q - fp
+    num = ((change - change.mean(dim=1, keepdim=True)) ** 2).mean(dim=1)
+    ratios = (num / fp.var(dim=1, unbiased=False)).numpy()
+    low, high = ratios.min() * (1 - 1e-9), ratios.max() * (1 + 1e-9)  # a resample of one episode: its ratio
+    assert low <= row["sensitivity_low"] <= row["sensitivity"] <= row["sensitivity_high"] <= high
+    assert row["sensitivity_low"] < row["sensitivity_high"]  # three episodes that differ: a real interval
+    still = layer_sensitivity(model, fn, lambda b: RTN(b), bits=(16,), names=layer).iloc[0]
+    assert still["sensitivity_low"] == still["sensitivity_high"] == 0.0

@@ -14,6 +14,8 @@ rest, the part that can reorder candidates, relative to the spread the planner r
 perturbation is as large as that spread). Their sum is the plain mean squared change over the mean variance. On three
 layers of the tiny test model at 2 bits (RTN) the shared part was 10-400x the rest: left in, it would rank layers by
 what the planner ignores.
+``sensitivity_low`` / ``sensitivity_high``: its 95% percentile bootstrap interval over the episodes (the units: E
+episodes resampled with replacement ``BOOTSTRAP`` times, seed 0, the ratio recomputed on each resample).
 ``rank_corr`` is the Spearman rank correlation of J_lb[e] with J[e], averaged over episodes: what CEM's top-k sees
 (1 = the same order). As in CEM, a non-finite cost counts as +inf: the ranks see it, and both ratios are +inf.
 
@@ -53,7 +55,9 @@ ObjectiveFn = Callable[[nn.Module], Tensor]
 """``model -> (S,) or (E, S)``: the planning objective of fixed candidate sequences under ``model`` (lower = better)."""
 RecipeFn = Callable[[int], Recipe]
 """``bits -> Recipe`` with ``w_bits == bits``, e.g. ``lambda b: RTN(b, PerGroup(32))``."""
-COLUMNS = ("name", "part", "block", "role", "params", "bits", "sensitivity", "shift", "rank_corr")
+COLUMNS = ("name", "part", "block", "role", "params", "bits", "sensitivity", "sensitivity_low", "sensitivity_high",
+           "shift", "rank_corr")
+BOOTSTRAP = 1000  # episode resamples of the sensitivity's interval
 FREE_BITS = 8  # a choice >= 8 bits not in the table counts as sensitivity 0 (W8 plans like FP in the paper)
 
 
@@ -133,6 +137,7 @@ def layer_sensitivity(model: nn.Module, objective_fn: ObjectiveFn, recipe_for_bi
     if not (spread > 0).all():
         raise ValueError(f"the FP objective is constant over the sequences of episode(s) {np.flatnonzero(spread == 0)}"
                          "; sensitivity divides by that spread - use distinct candidate sequences")
+    resamples = np.random.default_rng(0).integers(0, len(spread), (BOOTSTRAP, len(spread)))  # (B, E) episodes
     rows = []
     for name in chosen:
         unit = points.unit_of(name)
@@ -147,11 +152,15 @@ def layer_sensitivity(model: nn.Module, objective_fn: ObjectiveFn, recipe_for_bi
             change = got - fp  # (E, S)
             shared = change.mean(axis=1, keepdims=True)  # (E, 1): moves every candidate of an episode alike
             finite = bool(np.isfinite(got).all())
-            sens = float(((change - shared) ** 2).mean() / spread.mean()) if finite else math.inf
+            per_episode = ((change - shared) ** 2).mean(axis=1)  # (E,)
+            sens = float(per_episode.mean() / spread.mean()) if finite else math.inf
+            low, high = np.percentile(per_episode[resamples].mean(axis=1) / spread[resamples].mean(axis=1),
+                                      [2.5, 97.5]) if finite else (math.inf, math.inf)
             shift = float((shared ** 2).mean() / spread.mean()) if finite else math.inf
             rows.append({"name": name, "part": points.part(name), "block": _block(unit.name),
                          "role": points.role(name), "params": int(weight.numel()), "bits": b,
-                         "sensitivity": sens, "shift": shift, "rank_corr": spearman(fp, got)})
+                         "sensitivity": sens, "sensitivity_low": float(low), "sensitivity_high": float(high),
+                         "shift": shift, "rank_corr": spearman(fp, got)})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
