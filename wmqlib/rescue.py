@@ -110,8 +110,8 @@ def allocate(sensitivity: pd.DataFrame, budgets: Sequence[int], choices: Sequenc
 def sensitivity_summary(sensitivity: pd.DataFrame, allocations: Mapping[tuple[str, int], Mapping[str, int]],
                         bits: int) -> str:
     """What the sensitivity says at ``bits``: the six most sensitive linears per env (with the 95% interval over the
-    calibration episodes), the sensitivity summed by part,
-    and how many linears of each part every allocation puts at each bit width."""
+    calibration episodes), the sensitivity summed by part, and how many linears of each part every allocation puts at
+    each bit width."""
     at = sensitivity[sensitivity["bits"] == bits]
     top = at.sort_values(["env", "sensitivity"], ascending=[True, False]).groupby("env").head(6)
     share = at.groupby(["env", "part"])["sensitivity"].sum().unstack()
