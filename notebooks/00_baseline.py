@@ -26,18 +26,18 @@ profile = "full"           # "full": the study sized for 2 CPU cores; "paper": D
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
 key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
-                           # (full: n_evals, smoke 4)
+                           # (full and paper 150, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10; paper: Wall 10, PushT 30)
 trace_steps = None         # CEM iterations of the long traced runs; None: from the profile (full 20, paper 50)
 gd_steps = None            # gradient-descent updates; None: from the profile (full 1000, as DINO-WM)
-mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 5, smoke 2)
+mpc_rounds = None          # MPC rounds at most; None: from the profile (full and paper 10, smoke 2)
 show_episodes = [0, 1]     # evaluation episodes whose imagined rollouts are drawn
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
 recompute = False          # True: rerun every setting instead of reading the cache (smoke always recomputes)
-samplers = {"pusht": "scripted"}  # env -> episode sampler ({}: the env's default; PushT's is "demo", DINO-WM-like
-                           # windows of demonstrations; the shipped mini-pusht was trained on the scripted pusher's data)
+samplers = {}              # env -> episode sampler ({}: each env's default; PushT's is "demo", DINO-WM-like windows
+                           # of demonstrations, the episodes the shipped mini-pusht's card measures)
 
 # %% tags=["injected-parameters"]
 # Parameters

@@ -35,7 +35,7 @@ profile = "full"           # "full": the study sized for 2 CPU cores; "paper": D
 executor = None            # None: settings run here, one after another; "local:N" or "dask://HOST:PORT" (README)
 n_evals = None             # evaluation episodes per setting; None: from the profile (full 50, smoke 3)
 key_evals = None           # distinct episodes of the key comparisons (first planner seed); None: the profile's
-                           # (full: n_evals, smoke 4)
+                           # (full and paper 150, smoke 4)
 seed = 99                  # episode seed (DINO-WM protocol)
 opt_steps = None           # CEM iterations (the budget); None: from the profile (full 10)
 planner_seeds = None       # planner seeds; None: from the profile (full 0, 1, 2; smoke 0, 1)
@@ -58,7 +58,7 @@ margin = 0.10              # "within this many points of FP" (equivalence margin
 figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png/.pdf
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
 recompute = False          # True: rerun every setting instead of reading the cache (smoke always recomputes)
-samplers = {"pusht": "scripted"}  # env -> episode sampler ({}: the env's default; see 00)
+samplers = {}              # env -> episode sampler ({}: each env's default; see 00)
 
 # %% tags=["injected-parameters"]
 # Parameters

@@ -15,7 +15,7 @@ checkpoint = "mini-wall"   # the model selected first: a shipped name or a wmq c
 device = "auto"            # "auto" (CUDA when available), "cpu", "cuda"; part of the cache key
 seed = 99                  # episode seed, as the notebooks'
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
-samplers = {"pusht": "scripted"}  # env -> episode sampler, as the notebooks' parameters cells
+samplers = {}              # env -> episode sampler, as the notebooks' parameters cells
 
 # %%
 from wmqlib.explore import Explorer

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from wmqlib import diagnostics
 from wmqlib import profiles as pr
 from wmqlib.envs import Wall, sample_episodes
 from wmqlib.plan import CEMConfig, GDConfig, MPCConfig
@@ -32,7 +33,8 @@ def test_make_profile_overrides_and_ignores_none():
     p = pr.make_profile("smoke", n_evals=None, samples=40)
     assert p.n_evals == pr.PROFILES["smoke"].n_evals and p.samples == 40
     full = pr.make_profile("full")
-    assert (full.n_evals, full.samples, full.topk) == (50, 100, 10)
+    assert (full.n_evals, full.samples, full.topk, full.key_evals, full.mpc_rounds) == (50, 100, 10, 150, 10)
+    assert full.mpc_rounds == diagnostics.MPC_ROUNDS  # a model card's MPC is the study's
     assert full.steps("wall") == full.steps("pusht") == 10
     assert full.cem("pusht", trace=True).opt_steps == full.trace_steps
     with pytest.raises(ValueError, match="profile must be one of"):

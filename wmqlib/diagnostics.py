@@ -51,6 +51,7 @@ from wmqlib.validate import check_choice, check_int
 DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, math.inf)  # in units of the env's position success tolerance
 LEVELS = ("screen", "card")
 KEEP = RESULTS_DIR / "diagnostics"  # the CLI's finished planning runs (a sweep folder): a killed card resumes
+MPC_ROUNDS = 10  # MPC rounds of the card level: the full profile's (profiles.PROFILES["full"].mpc_rounds)
 PIECE = 10  # episodes per kept piece of a planning run: the most a killed card loses is one piece of one run
 # name -> (closed loop?, objective) of the planning runs; "screen" runs the open-loop ones
 PLANNING_RUNS = {
@@ -193,7 +194,7 @@ def references(model: WorldModel, env: str, episodes: list[Episode], planner: CE
     return out
 
 
-def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 50, mpc_rounds: int = 5,
+def diagnose(model: WorldModel, env: str, level: str = "card", episodes: int = 50, mpc_rounds: int = MPC_ROUNDS,
              probe_trajectories: tuple[int, int] = (300, 40), ceiling: bool = True, keep: Path | None = None
              ) -> dict[str, Any]:
     """All diagnostics of the module docstring for ``model`` in ``env``, as a JSON-able dict for card.json:
@@ -237,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the record of every checkpoint under CHECKPOINT whose card has diagnostics")
     parser.add_argument("--level", choices=LEVELS, default="card")
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--mpc-rounds", type=int, default=5,
-                        help="MPC rounds of the card level")
+    parser.add_argument("--mpc-rounds", type=int, default=MPC_ROUNDS,
+                        help=f"MPC rounds of the card level (default {MPC_ROUNDS}, the full profile's)")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the simulator planner (wmqlib.ceiling; PushT's physics makes it slow)")
     args = parser.parse_args(argv)

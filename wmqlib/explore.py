@@ -58,7 +58,7 @@ PLANNING = ("CEM", "MPC-CEM", "GD")  # planning names (wmqlib.plan.planning_name
 ACT_BITS = ("none", 8, 6, 4)
 W_GRANULARITIES = ("per-channel", "per-group", "per-tensor")
 A_GRANULARITIES = ("per-tensor", "per-token")
-NOTEBOOK_SAMPLERS = {"pusht": "scripted"}  # the episode samplers of notebooks 00-04's parameters cells
+NOTEBOOK_SAMPLERS: dict[str, str] = {}  # the episode samplers of notebooks 00-04's parameters cells
 REPORT_COLUMNS = ("module", "w_bits", "w_granularity", "a_bits", "a_granularity", "effective_bits", "weight_mse",
                   "sqnr_db")
 BAD_INPUT = (ValueError, TypeError, OSError, SweepError)  # CheckpointError and InvalidValue are ValueErrors

@@ -169,14 +169,16 @@ class Profile:
 
 
 PROFILES = {
-    # The CPU budget (all notebooks <= 60 min on 2 cores, measured): DINO-WM's 50 episodes, but CEM with 100
-    # samples / top 10 and 10 iterations in both envs, traced runs to 20 (its protocol: 300 / 30, Wall 10, PushT 30
-    # iterations - 00_baseline runs that too). On the shipped models 100 / 10 plans about as well as 300 / 30 and
-    # success saturates by 10-15 iterations; "paper" below is the protocol, for a GPU.
+    # The CPU budget: DINO-WM's 50 episodes per setting, 150 distinct episodes for the key comparisons (the
+    # verdicts' power), MPC up to 10 rounds, but CEM with 100 samples / top 10 and 10 iterations in both envs,
+    # traced runs to 20 (its protocol: 300 / 30, Wall 10, PushT 30 iterations - 00_baseline runs that too);
+    # `python -m wmqlib.reproduce --dry-run` prices a run on this machine. "paper" below is the protocol, for a GPU.
     "full": Profile("full", n_evals=50, samples=100, topk=10, opt_steps=10, trace_steps=20, gd_steps=1000,
-                    mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2)),
+                    mpc_rounds=10, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2),
+                    key_evals=150),
     "paper": Profile("paper", n_evals=50, samples=300, topk=30, opt_steps=None, trace_steps=50, gd_steps=1000,
-                     mpc_rounds=5, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2)),
+                     mpc_rounds=10, n_calib=10, threads=None, always_recompute=False, planner_seeds=(0, 1, 2),
+                     key_evals=150),
     "smoke": Profile("smoke", n_evals=3, samples=30, topk=5, opt_steps=2, trace_steps=3, gd_steps=3, mpc_rounds=2,
                      n_calib=2, threads=1, always_recompute=True, method_options={"OmniQuant": {"epochs": 1}},
                      planner_seeds=(0, 1), probe_trajectories=(12, 4), key_evals=4),
