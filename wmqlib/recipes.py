@@ -204,11 +204,22 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    "mini-wall": TrainConfig(model=small_model("wall"), n_traj=1000, traj_len=25, rollout_steps=3,
-                             finetune_steps=1500),
-    # the first shipped PushT model: the exploratory pusher's data, num_hist 1, teacher forcing only
-    "mini-pusht": TrainConfig(model=small_model("pusht"), n_traj=600, traj_len=50, data_policy="pusher",
-                              eval_opt_steps=30),
+    # the shipped models (README "Shipped models": the search that chose them): joint-embedding encoders, the
+    # temporal-ranking term on Wall, 5- and 3-step rollout losses, PushT's demonstrations mixed with the pusher, its
+    # linear state read-out and two online rounds on its own plans
+    "mini-wall": TrainConfig(model=small_model("wall"), traj_len=30, encoder_steps=0, predictor_steps=3000,
+                             rollout_steps=5, finetune_steps=1500, objective="joint", joint_steps=6000,
+                             rank_weight=1.0, decoder_steps=2000),
+    "mini-pusht": TrainConfig(model=small_model("pusht"), n_traj=300, traj_len=100, data_policy="mixed",
+                              encoder_steps=0, state_weight=1.0, predictor_steps=3000, rollout_steps=3,
+                              finetune_steps=1000, objective="joint", joint_steps=6000, decoder_steps=2000,
+                              online_rounds=2, eval_opt_steps=30),
+    # the first shipped models (reconstruction autoencoders): Wall's steers by proprioception; PushT's on the
+    # exploratory pusher's data, num_hist 1, teacher forcing only
+    "mini-wall-ae": TrainConfig(model=small_model("wall"), n_traj=1000, traj_len=25, rollout_steps=3,
+                                finetune_steps=1500),
+    "mini-pusht-ae": TrainConfig(model=small_model("pusht"), n_traj=600, traj_len=50, data_policy="pusher",
+                                 eval_opt_steps=30),
     # demonstrations mixed with the pusher, an encoder objective that weights the moving objects and reads the state
     # out linearly, and the rollout fine-tune; num_hist stays 1 (PushT has no momentum: frame + proprio is the state)
     "mini-pusht-v2": TrainConfig(model=small_model("pusht"), n_traj=300, traj_len=100, data_policy="mixed",
