@@ -211,7 +211,7 @@ PRESETS: dict[str, TrainConfig] = {
                              rollout_steps=5, finetune_steps=1500, objective="joint", joint_steps=6000,
                              rank_weight=1.0, decoder_steps=2000),
     "mini-pusht": TrainConfig(model=small_model("pusht"), n_traj=300, traj_len=100, data_policy="mixed",
-                              encoder_steps=0, state_weight=1.0, predictor_steps=3000, rollout_steps=3,
+                              encoder_steps=0, state_weight=5.0, predictor_steps=3000, rollout_steps=3,
                               finetune_steps=1000, objective="joint", joint_steps=6000, decoder_steps=2000,
                               online_rounds=2, eval_opt_steps=30),
     # the first shipped models (reconstruction autoencoders): Wall's steers by proprioception; PushT's on the
