@@ -25,7 +25,9 @@ def test_shipped_model_loads_and_rolls_out(name):
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 10 * 2**20
     card = json.loads((folder / "card.json").read_text())
     assert card["architecture"] == c.to_dict()
-    assert card["fp_planning"]["episodes"] == 50
+    for run in ("open_loop", "mpc", "visual_only"):  # the card's diagnostics on the 50 protocol episodes
+        assert card["planning"][run]["episodes"] == 50 and len(card["planning"][run]["ci95"]) == 2, run
+    assert card["probe"]["error_over_tolerance"] > 0
     frames = torch.zeros(2, 1, c.img_size, c.img_size, 3, dtype=torch.uint8)
     visual, proprio = model.prepare_obs(frames, torch.zeros(2, 1, proprio_dim))
     z0 = model.encode_obs(visual, proprio)
