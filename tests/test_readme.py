@@ -22,6 +22,11 @@ def notebook(folder: Path, name: str, printed: str | None, tagged: bool = True) 
     return path
 
 
+def here(folder: Path) -> readme.Sources:
+    """Every block read from ``folder``."""
+    return readme.Sources(notebooks=folder, candidates=folder, checkpoints=folder, runs=folder)
+
+
 TEXT = "intro\n<!-- findings 01 -->\nold numbers\n<!-- /findings 01 -->\nmiddle\n<!-- findings 02 -->\n" \
        "| a |\n<!-- /findings 02 -->\nend\n"
 
@@ -29,10 +34,10 @@ TEXT = "intro\n<!-- findings 01 -->\nold numbers\n<!-- /findings 01 -->\nmiddle\
 def test_blocks_are_rewritten_from_the_tagged_cells_and_staleness_is_caught(tmp_path):
     notebook(tmp_path, "01_one.ipynb", "| verdict | 3 |\n")
     notebook(tmp_path, "02_two.ipynb", "| a |\n")
-    assert readme.stale(TEXT, tmp_path, tmp_path) == ["findings 01"]
-    new = readme.render(TEXT, tmp_path, tmp_path)
+    assert readme.stale(TEXT, here(tmp_path)) == ["findings 01"]
+    new = readme.render(TEXT, here(tmp_path))
     assert new == TEXT.replace("old numbers\n", "| verdict | 3 |\n")
-    assert readme.stale(new, tmp_path, tmp_path) == [] and readme.render(new, tmp_path, tmp_path) == new
+    assert readme.stale(new, here(tmp_path)) == [] and readme.render(new, here(tmp_path)) == new
 
 
 def test_cli_check_exits_1_on_a_stale_block_and_the_rewrite_fixes_it(tmp_path, capsys):
@@ -57,25 +62,24 @@ def test_cli_check_exits_1_on_a_stale_block_and_the_rewrite_fixes_it(tmp_path, c
 def test_malformed_blocks_and_missing_notebooks_are_named(tmp_path, text, match):
     notebook(tmp_path, "01_one.ipynb", "x\n")
     with pytest.raises(InvalidValue, match=match):
-        readme.render(text, tmp_path, tmp_path)
+        readme.render(text, here(tmp_path))
 
 
 def test_a_notebook_without_its_findings_cell_or_not_executed_is_named(tmp_path):
     notebook(tmp_path, "01_one.ipynb", "x\n", tagged=False)
     with pytest.raises(InvalidValue, match="01_one.ipynb: expected one code cell tagged 'findings', found 0"):
-        readme.render(TEXT[:TEXT.index("middle")], tmp_path, tmp_path)
+        readme.render(TEXT[:TEXT.index("middle")], here(tmp_path))
     notebook(tmp_path, "01_one.ipynb", None)
     with pytest.raises(InvalidValue, match="printed nothing"):
-        readme.render(TEXT[:TEXT.index("middle")], tmp_path, tmp_path)
+        readme.render(TEXT[:TEXT.index("middle")], here(tmp_path))
 
 
 def test_the_readme_quotes_the_committed_notebooks():
     """The stale-number test: every generated block of README.md is what its executed notebook printed, and the
     record is the candidates' cards."""
     text = (readme.PACKAGE_ROOT / "README.md").read_text()
-    assert len(readme.BLOCK.findall(text)) == 7
-    root = readme.PACKAGE_ROOT
-    assert readme.stale(text, root / "notebooks", root / "data" / "candidates") == [], "run python -m wmqlib.readme"
+    assert len(readme.BLOCK.findall(text)) == 9
+    assert readme.stale(text, readme.Sources()) == [], "run python -m wmqlib.readme"
 
 
 def card(folder: Path, recipe: dict, open_loop: int) -> None:
@@ -98,8 +102,8 @@ def test_the_record_block_is_the_candidates_cards(tmp_path):
     assert lines[2].startswith("| a | wall | 60.0 | 0.5 | 0-4.5: 0.90 | 40% [10%, 90%] | - |")
     assert lines[3].endswith("| - | - | - | - | - | joint_steps=20 |")
     block = "x\n<!-- record -->\nold\n<!-- /record -->\n"
-    assert readme.stale(block, tmp_path, tmp_path) == ["record"]
-    assert readme.render(block, tmp_path, tmp_path) == f"x\n<!-- record -->\n{text}<!-- /record -->\n"
+    assert readme.stale(block, here(tmp_path)) == ["record"]
+    assert readme.render(block, here(tmp_path)) == f"x\n<!-- record -->\n{text}<!-- /record -->\n"
 
 
 def test_the_timings_block_is_the_recorded_runs(tmp_path):
@@ -110,9 +114,30 @@ def test_the_timings_block_is_the_recorded_runs(tmp_path):
     table = pd.DataFrame([("setting", "a", False, 30.0, 0)], columns=["kind", "what", "cached", "seconds", "task"])
     cost.record_run("full", "01_x", table, 45.0, None, 0.0, tmp_path)
     block = "<!-- timings -->\nold\n<!-- /timings -->\n"
-    assert readme.stale(block, tmp_path, tmp_path, tmp_path) == ["timings"]
-    new = readme.render(block, tmp_path, tmp_path, tmp_path)
+    assert readme.stale(block, here(tmp_path)) == ["timings"]
+    new = readme.render(block, here(tmp_path))
     lines = new.splitlines()
     assert lines[1].startswith("| notebook | settings | computed | predicted_s | measured_s | measured / predicted |")
     assert lines[3].startswith("| 01_x | 1 | 1 | 30.0 | 45.0 | 1.5 | serial |")
-    assert readme.stale(new, tmp_path, tmp_path, tmp_path) == []
+    assert readme.stale(new, here(tmp_path)) == []
+
+
+def test_the_shipped_and_qat_blocks_are_the_checkpoints_cards(tmp_path):
+    planning = {"open_loop": {"successes": 36, "episodes": 50, "success_rate": 0.72, "ci95": [0.58, 0.83]}}
+    for name, env in (("mini-wall", "wall"), ("mini-pusht", "pusht")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_text(json.dumps({
+            "architecture": {"env": env}, "seconds": {"total": 60.0}, "threads": 1, "device": "cpu",
+            "diagnostics": {"probe": {"error_over_tolerance": 0.2}, "planning": planning}}))
+    (tmp_path / "mini-wall-qat-w4").mkdir()
+    (tmp_path / "mini-wall-qat-w4" / "card.json").write_text(json.dumps({
+        "kind": "qat", "w_bits": 4, "base": {"checkpoint": "mini-wall"}, "seconds": {"total": 5.0},
+        "heldout_loss": {"fp": {"prediction": 1.0}, "rtn_w4": {"prediction": 2.0}, "qat_w4": {"prediction": 1.5}}}))
+    block = "<!-- shipped -->\nold\n<!-- /shipped -->\n<!-- qat -->\nold\n<!-- /qat -->\n"
+    assert readme.stale(block, here(tmp_path)) == ["shipped", "qat"]
+    new = readme.render(block, here(tmp_path))
+    shipped = new.split("<!-- /shipped -->")[0].splitlines()
+    assert shipped[1] == "|  | mini-wall | mini-pusht |"
+    assert "| FP open loop | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) |" in shipped
+    assert "| mini-wall-qat-w4 | mini-wall | 1 | 2 | 1.5 | 5.0 |" in new
+    assert readme.stale(new, here(tmp_path)) == []

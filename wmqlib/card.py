@@ -186,6 +186,78 @@ def _flat(recipe: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any
             **{f"model.{k}": v for k, v in recipe.get("model", architecture).items()}}
 
 
+# What the shipped models are asked to reach (issue 23; FP, the 50 protocol episodes, the protocol planner, MPC with
+# the full profile's rounds): success rate per planning run, and the largest state-probe error in tolerances
+TARGETS = {"wall": {"mpc": 0.90, "open_loop": 0.75, "visual_only": 0.75},
+           "pusht": {"mpc": 0.60, "open_loop": 0.40, "visual_only": 0.40}}
+PROBE_TARGET = 0.5
+SHIPPED_RUNS = ("open_loop", "open_loop_visual_only", "mpc", "visual_only", "proprio_only")
+BASELINES = ("no_action", "random", "straight_line")  # the trivial references of a card, open loop
+
+
+def _rate(run: dict[str, Any] | None) -> str:
+    """"72% [58%, 83%] (36/50)", or "not measured"."""
+    if run is None:
+        return "not measured"
+    return f"{run['success_rate']:.0%} [{run['ci95'][0]:.0%}, {run['ci95'][1]:.0%}] ({run['successes']}/{run['episodes']})"
+
+
+def targets(card: dict[str, Any]) -> list[str]:
+    """Each of ``TARGETS`` for the card's env and ``PROBE_TARGET`` as "<run> >= <target>: met|missed (<rate>)" or
+    "<run> >= <target>: not measured"."""
+    d = card["diagnostics"]
+    env = card["architecture"]["env"]
+    out = []
+    for run, target in TARGETS[env].items():
+        got = d["planning"].get(run)
+        verdict = "not measured" if got is None else \
+            f"{'met' if got['success_rate'] >= target else 'missed'} ({got['success_rate']:.0%})"
+        out.append(f"{run.replace('_', ' ')} >= {target:.0%}: {verdict}")
+    probe = d["probe"]["error_over_tolerance"]
+    out.append(f"probe <= {PROBE_TARGET}: {'met' if probe <= PROBE_TARGET else 'missed'} ({probe:.3f})")
+    return out
+
+
+def shipped_table(folders: list[Path]) -> pd.DataFrame:
+    """The shipped models side by side, from their cards: one column per folder, one row per fact (training time,
+    probe, every planning run of ``SHIPPED_RUNS`` as "rate [ci95] (k/n)", the best trivial baseline and the
+    simulator's open-loop / MPC ceiling on the same episodes, the targets met or missed). A folder without a
+    diagnosed card is an error naming it."""
+    columns = {}
+    for folder in map(Path, folders):
+        card = read_card(folder)
+        if card is None or "diagnostics" not in card:
+            raise FileNotFoundError(f"{folder}: no card.json with diagnostics (python -m wmqlib.diagnostics {folder})")
+        d, refs = card["diagnostics"], card["diagnostics"].get("references", {})
+        best = max((name for name in BASELINES if name in refs), key=lambda n: refs[n]["success_rate"], default=None)
+        columns[folder.name] = {
+            "training": f"{card['seconds']['total']:.0f} s ({card['threads']} thread(s), {card['device']})",
+            "state probe, largest error / tolerance": f"{d['probe']['error_over_tolerance']:.3f}",
+            **{f"FP {run.replace('_', ' ')}": _rate(d["planning"].get(run)) for run in SHIPPED_RUNS},
+            "best trivial baseline (open loop)": "not measured" if best is None else
+            f"{best.replace('_', ' ')} {_rate(refs[best])}",
+            "simulator planner, open loop / MPC": f"{_rate(refs.get('simulator_open_loop'))} / "
+                                                  f"{_rate(refs.get('simulator_mpc'))}",
+            "targets (issue 23)": "; ".join(targets(card)),
+        }
+    return pd.DataFrame(columns)
+
+
+def qat_table(folders: list[Path]) -> pd.DataFrame:
+    """The QAT checkpoints' held-out latent-prediction loss (MSE against the FP base's latents) from their cards:
+    columns checkpoint, base (the FP base), rtn (RTN of the base at the same bits), qat, seconds (the fine-tune)."""
+    rows = []
+    for folder in map(Path, folders):
+        card = read_card(folder)
+        if card is None or card.get("kind") != "qat":
+            raise FileNotFoundError(f"{folder}: no QAT card.json (python -m wmqlib.qat ... --out {folder})")
+        loss, b = card["heldout_loss"], card["w_bits"]
+        rows.append({"checkpoint": folder.name, "base": card["base"]["checkpoint"],
+                     "FP base": f"{loss['fp']['prediction']:.3g}", "RTN of the base": f"{loss[f'rtn_w{b}']['prediction']:.3g}",
+                     "QAT": f"{loss[f'qat_w{b}']['prediction']:.3g}", "seconds": card["seconds"]["total"]})
+    return pd.DataFrame(rows)
+
+
 def read_card(folder: Path) -> dict[str, Any] | None:
     """The parsed card.json of a checkpoint folder, or None when it has none."""
     path = Path(folder) / "card.json"

@@ -8,6 +8,9 @@ A block is the text between the lines ``<!-- NAME -->`` and ``<!-- /NAME -->``:
   ``notebooks/`` (the full profile's, committed);
 - ``record``: the record of every candidate model diagnosed under ``data/candidates/`` (``card.recipe_record``) as
   a markdown table;
+- ``shipped``: the shipped models (``SHIPPED`` under ``data/checkpoints/``) side by side from their cards
+  (``card.shipped_table``: training time, probe, planning with intervals, baselines, targets met or missed);
+- ``qat``: the QAT checkpoints (``data/checkpoints/*-qat-w*``) and their held-out losses (``card.qat_table``);
 - ``timings``: the full profile's recorded runs (``cost.run_table``): per notebook, the latest run that computed
   something, its predicted and measured seconds and the machine.
 
@@ -18,20 +21,23 @@ A block is the text between the lines ``<!-- NAME -->`` and ``<!-- /NAME -->``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
 
 import nbformat
 
-from wmqlib.card import recipe_record
+from wmqlib.card import qat_table, recipe_record, shipped_table
 from wmqlib.cost import RUNS_DIR, run_table
 from wmqlib.findings import markdown_table
+from wmqlib.paths import CHECKPOINTS_DIR
 from wmqlib.validate import InvalidValue, atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and the committed notebooks
 TAG = "findings"
-NAMES = r"findings \d\d|record|timings"
+NAMES = r"findings \d\d|record|shipped|qat|timings"
+SHIPPED = ("mini-wall", "mini-pusht")
 BLOCK = re.compile(rf"^<!-- ({NAMES}) -->\n(.*?)^<!-- /\1 -->$", re.M | re.S)
 OPEN = re.compile(rf"^<!-- (/?)({NAMES}) -->$", re.M)
 RECORD_COLUMNS = ("name", "env", "train_s", "probe", "spearman", "open_loop", "open_loop_visual_only", "mpc",
@@ -79,44 +85,60 @@ def record(candidates: Path) -> str:
     return markdown_table(table) + "\n"
 
 
-def content(name: str, notebooks: Path, candidates: Path, runs: Path = RUNS_DIR) -> str:
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Where the blocks are read from: the executed notebooks, the candidates' cards, the shipped checkpoints' cards
+    and the runner's records (default: the checkout's)."""
+
+    notebooks: Path = PACKAGE_ROOT / "notebooks"
+    candidates: Path = PACKAGE_ROOT / "data" / "candidates"
+    checkpoints: Path = CHECKPOINTS_DIR
+    runs: Path = RUNS_DIR
+
+
+def content(name: str, sources: Sources) -> str:
     """What the block ``name`` holds now."""
     if name == "record":
-        return record(candidates)
+        return record(sources.candidates)
+    if name == "shipped":
+        table = shipped_table([Path(sources.checkpoints) / n for n in SHIPPED])
+        return markdown_table(table.rename_axis("").reset_index()) + "\n"
+    if name == "qat":
+        return markdown_table(qat_table(sorted(Path(sources.checkpoints).glob("*-qat-w*")))) + "\n"
     if name == "timings":
-        return markdown_table(run_table("full", runs).astype(object).fillna("-")) + "\n"
-    return notebook_findings(_notebook(notebooks, name.split()[1]))
+        return markdown_table(run_table("full", sources.runs).astype(object).fillna("-")) + "\n"
+    return notebook_findings(_notebook(sources.notebooks, name.split()[1]))
 
 
-def render(text: str, notebooks: Path, candidates: Path, runs: Path = RUNS_DIR) -> str:
+def render(text: str, sources: Sources) -> str:
     """``text`` (a README) with every block's content replaced by what it holds now (``content``)."""
     _check_markers(text)
-    return BLOCK.sub(lambda m: f"<!-- {m.group(1)} -->\n{content(m.group(1), notebooks, candidates, runs)}"
-                               f"<!-- /{m.group(1)} -->", text)
+    return BLOCK.sub(lambda m: f"<!-- {m.group(1)} -->\n{content(m.group(1), sources)}<!-- /{m.group(1)} -->", text)
 
 
-def stale(text: str, notebooks: Path, candidates: Path, runs: Path = RUNS_DIR) -> list[str]:
+def stale(text: str, sources: Sources) -> list[str]:
     """The names of the blocks of ``text`` whose content differs from what they hold now."""
     _check_markers(text)
-    return [m.group(1) for m in BLOCK.finditer(text) if m.group(2) != content(m.group(1), notebooks, candidates, runs)]
+    return [m.group(1) for m in BLOCK.finditer(text) if m.group(2) != content(m.group(1), sources)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wmqlib.readme", description=__doc__.split("\n\n")[0])
     parser.add_argument("--readme", type=Path, default=PACKAGE_ROOT / "README.md")
-    parser.add_argument("--notebooks", type=Path, default=PACKAGE_ROOT / "notebooks")
-    parser.add_argument("--candidates", type=Path, default=PACKAGE_ROOT / "data" / "candidates")
+    for field in dataclasses.fields(Sources):
+        parser.add_argument(f"--{field.name}", type=Path, default=field.default)
     parser.add_argument("--check", action="store_true", help="exit 1 naming the stale blocks; change nothing")
     args = parser.parse_args(argv)
     text = args.readme.read_text()
+    sources = Sources(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Sources)})
     try:
         if args.check:
-            old = stale(text, args.notebooks, args.candidates)
+            old = stale(text, sources)
             if old:
                 print(f"{args.readme}: stale generated blocks {old}; run python -m wmqlib.readme", file=sys.stderr)
                 return 1
             return 0
-        new = render(text, args.notebooks, args.candidates)
+        new = render(text, sources)
     except InvalidValue as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
