@@ -35,11 +35,12 @@ def diagnosed(folder: Path, env: str, planning: dict, probe: float, references: 
 def test_targets_are_met_missed_or_not_measured_by_the_cards_numbers(tmp_path):
     # wall: MPC 45/50 = 90% meets 90%; open loop 37/50 = 74% misses 75%; visual-only MPC was never run
     folder = diagnosed(tmp_path / "w", "wall", {"mpc": run(45), "open_loop": run(37)}, probe=0.51)
-    assert targets(read_card(folder)) == ["mpc >= 90%: met (90%)", "open loop >= 75%: missed (74%)",
-                                          "visual only >= 75%: not measured", "probe <= 0.5: missed (0.510)"]
+    assert targets(read_card(folder)) == ["MPC >= 90%: met (90%)", "open loop >= 75%: missed (74%)",
+                                          "MPC, visual latent only >= 75%: not measured",
+                                          "probe <= 0.5: missed (0.510)"]
     folder = diagnosed(tmp_path / "p", "pusht", {"mpc": run(30), "open_loop": run(20), "visual_only": run(19)}, 0.5)
-    assert targets(read_card(folder)) == ["mpc >= 60%: met (60%)", "open loop >= 40%: met (40%)",
-                                          "visual only >= 40%: missed (38%)", "probe <= 0.5: met (0.500)"]
+    assert targets(read_card(folder)) == ["MPC >= 60%: met (60%)", "open loop >= 40%: met (40%)",
+                                          "MPC, visual latent only >= 40%: missed (38%)", "probe <= 0.5: met (0.500)"]
 
 
 def test_shipped_table_puts_the_models_side_by_side_with_their_best_baseline(tmp_path):
@@ -49,7 +50,7 @@ def test_shipped_table_puts_the_models_side_by_side_with_their_best_baseline(tmp
     table = shipped_table([a, b])
     assert list(table.columns) == ["mini-wall", "mini-pusht"]
     assert table.loc["FP open loop", "mini-wall"] == "72% [62%, 82%] (36/50)"
-    assert table.loc["FP mpc", "mini-pusht"] == "not measured"
+    assert table.loc["FP MPC", "mini-pusht"] == "not measured"
     assert table.loc["best trivial baseline (open loop)", "mini-wall"] == "straight line 26% [16%, 36%] (13/50)"
     assert table.loc["best trivial baseline (open loop)", "mini-pusht"] == "not measured"
     assert table.loc["simulator planner, open loop / MPC", "mini-wall"] == "78% [68%, 88%] (39/50) / not measured"

@@ -191,7 +191,8 @@ def _flat(recipe: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any
 TARGETS = {"wall": {"mpc": 0.90, "open_loop": 0.75, "visual_only": 0.75},
            "pusht": {"mpc": 0.60, "open_loop": 0.40, "visual_only": 0.40}}
 PROBE_TARGET = 0.5
-SHIPPED_RUNS = ("open_loop", "open_loop_visual_only", "mpc", "visual_only", "proprio_only")
+RUN_LABELS = {"open_loop": "open loop", "open_loop_visual_only": "open loop, visual latent only", "mpc": "MPC",
+              "visual_only": "MPC, visual latent only", "proprio_only": "MPC, proprio latent only"}
 BASELINES = ("no_action", "random", "straight_line")  # the trivial references of a card, open loop
 
 
@@ -212,7 +213,7 @@ def targets(card: dict[str, Any]) -> list[str]:
         got = d["planning"].get(run)
         verdict = "not measured" if got is None else \
             f"{'met' if got['success_rate'] >= target else 'missed'} ({got['success_rate']:.0%})"
-        out.append(f"{run.replace('_', ' ')} >= {target:.0%}: {verdict}")
+        out.append(f"{RUN_LABELS[run]} >= {target:.0%}: {verdict}")
     probe = d["probe"]["error_over_tolerance"]
     out.append(f"probe <= {PROBE_TARGET}: {'met' if probe <= PROBE_TARGET else 'missed'} ({probe:.3f})")
     return out
@@ -220,7 +221,7 @@ def targets(card: dict[str, Any]) -> list[str]:
 
 def shipped_table(folders: list[Path]) -> pd.DataFrame:
     """The shipped models side by side, from their cards: one column per folder, one row per fact (training time,
-    probe, every planning run of ``SHIPPED_RUNS`` as "rate [ci95] (k/n)", the best trivial baseline and the
+    probe, every planning run of ``RUN_LABELS`` as "rate [ci95] (k/n)", the best trivial baseline and the
     simulator's open-loop / MPC ceiling on the same episodes, the targets met or missed). A folder without a
     diagnosed card is an error naming it."""
     columns = {}
@@ -233,7 +234,7 @@ def shipped_table(folders: list[Path]) -> pd.DataFrame:
         columns[folder.name] = {
             "training": f"{card['seconds']['total']:.0f} s ({card['threads']} thread(s), {card['device']})",
             "state probe, largest error / tolerance": f"{d['probe']['error_over_tolerance']:.3f}",
-            **{f"FP {run.replace('_', ' ')}": _rate(d["planning"].get(run)) for run in SHIPPED_RUNS},
+            **{f"FP {label}": _rate(d["planning"].get(run)) for run, label in RUN_LABELS.items()},
             "best trivial baseline (open loop)": "not measured" if best is None else
             f"{best.replace('_', ' ')} {_rate(refs[best])}",
             "simulator planner, open loop / MPC": f"{_rate(refs.get('simulator_open_loop'))} / "
