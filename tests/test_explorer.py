@@ -12,15 +12,18 @@ import pytest
 from wmqlib import study as st
 from wmqlib.explore import Explorer
 from wmqlib.paths import NOTEBOOKS_DIR, RESULTS_DIR
+from wmqlib.profiles import PROFILES
 
 STUDY = RESULTS_DIR / "study-full"  # the committed cache of notebooks 00-03
+FULL = PROFILES["full"]
 
 
 def cached_rows(checkpoint: str, recipe: tuple | None, scope: str = "all", opt_steps: int = 20,
                 planner: str = "CEMConfig", mpc: bool = False) -> pd.DataFrame:
     """The rows of the cached run the explorer reads (planner seed 0, DINO-WM's objective; CEM with 100 samples, GD's
     1; MPC ones traced per round) matching ``recipe`` = (method, w_bits, granularity type) or None for FP, found by
-    reading the files' configs: a key comparison's run (150 episodes) when one is cached, else the one of 50."""
+    reading the files' configs: a key comparison's run (``FULL.key_evals`` episodes) when one is cached, else the one
+    of ``FULL.n_evals``."""
     found = {}
     for path in sorted(STUDY.glob("*.json")):
         payload = json.loads(path.read_text())["payload"]
@@ -31,7 +34,7 @@ def cached_rows(checkpoint: str, recipe: tuple | None, scope: str = "all", opt_s
         same = (None if r is None else (r["__type__"], r["w_bits"], r["w_granularity"]["__type__"], r["a_bits"]))
         want = None if recipe is None else (*recipe, None)
         mine = (c["checkpoint"], same, c["scope"], c["mpc"] is not None, p["__type__"], p["opt_steps"])
-        if mine == (checkpoint, want, scope, mpc, planner, opt_steps) and c["n_evals"] in (50, 150) \
+        if mine == (checkpoint, want, scope, mpc, planner, opt_steps) and c["n_evals"] in (FULL.n_evals, FULL.key_evals) \
                 and p.get("samples") in (100, 1) and (c["trace"] or not mpc) and "planner_seed" not in c \
                 and "objective" not in c:
             assert c["n_evals"] not in found, f"two cached runs of {checkpoint} {recipe} {scope} on {c['n_evals']}"
