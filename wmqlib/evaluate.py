@@ -40,7 +40,7 @@ from torch import Tensor
 from wmqlib.envs import Episode, TrajectoryData, WmqEnv
 from wmqlib.models import RSSM, WorldModel, WorldModelBase
 from wmqlib.plan import (
-    CEMConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel, check_planner,
+    CHUNK, CEMConfig, Latents, MPCConfig, Objective, ObjectiveConfig, PlannerConfig, PlanningModel, check_planner,
     encode_observations, make_generators, model_device_dtype, plan,
 )
 from wmqlib.plan import mpc as run_mpc
@@ -113,7 +113,7 @@ def _score(model: PlanningModel, env: Any, states: np.ndarray, goals: np.ndarray
 
 def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes: Sequence[Episode],
              mpc: MPCConfig | None = None, trace: bool = False, objective: ObjectiveConfig = ObjectiveConfig(),
-             chunk: int = 4096, render_size: int | None = None, seed: int = 0, per_round: bool = False
+             chunk: int = CHUNK, render_size: int | None = None, seed: int = 0, per_round: bool = False
              ) -> pd.DataFrame:
     """Plan every episode with ``model`` and score the result in ``env``.
 
@@ -196,7 +196,7 @@ def evaluate(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes
 
 
 def planned_actions(model: PlanningModel, env: WmqEnv, planner: PlannerConfig, episodes: Sequence[Episode],
-                    objective: ObjectiveConfig = ObjectiveConfig(), chunk: int = 4096, render_size: int | None = None,
+                    objective: ObjectiveConfig = ObjectiveConfig(), chunk: int = CHUNK, render_size: int | None = None,
                     seed: int = 0) -> np.ndarray:
     """The open-loop plan of every episode as raw env actions float64 (E, horizon * frameskip, A), the plan
     ``evaluate`` executes with the same arguments (a non-finite plan becomes zeros, "no action")."""
@@ -352,7 +352,7 @@ def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episode
 
     max_tokens, max_sequences, seed: reservoir sizes and sampling seed of ``capture_calibration``.
     evaluate_kwargs: passed to ``evaluate`` ("planning": objective, chunk, render_size, ...); "random" takes
-    ``chunk`` (sequences per rollout call, default 4096) and ``render_size`` (default ``env.render_size``).
+    ``chunk`` (sequences per rollout call, default ``CHUNK``) and ``render_size`` (default ``env.render_size``).
     model: "random" and "dataset" use ``WorldModel`` or ``RSSM`` methods (config, env_to_actions, rollout, encode_obs;
     DINO-WM's predict and action_encoder).
     Returns the filled ``wmqlib.quant.Calibration``.
@@ -392,7 +392,7 @@ def collect_calibration(model: PlanningModel, env: WmqEnv | None = None, episode
 
 
 def _random_rollouts(model: WorldModel, env: WmqEnv, episodes: Sequence[Episode], planner: CEMConfig, rounds: int,
-                     chunk: int = 4096, render_size: int | None = None) -> None:
+                     chunk: int = CHUNK, render_size: int | None = None) -> None:
     """The forwards of the "random" calibration source (see ``collect_calibration``); returns nothing."""
     check_int("collect_calibration chunk", chunk, 1)
     starts, goals, seeds = _episode_states(env, episodes)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from wmqlib.caches import CACHES, Caches
 from wmqlib.evaluate import SEED_STRIDE
 from wmqlib.plan import (
-    CEMConfig, Objective, ObjectiveConfig, PlanningModel, encode_observations, make_generators,
+    CHUNK, CEMConfig, Objective, ObjectiveConfig, PlanningModel, encode_observations, make_generators,
 )
 from wmqlib.plan.base import randn_per_episode
 from wmqlib.quant import Recipe
@@ -37,7 +37,7 @@ from wmqlib.validate import check_int
 
 
 def planning_objective(start_obs: Mapping[str, object], goal_obs: Mapping[str, object], actions: Tensor,
-                       cfg: ObjectiveConfig = ObjectiveConfig(), chunk: int = 4096
+                       cfg: ObjectiveConfig = ObjectiveConfig(), chunk: int = CHUNK
                        ) -> Callable[[PlanningModel], Tensor]:
     """``objective_fn`` for ``layer_sensitivity``: ``model -> (E, S)`` planning costs of ``actions`` (E, S, H, Da).
 

@@ -11,14 +11,14 @@ from wmqlib.plan.cem import CEMConfig, cem
 from wmqlib.plan.gd import GDConfig, gd
 from wmqlib.plan.mpc import MPCConfig, MPCResult, mpc
 from wmqlib.plan.objective import (
-    Latents, Objective, ObjectiveConfig, PlanningModel, encode_observations, latent_mse, model_device_dtype,
+    CHUNK, Latents, Objective, ObjectiveConfig, PlanningModel, encode_observations, latent_mse, model_device_dtype,
 )
 from wmqlib.plan.planners import (
     PLANNERS, Planner, PlannerConfig, check_planner, config_types, parse_planning, plan, planner_of, planning_name,
 )
 
 __all__ = [
-    "CEMConfig", "CostFn", "GDConfig", "Latents", "MPCConfig", "MPCResult", "Objective", "ObjectiveConfig",
+    "CHUNK", "CEMConfig", "CostFn", "GDConfig", "Latents", "MPCConfig", "MPCResult", "Objective", "ObjectiveConfig",
     "PLANNERS", "PlanResult", "Planner", "PlannerConfig", "PlanningModel", "cem", "check_planner", "config_types",
     "encode_observations", "gd", "latent_mse", "make_generators", "model_device_dtype", "mpc", "parse_planning",
     "plan", "planner_of", "planning_name",

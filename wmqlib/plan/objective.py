@@ -157,6 +157,13 @@ def latent_mse(pred: Latents, goal: Latents, cfg: ObjectiveConfig = ObjectiveCon
     return per_frame[:, 1:] @ weights
 
 
+# Candidate sequences per ``model.rollout`` call (whole episodes per block). Measured on the 2-core CPU, mini-pusht,
+# 8 episodes x CEM 300 x 3 iterations (benchmarks/bench_plan.py --chunk-sweep 256,1024,4096): FP 3.12 / 3.19 / 4.16 s,
+# W8A8 per-token 4.37 / 4.01 / 5.54 s - the activations of a 4096-sequence block outgrow the caches. Rollouts in
+# blocks of >= 64 sequences gave bit-identical outputs to one batch there (1 and 2 threads).
+CHUNK = 1024
+
+
 class Objective:
     """``cost_fn(actions (E, S, H, Da)) -> costs (E, S)`` for E episodes whose start and goal are encoded once.
 
@@ -166,7 +173,7 @@ class Objective:
     """
 
     def __init__(self, model: PlanningModel, start: Latents, goal: Latents,
-                 cfg: ObjectiveConfig = ObjectiveConfig(), chunk: int = 4096) -> None:
+                 cfg: ObjectiveConfig = ObjectiveConfig(), chunk: int = CHUNK) -> None:
         _check_model(model)
         validate.check_int("Objective.chunk", chunk, 1)
         if not isinstance(cfg, ObjectiveConfig):
