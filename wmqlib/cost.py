@@ -20,9 +20,9 @@ disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollo
 figures). Cached work costs nothing.
 
 The record. ``record_run`` keeps, per profile and notebook, the runner's latest run that computed something: its
-prediction, measured seconds, settings, executor and machine (CPU, cores, torch, threads, the load average when it
-started), in ``<RUNS_DIR>/<profile>.json``; a re-plot from the cache leaves the entry as it was. ``run_table`` reads
-it back (the README's measured times are that table).
+prediction, measured seconds, settings, executor, machine (``_machine``: CPU, its capability, cores, torch, threads)
+and the load average when it started, in ``<RUNS_DIR>/<profile>.json``; a re-plot from the cache leaves the entry
+as it was. ``run_table`` reads it back (the README's measured times are that table).
 
 With an executor (the notebook's ``executor`` parameter "local:N"), the settings run as tasks on N worker processes
 of one torch thread each (``wmqlib.cluster``): each setting, with the quantization and calibration it is the first
@@ -101,11 +101,18 @@ class Rates:
     notebook: float
 
 
+def _machine() -> dict[str, Any]:
+    """What a measured time belongs to: torch, its threads, the CPU's name, the kernels torch picks for it (its CPU
+    capability: one CPU name can hide AVX2 and AVX-512 machines of very different speed) and the core count."""
+    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    return {**machine, "capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+
+
 def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
     """What the rates of ``checkpoint`` depend on: its weights, the profile's sizes, the device, the machine and how
     they are measured."""
     P = S.profile
-    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    machine = _machine()
     return {"model_sha": CACHES.checkpoint(checkpoint).model_sha, "samples": P.samples, "topk": P.topk,
             "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine,
             "method_options": {k: dict(v) for k, v in P.method_options.items()},
@@ -389,13 +396,13 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
         counts = {"settings": len(settings), "computed": int((~settings["cached"]).sum())}
     else:
         counts = {"settings": None, "computed": None}
-    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    machine = _machine()
     path = Path(folder) / f"{profile}.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
     guess = predicted(table)
     runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
                       **counts,
-                      "executor": executor or "serial", "machine": {**machine, "cores": os.cpu_count()},
+                      "executor": executor or "serial", "machine": machine,
                       "load": round(load, 2), "date": time.strftime("%Y-%m-%d")}
     atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     return True
@@ -403,14 +410,16 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
 
 def run_table(profile: str, folder: Path = RUNS_DIR) -> pd.DataFrame:
     """The kept runs of ``profile`` (``record_run``), one row per notebook: notebook, settings, computed, predicted_s,
-    measured_s, measured / predicted, executor, machine ("<cpu>, <cores> cores, <threads> torch threads"), load,
+    measured_s, measured / predicted, executor, machine ("<cpu> (<capability>), <cores> cores, <threads> torch
+    threads"), load,
     date; empty when none is kept."""
     path = Path(folder) / f"{profile}.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
     rows = [{"notebook": name, "settings": r["settings"], "computed": r["computed"], "predicted_s": r["predicted_s"],
              "measured_s": r["measured_s"], "measured / predicted": round(r["measured_s"] / r["predicted_s"], 2)
              if r["predicted_s"] else None, "executor": r["executor"],
-             "machine": f"{r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['threads']} torch threads",
+             "machine": f"{r['machine']['cpu']} ({r['machine']['capability']}), {r['machine']['cores']} cores, "
+                        f"{r['machine']['threads']} torch threads",
              "load": r["load"], "date": r["date"]} for name, r in runs.items()]
     return pd.DataFrame(rows, columns=["notebook", "settings", "computed", "predicted_s", "measured_s",
                                        "measured / predicted", "executor", "machine", "load", "date"])
