@@ -403,7 +403,7 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
     runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
                       **counts,
                       "executor": executor or "serial", "machine": machine,
-                      "load": round(load, 2), "date": time.strftime("%Y-%m-%d")}
+                      "load": None if math.isnan(load) else round(load, 2), "date": time.strftime("%Y-%m-%d")}
     atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     return True
 

@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{i}/{len(plan)}] {path.name} ...", flush=True)
         table = cost.price_notebook(path.stem, {**declared_parameters(path), **parameters})
         print(f"      {cost.summary(table)}", flush=True)
-        load = os.getloadavg()[0]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # not on Windows
         try:
             run = run_notebook(path, output, parameters, args.kernel, figures_dir)
         except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as err:
