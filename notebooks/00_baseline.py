@@ -175,7 +175,9 @@ for env, s in study.items():
         frames = st.imagine(s, e)
         rows += [list(frames["real"]) + list(frames["goal"]), frames["seen"], frames["imagined"]]
         labels += [f"{env} {e}: real + goal", f"{env} {e}: encoded", f"{env} {e}: imagined"]
-fig = plots.frame_strip(rows, labels, title="real frames of the executed plan vs the FP model's imagined rollout")
+horizon = len(rows[0]) - 1
+fig = plots.frame_strip(rows, labels, title="real frames of the executed plan vs the FP model's imagined rollout",
+                        columns=[f"t={t}" for t in range(horizon)] + ["goal"])
 _ = plots.savefig(fig, "00_baseline", "imagined_rollouts", figures_dir=figures_dir,
                   profile=P.name, results=S.results)
 
