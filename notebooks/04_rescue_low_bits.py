@@ -25,8 +25,8 @@
 # Every comparison is paired (same episodes, same planner draws): exact McNemar, the paired difference with its 95%
 # Tango interval, and the equivalence test (TOST, 10 points) for "within 10 points of FP". The Wall settings of the
 # methods run with every planner seed of the profile; the episode is the unit of inference (tests cluster by
-# episode) and the seeds' spread is shown. The verdicts of each table are one family, Holm-adjusted. PushT is run
-# too, but its FP model plans few episodes (see 00), so most of its cells are *not testable*.
+# episode) and the seeds' spread is shown. The verdicts of each table are one family, Holm-adjusted. PushT runs the
+# same methods with the first planner seed only (the CPU budget).
 
 # %% tags=["parameters"]
 checkpoint = ["mini-wall", "mini-pusht"]  # shipped model names or wmq checkpoint folders, one per environment
