@@ -105,7 +105,7 @@ by_bits = alignment.groupby(["env", "bits"], sort=False)
 print(by_bits["rho"].describe().join(by_bits[["best_loss_distance", "best_distance"]].median())
       .to_string(float_format="%.3f"))
 grid = plots.sns.catplot(data=alignment, x="bits", y="rho", col="env", kind="box", height=3.2, aspect=1.1,
-                         sharey=True)
+                         sharey=True, col_order=sorted(alignment["env"].unique()))  # envs in every figure's order
 grid.set_axis_labels("weights", "rho(loss, true distance) per episode")
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "alignment_within_episodes", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=alignment)
@@ -134,7 +134,8 @@ grid = plots.curves(round_curve, x="round", y="success_rate", hue="bits", col="e
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "success_vs_rounds", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=rounds)
 grid = plots.sns.relplot(data=final.reset_index(drop=True), x="plan_loss", y="state_dist", hue="bits", col="env",
-                         style="success", height=3.2, aspect=1.2, facet_kws={"sharex": False, "sharey": False})
+                         style="success", height=3.2, aspect=1.2, facet_kws={"sharex": False, "sharey": False},
+                         col_order=sorted(final["env"].unique()))
 grid.set(xscale="log")
 grid.set_axis_labels("final planning loss (model)", "final state distance (env)")
 _ = plots.savefig(grid.figure, "03_objective_misalignment", "loss_vs_distance", figures_dir=figures_dir,
