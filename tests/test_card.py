@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from wmqlib.card import qat_table, read_card, shipped_table, targets, write_model_card
+from wmqlib.card import planning_gate, qat_table, read_card, shipped_table, targets, write_model_card
 
 
 def test_card_files_round_trip_and_name_the_command(tiny, tmp_path):
@@ -70,3 +70,13 @@ def test_qat_table_reads_the_held_out_losses_at_the_cards_bits(tmp_path):
                                          "RTN of the base": "0.0377", "QAT": "0.00278", "seconds": 54.2}]
     with pytest.raises(FileNotFoundError, match="no QAT card"):
         qat_table([tmp_path])
+
+
+def test_the_planning_gate_passes_a_card_at_the_bar_and_says_why_it_stops_one(tmp_path):
+    assert planning_gate(read_card(diagnosed(tmp_path / "a", "wall", {"mpc": run(40)}, 0.1))) is None  # 80%
+    assert planning_gate(read_card(diagnosed(tmp_path / "b", "wall", {"mpc": run(39)}, 0.1))) == \
+        "its card's MPC success 78% [68%, 88%] (39/50) is below 80%"
+    assert planning_gate(read_card(diagnosed(tmp_path / "c", "wall", {"open_loop": run(45)}, 0.1))) == \
+        "its card has no MPC success (the findings need >= 80%)"
+    assert planning_gate(None) == "its card has no MPC success (the findings need >= 80%)"
+    assert planning_gate(read_card(tmp_path / "c"), target=0.9, run="open_loop") is None

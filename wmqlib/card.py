@@ -191,6 +191,7 @@ def _flat(recipe: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any
 TARGETS = {"wall": {"mpc": 0.90, "open_loop": 0.75, "visual_only": 0.75},
            "pusht": {"mpc": 0.60, "open_loop": 0.40, "visual_only": 0.40}}
 PROBE_TARGET = 0.5
+TRANSFER_TARGET = 0.80  # MPC success a second architecture needs before its findings count (notebook 05)
 RUN_LABELS = {"open_loop": "open loop", "open_loop_visual_only": "open loop, visual latent only", "mpc": "MPC",
               "visual_only": "MPC, visual latent only", "proprio_only": "MPC, proprio latent only"}
 BASELINES = ("no_action", "random", "straight_line")  # the trivial references of a card, open loop
@@ -217,6 +218,18 @@ def targets(card: dict[str, Any]) -> list[str]:
     probe = d["probe"]["error_over_tolerance"]
     out.append(f"probe <= {PROBE_TARGET}: {'met' if probe <= PROBE_TARGET else 'missed'} ({probe:.3f})")
     return out
+
+
+def planning_gate(card: dict[str, Any] | None, target: float = TRANSFER_TARGET, run: str = "mpc") -> str | None:
+    """Why a checkpoint cannot test the study's findings, or None when it can: its card's ``run`` (default MPC on
+    the protocol episodes) must plan at ``target`` or better (the architecture comparison's bar); a card without
+    that run, or no card, cannot show it."""
+    got = None if card is None else card.get("diagnostics", {}).get("planning", {}).get(run)
+    if got is None:
+        return f"its card has no {RUN_LABELS[run]} success (the findings need >= {target:.0%})"
+    if got["success_rate"] < target:
+        return f"its card's {RUN_LABELS[run]} success {_rate(got)} is below {target:.0%}"
+    return None
 
 
 def shipped_table(folders: list[Path]) -> pd.DataFrame:
