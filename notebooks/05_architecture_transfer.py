@@ -96,12 +96,13 @@ base_rates = pd.concat([st.baseline_rates(fp_settings[ck].values(), results=S.re
 # ## Success per architecture (first planner seed)
 #
 # FP and RTN weight-only on the whole model per granularity and on each part, at the budget, with the trivial
-# baselines on the same episodes.
+# baselines on the same episodes. Each architecture groups weights by its own size (`profiles.group_size_for` its
+# visual latent's width: g32 for the 64-wide ViT, g64 for the RSSM's 128-wide embedding).
 
 # %% tags=[]
 # NBVAL_CHECK_OUTPUT
-rates = stats.success_table(first, ["architecture", "scope", "weights", "w_bits", "label"])
-print(rates.pivot_table(index=["scope", "weights", "w_bits"], columns="architecture", values="success",
+rates = stats.success_table(first, ["architecture", "scope", "w_kind", "w_bits"])
+print(rates.pivot_table(index=["scope", "w_kind", "w_bits"], columns="architecture", values="success",
                         aggfunc="first").sort_index(ascending=[True, True, False]).to_string())
 print(base_rates[["architecture", "baseline", "success"]].to_string(index=False))
 
@@ -115,8 +116,8 @@ print(per_round.pivot_table(index=["architecture", "label"], columns="round", va
                             aggfunc="first").to_string())
 
 # %% tags=[]
-whole = stats.success_table(first[first["scope"] == "all"], ["architecture", "weights", "w_bits"])
-grid = plots.success_bars(whole[whole["w_bits"] < 32].astype({"w_bits": str}), x="w_bits", hue="weights",
+whole = stats.success_table(first[first["scope"] == "all"], ["architecture", "w_kind", "w_bits"])
+grid = plots.success_bars(whole[whole["w_bits"] < 32].astype({"w_bits": str}), x="w_bits", hue="w_kind",
                           col="architecture", baselines=base_rates,
                           reference=whole[whole["w_bits"] == 32], xlabel="weight bits",
                           title="RTN weights on the whole model (first planner seed)")

@@ -23,9 +23,10 @@ def run(k: int, n: int = 50) -> dict:
     return {"success_rate": k / n, "successes": k, "episodes": n, "ci95": [max(k / n - 0.1, 0), min(k / n + 0.1, 1)]}
 
 
-def diagnosed(folder: Path, env: str, planning: dict, probe: float, references: dict | None = None) -> Path:
+def diagnosed(folder: Path, env: str, planning: dict, probe: float, references: dict | None = None,
+              architecture: dict | None = None) -> Path:
     folder.mkdir(parents=True)
-    card = {"architecture": {"env": env}, "seconds": {"total": 100.4}, "threads": 1, "device": "cpu",
+    card = {"architecture": {"env": env, **(architecture or {})}, "seconds": {"total": 100.4}, "threads": 1, "device": "cpu",
             "diagnostics": {"planning": planning, "probe": {"error_over_tolerance": probe},
                             "references": references or {}}}
     (folder / "card.json").write_text(json.dumps(card))
@@ -41,6 +42,12 @@ def test_targets_are_met_missed_or_not_measured_by_the_cards_numbers(tmp_path):
     folder = diagnosed(tmp_path / "p", "pusht", {"mpc": run(30), "open_loop": run(20), "visual_only": run(19)}, 0.5)
     assert targets(read_card(folder)) == ["MPC >= 60%: met (60%)", "open loop >= 40%: met (40%)",
                                           "MPC, visual latent only >= 40%: missed (38%)", "probe <= 0.5: met (0.500)"]
+
+
+def test_an_rssm_is_held_to_the_architecture_comparisons_target(tmp_path):
+    folder = diagnosed(tmp_path / "r", "wall", {"mpc": run(39), "open_loop": run(30)}, 0.13, architecture={
+        "architecture": "rssm"})
+    assert targets(read_card(folder)) == ["MPC >= 80%: missed (78%)", "probe <= 0.5: met (0.130)"]
 
 
 def test_shipped_table_puts_the_models_side_by_side_with_their_best_baseline(tmp_path):

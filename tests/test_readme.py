@@ -124,10 +124,11 @@ def test_the_timings_block_is_the_recorded_runs(tmp_path):
 
 def test_the_shipped_and_qat_blocks_are_the_checkpoints_cards(tmp_path):
     planning = {"open_loop": {"successes": 36, "episodes": 50, "success_rate": 0.72, "ci95": [0.58, 0.83]}}
-    for name, env in (("mini-wall", "wall"), ("mini-pusht", "pusht")):
+    for name, architecture in (("mini-wall", {"env": "wall"}), ("mini-pusht", {"env": "pusht"}),
+                               ("mini-wall-rssm", {"env": "wall", "architecture": "rssm"})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "card.json").write_text(json.dumps({
-            "architecture": {"env": env}, "seconds": {"total": 60.0}, "threads": 1, "device": "cpu",
+            "architecture": architecture, "seconds": {"total": 60.0}, "threads": 1, "device": "cpu",
             "diagnostics": {"probe": {"error_over_tolerance": 0.2}, "planning": planning}}))
     (tmp_path / "mini-wall-qat-w4").mkdir()
     (tmp_path / "mini-wall-qat-w4" / "card.json").write_text(json.dumps({
@@ -137,7 +138,8 @@ def test_the_shipped_and_qat_blocks_are_the_checkpoints_cards(tmp_path):
     assert readme.stale(block, here(tmp_path)) == ["shipped", "qat"]
     new = readme.render(block, here(tmp_path))
     shipped = new.split("<!-- /shipped -->")[0].splitlines()
-    assert shipped[1] == "|  | mini-wall | mini-pusht |"
-    assert "| FP open loop | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) |" in shipped
+    assert shipped[1] == "|  | mini-wall | mini-pusht | mini-wall-rssm |"
+    assert "| FP open loop | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) |" in shipped
+    assert shipped[-1].endswith("| MPC >= 80%: not measured; probe <= 0.5: met (0.200) |")
     assert "| mini-wall-qat-w4 | mini-wall | 1 | 2 | 1.5 | 5.0 |" in new
     assert readme.stale(new, here(tmp_path)) == []

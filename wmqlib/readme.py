@@ -37,7 +37,7 @@ from wmqlib.validate import InvalidValue, atomic_write
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and the committed notebooks
 TAG = "findings"
 NAMES = r"findings \d\d|record|shipped|qat|timings"
-SHIPPED = ("mini-wall", "mini-pusht")
+SHIPPED = ("mini-wall", "mini-pusht", "mini-wall-rssm")
 BLOCK = re.compile(rf"^<!-- ({NAMES}) -->\n(.*?)^<!-- /\1 -->$", re.M | re.S)
 OPEN = re.compile(rf"^<!-- (/?)({NAMES}) -->$", re.M)
 RECORD_COLUMNS = ("name", "env", "train_s", "probe", "spearman", "open_loop", "open_loop_visual_only", "mpc",
