@@ -20,7 +20,7 @@ disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollo
 figures). Cached work costs nothing.
 
 The record. ``record_run`` keeps, per profile and notebook, the runner's latest run that computed something: its
-prediction, measured seconds, settings, executor, machine (``_machine``: CPU, its capability, cores, torch, threads)
+prediction, measured seconds, settings, executor, machine (``machine``: CPU, its capability, cores, torch, threads)
 and the load average when it started, in ``<RUNS_DIR>/<profile>.json``; a re-plot from the cache leaves the entry
 as it was. ``run_table`` reads it back (the README's measured times are that table).
 
@@ -101,20 +101,24 @@ class Rates:
     notebook: float
 
 
-def _machine() -> dict[str, Any]:
+def machine() -> dict[str, Any]:
     """What a measured time belongs to: torch, its threads, the CPU's name, the kernels torch picks for it (its CPU
     capability: one CPU name can hide AVX2 and AVX-512 machines of very different speed) and the core count."""
-    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
-    return {**machine, "capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+    facts = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    return {**facts, "capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+
+
+def machine_name(facts: Mapping[str, Any]) -> str:
+    """A ``machine()`` record as "<cpu> (<capability>), <cores> cores, <threads> torch threads"."""
+    return f"{facts['cpu']} ({facts['capability']}), {facts['cores']} cores, {facts['threads']} torch threads"
 
 
 def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
     """What the rates of ``checkpoint`` depend on: its weights, the profile's sizes, the device, the machine and how
     they are measured."""
     P = S.profile
-    machine = _machine()
     return {"model_sha": CACHES.checkpoint(checkpoint).model_sha, "samples": P.samples, "topk": P.topk,
-            "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine,
+            "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine(),
             "method_options": {k: dict(v) for k, v in P.method_options.items()},
             "procedure": {"episodes": EPISODES, "mpc_episodes": MPC_EPISODES, "iterations": list(ITERATIONS),
                           "repeats": REPEATS}}
@@ -396,13 +400,12 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
         counts = {"settings": len(settings), "computed": int((~settings["cached"]).sum())}
     else:
         counts = {"settings": None, "computed": None}
-    machine = _machine()
     path = Path(folder) / f"{profile}.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
     guess = predicted(table)
     runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
                       **counts,
-                      "executor": executor or "serial", "machine": machine,
+                      "executor": executor or "serial", "machine": machine(),
                       "load": None if math.isnan(load) else round(load, 2), "date": time.strftime("%Y-%m-%d")}
     atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     return True
@@ -418,8 +421,7 @@ def run_table(profile: str, folder: Path = RUNS_DIR) -> pd.DataFrame:
     rows = [{"notebook": name, "settings": r["settings"], "computed": r["computed"], "predicted_s": r["predicted_s"],
              "measured_s": r["measured_s"], "measured / predicted": round(r["measured_s"] / r["predicted_s"], 2)
              if r["predicted_s"] else None, "executor": r["executor"],
-             "machine": f"{r['machine']['cpu']} ({r['machine']['capability']}), {r['machine']['cores']} cores, "
-                        f"{r['machine']['threads']} torch threads",
+             "machine": machine_name(r["machine"]),
              "load": r["load"], "date": r["date"]} for name, r in runs.items()]
     return pd.DataFrame(rows, columns=["notebook", "settings", "computed", "predicted_s", "measured_s",
                                        "measured / predicted", "executor", "machine", "load", "date"])
