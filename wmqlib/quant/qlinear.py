@@ -56,7 +56,7 @@ class ActQuantizer(nn.Module):
         if self.static:
             scale, zero = self.scale, self.zero_point
         else:
-            scale, zero = qparams(y.amin(dim=-1, keepdim=True), y.amax(dim=-1, keepdim=True), self.spec)
+            scale, zero = qparams(*torch.aminmax(y, dim=-1, keepdim=True), self.spec)  # one pass for both
         y.div_(scale).round_().add_(zero).clamp_(self.spec.qmin, self.spec.qmax).sub_(zero).mul_(scale)
         return y.to(x.dtype)
 
