@@ -226,7 +226,7 @@ def test_the_transfer_table_meets_comparisons_across_envs_and_group_sizes():
          "vit effect": "+0.00 [-0.10, +0.10]", "rssm": "not testable", "rssm effect": "-",
          "transfer": "not testable"}]  # a comparison one architecture lacks cannot transfer
     text = findings.transfer_markdown(table)
-    assert text.startswith("2 comparisons on each architecture (1 transfers, 1 not testable);")
+    assert text.startswith("2 comparisons, each judged on every architecture (1 transfers, 1 not testable);")
     assert text.count("\n| F") == 2
 
 

@@ -15,7 +15,10 @@ here, by name:
   W3 breaks planning; other widths have no finding), and the rule of a per-group / per-channel pair (``GROUP_RULES``);
 - the cheapest method within the margin of FP (``cheapest``): methods in order of cost, the first that rule R
   (``verdicts.within_margin_of_fp``, ``cheapest_within_margin``) reproduces after the Holm adjustment; "none" when
-  no method does, "not testable" when none can be tested.
+  no method does, "not testable" when none can be tested;
+- whether a finding transfers across architectures (``transfers``, notebook 05): the same decided outcome on every
+  architecture transfers, different decided outcomes do not, an inconclusive one leaves it undecided and a
+  not-testable one (or a checkpoint below its card's planning bar, ``gated``) makes it not testable.
 """
 
 from __future__ import annotations
@@ -309,8 +312,7 @@ def transfers(outcomes: Sequence[str]) -> str:
     decided outcome is the same (reproduced everywhere, or not reproduced everywhere); else "does not transfer"."""
     unknown = sorted(set(outcomes) - set(verdicts.OUTCOMES))
     if unknown or not outcomes:
-        raise InvalidValue(f"transfers: outcomes must be some of {list(verdicts.OUTCOMES)}, got "
-                                    f"{list(outcomes)}")
+        raise InvalidValue(f"transfers: outcomes must be some of {list(verdicts.OUTCOMES)}, got {list(outcomes)}")
     if "not testable" in outcomes:
         return "not testable"
     if "inconclusive" in outcomes:
@@ -342,5 +344,5 @@ def transfer_table(found: Mapping[str, Sequence[Verdict]]) -> pd.DataFrame:
 def transfer_markdown(transfer: pd.DataFrame) -> str:
     """05's findings for the README: the count of each ``transfer`` outcome, then ``transfer_table``'s table."""
     counts = ", ".join(f"{n} {o}" for o in TRANSFERS if (n := int((transfer["transfer"] == o).sum())))
-    return (f"{len(transfer)} comparisons on each architecture ({counts}); each architecture's verdicts decided on "
+    return (f"{len(transfer)} comparisons, each judged on every architecture ({counts}); the verdicts decided on "
             f"their Holm-adjusted p within this table.\n\n{markdown_table(transfer)}")
