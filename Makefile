@@ -20,7 +20,7 @@ help:
 	@echo "make goldens   re-execute the golden notebooks (smoke profile) on purpose"
 	@echo "make bench     run every benchmarks/*.py"
 	@echo "make book      render the committed executed notebooks as a static site in build/book (no re-execution)"
-	@echo "make train     retrain the shipped models data/checkpoints/mini-wall and mini-pusht (CPU, 1.5-2 h each) and their QAT fine-tunes"
+	@echo "make train     retrain the shipped models data/checkpoints/mini-wall and mini-pusht (CPU, 1.5-2 h each), their QAT fine-tunes and the RSSM mini-wall-rssm"
 	@echo "make install   create $(VENV) and install wmq with its dev extras (the targets above do it)"
 
 $(BIN)/python:
@@ -72,3 +72,4 @@ train: install
 				--seed 0 --device cpu --out data/checkpoints/$$name-qat-w$$bits || exit 1; \
 		done; \
 	done
+	@$(BIN)/python -m wmqlib.train --preset mini-wall-rssm --out data/checkpoints/mini-wall-rssm

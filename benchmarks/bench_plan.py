@@ -19,13 +19,15 @@ round-robin so drift hits them alike):
    vs FP, for every speed path in ``--paths`` (see PATHS: ``wmqlib.models.predictor.ATTENTION`` and
    ``WorldModel.compile_rollout``).
    ``--chunk-sweep 256,1024,4096`` also times FP and W8A8 per-token planning at several Objective chunk sizes
-   (smaller rollout blocks keep the activations in cache; the study's default is 4096 sequences).
+   (smaller rollout blocks keep the activations in cache; the study's default is ``wmqlib.plan.CHUNK``).
 4. ``--profile NAME [NAME ...]``: one FP setting of that study profile (``profile.setting(checkpoint, env)``:
    its episodes, CEM sizes and iterations, traced) run by the study's ``run_setting``, and the grid extrapolated as
    ``--settings`` x that time. Stated as what it is: settings that trace longer, run MPC rounds or calibrate cost
    more than this one, so the extrapolation is a floor for such grids.
 
-The goal lines (issue 14) end in "ok" or "MISSED"; a goal that needs a GPU says so on a CPU.
+The goal lines (issue 14) end in "ok" or "MISSED"; a goal that needs a GPU says so on a CPU. ``--record FILE`` also
+writes what [0]-[3] measured as JSON (the README's "Planning cost" table is rendered from
+``data/results/bench/plan.json`` by ``python -m wmqlib.readme``).
 
 --model takes a checkpoint name or path (load_world_model), a wmqlib.train preset name ("mini-wall", "mini-pusht",
 "tiny": random weights at the shipped size when no checkpoint is present), "dinowm-wall" / "dinowm-pusht" (paper
@@ -50,8 +52,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import wmqlib.models.predictor as predictor_module
 from wmqlib.envs import make_env, sample_episodes
 from wmqlib.models import WorldModel, WorldModelConfig, available_checkpoints, dinowm_config, load_world_model
-from wmqlib.plan import CEMConfig, Objective, cem, encode_observations, latent_mse, make_generators
+from wmqlib.cost import machine
+from wmqlib.plan import CHUNK, CEMConfig, Objective, cem, encode_observations, latent_mse, make_generators
 from wmqlib.quant import RTN, PerChannel, PerTensor, PerToken, capture_calibration, quantize
+from wmqlib.validate import atomic_write
 
 # Speed paths: values of the switches. "eager" is the library's default (SDPA attention, eager rollout);
 # "math-attention" is DINO-WM's explicit softmax attention; "compiled" adds torch.compile of the rollout.
@@ -289,7 +293,8 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=5)
     parser.add_argument("--opt-steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights dtype")
-    parser.add_argument("--chunk", type=int, default=4096, help="max sequences per rollout call (wmq)")
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="max sequences per rollout call (wmq; default the "
+                        "study's, wmqlib.plan.CHUNK)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
     parser.add_argument("--gemm", type=int, default=2048, help="size n of the n^3 reference GEMM")
     parser.add_argument("--paths", default="eager", help=f"comma-separated speed paths of {list(PATHS)}")
@@ -302,6 +307,7 @@ def main() -> None:
     parser.add_argument("--profile-episodes", type=int, default=None, help="episodes of the priced setting "
                         "(default: the profile's n_evals, 50 in full and paper)")
     parser.add_argument("--settings", type=int, default=None, help="settings in the profile's grid, to extrapolate")
+    parser.add_argument("--record", default=None, help="also write what [0]-[3] measured to this JSON file")
     args = parser.parse_args()
     paths = parse_paths(args.paths)
 
@@ -395,6 +401,20 @@ def main() -> None:
         print(f"    speed-up of each path over {paths[0]!r}, same model: " + "; ".join(
             f"{path}: " + ", ".join(f"{label} {times[(paths[0], label)] / times[(path, label)]:.2f}x"
                                     for label in recipes) for path in paths[1:]))
+
+    if args.record:
+        record = {"machine": machine(), "device": str(device), "model": args.model, "episodes": args.episodes,
+                  "samples": cfg.samples, "opt_steps": cfg.opt_steps, "chunk": args.chunk,
+                  "gemm_gflops": round(peak / 1e9, 1), "same_shape_gflops": round(same_shape / 1e9, 1),
+                  "batched_over_loop": None if args.skip_loop else round(t_loop / t_wmq, 3),
+                  "paths": {path: {"achieved_gflops": round(flops_call * calls / times[(path, "FP")] / 1e9, 1),
+                                   "seconds": {label: round(times[(path, label)], 4) for label in recipes},
+                                   "over_fp": {label: round(times[(path, label)] / times[(path, "FP")], 3)
+                                               for label in recipes}} for path in paths},
+                  "date": time.strftime("%Y-%m-%d")}
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.record, json.dumps(record, indent=1) + "\n")
+        print(f"\nrecorded in {args.record}")
 
     if args.chunk_sweep:
         chunks = [int(c) for c in args.chunk_sweep.split(",") if c.strip()]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from wmqlib.card import qat_table, read_card, shipped_table, targets, write_model_card
+from wmqlib.card import planning_gate, qat_table, read_card, shipped_table, targets, write_model_card
 
 
 def test_card_files_round_trip_and_name_the_command(tiny, tmp_path):
@@ -23,9 +23,10 @@ def run(k: int, n: int = 50) -> dict:
     return {"success_rate": k / n, "successes": k, "episodes": n, "ci95": [max(k / n - 0.1, 0), min(k / n + 0.1, 1)]}
 
 
-def diagnosed(folder: Path, env: str, planning: dict, probe: float, references: dict | None = None) -> Path:
+def diagnosed(folder: Path, env: str, planning: dict, probe: float, references: dict | None = None,
+              architecture: dict | None = None) -> Path:
     folder.mkdir(parents=True)
-    card = {"architecture": {"env": env}, "seconds": {"total": 100.4}, "threads": 1, "device": "cpu",
+    card = {"architecture": {"env": env, **(architecture or {})}, "seconds": {"total": 100.4}, "threads": 1, "device": "cpu",
             "diagnostics": {"planning": planning, "probe": {"error_over_tolerance": probe},
                             "references": references or {}}}
     (folder / "card.json").write_text(json.dumps(card))
@@ -41,6 +42,12 @@ def test_targets_are_met_missed_or_not_measured_by_the_cards_numbers(tmp_path):
     folder = diagnosed(tmp_path / "p", "pusht", {"mpc": run(30), "open_loop": run(20), "visual_only": run(19)}, 0.5)
     assert targets(read_card(folder)) == ["MPC >= 60%: met (60%)", "open loop >= 40%: met (40%)",
                                           "MPC, visual latent only >= 40%: missed (38%)", "probe <= 0.5: met (0.500)"]
+
+
+def test_an_rssm_is_held_to_the_architecture_comparisons_target(tmp_path):
+    folder = diagnosed(tmp_path / "r", "wall", {"mpc": run(39), "open_loop": run(30)}, 0.13, architecture={
+        "architecture": "rssm"})
+    assert targets(read_card(folder)) == ["MPC >= 80%: missed (78%)", "probe <= 0.5: met (0.130)"]
 
 
 def test_shipped_table_puts_the_models_side_by_side_with_their_best_baseline(tmp_path):
@@ -70,3 +77,13 @@ def test_qat_table_reads_the_held_out_losses_at_the_cards_bits(tmp_path):
                                          "RTN of the base": "0.0377", "QAT": "0.00278", "seconds": 54.2}]
     with pytest.raises(FileNotFoundError, match="no QAT card"):
         qat_table([tmp_path])
+
+
+def test_the_planning_gate_passes_a_card_at_the_bar_and_says_why_it_stops_one(tmp_path):
+    assert planning_gate(read_card(diagnosed(tmp_path / "a", "wall", {"mpc": run(40)}, 0.1))) is None  # 80%
+    assert planning_gate(read_card(diagnosed(tmp_path / "b", "wall", {"mpc": run(39)}, 0.1))) == \
+        "its card's MPC success 78% [68%, 88%] (39/50) is below 80%"
+    assert planning_gate(read_card(diagnosed(tmp_path / "c", "wall", {"open_loop": run(45)}, 0.1))) == \
+        "its card has no MPC success (the findings need >= 80%)"
+    assert planning_gate(None) == "its card has no MPC success (the findings need >= 80%)"
+    assert planning_gate(read_card(tmp_path / "c"), target=0.9, run="open_loop") is None

@@ -74,6 +74,39 @@ def test_cached_and_planned_work_is_free_and_a_cached_notebook_measures_nothing(
     assert again["cached"].iloc[0] and again["seconds"].iloc[0] == 0.0  # an earlier notebook computes it
 
 
+def test_a_quantized_mpc_setting_keeps_more_episodes_planning_by_its_open_loop_success(tiny, tmp_path, caches,
+                                                                                          monkeypatch, capsys):
+    S = pr.setup("full", [tiny], device="cpu", n_evals=4, key_evals=4, samples=6, topk=2, opt_steps=1,
+                 trace_steps=2, planner_seeds=[0], mpc_rounds=2)
+    w3 = S.profile.recipe("RTN", 3)
+    fp_open, w3_open, w3_mpc = S.setting(tiny), S.setting(tiny, recipe=w3), S.setting(tiny, recipe=w3, mpc=True)
+    rates = dataclasses.replace(RATES, active=(1.0, 0.5))  # FP: half the episodes succeed in round 1
+    plan = S.profile.samples * S.profile.opt_steps * RATES.rollout + RATES.episode
+    before = cost.price(designs.Design([fp_open, w3_open, w3_mpc]), S, {tiny: rates}, caches=caches,
+                        cache_dir=tmp_path)
+    assert before[before["kind"] == "setting"]["seconds"].iloc[-1] == pytest.approx(4 * plan * (1.0 + 0.5))  # FP's
+    outcomes = {fp_open: [True, True, False, False], w3_open: [True, False, False, False]}
+    monkeypatch.setattr(cost, "_open_loop_success", lambda m, *a: (
+        next((sum(v) / 4 for s, v in outcomes.items() if s.recipe == m.recipe), None)))
+    after = cost.price(designs.Design([w3_mpc]), S, {tiny: rates}, caches=caches, cache_dir=tmp_path)
+    # W3 succeeds half as often as FP open loop: a quarter of its episodes succeed in round 1, three quarters plan on
+    assert after[after["kind"] == "setting"]["seconds"].iloc[0] == pytest.approx(4 * plan * (1.0 + 0.75))
+    assert cost._planning(w3_mpc, rates, success_ratio=3.0) == pytest.approx(4 * plan * 1.0)  # never below 0
+
+
+def test_the_open_loop_success_is_read_from_a_kept_setting_of_the_same_model(tiny, tmp_path, caches, capsys):
+    S = pr.setup("full", [tiny], device="cpu", n_evals=2, key_evals=2, samples=6, topk=2, opt_steps=1,
+                 trace_steps=2, planner_seeds=[0])
+    w3 = S.profile.recipe("RTN", 3)
+    kept, other = S.setting(tiny, recipe=w3), S.setting(tiny, recipe=S.profile.recipe("RTN", 4))
+    table = st.run_study([kept], S.results, cache_dir=tmp_path, caches=caches, progress=False)
+    success = float(st.per_episode(table, S.budget)["success"].mean())
+    mpc = S.setting(tiny, recipe=w3, mpc=True)
+    assert cost._open_loop_success(mpc, [other, kept], [True, True], S, caches, tmp_path) == success
+    assert cost._open_loop_success(mpc, [kept], [False], S, caches, tmp_path) is None  # not on disk
+    assert cost._open_loop_success(mpc, [other], [True], S, caches, tmp_path) is None  # another model
+
+
 def test_a_recomputing_profile_pays_for_every_setting_again(S, tiny):
     fp = S.setting(tiny)
     table = cost.price(designs.Design([fp, fp]), S, {tiny: RATES}, planned={"anything"})

@@ -61,6 +61,33 @@ def test_misalignment_aligns_fp_and_each_bit_width_on_the_common_episodes(S):
     assert len(d.alignment) == 3 and {s.n_evals for s in d.alignment} == {S.profile.n_evals}
 
 
+TRANSFER = dict(seeded_envs=["wall"], bits=[8, 3], key_bits=[8], weight_granularities=["per-channel", "per-group"],
+                long_weight=[["RTN", 3, "per-channel"]], scope_long_bits=[3], scope_round_bits=[3],
+                loss_long_bits=[3], loss_round_bits=[3], candidates=5)
+
+
+def test_architecture_transfer_runs_01_02_03s_settings_per_checkpoint_each_once(tiny, tiny_rssm_trained, capsys):
+    S = pr.setup("smoke", [tiny, tiny_rssm_trained], device="cpu")
+    assert S.envs == ("wall", "wall")
+    d = designs.architecture_transfer(S, **TRANSFER)
+    for ck in S.checkpoints:
+        one, parts = S.only(ck), d.parts[ck]
+        assert parts["granularity"].settings == designs.granularity(
+            one, ["wall"], [], [8, 3], [], [], ["per-channel", "per-group"], [8], {}, [], {}, {},
+            [["RTN", 3, "per-channel"]], []).settings
+        assert parts["scope"].settings == designs.encoder_vs_predictor(one, ["wall"], "RTN", "per-channel", [8, 3],
+                                                                       [8], [3], [3]).settings
+        assert parts["misalignment"].settings == designs.misalignment(one, "RTN", "per-channel", "all", [8, 3], [8],
+                                                                      [3], [3], 5).settings
+        assert {s.checkpoint for p in parts.values() for s in p.settings} == {ck}
+    # per checkpoint: 01 FP x 2 seeds, W8 (key) x 2 granularities x 2 seeds, W3 x 2 granularities (8); 02 FP x 2
+    # seeds + MPC, W8 x 2 scopes x 2 seeds, W3 x 2 scopes + their MPC (11); 03 FP, FP MPC, W8, W3 (long), W3 MPC (5).
+    # Shared: 02's FP seeds (01's), 03's FP, W8 and W3 per channel (01's) and FP MPC (02's)
+    assert len(d.settings) == 2 * (8 + 11 + 5 - 2 - 4) and len(set(d.settings)) == len(d.settings)
+    assert d.alignment == [s for ck in S.checkpoints for s in d.parts[ck]["misalignment"].alignment]
+    assert d.candidates == 5
+
+
 def test_rescue_design_prices_unmeasured_allocations_with_the_same_settings(S, tiny):
     parameters = {**declared_parameters(NOTEBOOKS / "04_rescue_low_bits.ipynb"), "qat_checkpoints": {"wall": tiny},
                   "calib_envs": ["wall"]}
@@ -88,4 +115,5 @@ def test_every_study_notebook_builds_its_design_from_its_parameters_cell(stem, c
     d = designs.of_notebook(stem, S, parameters)
     runs = d.parts["rescue"][0] if stem == "04_rescue_low_bits" else d.settings  # 04: two tables, which may share
     assert runs and len({str(s) for s in runs}) == len(runs)
-    assert set(S.envs) == {"wall", "pusht"}
+    # every notebook covers both envs, but 05, which compares architectures on one
+    assert set(S.envs) == ({"wall"} if stem == "05_architecture_transfer" else {"wall", "pusht"})

@@ -186,3 +186,67 @@ def test_f6_reads_the_per_episode_alignment_of_the_low_bits_against_fp():
     assert lost[0].effect == pytest.approx(-0.5) and lost[0].episodes == N
     assert lost[1].effect == pytest.approx(-fp_rho.mean()) and lost[1].episodes == N
     assert [v.outcome for v in kept] == ["not reproduced"] * 2  # within +-0.1 of FP's
+
+
+# ----- 05: transfer across architectures -----
+
+def made(finding: str, comparison: str, outcome: str, effect: float = 0.0) -> verdicts.Verdict:
+    return verdicts.Verdict(finding, comparison, effect, effect - 0.1, effect + 0.1, 0.95, 0.5, 0.2, outcome, "why")
+
+
+@pytest.mark.parametrize(("outcomes", "transfer"), [
+    (["reproduced", "reproduced"], "transfers"),
+    (["not reproduced", "not reproduced"], "transfers"),
+    (["reproduced", "not reproduced"], "does not transfer"),
+    (["reproduced", "inconclusive"], "undecided"),
+    (["inconclusive", "not testable"], "not testable"),
+    (["not reproduced", "not testable"], "not testable")])
+def test_a_finding_transfers_only_when_every_architecture_decides_it_alike(outcomes, transfer):
+    assert findings.transfers(outcomes) == transfer
+
+
+def test_transfers_names_an_unknown_outcome():
+    with pytest.raises(ValueError, match=r"transfers: outcomes must be some of \['reproduced'.*got \['maybe'\]"):
+        findings.transfers(["maybe"])
+    with pytest.raises(ValueError, match="got \\[\\]"):
+        findings.transfers([])
+
+
+def test_the_transfer_table_meets_comparisons_across_envs_and_group_sizes():
+    found = {"vit": [made("F1a", "wall: RTN W8A16 g32 vs FP", "reproduced", 0.02),
+                     made("F5", "wall: RTN W4 encoder-only vs predictor-only", "not reproduced")],
+             "rssm": [made("F1a", "wall: RTN W8A16 g64 vs FP", "reproduced", -0.04)]}
+    table = findings.transfer_table(found)
+    assert list(table.columns) == ["finding", "comparison", "vit", "vit effect", "rssm", "rssm effect", "transfer"]
+    assert table.to_dict("records") == [
+        {"finding": "F1a", "comparison": "RTN W8A16 per-group vs FP", "vit": "reproduced",
+         "vit effect": "+0.02 [-0.08, +0.12]", "rssm": "reproduced", "rssm effect": "-0.04 [-0.14, +0.06]",
+         "transfer": "transfers"},
+        {"finding": "F5", "comparison": "RTN W4 encoder-only vs predictor-only", "vit": "not reproduced",
+         "vit effect": "+0.00 [-0.10, +0.10]", "rssm": "not testable", "rssm effect": "-",
+         "transfer": "not testable"}]  # a comparison one architecture lacks cannot transfer
+    text = findings.transfer_markdown(table)
+    assert text.startswith("2 comparisons, each judged on every architecture (1 transfers, 1 not testable);")
+    assert text.count("\n| F") == 2
+
+
+def test_a_gate_makes_every_verdict_not_testable_and_says_why():
+    found = [made("F1a", "wall: W8", "reproduced"), made("F5", "wall: W4", "not reproduced")]
+    assert findings.gated(found, None) == found
+    gated = findings.gated(found, "its card's MPC success 62% is below 80%")
+    assert [v.outcome for v in gated] == ["not testable"] * 2
+    assert all(v.why == "not testable: its card's MPC success 62% is below 80%" for v in gated)
+    assert [(v.effect, v.p) for v in gated] == [(v.effect, v.p) for v in found]  # the numbers stay shown
+
+
+def test_holm_within_adjusts_the_architectures_as_one_table():
+    w4 = verdicts.w4_loses_success(by_unit(successes((0, 45))), by_unit(FP), base(), comparison="wall: W4")
+    w8 = verdicts.w8_close_to_fp(by_unit(successes((0, 58))), by_unit(FP), base(), comparison="wall: W8")
+    w3 = verdicts.w3_breaks_planning(by_unit(successes((0, 57))), by_unit(FP), base(), comparison="wall: W3")
+    both = findings.holm_within({"a": [w4, w8], "b": [w3]})
+    flat = verdicts.holm_adjusted([w4, w8, w3])
+    assert [v.comparison for v in both["a"]] == ["wall: W4", "wall: W8"] and len(both["b"]) == 1
+    assert [v.p_adjusted for v in both["a"] + both["b"]] == [v.p_adjusted for v in flat]
+    alone = verdicts.holm_adjusted([w4, w8])
+    assert all(x.p_adjusted >= y.p_adjusted for x, y in zip(both["a"], alone))
+    assert any(x.p_adjusted > y.p_adjusted for x, y in zip(both["a"], alone))

@@ -129,3 +129,15 @@ def test_a_kept_profiles_footer_records_the_notebooks_reads(tiny, tmp_path, monk
     assert not (tmp_path / "study-smoke" / "reads").exists()  # another profile's folder
     pr.setup("smoke", [tiny], device="cpu").footer("02_y", 2)  # smoke recomputes everything: nothing recorded
     assert not (tmp_path / "study-full" / "reads" / "02_y.json").exists()
+
+
+def test_a_setup_narrowed_to_one_checkpoint_builds_its_settings(tiny, tiny_rssm_trained, capsys):
+    S = pr.setup("smoke", [tiny, tiny_rssm_trained], device="cpu")
+    one = S.only(tiny_rssm_trained)
+    assert (one.checkpoints, one.envs, one.budget, one.results) == ((tiny_rssm_trained,), ("wall",), S.budget,
+                                                                     S.results)
+    assert one.fp_settings() == {"wall": S.setting(tiny_rssm_trained, long=True, key=True)}
+    assert S.fp_settings()["wall"].checkpoint == tiny_rssm_trained  # two checkpoints of one env: the last wins
+    with pytest.raises(ValueError, match=r"checkpoint must be one of \[.*\], got 'other'"):
+        S.only("other")
+    assert [pr.architecture_of(ck) for ck in S.checkpoints] == ["dinowm", "rssm"]

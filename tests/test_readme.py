@@ -24,7 +24,8 @@ def notebook(folder: Path, name: str, printed: str | None, tagged: bool = True) 
 
 def here(folder: Path) -> readme.Sources:
     """Every block read from ``folder``."""
-    return readme.Sources(notebooks=folder, candidates=folder, checkpoints=folder, runs=folder)
+    return readme.Sources(notebooks=folder, candidates=folder, checkpoints=folder, runs=folder,
+                          bench=folder / "plan.json")
 
 
 TEXT = "intro\n<!-- findings 01 -->\nold numbers\n<!-- /findings 01 -->\nmiddle\n<!-- findings 02 -->\n" \
@@ -78,7 +79,9 @@ def test_the_readme_quotes_the_committed_notebooks():
     """The stale-number test: every generated block of README.md is what its executed notebook printed, and the
     record is the candidates' cards."""
     text = (readme.PACKAGE_ROOT / "README.md").read_text()
-    assert len(readme.BLOCK.findall(text)) == 9
+    names = [name for name, _ in readme.BLOCK.findall(text)]
+    assert sorted(names) == sorted([f"findings 0{k}" for k in range(5)] + ["record", "shipped", "qat", "timings",
+                                                                           "planning"])
     assert readme.stale(text, readme.Sources()) == [], "run python -m wmqlib.readme"
 
 
@@ -124,10 +127,11 @@ def test_the_timings_block_is_the_recorded_runs(tmp_path):
 
 def test_the_shipped_and_qat_blocks_are_the_checkpoints_cards(tmp_path):
     planning = {"open_loop": {"successes": 36, "episodes": 50, "success_rate": 0.72, "ci95": [0.58, 0.83]}}
-    for name, env in (("mini-wall", "wall"), ("mini-pusht", "pusht")):
+    for name, architecture in (("mini-wall", {"env": "wall"}), ("mini-pusht", {"env": "pusht"}),
+                               ("mini-wall-rssm", {"env": "wall", "architecture": "rssm"})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "card.json").write_text(json.dumps({
-            "architecture": {"env": env}, "seconds": {"total": 60.0}, "threads": 1, "device": "cpu",
+            "architecture": architecture, "seconds": {"total": 60.0}, "threads": 1, "device": "cpu",
             "diagnostics": {"probe": {"error_over_tolerance": 0.2}, "planning": planning}}))
     (tmp_path / "mini-wall-qat-w4").mkdir()
     (tmp_path / "mini-wall-qat-w4" / "card.json").write_text(json.dumps({
@@ -137,7 +141,28 @@ def test_the_shipped_and_qat_blocks_are_the_checkpoints_cards(tmp_path):
     assert readme.stale(block, here(tmp_path)) == ["shipped", "qat"]
     new = readme.render(block, here(tmp_path))
     shipped = new.split("<!-- /shipped -->")[0].splitlines()
-    assert shipped[1] == "|  | mini-wall | mini-pusht |"
-    assert "| FP open loop | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) |" in shipped
+    assert shipped[1] == "|  | mini-wall | mini-pusht | mini-wall-rssm |"
+    assert "| FP open loop | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) | 72% [58%, 83%] (36/50) |" in shipped
+    assert shipped[-1].endswith("| MPC >= 80%: not measured; probe <= 0.5: met (0.200) |")
     assert "| mini-wall-qat-w4 | mini-wall | 1 | 2 | 1.5 | 5.0 |" in new
+    assert readme.stale(new, here(tmp_path)) == []
+
+
+def test_the_planning_block_is_the_benchmarks_record_or_says_how_to_measure(tmp_path):
+    block = "<!-- planning -->\nold\n<!-- /planning -->\n"
+    assert readme.content("planning", here(tmp_path)) == f"Not measured yet: `{readme.BENCH_COMMAND}`.\n"
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "machine": {"cpu": "AMD EPYC", "capability": "AVX2", "cores": 2, "threads": 2, "torch": "2.13.0+cpu"},
+        "device": "cpu", "model": "mini-wall", "episodes": 8, "samples": 300, "opt_steps": 3, "chunk": 1024,
+        "gemm_gflops": 136.0, "same_shape_gflops": 80.0, "batched_over_loop": 1.1, "date": "2026-12-07",
+        "paths": {"eager": {"achieved_gflops": 56.0, "seconds": {"FP": 2.0, "W8A8 per-token": 2.74},
+                            "over_fp": {"FP": 1.0, "W8A8 per-token": 1.37}}}}))
+    new = readme.render(block, here(tmp_path))
+    lines = new.splitlines()
+    assert lines[1:3] == ["| measure | value |", "| --- | --- |"]
+    assert "| machine | AMD EPYC (AVX2), 2 cores, 2 torch threads, cpu, measured 2026-12-07 |" in lines
+    assert "| large-GEMM fp32 / same-shape matmul peak | 136.0 / 80.0 GFLOP/s |" in lines
+    assert "| predictor while planning (eager) | 56.0 GFLOP/s = 70% of the same-shape peak |" in lines
+    assert "| W8A8 per-token / FP (eager) | 1.37x |" in lines and "| FP / FP (eager) | 1.00x |" not in lines
+    assert "| DINO-WM-style loop / batched planner | 1.10x |" in lines
     assert readme.stale(new, here(tmp_path)) == []

@@ -11,8 +11,9 @@ horizon, in one CEM iteration) and priced with ``Rates.rollout``, measured on th
 few episodes at 1 and 10 iterations (the slope; the intercept is ``Rates.episode``, the per-episode work of
 encoding, executing and scoring a plan). An open-loop CEM setting of E episodes, S samples and I iterations costs
 ``E * (S * I * rollout + episode)``; MPC the same per round for the episodes still planning, whose share per round
-is measured with FP's MPC (``Rates.active``; a quantized model that succeeds less plans more rounds, so MPC is
-under-priced where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the
+is measured with FP's MPC (``Rates.active``); a quantized model that succeeds less keeps more episodes planning, so
+its MPC setting scales FP's successes per round by its open-loop success over FP's when both are already on disk
+(an earlier notebook's results, ``_success_ratio``; FP's rounds otherwise, an under-price where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the
 planning by ``Rates.act``; a quantized setting adds its quantization (``Rates.quantize`` per method, once per
 quantized model) and its calibration run (FP planning on the calibration episodes, once per calibration not on
 disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
@@ -20,7 +21,7 @@ disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollo
 figures). Cached work costs nothing.
 
 The record. ``record_run`` keeps, per profile and notebook, the runner's latest run that computed something: its
-prediction, measured seconds, settings, executor, machine (``_machine``: CPU, its capability, cores, torch, threads)
+prediction, measured seconds, settings, executor, machine (``machine``: CPU, its capability, cores, torch, threads)
 and the load average when it started, in ``<RUNS_DIR>/<profile>.json``; a re-plot from the cache leaves the entry
 as it was. ``run_table`` reads it back (the README's measured times are that table).
 
@@ -45,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,20 +102,24 @@ class Rates:
     notebook: float
 
 
-def _machine() -> dict[str, Any]:
+def machine() -> dict[str, Any]:
     """What a measured time belongs to: torch, its threads, the CPU's name, the kernels torch picks for it (its CPU
     capability: one CPU name can hide AVX2 and AVX-512 machines of very different speed) and the core count."""
-    machine = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
-    return {**machine, "capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+    facts = {k: v for k, v in provenance().items() if k in ("torch", "threads", "cpu")}
+    return {**facts, "capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+
+
+def machine_name(facts: Mapping[str, Any]) -> str:
+    """A ``machine()`` record as "<cpu> (<capability>), <cores> cores, <threads> torch threads"."""
+    return f"{facts['cpu']} ({facts['capability']}), {facts['cores']} cores, {facts['threads']} torch threads"
 
 
 def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
     """What the rates of ``checkpoint`` depend on: its weights, the profile's sizes, the device, the machine and how
     they are measured."""
     P = S.profile
-    machine = _machine()
     return {"model_sha": CACHES.checkpoint(checkpoint).model_sha, "samples": P.samples, "topk": P.topk,
-            "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine,
+            "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine(),
             "method_options": {k: dict(v) for k, v in P.method_options.items()},
             "procedure": {"episodes": EPISODES, "mpc_episodes": MPC_EPISODES, "iterations": list(ITERATIONS),
                           "repeats": REPEATS}}
@@ -207,17 +212,48 @@ def _method(setting: Setting) -> str:
     return type(r).__name__ + (f"+{rotation}" if rotation not in (None, "none") else "")
 
 
-def _planning(setting: Setting, r: Rates) -> float:
-    """Seconds of planning ``setting`` (not counting its quantization and calibration)."""
+def _planning(setting: Setting, r: Rates, success_ratio: float = 1.0) -> float:
+    """Seconds of planning ``setting`` (not counting its quantization and calibration). An MPC setting plans, in
+    round k, the episodes not yet successful: FP's share (``Rates.active``) with FP's successes scaled by
+    ``success_ratio`` (the setting's model's open-loop success over FP's, ``_success_ratio``; 1 = FP's rounds)."""
     plan = setting.planner
     act = 1.0 if setting.recipe is None or setting.recipe.a_bits is None else r.act[setting.recipe.a_granularity.name]
     if isinstance(plan, GDConfig):
         per_plan = plan.opt_steps * plan.samples * r.gd_step * act + r.episode
     else:
         per_plan = plan.samples * plan.opt_steps * r.rollout * act + r.episode
-    rounds = 1.0 if setting.mpc is None else sum(r.active[:setting.mpc.max_rounds]) + max(
-        0, setting.mpc.max_rounds - len(r.active)) * r.active[-1]
+    if setting.mpc is None:
+        return setting.n_evals * per_plan
+    active = [*r.active, *[r.active[-1]] * max(0, setting.mpc.max_rounds - len(r.active))][:setting.mpc.max_rounds]
+    rounds = sum(1.0 - min(1.0, (1.0 - a) * success_ratio) for a in active)
     return setting.n_evals * per_plan * rounds
+
+
+def _open_loop_success(model: Setting, settings: Sequence[Setting], on_disk: Sequence[bool], S: Setup,
+                       caches: Caches, cache_dir: str | os.PathLike) -> float | None:
+    """Success rate at the env's budget of the first of ``settings`` kept on disk that plans open loop with CEM with
+    ``model``'s model (checkpoint, recipe, scope, overrides) on its episodes (seed, sampler) and objective; None when
+    none is kept."""
+    same = ("checkpoint", "recipe", "scope", "overrides", "seed", "sampler", "objective")
+    for s, kept in zip(settings, on_disk):
+        if kept and s.mpc is None and isinstance(s.planner, CEMConfig) and all(
+                getattr(s, f) == getattr(model, f) for f in same):
+            table = st.run_study([s], S.results, cache_dir=cache_dir, caches=caches, progress=False)
+            return float(st.per_episode(table, S.budget)["success"].mean())
+    return None
+
+
+def _success_ratio(setting: Setting, settings: Sequence[Setting], on_disk: Sequence[bool], S: Setup,
+                   caches: Caches, cache_dir: str | os.PathLike) -> float:
+    """For a quantized MPC setting, its model's open-loop success over FP's (``_open_loop_success``, read from
+    results of ``settings`` already on disk, e.g. an earlier notebook's), which scales FP's successes per MPC round
+    in its price: a W3 model that plans few episodes keeps most of them planning every round. 1.0 (FP's rounds) for
+    FP, open-loop settings, or when either success is not on disk or FP's is 0."""
+    if setting.mpc is None or setting.recipe is None or S.recompute:
+        return 1.0
+    fp = dataclasses.replace(setting, recipe=None, scope="all", overrides=None)
+    quantized, full = (_open_loop_success(m, settings, on_disk, S, caches, cache_dir) for m in (setting, fp))
+    return 1.0 if quantized is None or not full else quantized / full
 
 
 def _calibration(setting: Setting, planner: CEMConfig, r: Rates) -> float:
@@ -258,7 +294,8 @@ def price(design: Design, S: Setup, measured: Mapping[str, Rates] | None = None,
     identity = lambda s: caches.resolved(s).identity  # noqa: E731
     alignment = lambda s: {"alignment": identity(s), "samples": design.candidates, "candidate_seed": 0}  # noqa: E731
     keys = [config_key(identity(s)) for s in design.settings]
-    done_settings = done(keys, cached(design.settings, S.results, cache_dir, identity))
+    on_disk = cached(design.settings, S.results, cache_dir, identity)
+    done_settings = done(keys, on_disk)
     align_keys = [config_key(alignment(s)) for s in design.alignment]
     done_aligned = done(align_keys, cached(design.alignment, S.results, cache_dir, alignment))
     todo = [s for s, c in zip(design.settings, done_settings) if not c]
@@ -292,7 +329,8 @@ def price(design: Design, S: Setup, measured: Mapping[str, Rates] | None = None,
         label = f"{s.checkpoint}: {st.describe(s)['label']}, {st.describe(s)['search']}"
         if not c:
             once(s, tasks[str(s.checkpoint)], i)
-        rows.append(("setting", label, c, 0.0 if c else _planning(s, tasks[str(s.checkpoint)]), i))
+        ratio = 1.0 if c else _success_ratio(s, design.settings, on_disk, S, caches, cache_dir)
+        rows.append(("setting", label, c, 0.0 if c else _planning(s, tasks[str(s.checkpoint)], ratio), i))
     for s, c in zip(design.alignment, done_aligned):
         r = measured.get(str(s.checkpoint), unknown)
         if not c:
@@ -396,13 +434,12 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
         counts = {"settings": len(settings), "computed": int((~settings["cached"]).sum())}
     else:
         counts = {"settings": None, "computed": None}
-    machine = _machine()
     path = Path(folder) / f"{profile}.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
     guess = predicted(table)
     runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
                       **counts,
-                      "executor": executor or "serial", "machine": machine,
+                      "executor": executor or "serial", "machine": machine(),
                       "load": None if math.isnan(load) else round(load, 2), "date": time.strftime("%Y-%m-%d")}
     atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     return True
@@ -418,8 +455,7 @@ def run_table(profile: str, folder: Path = RUNS_DIR) -> pd.DataFrame:
     rows = [{"notebook": name, "settings": r["settings"], "computed": r["computed"], "predicted_s": r["predicted_s"],
              "measured_s": r["measured_s"], "measured / predicted": round(r["measured_s"] / r["predicted_s"], 2)
              if r["predicted_s"] else None, "executor": r["executor"],
-             "machine": f"{r['machine']['cpu']} ({r['machine']['capability']}), {r['machine']['cores']} cores, "
-                        f"{r['machine']['threads']} torch threads",
+             "machine": machine_name(r["machine"]),
              "load": r["load"], "date": r["date"]} for name, r in runs.items()]
     return pd.DataFrame(rows, columns=["notebook", "settings", "computed", "predicted_s", "measured_s",
                                        "measured / predicted", "executor", "machine", "load", "date"])

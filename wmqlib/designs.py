@@ -31,6 +31,7 @@ from wmqlib.setting import Setting
 ABLATIONS = {"visual": ObjectiveConfig(alpha=0.0), "proprio": ObjectiveConfig(visual_weight=0.0)}
 _ACTS = {"per-tensor": PerTensor(), "per-token": PerToken()}
 SCOPES = ("encoder", "predictor")  # 02's quantized parts
+TRANSFER_METHOD = "RTN"  # 05 compares architectures on the paper's baseline quantizer, weights per channel in 02 / 03
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,33 @@ def rescue_low_bits(S: Setup, allocations: Mapping[tuple[str, int], Mapping[str,
     return Design(rescued[0] + calibrated[0], {"rescue": rescued, "calibration": calibrated}, timed=timed)
 
 
+def architecture_transfer(S: Setup, seeded_envs: Collection[str], bits: Sequence[int], key_bits: Collection[int],
+                          weight_granularities: Sequence[str], long_weight: Sequence[Sequence], scope_long_bits:
+                          Collection[int], scope_round_bits: Collection[int], loss_long_bits: Collection[int],
+                          loss_round_bits: Collection[int], candidates: int, group_size: int | None = None) -> Design:
+    """Notebook 05: per checkpoint (``Setup.only``; several may share an env), the weight-only part of 01
+    (``granularity``: ``TRANSFER_METHOD`` at ``bits`` per granularity, ``long_weight`` traced long), 02
+    (``encoder_vs_predictor``: per channel at ``bits`` on each scope) and 03 (``misalignment``: the whole model, its
+    alignment with
+    ``candidates`` plans), with those notebooks' parameters, so the settings of a checkpoint they ran are their
+    cached ones. ``parts``: checkpoint -> {"granularity" | "scope" | "misalignment": that notebook's Design};
+    ``settings``: every part's, each once, in run order; ``alignment``: 03's per checkpoint."""
+    parts, settings, alignment = {}, {}, []
+    for ck in S.checkpoints:
+        one = S.only(ck)
+        parts[ck] = {
+            "granularity": granularity(one, seeded_envs, (), bits, (), (), weight_granularities, key_bits, {}, (), {},
+                                       {}, long_weight, (), group_size),
+            "scope": encoder_vs_predictor(one, seeded_envs, TRANSFER_METHOD, "per-channel", bits, key_bits,
+                                          scope_long_bits, scope_round_bits, group_size),
+            "misalignment": misalignment(one, TRANSFER_METHOD, "per-channel", "all", bits, key_bits, loss_long_bits,
+                                         loss_round_bits, candidates, group_size)}
+        for part in parts[ck].values():
+            settings.update((s, None) for s in part.settings)  # a setting two parts share runs once
+            alignment += part.alignment
+    return Design(list(settings), parts, alignment=alignment, candidates=candidates)
+
+
 def _rescue_from_parameters(S: Setup, parameters: Mapping[str, Any]) -> Design:
     """``rescue_low_bits`` with the allocations of the cached sensitivity, or every linear at the budget's width."""
     choices = parameters["mixed_choices"]
@@ -197,6 +225,7 @@ DESIGNS: dict[str, Callable[[Setup, Mapping[str, Any]], Design]] = {
     "02_encoder_vs_predictor": lambda S, p: _call(encoder_vs_predictor, S, p),
     "03_objective_misalignment": lambda S, p: _call(misalignment, S, p),
     "04_rescue_low_bits": _rescue_from_parameters,
+    "05_architecture_transfer": lambda S, p: _call(architecture_transfer, S, p),
 }
 SIZES = ("n_evals", "key_evals", "opt_steps", "trace_steps", "gd_steps", "mpc_rounds", "planner_seeds")
 

@@ -15,11 +15,16 @@ here, by name:
   W3 breaks planning; other widths have no finding), and the rule of a per-group / per-channel pair (``GROUP_RULES``);
 - the cheapest method within the margin of FP (``cheapest``): methods in order of cost, the first that rule R
   (``verdicts.within_margin_of_fp``, ``cheapest_within_margin``) reproduces after the Holm adjustment; "none" when
-  no method does, "not testable" when none can be tested.
+  no method does, "not testable" when none can be tested;
+- whether a finding transfers across architectures (``transfers``, notebook 05): the same decided outcome on every
+  architecture transfers, different decided outcomes do not, an inconclusive one leaves it undecided and a
+  not-testable one (or a checkpoint below its card's planning bar, ``gated``) makes it not testable.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +34,8 @@ from wmqlib import verdicts
 from wmqlib.caches import CACHES, Caches
 from wmqlib.episode_verdicts import iterations_repair, loss_misaligned, loss_stalls
 from wmqlib.setting import Setting
-from wmqlib.study import UNITS, baseline_outcomes, describe, per_episode
+from wmqlib.study import UNITS, baseline_outcomes, describe, loss_drop, per_episode, result_key
+from wmqlib.validate import InvalidValue
 from wmqlib.verdicts import Verdict
 
 Baselines = Mapping[str, Mapping[str, pd.Series]]  # env -> trivial baseline -> outcomes by episode seed
@@ -245,3 +251,98 @@ def rescue_verdicts(runs: pd.DataFrame, baselines: Baselines, bits: Sequence[str
         best.append({"env": env, "bits": b, "cheapest within margin": cheapest(found[start:start + len(names)], names)})
         start += len(names)
     return pd.DataFrame(best), found
+
+
+# ----- 05: do the findings transfer to another architecture? ---------------------------------------------------------
+
+# outcomes of one comparison on two or more architectures -> whether the finding transfers (``transfers``)
+TRANSFERS = ("transfers", "does not transfer", "undecided", "not testable")
+GROUP_SIZE = re.compile(r"\bg\d+\b")  # a weight group size in a label ("g32")
+
+
+def architecture_verdicts(table: pd.DataFrame, parts: Mapping[str, Sequence[Setting]], alignment: pd.DataFrame,
+                          baselines: Baselines, budget: Mapping[str, int], method: str, bits: Sequence[int],
+                          scope_round_bits: Sequence[int], loss_round_bits: Sequence[int],
+                          caches: Caches = CACHES) -> list[Verdict]:
+    """One checkpoint's verdicts of 01's weight-only findings, 02's and 03's, each read from the rows of ``table``
+    (``study.run_study``) that its part's settings gave (``parts``: "granularity" | "scope" | "misalignment" ->
+    settings, ``designs.architecture_transfer``'s parts of one checkpoint), exactly as those notebooks read theirs;
+    ``alignment``: ``study.alignment_table`` of its misalignment part. Not adjusted: the caller adjusts the whole
+    table (``verdicts.holm_adjusted``)."""
+    def rows(part: str) -> pd.DataFrame:
+        keys = {result_key(s, caches) for s in parts[part]}
+        return table[table["config_key"].isin(keys)]
+
+    weight = rows("granularity")
+    acts = weight[weight["a_bits"] < 16]
+    found = granularity_verdicts(per_episode(weight, budget), per_episode(acts) if len(acts) else acts, baselines)
+    scoped = rows("scope")
+    found += scope_verdicts(per_episode(scoped[scoped["planning"] == "CEM"], budget),
+                            scoped[scoped["planning"] == "MPC-CEM"].astype({"round": int}), baselines, method, bits,
+                            scope_round_bits)
+    whole = rows("misalignment")
+    open_loop = whole[whole["planning"] == "CEM"]
+    found += misalignment_verdicts(alignment, loss_drop(open_loop, ["env", "bits"]), per_episode(open_loop, budget),
+                                   whole[whole["planning"] == "MPC-CEM"].astype({"round": int}), baselines,
+                                   f"W{min(bits)}A16", loss_round_bits)
+    return found
+
+
+def holm_within(found: Mapping[str, Sequence[Verdict]]) -> dict[str, list[Verdict]]:
+    """The verdicts of every name of ``found`` (e.g. per architecture) Holm-adjusted as one table
+    (``verdicts.holm_adjusted``), returned under their names in their order."""
+    flat = verdicts.holm_adjusted([v for judged in found.values() for v in judged])
+    out, start = {}, 0
+    for name, judged in found.items():
+        out[name], start = flat[start:start + len(judged)], start + len(judged)
+    return out
+
+
+def gated(found: Sequence[Verdict], reason: str | None) -> list[Verdict]:
+    """``found`` as it is when ``reason`` is None, else every verdict "not testable" because of ``reason`` (e.g.
+    ``card.planning_gate``'s: the model does not plan well enough for its findings to count)."""
+    if reason is None:
+        return list(found)
+    return [dataclasses.replace(v, outcome="not testable", why=f"not testable: {reason}") for v in found]
+
+
+def transfers(outcomes: Sequence[str]) -> str:
+    """Whether one comparison's finding transfers across architectures, from its outcome on each
+    (``verdicts.OUTCOMES``): "not testable" when any is; "undecided" when any is inconclusive; "transfers" when every
+    decided outcome is the same (reproduced everywhere, or not reproduced everywhere); else "does not transfer"."""
+    unknown = sorted(set(outcomes) - set(verdicts.OUTCOMES))
+    if unknown or not outcomes:
+        raise InvalidValue(f"transfers: outcomes must be some of {list(verdicts.OUTCOMES)}, got {list(outcomes)}")
+    if "not testable" in outcomes:
+        return "not testable"
+    if "inconclusive" in outcomes:
+        return "undecided"
+    return "transfers" if len(set(outcomes)) == 1 else "does not transfer"
+
+
+def transfer_table(found: Mapping[str, Sequence[Verdict]]) -> pd.DataFrame:
+    """One row per finding and comparison (its "<env>: " prefix dropped and a group size "g32" read "per-group": each
+    architecture groups by its own width, ``profiles.group_size_for``, so their comparisons meet):
+    finding, comparison, per architecture of ``found`` (name -> its verdicts) its outcome and effect "+0.12 [+0.02,
+    +0.22]" (p_adjusted in the verdict tables), then ``transfer`` (``transfers``). A comparison missing on an
+    architecture reads "not testable" there."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, judged in found.items():
+        for v in judged:
+            comparison = GROUP_SIZE.sub("per-group", v.comparison.split(": ", 1)[-1])
+            row = rows.setdefault((v.finding, comparison), {"finding": v.finding, "comparison": comparison})
+            row[name] = v.outcome
+            row[f"{name} effect"] = f"{v.effect:+.2f} [{v.ci_low:+.2f}, {v.ci_high:+.2f}]"
+    table = pd.DataFrame(list(rows.values()))
+    for name in found:
+        table[name] = table[name].fillna("not testable") if name in table else "not testable"
+        table[f"{name} effect"] = table[f"{name} effect"].fillna("-") if f"{name} effect" in table else "-"
+    table["transfer"] = [transfers([row[name] for name in found]) for _, row in table.iterrows()]
+    return table[["finding", "comparison", *[c for name in found for c in (name, f"{name} effect")], "transfer"]]
+
+
+def transfer_markdown(transfer: pd.DataFrame) -> str:
+    """05's findings for the README: the count of each ``transfer`` outcome, then ``transfer_table``'s table."""
+    counts = ", ".join(f"{n} {o}" for o in TRANSFERS if (n := int((transfer["transfer"] == o).sum())))
+    return (f"{len(transfer)} comparisons, each judged on every architecture ({counts}); the verdicts decided on "
+            f"their Holm-adjusted p within this table.\n\n{markdown_table(transfer)}")

@@ -55,6 +55,11 @@ def default_group_size(checkpoint: str | os.PathLike) -> int:
     return group_size_for(config_from_dict(read_checkpoint_config(folder)["config"]).visual_dim)
 
 
+def architecture_of(checkpoint: str | os.PathLike) -> str:
+    """The architecture a wmq checkpoint's config names ("dinowm", "rssm"; ``wmqlib.models.config.ARCHITECTURES``)."""
+    return config_from_dict(read_checkpoint_config(CACHES.checkpoint(checkpoint).folder)["config"]).architecture
+
+
 @dataclass(frozen=True)
 class Profile:
     """The sizes of one run of the study (see ``PROFILES``).
@@ -224,6 +229,16 @@ class Setup:
         setting (``Profile.key_evals`` episodes)."""
         return {env: self.setting(checkpoint, long=True, key=True)
                 for checkpoint, env in zip(self.checkpoints, self.envs)}
+
+    def only(self, checkpoint: str) -> "Setup":
+        """This setup narrowed to one of its checkpoints: a notebook that compares checkpoints of one env (05's
+        architectures) builds each one's settings with the other notebooks' designs, whose per-env references
+        (``fp_settings``) need one checkpoint per env."""
+        check_choice("checkpoint", str(checkpoint), self.checkpoints)
+        i = self.checkpoints.index(str(checkpoint))
+        env = self.envs[i]
+        return dataclasses.replace(self, checkpoints=(self.checkpoints[i],), envs=(env,),
+                                   budget={env: self.budget[env]}, samplers={env: self.samplers[env]})
 
     def seeded(self, checkpoint: str, seeds: Sequence[int], key: bool = True, **kwargs: Any) -> list[Setting]:
         """One configuration run with each planner seed of ``seeds`` (``planner_seeds``): with ``key``, a key

@@ -12,7 +12,8 @@ A block is the text between the lines ``<!-- NAME -->`` and ``<!-- /NAME -->``:
   (``card.shipped_table``: training time, probe, planning with intervals, baselines, targets met or missed);
 - ``qat``: the QAT checkpoints (``data/checkpoints/*-qat-w*``) and their held-out losses (``card.qat_table``);
 - ``timings``: the full profile's recorded runs (``cost.run_table``): per notebook, the latest run that computed
-  something, its predicted and measured seconds and the machine.
+  something, its predicted and measured seconds and the machine;
+- ``planning``: what ``benchmarks/bench_plan.py --record`` measured (``planning_cost``).
 
     python -m wmqlib.readme            # rewrite the README's blocks
     python -m wmqlib.readme --check    # exit 1 naming every stale block, change nothing
@@ -22,22 +23,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 
 from wmqlib.card import qat_table, recipe_record, shipped_table
-from wmqlib.cost import RUNS_DIR, run_table
+from wmqlib.cost import RUNS_DIR, machine_name, run_table
 from wmqlib.findings import markdown_table
-from wmqlib.paths import CHECKPOINTS_DIR
+from wmqlib.paths import CHECKPOINTS_DIR, RESULTS_DIR
 from wmqlib.validate import InvalidValue, atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and the committed notebooks
 TAG = "findings"
-NAMES = r"findings \d\d|record|shipped|qat|timings"
-SHIPPED = ("mini-wall", "mini-pusht")
+NAMES = r"findings \d\d|record|shipped|qat|timings|planning"
+SHIPPED = ("mini-wall", "mini-pusht", "mini-wall-rssm")
 BLOCK = re.compile(rf"^<!-- ({NAMES}) -->\n(.*?)^<!-- /\1 -->$", re.M | re.S)
 OPEN = re.compile(rf"^<!-- (/?)({NAMES}) -->$", re.M)
 RECORD_COLUMNS = ("name", "env", "train_s", "probe", "spearman", "open_loop", "open_loop_visual_only", "mpc",
@@ -85,15 +88,44 @@ def record(candidates: Path) -> str:
     return markdown_table(table) + "\n"
 
 
+BENCH_COMMAND = ("python benchmarks/bench_plan.py --device cpu --model mini-wall --episodes 8 --opt-steps 3 "
+                 "--paths eager,compiled --record data/results/bench/plan.json")
+
+
+def planning_cost(path: Path) -> str:
+    """The ``planning`` block: the record ``bench_plan.py --record`` wrote at ``path`` as a measure / value table
+    (machine and sizes, the large-GEMM and same-shape matmul peaks, the predictor's FLOP rate while planning and its
+    share of the same-shape peak, each quantized model's planning time over FP's, per speed path, the batched
+    planner over a DINO-WM-style loop), or a line saying how to measure it when there is none."""
+    if not Path(path).is_file():
+        return f"Not measured yet: `{BENCH_COMMAND}`.\n"
+    r = json.loads(Path(path).read_text())
+    rows = [("machine", f"{machine_name(r['machine'])}, {r['device']}, measured {r['date']}"),
+            ("planning measured", f"{r['model']}: {r['episodes']} episodes x CEM {r['samples']} samples x "
+                                  f"{r['opt_steps']} iterations, rollout chunk {r['chunk']}"),
+            ("large-GEMM fp32 / same-shape matmul peak", f"{r['gemm_gflops']:.1f} / {r['same_shape_gflops']:.1f} "
+                                                          f"GFLOP/s")]
+    for path_name, p in r["paths"].items():
+        rows.append((f"predictor while planning ({path_name})",
+                     f"{p['achieved_gflops']:.1f} GFLOP/s = {p['achieved_gflops'] / r['same_shape_gflops']:.0%} of "
+                     f"the same-shape peak"))
+        rows += [(f"{label} / FP ({path_name})", f"{ratio:.2f}x") for label, ratio in p["over_fp"].items()
+                 if label != "FP"]
+    if r["batched_over_loop"] is not None:
+        rows.append(("DINO-WM-style loop / batched planner", f"{r['batched_over_loop']:.2f}x"))
+    return markdown_table(pd.DataFrame(rows, columns=["measure", "value"])) + "\n"
+
+
 @dataclasses.dataclass(frozen=True)
 class Sources:
     """Where the blocks are read from: the executed notebooks, the candidates' cards, the shipped checkpoints' cards
-    and the runner's records (default: the checkout's)."""
+    the runner's records and the planning benchmark's record (default: the checkout's)."""
 
     notebooks: Path = PACKAGE_ROOT / "notebooks"
     candidates: Path = PACKAGE_ROOT / "data" / "candidates"
     checkpoints: Path = CHECKPOINTS_DIR
     runs: Path = RUNS_DIR
+    bench: Path = RESULTS_DIR / "bench" / "plan.json"
 
 
 def content(name: str, sources: Sources) -> str:
@@ -107,6 +139,8 @@ def content(name: str, sources: Sources) -> str:
         return markdown_table(qat_table(sorted(Path(sources.checkpoints).glob("*-qat-w*")))) + "\n"
     if name == "timings":
         return markdown_table(run_table("full", sources.runs).astype(object).fillna("-")) + "\n"
+    if name == "planning":
+        return planning_cost(sources.bench)
     return notebook_findings(_notebook(sources.notebooks, name.split()[1]))
 
 

@@ -80,6 +80,18 @@ def test_save_load_round_trip(toy_model, calib_inputs, tmp_path, stale_tmp):
         assert all(torch.equal(x, y) for x, y in zip(calib.sequences(unit), loaded.sequences(unit)))
 
 
+def test_units_fed_one_tensor_save_and_load_apart(tmp_path):
+    """An RSSM's two heads read the same state: their samples share storage, which safetensors refuses to save."""
+    state = torch.randn(2, 5, 4)
+    calib = Calibration(max_sequences=4, seed=0)
+    calib.observe_unit("visual_head", state)
+    calib.observe_unit("proprio_head", state)
+    loaded = Calibration.load(calib.save(tmp_path / "c.safetensors"))
+    for unit in ("visual_head", "proprio_head"):
+        assert all(torch.equal(x, y) for x, y in zip(calib.sequences(unit), loaded.sequences(unit)))
+        assert len(loaded.sequences(unit)) == 2
+
+
 def test_a_loaded_calibration_continues_like_the_original(tmp_path):
     """The generator state is saved: observing more after load draws the same sample as without the break."""
     first, second = torch.randn(50, 3), torch.randn(50, 3)

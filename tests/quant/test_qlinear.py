@@ -112,6 +112,18 @@ def test_inference_chain_is_bit_identical_to_the_differentiable_primitive(bits, 
     assert torch.equal(got, fake_quantize(x, spec, lo, hi))
 
 
+@pytest.mark.parametrize("magnitude", [1e-4, 1.0, 300.0, 3e7])
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_inference_chain_matches_the_primitive_on_random_activations(magnitude, bits):
+    for seed in range(20):
+        x = randn(4, 9, 33, seed=seed) * magnitude + randn(1, 1, 33, seed=seed + 100) * magnitude  # skewed channels
+        for act, lo, hi in ((ActQuantizer(QuantSpec(bits, PerToken(), role="activation")), None, None),
+                            (ActQuantizer(QuantSpec(bits, PerTensor(), role="activation"), -magnitude, 2 * magnitude),
+                             torch.tensor(-magnitude), torch.tensor(2 * magnitude))):
+            with torch.no_grad():
+                assert torch.equal(act(x), fake_quantize(x, act.spec, lo, hi)), (seed, act)
+
+
 def test_inference_chain_keeps_nan_and_inf_where_the_primitive_does():
     x = randn(2, 8)
     x[0, 3], x[1, 5] = float("nan"), float("inf")

@@ -199,6 +199,11 @@ class Calibration:
             "linears": json.dumps(self.linears),
             "units": json.dumps({n: len(s.sequences) for n, s in self._units.items()}),
         }
+        seen: set[int] = set()  # units fed the same tensor (an RSSM's heads read one state) are saved apart
+        for key, tensor in tensors.items():
+            if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
+                tensors[key] = tensor.clone()
+            seen.add(tensors[key].untyped_storage().data_ptr())
         with atomic_path(path) as tmp:  # whole or absent: worker processes may load it while another writes it
             save_file(tensors, str(tmp), metadata=meta)
         return path
