@@ -216,7 +216,7 @@ def test_layer_sensitivity_draws_one_line_and_band_per_bit_width_in_model_order(
                           for env in ("wall", "pusht") for n in names for b, s in ((2, 1.0), (4, 0.0))])
     fig = plots.layer_sensitivity(table, ["wall", "pusht"])
     axes = fig.axes
-    assert [ax.get_title() for ax in axes] == ["wall", "pusht"] and len(axes[0].lines) == 2
+    assert [ax.get_title() for ax in axes] == ["pusht", "wall"] and len(axes[0].lines) == 2  # sorted envs
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["encoder.B0.attn.qkv", "predictor.L0.0.to_qkv"]
     assert axes[0].lines[1].get_ydata().min() == 1e-6  # zero sensitivity drawn at the log axis' floor
     band = axes[0].collections[0].get_paths()[0].vertices[:, 1]  # 2 bits: from 0.5 up to 3.0 at every linear

@@ -339,7 +339,8 @@ def frame_strip(rows: Sequence[np.ndarray], labels: Sequence[str], title: str | 
 def layer_sensitivity(sensitivity: pd.DataFrame, envs: Sequence[str]) -> plt.Figure:
     """One panel per env: each quantized linear's sensitivity (``quant.mixed.layer_sensitivity``, log scale, floored
     at 1e-6) at each bit width with its 95% interval over the calibration episodes as a band, linears in model order
-    (encoder, then predictor)."""
+    (encoder, then predictor); panels in sorted env order, as in every other figure."""
+    envs = sorted(envs)
     fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 3.6), squeeze=False)
     for ax, env in zip(axes[0], envs):
         rows = sensitivity[sensitivity["env"] == env]
