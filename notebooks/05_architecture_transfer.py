@@ -1,18 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     cell_metadata_filter: tags,-all
-#     formats: ipynb,py:percent
-#     notebook_metadata_filter: kernelspec
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown] tags=[]
 # # 05 Architecture transfer: do the findings hold for a recurrent world model?
 #
@@ -61,6 +46,12 @@ figures_dir = "../figures"  # where plots.savefig writes <notebook>__<panel>.png
 results_name = "study"     # results cache: data/results/<results_name>-<profile>/ (shared by all notebooks)
 recompute = False          # True: rerun every setting instead of reading the cache (smoke always recomputes)
 samplers = {}              # env -> episode sampler ({}: each env's default)
+
+# %% tags=["injected-parameters"]
+# Parameters
+profile = "full"
+device = "auto"
+
 
 # %% tags=[]
 import pandas as pd
