@@ -122,7 +122,8 @@ _ = plots.savefig(grid.figure, "05_architecture_transfer", "success_by_scope", f
                   profile=P.name, results=S.results, sources=runs)
 curve = stats.success_curve(rounds, ["architecture", "label"], step="round")
 grid = plots.curves(curve, x="round", y="success_rate", hue="label", col="architecture", band=("ci_low", "ci_high"),
-                    band_levels=["FP"], marker="o", xlabel="MPC rounds (success latched; FP's 95% interval shaded)")
+                    band_levels=["FP"], marker="o", xlabel="MPC rounds (success latched)",
+                    title="success over MPC rounds (FP's 95% interval shaded)")
 _ = plots.savefig(grid.figure, "05_architecture_transfer", "success_vs_rounds", figures_dir=figures_dir,
                   profile=P.name, results=S.results, sources=rounds)
 
