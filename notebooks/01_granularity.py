@@ -116,7 +116,9 @@ print("effective bits per weight:", bits[weight_only["label"].unique()].to_dict(
 # ## Weights and activations: success at the budget
 
 # %% tags=[]
-# NBVAL_CHECK_OUTPUT
+# Not checked by the golden notebooks: a smoke run's activation-quantized outcome moves with the float path (an
+# activation on a rounding boundary takes the next code; tests/check_goldens.sh's second path planned PushT RTN W4A8
+# per tensor 0/3 where this machine's kernels planned 1/3). The weight-only tables above and the verdicts are checked.
 weight_act = rates[(rates["method"] != "FP") & (rates["a_bits"] < 16)]
 print(weight_act.pivot_table(index=["env", "method", "configuration", "bits"], columns="acts", values="success",
                              aggfunc="first").to_string())
@@ -145,7 +147,13 @@ long = table[(table["planner.opt_steps"] == P.trace_steps) & (table["planner_see
 curve = stats.success_curve(long, ["env", "label"])
 ends = pd.concat([stats.success_table(st.per_episode(long, S.budget), ["env", "label"]).assign(budget="budget"),
                   stats.success_table(st.per_episode(long), ["env", "label"]).assign(budget=f"{P.trace_steps} it")])
-print(ends.pivot_table(index=["env", "label"], columns="budget", values="success", aggfunc="first").to_string())
+ends = ends.pivot_table(index=["env", "label"], columns="budget", values="success", aggfunc="first")
+weight_only_rows = ends.index.get_level_values("label").isin(long.loc[long["a_bits"] == 16, "label"])
+print(ends[weight_only_rows].to_string())
+
+# %% tags=[]
+# The weight + activation settings' ends, not checked by the golden notebooks (see the weight + activation table).
+print(ends[~weight_only_rows].to_string())
 
 # %% tags=[]
 straight = base_rates[base_rates["baseline"] == "straight_line"]
