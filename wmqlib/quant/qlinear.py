@@ -27,8 +27,8 @@ class ActQuantizer(nn.Module):
     """Fake-quantizes activations ``(..., C)``: static per-tensor (given range) or dynamic per-token.
 
     Without autograd (``torch.no_grad`` / inference, or an input that needs no gradient) it runs one in-place
-    chain on a float32 copy; with autograd it calls ``fake_quantize`` (straight-through gradient).  Both give
-    bit-identical values (the chain's shortcut is exact, see ``forward``).
+    chain on a float32 copy; with autograd it calls ``fake_quantize`` (straight-through gradient).  Both do the
+    same operations in the same order, so they give bit-identical values.
 
     Args:
         spec: an asymmetric activation spec with ``PerTensor()`` or ``PerToken()`` granularity.
@@ -52,15 +52,12 @@ class ActQuantizer(nn.Module):
         """``x (..., C)`` -> fake-quantized ``(..., C)``, same dtype."""
         if torch.is_grad_enabled() and x.requires_grad:
             return fake_quantize(x, self.spec, self.lo, self.hi) if self.static else fake_quantize(x, self.spec)
-        xf = x.float()
+        y = x.to(torch.float32, copy=True)
         if self.static:
             scale, zero = self.scale, self.zero_point
         else:
-            scale, zero = qparams(*torch.aminmax(xf, dim=-1, keepdim=True), self.spec)  # one pass for both
-        # clamp(round(x / s) + z, qmin, qmax) - z computed as clamp(round(x / s), qmin - z, qmax - z): the integer
-        # codes are exact in float32 (or far outside the grid, where both clamp to its ends), so the values are
-        # bitwise the same with two passes over the activation fewer
-        y = torch.div(xf, scale).round_().clamp_(self.spec.qmin - zero, self.spec.qmax - zero).mul_(scale)
+            scale, zero = qparams(y.amin(dim=-1, keepdim=True), y.amax(dim=-1, keepdim=True), self.spec)
+        y.div_(scale).round_().add_(zero).clamp_(self.spec.qmin, self.spec.qmax).sub_(zero).mul_(scale)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
