@@ -13,10 +13,11 @@ encoding, executing and scoring a plan). An open-loop CEM setting of E episodes,
 ``E * (S * I * rollout + episode)``; MPC the same per round for the episodes still planning, whose share per round
 is measured with FP's MPC (``Rates.active``); a quantized model that succeeds less keeps more episodes planning, so
 its MPC setting scales FP's successes per round by its open-loop success over FP's when both are already on disk
-(an earlier notebook's results, ``_success_ratio``; FP's rounds otherwise, an under-price where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the
-planning by ``Rates.act``; a quantized setting adds its quantization (``Rates.quantize`` per method, once per
-quantized model) and its calibration run (FP planning on the calibration episodes, once per calibration not on
-disk). A probe costs ``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
+(an earlier notebook's results, ``_success_ratio``; FP's rounds otherwise, an under-price where quantization
+hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the planning by ``Rates.act``; a
+quantized setting adds its quantization (``Rates.quantize`` per method, once per quantized model) and its
+calibration run (FP planning on the calibration episodes, once per calibration not on disk). A probe costs
+``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
 ``(linears * bit widths + 1) * n_calib * sequences * rollout``, and every notebook ``Rates.notebook`` (kernel, imports,
 figures). Cached work costs nothing.
 
