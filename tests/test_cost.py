@@ -40,6 +40,19 @@ def test_planning_is_episodes_times_rollouts_plus_the_episode_work(S, tiny):
     assert _priced(S, [longer], tiny)["seconds"].iloc[0] == pytest.approx(P.n_evals * plan * (1.0 + 0.5 * 3))
 
 
+def test_mpc_rounds_cost_the_measured_mpc_factor_over_an_open_loop_plan(S, tiny):
+    """``Rates.mpc`` (FP's measured MPC run over its open-loop price) multiplies MPC settings and the calibration's
+    MPC run, and nothing else."""
+    open_loop, mpc, gd = S.setting(tiny), S.setting(tiny, mpc=True), S.setting(tiny, planner="GD")
+    base, slow = RATES, dataclasses.replace(RATES, mpc=2.5)
+    for setting, factor in ((open_loop, 1.0), (mpc, 2.5), (gd, 1.0)):
+        assert cost._planning(setting, slow) == pytest.approx(factor * cost._planning(setting, base))
+    calibrated = S.setting(tiny, recipe=S.profile.recipe("RTN", 8, a_bits=8, a_granularity="per-tensor"))
+    planner = S.profile.cem(S.envs[0])
+    assert cost._calibration(calibrated, planner, slow) == pytest.approx(2.5 * cost._calibration(calibrated, planner,
+                                                                                                  base))
+
+
 def test_quantization_and_calibration_are_paid_once_per_model_and_calibration(S, tiny):
     P = S.profile
     gptq = [S.setting(tiny, recipe=P.recipe("GPTQ", 4), planner_seed=k) for k in (0, 1)]  # one quantized model
@@ -131,6 +144,7 @@ def test_rates_are_measured_on_the_tiny_model_and_kept(S, tiny, tmp_path, monkey
     assert measured.rollout > 0 and measured.episode >= 0 and measured.gd_step > 0 and measured.probe > 0
     assert measured.active[0] == 1.0 and len(measured.active) == S.profile.mpc_rounds
     assert all(0.0 <= a <= 1.0 for a in measured.active) and set(measured.act) == {"per-tensor", "per-token"}
+    assert 0.0 < measured.mpc < math.inf  # its MPC run's time over that run's open-loop price
     assert set(measured.quantize) == {*recipe_types(), *cost.ROTATED} and measured.linears > 0
     (kept,) = tmp_path.glob("*.json")
     assert json.loads(kept.read_text())["identity"]["model_sha"] == st.CACHES.checkpoint(tiny).model_sha

@@ -25,7 +25,7 @@ def notebook(folder: Path, name: str, printed: str | None, tagged: bool = True) 
 def here(folder: Path) -> readme.Sources:
     """Every block read from ``folder``."""
     return readme.Sources(notebooks=folder, candidates=folder, checkpoints=folder, runs=folder,
-                          bench=folder / "plan.json")
+                          bench=folder / "plan.json", floor=folder / "floor.json")
 
 
 TEXT = "intro\n<!-- findings 01 -->\nold numbers\n<!-- /findings 01 -->\nmiddle\n<!-- findings 02 -->\n" \
@@ -165,4 +165,26 @@ def test_the_planning_block_is_the_benchmarks_record_or_says_how_to_measure(tmp_
     assert "| predictor while planning (eager) | 56.0 GFLOP/s = 70% of the same-shape peak |" in lines
     assert "| W8A8 per-token / FP (eager) | 1.37x |" in lines and "| FP / FP (eager) | 1.00x |" not in lines
     assert "| DINO-WM-style loop / batched planner | 1.10x |" in lines
+    assert readme.stale(new, here(tmp_path)) == []
+
+
+def test_the_floor_block_is_the_floor_benchmarks_record_with_its_total_or_says_how_to_measure(tmp_path):
+    block = "<!-- floor -->\nold\n<!-- /floor -->\n"
+    assert readme.content("floor", here(tmp_path)) == f"Not measured yet: `{readme.FLOOR_COMMAND}`.\n"
+    machine = {"cpu": "AMD EPYC", "capability": "AVX2", "cores": 2, "threads": 2, "torch": "2.13.0+cpu"}
+    (tmp_path / "floor.json").write_text(json.dumps({
+        "machine": machine, "date": "2026-12-08", "profile": "full", "gemm_gflops": 136.0,
+        "notebooks": [{"notebook": "00_baseline", "settings": 12, "candidate_calls": 2.0e6, "gflop": 62000.0,
+                       "floor_s": 500.0, "measured_s": 1600.0, "counted": {"open loop": 12}},
+                      {"notebook": "01_granularity", "settings": 3, "candidate_calls": 1.0e6, "gflop": 31000.0,
+                       "floor_s": 250.0, "measured_s": 400.0, "counted": {"open loop": 3}}],
+        "models": {"mini-wall": {"mflop_per_rollout": 31.0, "same_shape_gflops": 124.0}}}))
+    new = readme.render(block, here(tmp_path))
+    lines = new.splitlines()
+    assert lines[1] == ("| notebook | settings | candidate rollouts | predictor GFLOP | floor s | measured s | "
+                        "floor / measured |")
+    assert "| 00_baseline | 12 | 2.00 M | 62,000 | 500 | 1,600 | 0.31 |" in lines
+    assert "| all | 15 | 3.00 M | 93,000 | 750 | 2,000 | 0.38 |" in lines  # 750 / 2000, summed by hand
+    assert ("AMD EPYC (AVX2), 2 cores, 2 torch threads, measured 2026-12-08 (large-GEMM fp32 136.0 GFLOP/s); "
+            "mini-wall 31.0 MFLOP per rollout at 124.0 GFLOP/s.") in lines
     assert readme.stale(new, here(tmp_path)) == []

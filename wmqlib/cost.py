@@ -11,10 +11,11 @@ horizon, in one CEM iteration) and priced with ``Rates.rollout``, measured on th
 few episodes at 1 and 10 iterations (the slope; the intercept is ``Rates.episode``, the per-episode work of
 encoding, executing and scoring a plan). An open-loop CEM setting of E episodes, S samples and I iterations costs
 ``E * (S * I * rollout + episode)``; MPC the same per round for the episodes still planning, whose share per round
-is measured with FP's MPC (``Rates.active``); a quantized model that succeeds less keeps more episodes planning, so
-its MPC setting scales FP's successes per round by its open-loop success over FP's when both are already on disk
-(an earlier notebook's results, ``_success_ratio``; FP's rounds otherwise, an under-price where quantization
-hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the planning by ``Rates.act``; a
+is measured with FP's MPC (``Rates.active``), times what that measured MPC run cost over this price of it
+(``Rates.mpc``: replays, new starts encoded each round, the smaller batches of later rounds); a quantized model that
+succeeds less keeps more episodes planning, so its MPC setting scales FP's successes per round by its open-loop
+success over FP's when both are already on disk (an earlier notebook's results, ``_success_ratio``; FP's rounds
+otherwise, an under-price where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the planning by ``Rates.act``; a
 quantized setting adds its quantization (``Rates.quantize`` per method, once per quantized model) and its
 calibration run (FP planning on the calibration episodes, once per calibration not on disk). A probe costs
 ``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
@@ -76,6 +77,9 @@ EPISODES = 8  # episodes of each timed planning run
 MPC_EPISODES = 24  # episodes of the MPC run that measures the share still planning per round
 ITERATIONS = (1, 10)  # CEM iterations of the two timed runs (the slope is the rollouts' cost, the rest the episode's)
 REPEATS = 3  # a planning run is timed this many times, the least counts (the first also warms up)
+# Part of the rates' key: raised when planning's speed or what is measured changes, so rates kept by earlier code are
+# measured again (2: ``Rates.mpc``).
+RATES_VERSION = 2
 ROTATED = ("RTN+hadamard", "GPTQ+hadamard")  # rotated methods timed besides the registered ones
 
 
@@ -85,7 +89,10 @@ class Rates:
 
     rollout: per candidate rollout (open-loop CEM, FP, traced). episode: per episode and plan, beyond its rollouts.
     gd_step: per GD update of one episode. act: planning time over FP's with W8A8 activations, by granularity.
-    active: FP's MPC, the share of episodes still planning at each round (1.0 first). quantize: making the quantized
+    active: FP's MPC, the share of episodes still planning at each round (1.0 first). mpc: that MPC run's measured
+    planning time over its price by ``rollout``, ``episode`` and ``active`` (what a round costs beyond an open-loop
+    plan of its episodes: replaying the actions so far, encoding the new starts, the smaller batches of later
+    rounds); every MPC setting's price is multiplied by it. quantize: making the quantized
     model at W4 per channel, by method (``ROTATED`` included). execute: executing one plan in the env. probe: one
     state-probe table (its scripted frames included). linears: the model's quantizable linears. notebook: starting
     a kernel with the study's imports.
@@ -101,6 +108,7 @@ class Rates:
     probe: float
     linears: int
     notebook: float
+    mpc: float = 1.0
 
 
 def machine() -> dict[str, Any]:
@@ -122,8 +130,8 @@ def _identity(S: Setup, checkpoint: str) -> dict[str, Any]:
     return {"model_sha": CACHES.checkpoint(checkpoint).model_sha, "samples": P.samples, "topk": P.topk,
             "mpc_rounds": P.mpc_rounds, "n_calib": P.n_calib, "device": S.device, "machine": machine(),
             "method_options": {k: dict(v) for k, v in P.method_options.items()},
-            "procedure": {"episodes": EPISODES, "mpc_episodes": MPC_EPISODES, "iterations": list(ITERATIONS),
-                          "repeats": REPEATS}}
+            "procedure": {"version": RATES_VERSION, "episodes": EPISODES, "mpc_episodes": MPC_EPISODES,
+                          "iterations": list(ITERATIONS), "repeats": REPEATS}}
 
 
 def _timed(fn: Any, *args: Any, repeats: int = 1, **kwargs: Any) -> float:
@@ -164,8 +172,11 @@ def measure(S: Setup, checkpoint: str) -> Rates:
         gd_step = max(_timed(st.run_setting, gd, caches) / EPISODES - episode, 1e-9) / 20
         mpc = dataclasses.replace(base, planner=P.cem(env_name), mpc=MPCConfig(max_rounds=P.mpc_rounds), trace=True,
                                   n_evals=MPC_EPISODES)
+        st.prepare(mpc, caches)  # its episodes: not timed
         rounds = st.run_setting(mpc, caches)
         active = tuple(float(rounds[rounds["round"] == r]["planned"].mean()) for r in range(1, P.mpc_rounds + 1))
+        open_loop = Rates(rollout, episode, gd_step, act, active, {}, 0.0, 0.0, 0, 0.0)
+        mpc_factor = float(rounds["seconds"].iloc[0]) / _planning(mpc, open_loop)
         p = st.prepare(base, caches, calibrate=True)
         recipes = {m: P.recipe(m, 4, "per-channel") for m in [*sorted(recipe_types()), *ROTATED]}
         quantize_s = {m: _timed(quantize, p.fp, r, p.calibration) for m, r in recipes.items()}
@@ -177,7 +188,7 @@ def measure(S: Setup, checkpoint: str) -> Rates:
         linears = len(find_points(p.fp).linears)
     notebook = _timed(subprocess.run, [sys.executable, "-c", "import wmqlib.study, wmqlib.plots, wmqlib.findings"],
                       check=True)
-    return Rates(rollout, episode, gd_step, act, active, quantize_s, execute, probe, linears, notebook)
+    return Rates(rollout, episode, gd_step, act, active, quantize_s, execute, probe, linears, notebook, mpc_factor)
 
 
 @contextlib.contextmanager
@@ -216,7 +227,8 @@ def _method(setting: Setting) -> str:
 def _planning(setting: Setting, r: Rates, success_ratio: float = 1.0) -> float:
     """Seconds of planning ``setting`` (not counting its quantization and calibration). An MPC setting plans, in
     round k, the episodes not yet successful: FP's share (``Rates.active``) with FP's successes scaled by
-    ``success_ratio`` (the setting's model's open-loop success over FP's, ``_success_ratio``; 1 = FP's rounds)."""
+    ``success_ratio`` (the setting's model's open-loop success over FP's, ``_success_ratio``; 1 = FP's rounds), each
+    round at ``Rates.mpc`` times an open-loop plan's price."""
     plan = setting.planner
     act = 1.0 if setting.recipe is None or setting.recipe.a_bits is None else r.act[setting.recipe.a_granularity.name]
     if isinstance(plan, GDConfig):
@@ -227,7 +239,7 @@ def _planning(setting: Setting, r: Rates, success_ratio: float = 1.0) -> float:
         return setting.n_evals * per_plan
     active = [*r.active, *[r.active[-1]] * max(0, setting.mpc.max_rounds - len(r.active))][:setting.mpc.max_rounds]
     rounds = sum(1.0 - min(1.0, (1.0 - a) * success_ratio) for a in active)
-    return setting.n_evals * per_plan * rounds
+    return setting.n_evals * per_plan * rounds * r.mpc
 
 
 def _open_loop_success(model: Setting, settings: Sequence[Setting], on_disk: Sequence[bool], S: Setup,

@@ -13,7 +13,8 @@ A block is the text between the lines ``<!-- NAME -->`` and ``<!-- /NAME -->``:
 - ``qat``: the QAT checkpoints (``data/checkpoints/*-qat-w*``) and their held-out losses (``card.qat_table``);
 - ``timings``: the full profile's recorded runs (``cost.run_table``): per notebook, the latest run that computed
   something, its predicted and measured seconds and the machine;
-- ``planning``: what ``benchmarks/bench_plan.py --record`` measured (``planning_cost``).
+- ``planning``: what ``benchmarks/bench_plan.py --record`` measured (``planning_cost``);
+- ``floor``: the study's compute floor ``benchmarks/bench_floor.py --record`` counted and measured (``floor_table``).
 
     python -m wmqlib.readme            # rewrite the README's blocks
     python -m wmqlib.readme --check    # exit 1 naming every stale block, change nothing
@@ -39,7 +40,7 @@ from wmqlib.validate import InvalidValue, atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and the committed notebooks
 TAG = "findings"
-NAMES = r"findings \d\d|record|shipped|qat|timings|planning"
+NAMES = r"findings \d\d|record|shipped|qat|timings|planning|floor"
 SHIPPED = ("mini-wall", "mini-pusht", "mini-wall-rssm")
 BLOCK = re.compile(rf"^<!-- ({NAMES}) -->\n(.*?)^<!-- /\1 -->$", re.M | re.S)
 OPEN = re.compile(rf"^<!-- (/?)({NAMES}) -->$", re.M)
@@ -116,16 +117,45 @@ def planning_cost(path: Path) -> str:
     return markdown_table(pd.DataFrame(rows, columns=["measure", "value"])) + "\n"
 
 
+FLOOR_COMMAND = "python benchmarks/bench_floor.py --record data/results/bench/floor.json"
+
+
+def floor_table(path: Path) -> str:
+    """The ``floor`` block: the record ``bench_floor.py --record`` wrote at ``path`` as a table (per notebook: the
+    settings it computes, their candidate rollouts, predictor GFLOP, the floor's seconds at the same-shape matmul
+    peak, the runner's measured seconds and the floor's share of them; then all together) and a line naming the
+    machine, the FLOPs per rollout and the peak of each model; or a line saying how to measure it."""
+    if not Path(path).is_file():
+        return f"Not measured yet: `{FLOOR_COMMAND}`.\n"
+    r = json.loads(Path(path).read_text())
+    table = pd.DataFrame(r["notebooks"])
+    total = {"notebook": "all", "settings": table["settings"].sum(), "candidate_calls": table["candidate_calls"].sum(),
+             "gflop": table["gflop"].sum(), "floor_s": table["floor_s"].sum(), "measured_s": table["measured_s"].sum()}
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    shown = pd.DataFrame({
+        "notebook": table["notebook"], "settings": table["settings"].astype(int),
+        "candidate rollouts": [f"{x / 1e6:.2f} M" for x in table["candidate_calls"]],
+        "predictor GFLOP": [f"{x:,.0f}" for x in table["gflop"]],
+        "floor s": [f"{x:,.0f}" for x in table["floor_s"]],
+        "measured s": [f"{x:,.0f}" for x in table["measured_s"]],
+        "floor / measured": [f"{f / m:.2f}" for f, m in zip(table["floor_s"], table["measured_s"])]})
+    models = "; ".join(f"{name} {m['mflop_per_rollout']:.1f} MFLOP per rollout at {m['same_shape_gflops']:.1f} GFLOP/s"
+                       for name, m in r["models"].items())
+    return (markdown_table(shown) + f"\n{machine_name(r['machine'])}, measured {r['date']} (large-GEMM fp32 "
+            f"{r['gemm_gflops']:.1f} GFLOP/s); {models}.\n")
+
+
 @dataclasses.dataclass(frozen=True)
 class Sources:
     """Where the blocks are read from: the executed notebooks, the candidates' cards, the shipped checkpoints' cards
-    the runner's records and the planning benchmark's record (default: the checkout's)."""
+    the runner's records, the planning benchmark's record and the floor benchmark's (default: the checkout's)."""
 
     notebooks: Path = PACKAGE_ROOT / "notebooks"
     candidates: Path = PACKAGE_ROOT / "data" / "candidates"
     checkpoints: Path = CHECKPOINTS_DIR
     runs: Path = RUNS_DIR
     bench: Path = RESULTS_DIR / "bench" / "plan.json"
+    floor: Path = RESULTS_DIR / "bench" / "floor.json"
 
 
 def content(name: str, sources: Sources) -> str:
@@ -141,6 +171,8 @@ def content(name: str, sources: Sources) -> str:
         return markdown_table(run_table("full", sources.runs).astype(object).fillna("-")) + "\n"
     if name == "planning":
         return planning_cost(sources.bench)
+    if name == "floor":
+        return floor_table(sources.floor)
     return notebook_findings(_notebook(sources.notebooks, name.split()[1]))
 
 
