@@ -205,6 +205,11 @@ def test_a_computing_run_is_recorded_and_a_replot_leaves_the_record_alone(tmp_pa
     x = table.set_index("notebook").loc["01_x"]
     assert (x["settings"], x["computed"], x["predicted_s"], x["measured_s"]) == (2, 1, 40.0, 50.0)
     assert x["measured / predicted"] == 1.25 and x["executor"] == "serial" and x["load"] == 0.2
+    assert x["cost model"] == cost.RATES_VERSION
+    runs = json.loads((tmp_path / "full.json").read_text())  # a record kept before the field: cost model 1
+    del runs["00_y"]["cost_model"]
+    (tmp_path / "full.json").write_text(json.dumps(runs))
+    assert cost.run_table("full", tmp_path).set_index("notebook").loc["00_y", "cost model"] == 1
     y = table.set_index("notebook").loc["00_y"]
     assert pd.isna(y["predicted_s"]) and pd.isna(y["measured / predicted"]) and y["executor"] == "local:2"
     assert cost.run_table("paper", tmp_path).empty

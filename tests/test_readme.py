@@ -81,7 +81,7 @@ def test_the_readme_quotes_the_committed_notebooks():
     text = (readme.PACKAGE_ROOT / "README.md").read_text()
     names = [name for name, _ in readme.BLOCK.findall(text)]
     assert sorted(names) == sorted([f"findings 0{k}" for k in range(6)] + ["record", "shipped", "qat", "timings",
-                                                                           "planning"])
+                                                                           "planning", "floor"])
     assert readme.stale(text, readme.Sources()) == [], "run python -m wmqlib.readme"
 
 
@@ -178,7 +178,9 @@ def test_the_floor_block_is_the_floor_benchmarks_record_with_its_total_or_says_h
                        "floor_s": 500.0, "measured_s": 1600.0, "counted": {"open loop": 12}},
                       {"notebook": "01_granularity", "settings": 3, "candidate_calls": 1.0e6, "gflop": 31000.0,
                        "floor_s": 250.0, "measured_s": 400.0, "counted": {"open loop": 3}}],
-        "models": {"mini-wall": {"mflop_per_rollout": 31.0, "same_shape_gflops": 124.0}}}))
+        "models": {"mini-wall": {"mflop_per_rollout": 31.0, "same_shape_gflops": 124.0},
+                   "mini-pusht": {"mflop_per_rollout": 31.0, "same_shape_gflops": 124.0},
+                   "big": {"mflop_per_rollout": 900.0, "same_shape_gflops": 140.0}}}))
     new = readme.render(block, here(tmp_path))
     lines = new.splitlines()
     assert lines[1] == ("| notebook | settings | candidate rollouts | predictor GFLOP | floor s | measured s | "
@@ -186,5 +188,6 @@ def test_the_floor_block_is_the_floor_benchmarks_record_with_its_total_or_says_h
     assert "| 00_baseline | 12 | 2.00 M | 62,000 | 500 | 1,600 | 0.31 |" in lines
     assert "| all | 15 | 3.00 M | 93,000 | 750 | 2,000 | 0.38 |" in lines  # 750 / 2000, summed by hand
     assert ("AMD EPYC (AVX2), 2 cores, 2 torch threads, measured 2026-12-08 (large-GEMM fp32 136.0 GFLOP/s); "
-            "mini-wall 31.0 MFLOP per rollout at 124.0 GFLOP/s.") in lines
+            "mini-wall, mini-pusht 31.0 MFLOP per rollout at 124.0 GFLOP/s; big 900.0 MFLOP per rollout at "
+            "140.0 GFLOP/s.") in lines  # models with the same figures are named together
     assert readme.stale(new, here(tmp_path)) == []

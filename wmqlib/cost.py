@@ -436,8 +436,8 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
     """Keep notebook ``notebook``'s run in ``<folder>/<profile>.json`` when it computed something (``table``, its
     ``price_notebook``, has settings to compute, or could not be priced; None, a notebook without a design, is not
     kept): predicted and measured seconds, settings and how many were computed, the executor ("serial" for none)
-    and the machine, ``load`` being the 1-minute load average when the notebook started. Returns whether it was
-    kept."""
+    and the machine, ``load`` being the 1-minute load average when the notebook started, and the cost model that
+    predicted it (``cost_model``: ``RATES_VERSION``). Returns whether it was kept."""
     if table is None:
         return False
     if isinstance(table, pd.DataFrame):
@@ -453,7 +453,8 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
     runs[notebook] = {"predicted_s": None if math.isnan(guess) else round(guess, 1), "measured_s": round(seconds, 1),
                       **counts,
                       "executor": executor or "serial", "machine": machine(),
-                      "load": None if math.isnan(load) else round(load, 2), "date": time.strftime("%Y-%m-%d")}
+                      "load": None if math.isnan(load) else round(load, 2), "date": time.strftime("%Y-%m-%d"),
+                      "cost_model": RATES_VERSION}
     atomic_write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     return True
 
@@ -461,14 +462,14 @@ def record_run(profile: str, notebook: str, table: pd.DataFrame | str | None, se
 def run_table(profile: str, folder: Path = RUNS_DIR) -> pd.DataFrame:
     """The kept runs of ``profile`` (``record_run``), one row per notebook: notebook, settings, computed, predicted_s,
     measured_s, measured / predicted, executor, machine ("<cpu> (<capability>), <cores> cores, <threads> torch
-    threads"), load,
-    date; empty when none is kept."""
+    threads"), load, date and cost model (the ``RATES_VERSION`` that predicted it; 1 for a record from before the
+    field); empty when none is kept."""
     path = Path(folder) / f"{profile}.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
     rows = [{"notebook": name, "settings": r["settings"], "computed": r["computed"], "predicted_s": r["predicted_s"],
              "measured_s": r["measured_s"], "measured / predicted": round(r["measured_s"] / r["predicted_s"], 2)
              if r["predicted_s"] else None, "executor": r["executor"],
              "machine": machine_name(r["machine"]),
-             "load": r["load"], "date": r["date"]} for name, r in runs.items()]
+             "load": r["load"], "date": r["date"], "cost model": r.get("cost_model", 1)} for name, r in runs.items()]
     return pd.DataFrame(rows, columns=["notebook", "settings", "computed", "predicted_s", "measured_s",
-                                       "measured / predicted", "executor", "machine", "load", "date"])
+                                       "measured / predicted", "executor", "machine", "load", "date", "cost model"])

@@ -139,8 +139,11 @@ def floor_table(path: Path) -> str:
         "floor s": [f"{x:,.0f}" for x in table["floor_s"]],
         "measured s": [f"{x:,.0f}" for x in table["measured_s"]],
         "floor / measured": [f"{f / m:.2f}" for f, m in zip(table["floor_s"], table["measured_s"])]})
-    models = "; ".join(f"{name} {m['mflop_per_rollout']:.1f} MFLOP per rollout at {m['same_shape_gflops']:.1f} GFLOP/s"
-                       for name, m in r["models"].items())
+    alike: dict[tuple[float, float], list[str]] = {}  # models of one size share their figures: named together
+    for name, m in r["models"].items():
+        alike.setdefault((m["mflop_per_rollout"], m["same_shape_gflops"]), []).append(name)
+    models = "; ".join(f"{', '.join(names)} {mflop:.1f} MFLOP per rollout at {gflops:.1f} GFLOP/s"
+                       for (mflop, gflops), names in alike.items())
     return (markdown_table(shown) + f"\n{machine_name(r['machine'])}, measured {r['date']} (large-GEMM fp32 "
             f"{r['gemm_gflops']:.1f} GFLOP/s); {models}.\n")
 
