@@ -15,9 +15,10 @@ is measured with FP's MPC (``Rates.active``), times what that measured MPC run c
 (``Rates.mpc``: replays, new starts encoded each round, the smaller batches of later rounds); a quantized model that
 succeeds less keeps more episodes planning, so its MPC setting scales FP's successes per round by its open-loop
 success over FP's when both are already on disk (an earlier notebook's results, ``_success_ratio``; FP's rounds
-otherwise, an under-price where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation quantization scales the planning by ``Rates.act``; a
-quantized setting adds its quantization (``Rates.quantize`` per method, once per quantized model) and its
-calibration run (FP planning on the calibration episodes, once per calibration not on disk). A probe costs
+otherwise, an under-price where quantization hurts); GD ``E * (steps * gd_step + episode)``. Activation
+quantization scales the planning by ``Rates.act``; a quantized setting adds its quantization (``Rates.quantize`` per
+method, once per quantized model) and its calibration run (FP planning on the calibration episodes, once per
+calibration not on disk). A probe costs
 ``Rates.probe``, an alignment run ``E * candidates * (rollout + execute)``, a layer sensitivity
 ``(linears * bit widths + 1) * n_calib * sequences * rollout``, and every notebook ``Rates.notebook`` (kernel, imports,
 figures). Cached work costs nothing.
