@@ -43,6 +43,7 @@ from wmqlib.paths import RESULTS_DIR
 from wmqlib.plan import CEMConfig, GDConfig, Objective, encode_observations
 from wmqlib.reproduce import declared_parameters, discover, select
 from wmqlib.setting import Setting
+from wmqlib.sweep import cached
 from wmqlib.validate import atomic_write
 
 REPEATS = 10  # timed repeats of the matmul peak (best counts)
@@ -56,12 +57,10 @@ def candidate_calls(setting: Setting, results: str) -> tuple[float, str]:
     per_plan = plan.samples * plan.opt_steps + 1
     if setting.mpc is None:
         return setting.n_evals * per_plan, "open loop"
-    path = RESULTS_DIR / results / f"{st.result_key(setting)}.json"
-    if not path.is_file():
+    if not cached([setting], results, RESULTS_DIR, lambda s: CACHES.resolved(s).identity)[0]:
         return setting.n_evals * per_plan, "MPC, first round only (not cached)"
-    payload = json.loads(path.read_text())["payload"]
-    planned = payload["columns"].index("planned")
-    return sum(bool(row[planned]) for row in payload["data"]) * per_plan, "MPC, planned rounds from the cache"
+    rounds = st.run_study([setting], results, progress=False)  # read from the cache (checked), nothing runs
+    return int(rounds["planned"].sum()) * per_plan, "MPC, planned rounds from the cache"
 
 
 def flops_per_candidate(checkpoint: str, samples: int, peaks: dict[tuple, float], episodes: int = 10

@@ -176,8 +176,6 @@ def measure(S: Setup, checkpoint: str) -> Rates:
         st.prepare(mpc, caches)  # its episodes: not timed
         rounds = st.run_setting(mpc, caches)
         active = tuple(float(rounds[rounds["round"] == r]["planned"].mean()) for r in range(1, P.mpc_rounds + 1))
-        open_loop = Rates(rollout, episode, gd_step, act, active, {}, 0.0, 0.0, 0, 0.0)
-        mpc_factor = float(rounds["seconds"].iloc[0]) / _planning(mpc, open_loop)
         p = st.prepare(base, caches, calibrate=True)
         recipes = {m: P.recipe(m, 4, "per-channel") for m in [*sorted(recipe_types()), *ROTATED]}
         quantize_s = {m: _timed(quantize, p.fp, r, p.calibration) for m, r in recipes.items()}
@@ -189,7 +187,8 @@ def measure(S: Setup, checkpoint: str) -> Rates:
         linears = len(find_points(p.fp).linears)
     notebook = _timed(subprocess.run, [sys.executable, "-c", "import wmqlib.study, wmqlib.plots, wmqlib.findings"],
                       check=True)
-    return Rates(rollout, episode, gd_step, act, active, quantize_s, execute, probe, linears, notebook, mpc_factor)
+    measured = Rates(rollout, episode, gd_step, act, active, quantize_s, execute, probe, linears, notebook)
+    return dataclasses.replace(measured, mpc=float(rounds["seconds"].iloc[0]) / _planning(mpc, measured))
 
 
 @contextlib.contextmanager
